@@ -1,0 +1,1 @@
+"""internvqa_jax: compressed-video quality assessment with InternVideo2 teachers and distilled students."""
