@@ -15,15 +15,15 @@ FIXTURES = SHARED / "fixtures"
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
-  """Folder of the golden fixtures made from the official PyTorch implementations."""
-  if not FIXTURES.is_dir():
-    pytest.fail(f"golden fixtures not found at {FIXTURES}: tests expect ../shared/fixtures beside the project root")
-  return FIXTURES
+    """Folder of the golden fixtures made from the official PyTorch implementations."""
+    if not FIXTURES.is_dir():
+        pytest.fail(f"golden fixtures not found at {FIXTURES}: tests expect ../shared/fixtures beside the project root")
+    return FIXTURES
 
 
 def pytest_configure(config):
-  # Grain worker processes read absl flags; mark them parsed once for the whole test session.
-  from absl import flags
+    # Grain worker processes read absl flags; mark them parsed once for the whole test session.
+    from absl import flags
 
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

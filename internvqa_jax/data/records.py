@@ -8,34 +8,34 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class VideoItem:
-  """One video of a dataset.
+    """One video of a dataset.
 
-  `label` is on the dataset's published scale divided as in the method (BVI-HD DMOS/100, Waterloo
-  MOS/100, demo VMAF/100), so higher is always better except for `label_kind == "dmos"`, where the
-  dataset's own convention (higher = worse) is kept and recorded.
-  """
+    `label` is on the dataset's published scale divided as in the method (BVI-HD DMOS/100, Waterloo
+    MOS/100, demo VMAF/100), so higher is always better except for `label_kind == "dmos"`, where the
+    dataset's own convention (higher = worse) is kept and recorded.
+    """
 
-  path: str
-  video_id: str
-  source_id: str
-  label: float
-  label_kind: str  # "vmaf", "mos", "dmos", or "score" for CSV datasets
-  codec: str = ""
-  width: int = 0
-  height: int = 0
-  bitrate_kbps: float = 0.0
-  quality_param: str = ""  # e.g. "crf=28", "qp=37", "level=2"
-  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    path: str
+    video_id: str
+    source_id: str
+    label: float
+    label_kind: str  # "vmaf", "mos", "dmos", or "score" for CSV datasets
+    codec: str = ""
+    width: int = 0
+    height: int = 0
+    bitrate_kbps: float = 0.0
+    quality_param: str = ""  # e.g. "crf=28", "qp=37", "level=2"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-  def to_dict(self) -> dict[str, Any]:
-    """Returns a JSON-serialisable dict."""
-    return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
 
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "VideoItem":
-    """Inverse of `to_dict`; unknown keys are an error naming the key."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"VideoItem: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
-    return cls(**d)
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VideoItem":
+        """Inverse of `to_dict`; unknown keys are an error naming the key."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"VideoItem: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
+        return cls(**d)
