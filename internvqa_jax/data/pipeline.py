@@ -1,0 +1,214 @@
+"""Grain input pipelines over pre-decoded frame shards (see `shards.py`, `prepare.py`).
+
+Train: the split's records for this JAX process -> shuffle -> repeat -> random segment + crop or
+fragments + flip (seeded per element) -> batch -> worker processes -> prefetch. Infinite.
+Eval: every record of the split exactly once (over all processes together), deterministic K
+segments x 3 crops (or K fragment draws), padded to equal batch counts per process with a mask.
+
+Batches are dicts of numpy arrays:
+- train: `frames` uint8 (B, T, H, W, 3), `label` float32 (B,), `index` int64 (B,) (record index in
+  the manifest);
+- eval: `frames` uint8 (B, V, T, H, W, 3), `label`, `index`, `mask` bool (B,) (False = padding).
+Normalisation (`sampling.normalize`) runs on the device.
+
+Iterator state: `it.get_state()` / `it.set_state(state)` (JSON-able dicts), saved by
+`save_iterator_state` or through orbax with Grain's handler:
+`ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it))` on save and
+`ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it))` on restore.
+A restored iterator yields exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import grain
+import numpy as np
+
+from internvqa_jax.data import sampling, shards, splits
+
+
+def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return process_index, process_count
+
+
+def split_indices(shard_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """Sorted record indices of `split` ("train", "val", "test", "all", "fold<k>/train|test")."""
+    manifest = shards.load_manifest(shard_dir)
+    idx = np.asarray(sorted(splits.select(manifest["records"], split)), np.int64)
+    if idx.size == 0:
+        raise ValueError(f"{shard_dir}: split {split!r} has no records (per split: {manifest['counts']['per_split']})")
+    return idx
+
+
+def process_part(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """This process's records: every `process_count`-th, starting at `process_index`."""
+    return indices[process_index::process_count]
+
+
+class _Records:
+    """Holds a lazily opened `shards.FrameRecords`; picklable into Grain worker processes."""
+
+    def __init__(self, shard_dir: str):
+        self.shard_dir = str(shard_dir)
+        self._records: shards.FrameRecords | None = None
+
+    def load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        if self._records is None:
+            self._records = shards.FrameRecords(self.shard_dir)
+        return self._records[int(index)]
+
+    def __getstate__(self):
+        return {"shard_dir": self.shard_dir, "_records": None}
+
+
+class TrainTransform(grain.transforms.RandomMap):
+    """Record index -> one augmented training clip (`sampling.train_clip`)."""
+
+    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, flip: bool = True):
+        self.records = _Records(shard_dir)
+        self.num_frames, self.size, self.flip = num_frames, size, flip
+        self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
+
+    def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        frames, meta = self.records.load(index)
+        clip = sampling.train_clip(frames, self.num_frames, self.size, self.spatial_mode, rng, self.flip)
+        return {"frames": clip, "label": np.float32(meta["label"]), "index": np.int64(index)}
+
+
+class EvalTransform(grain.transforms.Map):
+    """(record index, valid) -> all deterministic test views of the record."""
+
+    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, num_segments: int, seed: int):
+        self.records = _Records(shard_dir)
+        self.num_frames, self.size, self.num_segments, self.seed = num_frames, size, num_segments, seed
+        self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
+
+    def map(self, element) -> dict[str, np.ndarray]:
+        index, valid = int(element[0]), bool(element[1])
+        frames, meta = self.records.load(index)
+        # Fragment draws are seeded by (seed, record index): the same views on every run/process.
+        views = sampling.eval_views(frames, self.num_frames, self.size, self.spatial_mode, self.num_segments, seed=(self.seed, index))
+        return {"frames": views, "label": np.float32(meta["label"]), "index": np.int64(index), "mask": np.bool_(valid)}
+
+
+def _finish(ds: grain.MapDataset, workers: int, read_threads: int, prefetch: int) -> grain.IterDataset:
+    # Small buffers: an element here is a whole batch of video clips (tens of MB).
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch)))
+    if workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
+    return it_ds
+
+
+def train_dataset(
+    shard_dir: str | os.PathLike,
+    split: str = "train",
+    *,
+    batch_size: int,
+    num_frames: int = 8,
+    size: int = 224,
+    spatial_mode: str = "resize_crop",
+    seed: int = 0,
+    workers: int = 0,
+    flip: bool = True,
+    read_threads: int = 2,
+    prefetch: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Infinite shuffled training dataset of this process's part of `split` (see module doc)."""
+    process_index, process_count = _process_slot(process_index, process_count)
+    part = process_part(split_indices(shard_dir, split), process_index, process_count)
+    if part.size == 0:
+        raise ValueError(f"{shard_dir}: split {split!r} leaves no record for process {process_index} of {process_count}")
+    ds = grain.MapDataset.source(part)
+    # Each process shuffles its own part with a process-specific seed; repeat reshuffles every epoch.
+    ds = ds.shuffle(seed=seed * 1009 + process_index).repeat()
+    ds = ds.random_map(TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip), seed=seed * 1009 + process_index + 1)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return _finish(ds, workers, read_threads, prefetch)
+
+
+def train_iterator(shard_dir: str | os.PathLike, split: str = "train", **kwargs) -> grain.DatasetIterator:
+    """Iterator over `train_dataset(shard_dir, split, **kwargs)`; has `get_state`/`set_state`."""
+    return iter(train_dataset(shard_dir, split, **kwargs))
+
+
+def eval_elements(indices: np.ndarray, batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+    """`(n, 2)` rows (record index, valid) of one process, padded so every process has equal batches.
+
+    Every process gets ceil(N / P) rows rounded up to whole batches; padding repeats the first
+    record with valid = 0, so all records appear exactly once with valid = 1 across processes.
+    """
+    per_process = -(-len(indices) // process_count)
+    padded = -(-per_process // batch_size) * batch_size
+    mine = process_part(indices, process_index, process_count)
+    rows = np.zeros((padded, 2), np.int64)
+    rows[:, 0] = indices[0]
+    rows[: len(mine), 0] = mine
+    rows[: len(mine), 1] = 1
+    return rows
+
+
+def eval_dataset(
+    shard_dir: str | os.PathLike,
+    split: str = "test",
+    *,
+    batch_size: int,
+    num_frames: int = 8,
+    size: int = 224,
+    spatial_mode: str = "resize_crop",
+    num_segments: int = 4,
+    seed: int = 0,
+    workers: int = 0,
+    read_threads: int = 2,
+    prefetch: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Finite deterministic evaluation dataset (see module doc); views per clip = `num_eval_views`."""
+    process_index, process_count = _process_slot(process_index, process_count)
+    rows = eval_elements(split_indices(shard_dir, split), batch_size, process_index, process_count)
+    ds = grain.MapDataset.source(rows).map(EvalTransform(str(shard_dir), num_frames, size, spatial_mode, num_segments, seed))
+    ds = ds.batch(batch_size, drop_remainder=False)
+    return _finish(ds, workers, read_threads, prefetch)
+
+
+def eval_iterator(shard_dir: str | os.PathLike, split: str = "test", **kwargs) -> grain.DatasetIterator:
+    """Iterator over `eval_dataset(shard_dir, split, **kwargs)`: one pass, then StopIteration."""
+    return iter(eval_dataset(shard_dir, split, **kwargs))
+
+
+def num_eval_batches(shard_dir: str | os.PathLike, split: str, batch_size: int, process_count: int = 1) -> int:
+    """Batches every process's eval iterator yields."""
+    n = len(split_indices(shard_dir, split))
+    return -(-(-(-n // process_count)) // batch_size)
+
+
+def record_table(shard_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The manifest's record rows (video_id, source_id, label, split, ...) indexed by `index`."""
+    return shards.load_manifest(shard_dir)["records"]
+
+
+def save_iterator_state(iterator: grain.DatasetIterator, path: str | os.PathLike) -> None:
+    """Writes the iterator's state as JSON (atomically)."""
+    shards.write_json_atomic(path, iterator.get_state())
+
+
+def restore_iterator_state(iterator: grain.DatasetIterator, path: str | os.PathLike) -> grain.DatasetIterator:
+    """Sets the iterator to the state saved at `path`; returns it."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved iterator state")
+    iterator.set_state(json.loads(path.read_text()))
+    return iterator

@@ -1,0 +1,404 @@
+"""Decode a dataset once into ArrayRecord frame shards: `python -m internvqa_jax.data.prepare`.
+
+    python -m internvqa_jax.data.prepare --dataset=demo --out=/data/demo_shards --workers=2
+    python -m internvqa_jax.data.prepare --dataset=bvi_hd --root=/data/BVI-HD --out=... \
+        --frames=16 --short-side=native --folds=5
+
+Every video is decoded once: `--frames` frames spread evenly over the clip, resized so the short
+side is `--short-side` (never upscaled) or kept `native` (needed for fragment sampling). Videos
+are sorted by id and cut into shards of `--records-per-shard`; worker processes write whole
+shards. A shard becomes visible only by an atomic rename, followed by its sidecar; a re-run skips
+every shard whose sidecar checksum still matches, so an interrupted run resumes. A video that
+fails to decode is skipped, named with its reason in the manifest and the printed summary, and
+the rest finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import signal
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from internvqa_jax.data import sampling, shards, splits
+from internvqa_jax.data.records import VideoItem
+
+# A loader maps a VideoItem to (frames uint8 (T, H, W, 3), extra stored metadata).
+Loader = Callable[[VideoItem, "PrepareConfig"], tuple[np.ndarray, dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """What is stored per video; the shard contents are a function of this and the item list."""
+
+    frames: int = 16
+    short_side: int | None = 256  # None = native resolution
+    compression: str = "none"  # "none" or "zstd" (ArrayRecord's lossless per-record zstd)
+    records_per_shard: int = 32
+
+    def fingerprint(self) -> str:
+        """Short hash identifying the stored contents, checked when resuming."""
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """How sources are split: named test sources (if any), fractions, k folds, seed."""
+
+    test_sources: tuple[str, ...] | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    folds: int = 0
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- decoding one video
+
+
+def decode_item(item: VideoItem, config: PrepareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Default loader: `config.frames` evenly spread frames of the video, short side resized."""
+    from internvqa_jax.data import decode  # the PyAV decoder; imported here so tests can inject loaders
+
+    info = decode.probe(item.path)
+    if info.num_frames < 1:
+        raise decode.VideoDecodeError(f"{item.path}: no video frames")
+    idx = sampling.evenly_spaced_indices(info.num_frames, config.frames)
+    frames = decode.decode_frames(item.path, idx)
+    frames = resize_for_storage(frames, config.short_side)
+    stored = {
+        "frame_indices": [int(i) for i in idx],
+        "source_num_frames": int(info.num_frames),
+        "source_fps": float(info.fps),
+        "source_width": int(info.width),
+        "source_height": int(info.height),
+        "source_codec": str(info.codec),
+        "source_pix_fmt": str(info.pix_fmt),
+        "source_bit_depth": int(info.bit_depth),
+    }
+    return frames, stored
+
+
+def resize_for_storage(frames: np.ndarray, short_side: int | None) -> np.ndarray:
+    """Shrinks to `short_side` if given and smaller than the frames; never upscales."""
+    if short_side is None or min(frames.shape[1:3]) <= short_side:
+        return frames
+    return sampling.resize_short_side(frames, short_side)
+
+
+# --------------------------------------------------------------------------- one shard (worker)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One shard to write: its file name and the items it holds."""
+
+    file: str
+    items: tuple[VideoItem, ...]
+
+
+def sidecar_name(shard_file: str) -> str:
+    """Sidecar JSON file name of a shard."""
+    return shard_file.removesuffix(".array_record") + ".json"
+
+
+def _terminate_as_exit(signum, frame):  # noqa: ARG001
+    # Pool.terminate() sends SIGTERM; turning it into SystemExit runs the `finally` clauses that
+    # delete temp files, so an interrupted run leaves no partial shard behind.
+    raise SystemExit(128 + signum)
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGTERM, _terminate_as_exit)
+
+
+def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader: Loader) -> dict[str, Any]:
+    """Decodes a shard's items, writes the shard atomically, then its sidecar; returns the sidecar."""
+    out = pathlib.Path(out_dir)
+    records, metas, skipped = [], [], []
+    for item in task.items:
+        try:
+            frames, stored = loader(item, config)
+            if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3:
+                raise ValueError(f"decoded frames have shape {frames.shape}, expected (T>=1, H, W, 3)")
+            meta = {**item.to_dict(), **stored}
+            records.append(shards.encode_record(frames, meta))
+            metas.append({**item.to_dict(), "stored_shape": list(frames.shape)})
+        except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
+            skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}"})
+    sha, size = None, 0
+    if records:
+        sha = shards.write_shard(out / task.file, records, config.compression)
+        size = (out / task.file).stat().st_size
+    sidecar = {
+        "file": task.file,
+        "fingerprint": config.fingerprint(),
+        "video_ids": [it.video_id for it in task.items],
+        "sha256": sha,
+        "bytes": size,
+        "num_records": len(records),
+        "records": metas,
+        "skipped": skipped,
+    }
+    shards.write_json_atomic(out / sidecar_name(task.file), sidecar)
+    return sidecar
+
+
+def _write_task(args) -> dict[str, Any]:
+    return write_one_shard(*args)
+
+
+def finished_sidecar(out_dir: pathlib.Path, task: ShardTask, config: PrepareConfig) -> dict[str, Any] | None:
+    """The sidecar of a shard finished by an earlier run, if its config, items and checksum match."""
+    path = out_dir / sidecar_name(task.file)
+    if not path.is_file():
+        return None
+    try:
+        side = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if side.get("fingerprint") != config.fingerprint() or side.get("video_ids") != [it.video_id for it in task.items]:
+        return None
+    if side["num_records"] == 0:
+        return side
+    shard = out_dir / task.file
+    if not shard.is_file() or shards.sha256_file(shard) != side["sha256"]:
+        return None
+    return side
+
+
+# --------------------------------------------------------------------------- the whole dataset
+
+
+def plan_shards(items: Sequence[VideoItem], records_per_shard: int) -> list[ShardTask]:
+    """Items sorted by video id, cut into shards of `records_per_shard`."""
+    if records_per_shard < 1:
+        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    ordered = sorted(items, key=lambda it: it.video_id)
+    n = max(1, -(-len(ordered) // records_per_shard))
+    return [
+        ShardTask(f"shard-{i:05d}-of-{n:05d}.array_record", tuple(ordered[i * records_per_shard : (i + 1) * records_per_shard]))
+        for i in range(n)
+    ]
+
+
+def assign_splits(items: Sequence[VideoItem], split_config: SplitConfig) -> tuple[dict[str, str], dict[str, int] | None, list[str]]:
+    """(source -> split, source -> fold or None, named test sources that no item carries)."""
+    sources = [it.source_id for it in items]
+    missing: list[str] = []
+    if split_config.test_sources is not None:
+        assignment = splits.named_test_split(sources, split_config.test_sources, split_config.val_fraction, split_config.seed)
+        missing = splits.missing_sources(sources, split_config.test_sources)
+    else:
+        assignment = splits.seeded_split(sources, split_config.val_fraction, split_config.test_fraction, split_config.seed)
+    folds = splits.kfold(sources, split_config.folds, split_config.seed) if split_config.folds else None
+    return assignment, folds, missing
+
+
+def _check_unique_ids(items: Sequence[VideoItem]) -> None:
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.video_id in seen:
+            raise ValueError(f"duplicate video_id {it.video_id!r}: {seen[it.video_id]} and {it.path}")
+        seen[it.video_id] = it.path
+
+
+def _remove_foreign_shards(out: pathlib.Path, tasks: Sequence[ShardTask]) -> None:
+    # Shards of an earlier plan (other item count or shard size) would confuse readers of the
+    # directory; only files of our own naming pattern are touched.
+    keep = {t.file for t in tasks} | {sidecar_name(t.file) for t in tasks}
+    for p in list(out.glob("shard-*-of-*.array_record")) + list(out.glob("shard-*-of-*.json")):
+        if p.name not in keep:
+            p.unlink()
+
+
+def prepare_items(
+    items: Sequence[VideoItem],
+    out_dir: str | os.PathLike,
+    config: PrepareConfig = PrepareConfig(),
+    split_config: SplitConfig = SplitConfig(),
+    *,
+    workers: int = 1,
+    dataset: str = "custom",
+    loader: Loader = decode_item,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Writes shards, sidecars and `manifest.json` for `items` into `out_dir`; returns the manifest."""
+    from tqdm import tqdm
+
+    if not items:
+        raise ValueError(f"dataset {dataset!r}: no items to prepare")
+    _check_unique_ids(items)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards.remove_stale_temps(out)
+    tasks = plan_shards(items, config.records_per_shard)
+    _remove_foreign_shards(out, tasks)
+
+    sidecars: dict[str, dict[str, Any]] = {}
+    pending = []
+    for task in tasks:
+        side = finished_sidecar(out, task, config)
+        if side is None:
+            pending.append(task)
+        else:
+            sidecars[task.file] = side
+    bar = tqdm(total=len(items), desc=f"prepare {dataset}", unit="video", disable=not progress)
+    bar.update(sum(len(t.items) for t in tasks if t.file in sidecars))
+    jobs = [(str(out), task, config, loader) for task in pending]
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            side = _write_task(job)
+            sidecars[side["file"]] = side
+            bar.update(len(side["video_ids"]))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(min(workers, len(jobs)), initializer=_worker_init)
+        try:
+            for side in pool.imap_unordered(_write_task, jobs):
+                sidecars[side["file"]] = side
+                bar.update(len(side["video_ids"]))
+            pool.close()
+        except BaseException:
+            pool.terminate()  # SIGTERM -> workers delete their temp files (see _worker_init)
+            raise
+        finally:
+            pool.join()
+    bar.close()
+
+    manifest = build_manifest(items, tasks, sidecars, config, split_config, dataset, resumed=len(tasks) - len(pending))
+    shards.write_json_atomic(out / shards.MANIFEST, manifest)
+    return manifest
+
+
+def build_manifest(
+    items: Sequence[VideoItem],
+    tasks: Sequence[ShardTask],
+    sidecars: dict[str, dict[str, Any]],
+    config: PrepareConfig,
+    split_config: SplitConfig,
+    dataset: str,
+    resumed: int = 0,
+) -> dict[str, Any]:
+    """Joins the shard sidecars into the manifest: global record indices follow shard order."""
+    assignment, folds, missing = assign_splits(items, split_config)
+    records, shard_rows, skipped = [], [], []
+    for task in tasks:
+        side = sidecars[task.file]
+        shard_rows.append({k: side[k] for k in ("file", "sha256", "bytes", "num_records")})
+        skipped.extend(side["skipped"])
+        for pos, meta in enumerate(side["records"]):
+            records.append(
+                {
+                    "index": len(records),
+                    "shard": task.file,
+                    "position": pos,
+                    "video_id": meta["video_id"],
+                    "source_id": meta["source_id"],
+                    "label": meta["label"],
+                    "label_kind": meta["label_kind"],
+                    "codec": meta["codec"],
+                    "stored_shape": meta["stored_shape"],
+                    "split": assignment[meta["source_id"]],
+                    "fold": None if folds is None else folds[meta["source_id"]],
+                }
+            )
+    split_sources = {name: sorted(s for s, v in assignment.items() if v == name) for name in splits.SPLITS}
+    per_split = {name: sum(r["split"] == name for r in records) for name in splits.SPLITS}
+    return {
+        "format": shards.MANIFEST_FORMAT,
+        "dataset": dataset,
+        "config": dataclasses.asdict(config),
+        "split_config": {**dataclasses.asdict(split_config), "test_sources": None if split_config.test_sources is None else list(split_config.test_sources)},
+        "counts": {"listed": len(items), "records": len(records), "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split},
+        "shards": shard_rows,
+        "splits": split_sources,
+        "folds": folds,
+        "missing_test_sources": missing,
+        "skipped": skipped,
+        "records": records,
+    }
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """Human-readable report of a manifest: counts, splits and every skipped video with its reason."""
+    c = manifest["counts"]
+    lines = [
+        f"{manifest['dataset']}: {c['records']} of {c['listed']} videos in {c['shards']} shards "
+        f"({c['resumed_shards']} reused from an earlier run); splits {c['per_split']}",
+    ]
+    if manifest["missing_test_sources"]:
+        lines.append(f"warning: named test sources not found: {manifest['missing_test_sources']}")
+    if manifest["skipped"]:
+        lines.append(f"skipped {len(manifest['skipped'])} video(s):")
+        lines.extend(f"  {s['video_id']} ({s['path']}): {s['reason']}" for s in manifest["skipped"])
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def list_dataset(name: str, root: str | None, workers: int) -> tuple[list[VideoItem], tuple[str, ...] | None]:
+    """Items of a registered dataset and its named test sources (None where it has none)."""
+    from internvqa_jax.data import datasets
+
+    module = datasets.get_dataset(name)
+    if name == "demo":
+        items = module.build(root, workers) if root else module.build(workers=workers)
+    else:
+        if not root:
+            raise ValueError(f"dataset {name!r} needs --root")
+        items = module.list_items(root)
+    test_sources = getattr(module, "TEST_SOURCES", None)
+    return list(items), None if test_sources is None else tuple(str(s) for s in test_sources)
+
+
+def parse_short_side(text: str) -> int | None:
+    """`native` -> None, else a positive int."""
+    if text == "native":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--short-side: expected a positive integer or 'native', got {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    p = argparse.ArgumentParser(prog="python -m internvqa_jax.data.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, help="demo, csv, bvi_hd, waterloo_ivc4k")
+    p.add_argument("--out", required=True, help="output shard directory")
+    p.add_argument("--root", default=None, help="dataset root (csv: the CSV file; demo: cache directory)")
+    p.add_argument("--frames", type=int, default=PrepareConfig.frames, help="frames stored per video")
+    p.add_argument("--short-side", type=parse_short_side, default=PrepareConfig.short_side, help="stored short side, or 'native'")
+    p.add_argument("--compression", choices=sorted(shards.COMPRESSIONS), default=PrepareConfig.compression)
+    p.add_argument("--records-per-shard", type=int, default=PrepareConfig.records_per_shard)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--folds", type=int, default=0, help="k for seeded k-fold by source (0 = none)")
+    p.add_argument("--val-fraction", type=float, default=SplitConfig.val_fraction)
+    p.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction, help="ignored where the dataset names its test sources")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.frames < 1:
+        p.error(f"--frames must be >= 1, got {args.frames}")
+
+    items, test_sources = list_dataset(args.dataset, args.root, args.workers)
+    config = PrepareConfig(args.frames, args.short_side, args.compression, args.records_per_shard)
+    split_config = SplitConfig(test_sources, args.val_fraction, args.test_fraction, args.folds, args.seed)
+    manifest = prepare_items(items, args.out, config, split_config, workers=args.workers, dataset=args.dataset)
+    print(summary(manifest))
+    return 0 if manifest["counts"]["records"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
