@@ -1,0 +1,100 @@
+"""The training state as one pytree of arrays, and the networks it is split from.
+
+NNX modules are split once into a static graph definition and two states per network: the
+trainable parameters (seen by the optimiser) and everything else (frozen parameters and other
+variables, carried along untouched). The state pytree is what `jax.jit` shards and donates and what
+orbax saves:
+
+    {"step": int32, "rng": uint32 key data, "nonfinite_step": int32 (-1 = none),
+     "params": {net: trainable State}, "frozen": {net: State}, "opt": optax state of "params"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# InternVideo2 fine-tuning in the authors' code trains only these parts of the teacher
+# (plus the last block); everything else keeps its pre-trained value.
+TEACHER_TRAINABLE_PARTS = ("patch_embed", "cls_token", "pos_embed", "clip_projector", "fc_norm", "head")
+
+
+def _names(path: tuple) -> list[str]:
+    return [str(p) for p in path]
+
+
+def authors_teacher_filter(depth: int) -> Callable[[tuple, Any], bool]:
+    """NNX filter: True for the teacher's trainable parameters (last block, embeddings, pooling, head).
+
+    Matches on the variable path, so it works for any module laid out with the InternVideo2 names
+    (`blocks/<i>/...`, `patch_embed`, `cls_token`, `pos_embed*`, `clip_projector`, `fc_norm`, `head`).
+    """
+    last = str(depth - 1)
+
+    def trainable(path: tuple, value: Any) -> bool:
+        if not isinstance(value, nnx.Param):
+            return False
+        names = _names(path)
+        if names and names[0] == "blocks":
+            return len(names) > 1 and names[1] == last
+        return any(n.startswith(TEACHER_TRAINABLE_PARTS) for n in names[:1])
+
+    return trainable
+
+
+@dataclasses.dataclass
+class Networks:
+    """Static halves of the networks of a run and their depth (for layer-wise lr decay)."""
+
+    graphdefs: dict[str, Any]
+    depths: dict[str, int]
+
+
+def split_networks(models: Mapping[str, nnx.Module], trainable_filters: Mapping[str, Any]) -> tuple[Networks, dict, dict]:
+    """Splits each module into (graphdef, trainable params, rest); returns (Networks, params, frozen).
+
+    A network whose filter is `None` is entirely frozen (a pre-fine-tuned teacher).
+    """
+    graphdefs, params, frozen, depths = {}, {}, {}, {}
+    for name, model in models.items():
+        filt = trainable_filters.get(name, nnx.Param)
+        if filt is None:
+            graphdef, rest = nnx.split(model, ...)
+            train_state = None
+        else:
+            graphdef, train_state, rest = nnx.split(model, nnx.All(nnx.Param, filt), ...)
+        graphdefs[name] = graphdef
+        if train_state is not None and jax.tree.leaves(train_state):
+            params[name] = train_state
+        frozen[name] = rest
+        depths[name] = int(getattr(getattr(model, "config", None), "depth", 0) or 0)
+    return Networks(graphdefs, depths), params, frozen
+
+
+def merge(networks: Networks, name: str, params: Mapping[str, Any], frozen: Mapping[str, Any]) -> nnx.Module:
+    """Rebuilds network `name` from the state pytree (inside or outside jit)."""
+    graphdef = networks.graphdefs[name]
+    if name in params:
+        return nnx.merge(graphdef, params[name], frozen[name])
+    return nnx.merge(graphdef, frozen[name])
+
+
+def init_state(params: dict, frozen: dict, tx, seed: int) -> dict[str, Any]:
+    """The full training state at step 0 (optimiser moments only for `params`)."""
+    return {
+        "step": jnp.asarray(0, jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+        "nonfinite_step": jnp.asarray(-1, jnp.int32),
+        "params": params,
+        "frozen": frozen,
+        "opt": tx.init(params),
+    }
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays."""
+    return int(sum(x.size for x in jax.tree.leaves(tree)))

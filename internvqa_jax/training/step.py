@@ -1,0 +1,129 @@
+"""Pure train and eval step functions over the state pytree (see `state.py`), ready for `jax.jit`.
+
+Frames arrive as uint8 and are normalised on the device. A non-finite loss never reaches the
+parameters: the update is skipped and the first such step is recorded in `nonfinite_step`, which the
+loop reads at its next check and stops on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from internvqa_jax import losses
+from internvqa_jax.data import sampling
+from internvqa_jax.training import state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """Which loss terms run and with what weights; `token_pairs` = aligned (student, teacher) layers."""
+
+    weights: Mapping[str, float]
+    smooth_l1_beta: float = 2.0
+    token_pairs: tuple[tuple[int, int], ...] = ()
+    teacher_frozen: bool = False
+
+
+def _prepare_input(frames: jax.Array, compute_dtype: Any) -> jax.Array:
+    return sampling.normalize(frames).astype(compute_dtype)
+
+
+def _score(logits: jax.Array) -> jax.Array:
+    return jnp.reshape(logits.astype(jnp.float32), (logits.shape[0],))
+
+
+def forward_losses(
+    networks: state_lib.Networks,
+    spec: LossSpec,
+    params: Mapping[str, Any],
+    frozen: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    compute_dtype: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Total loss and its terms for one batch, running the networks the weights need."""
+    x = _prepare_input(batch["frames"], compute_dtype)
+    names = networks.graphdefs
+    outputs: dict[str, Mapping[str, jax.Array]] = {}
+    use_tokens = bool(spec.weights.get("token")) and spec.token_pairs
+    for name in ("student", "teacher"):
+        if name not in names:
+            continue
+        layers = None
+        if use_tokens:
+            layers = [s for s, _ in spec.token_pairs] if name == "student" else [t for _, t in spec.token_pairs]
+        out = state_lib.merge(networks, name, params, frozen)(x, return_layers=layers)
+        if name == "teacher" and spec.teacher_frozen:
+            out = jax.tree.map(jax.lax.stop_gradient, out)
+        outputs[name] = out
+    token_loss = None
+    if use_tokens:
+        decoders = state_lib.merge(networks, "decoders", params, frozen)
+        token_loss = decoders(list(outputs["student"]["blocks"]), list(outputs["teacher"]["blocks"]))
+    s, t = outputs.get("student"), outputs.get("teacher")
+    return losses.total_loss(
+        spec.weights,
+        batch["label"],
+        student_score=None if s is None else _score(s["logits"]),
+        student_pool=None if s is None else s["pooled"],
+        teacher_score=None if t is None else _score(t["logits"]),
+        teacher_pool=None if t is None else t["pooled"],
+        token_loss=token_loss,
+        smooth_l1_beta=spec.smooth_l1_beta,
+    )
+
+
+def make_train_step(
+    networks: state_lib.Networks,
+    spec: LossSpec,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[jax.Array], jax.Array],
+    compute_dtype: Any = jnp.float32,
+) -> Callable[[dict, Mapping[str, jax.Array]], tuple[dict, dict[str, jax.Array]]]:
+    """Returns `train_step(state, batch) -> (state, metrics)`; metrics are device scalars."""
+
+    def loss_fn(params, frozen, batch):
+        return forward_losses(networks, spec, params, frozen, batch, compute_dtype)
+
+    def train_step(state: dict, batch: Mapping[str, jax.Array]) -> tuple[dict, dict[str, jax.Array]]:
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["frozen"], batch)
+        updates, new_opt = tx.update(grads, state["opt"], state["params"])
+        new_params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss)
+        # Keep the last good parameters when the loss is NaN/inf; remember where it happened.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        step = state["step"]
+        new_state = dict(state)
+        new_state.update(
+            step=step + 1,
+            rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]),
+            params=keep(new_params, state["params"]),
+            opt=keep(new_opt, state["opt"]),
+            nonfinite_step=jnp.where((state["nonfinite_step"] < 0) & ~finite, step + 1, state["nonfinite_step"]),
+        )
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
+        metrics.update({f"loss_{k}": v for k, v in terms.items()})
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(networks: state_lib.Networks, compute_dtype: Any = jnp.float32) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """Returns `eval_step(state, batch) -> {net: scores (B,)}`, averaging the logits over test views."""
+
+    def eval_step(state: dict, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        frames = batch["frames"]  # (B, V, T, H, W, 3)
+        b, v = frames.shape[:2]
+        x = _prepare_input(jnp.reshape(frames, (b * v,) + frames.shape[2:]), compute_dtype)
+        scores = {}
+        for name in ("student", "teacher"):
+            if name in networks.graphdefs:
+                out = state_lib.merge(networks, name, state["params"], state["frozen"])(x)
+                scores[name] = jnp.mean(jnp.reshape(_score(out["logits"]), (b, v)), axis=1)
+        return scores
+
+    return eval_step
