@@ -16,6 +16,7 @@ the rest finish.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +25,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -82,6 +84,7 @@ def decode_item(item: VideoItem, config: PrepareConfig) -> tuple[np.ndarray, dic
         "source_codec": str(info.codec),
         "source_pix_fmt": str(info.pix_fmt),
         "source_bit_depth": int(info.bit_depth),
+        "source_bitrate_kbps": float(getattr(info, "bitrate_kbps", 0.0)),
     }
     return frames, stored
 
@@ -122,28 +125,34 @@ def _worker_init() -> None:
 def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader: Loader) -> dict[str, Any]:
     """Decodes a shard's items, writes the shard atomically, then its sidecar; returns the sidecar."""
     out = pathlib.Path(out_dir)
-    records, metas, skipped = [], [], []
-    for item in task.items:
-        try:
-            frames, stored = loader(item, config)
-            if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3:
-                raise ValueError(f"decoded frames have shape {frames.shape}, expected (T>=1, H, W, 3)")
-            meta = {**item.to_dict(), **stored}
-            records.append(shards.encode_record(frames, meta))
+    metas, skipped = [], []
+
+    def records():
+        # A generator, so a shard streams to disk one video at a time (native 4K frames are big).
+        for item in task.items:
+            try:
+                frames, stored = loader(item, config)
+                if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3:
+                    raise ValueError(f"decoded frames have shape {frames.shape}, expected (T>=1, H, W, 3)")
+                record = shards.encode_record(frames, {**item.to_dict(), **stored})
+            except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
+                skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}"})
+                continue
             metas.append({**item.to_dict(), "stored_shape": list(frames.shape)})
-        except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
-            skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}"})
-    sha, size = None, 0
-    if records:
-        sha = shards.write_shard(out / task.file, records, config.compression)
-        size = (out / task.file).stat().st_size
+            yield record
+
+    sha = shards.write_shard(out / task.file, records(), config.compression)
+    size = (out / task.file).stat().st_size
+    if not metas:  # every video failed: no shard file, only the sidecar with the reasons
+        (out / task.file).unlink()
+        sha, size = None, 0
     sidecar = {
         "file": task.file,
         "fingerprint": config.fingerprint(),
         "video_ids": [it.video_id for it in task.items],
         "sha256": sha,
         "bytes": size,
-        "num_records": len(records),
+        "num_records": len(metas),
         "records": metas,
         "skipped": skipped,
     }
@@ -253,6 +262,30 @@ def prepare_items(
     bar = tqdm(total=len(items), desc=f"prepare {dataset}", unit="video", disable=not progress)
     bar.update(sum(len(t.items) for t in tasks if t.file in sidecars))
     jobs = [(str(out), task, config, loader) for task in pending]
+    with _sigterm_as_exit():
+        _run_jobs(jobs, workers, sidecars, bar)
+    bar.close()
+
+    manifest = build_manifest(items, tasks, sidecars, config, split_config, dataset, resumed=len(tasks) - len(pending))
+    shards.write_json_atomic(out / shards.MANIFEST, manifest)
+    return manifest
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """While preparing, SIGTERM raises SystemExit so workers are stopped and temp files removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate_as_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_jobs(jobs: list, workers: int, sidecars: dict[str, dict[str, Any]], bar) -> None:
+    """Writes the pending shards in this process or a spawn pool, filling `sidecars`."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             side = _write_task(job)
@@ -271,11 +304,6 @@ def prepare_items(
             raise
         finally:
             pool.join()
-    bar.close()
-
-    manifest = build_manifest(items, tasks, sidecars, config, split_config, dataset, resumed=len(tasks) - len(pending))
-    shards.write_json_atomic(out / shards.MANIFEST, manifest)
-    return manifest
 
 
 def build_manifest(
