@@ -105,7 +105,7 @@ def make_video(path: pathlib.Path, source: str = "testsrc2", size: str = "64x48"
 
 @pytest.fixture(scope="module")
 def video_tree(tmp_path_factory):
-    """Six good videos (3 sources x 2) and four bad files, as VideoItems."""
+    """Seven good videos (3 sources x 2, one odd-sized) and five bad files, as VideoItems."""
     root = tmp_path_factory.mktemp("videos")
     items = []
     for s, src in enumerate(["testsrc2", "mandelbrot", "smptebars"]):
@@ -116,7 +116,11 @@ def video_tree(tmp_path_factory):
     good = (root / "testsrc2_0.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(good[: len(good) // 3])
     run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-c:a", "aac", str(root / "audio_only.mp4"))
-    bad = [("empty", "empty.mp4"), ("truncated", "truncated.mp4"), ("audio_only", "audio_only.mp4"), ("missing", "missing.mp4")]
+    run_ffmpeg("-f", "lavfi", "-i", "color=c=red:size=1x1:rate=10", "-frames:v", "4", "-c:v", "ffv1", str(root / "one_pixel.mkv"))
+    # Odd-sized frames are legal (4:4:4 has no chroma subsampling constraint) and must be kept.
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-vf", "scale=65:49", "-frames:v", "6", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(root / "odd.mp4"))
+    items.append(VideoItem(str(root / "odd.mp4"), "odd", "odd_source", label=0.4, label_kind="vmaf"))
+    bad = [("empty", "empty.mp4"), ("truncated", "truncated.mp4"), ("audio_only", "audio_only.mp4"), ("missing", "missing.mp4"), ("one_pixel", "one_pixel.mkv")]
     for vid, name in bad:
         items.append(VideoItem(str(root / name), vid, f"bad_{vid}", label=0.5, label_kind="vmaf"))
     return root, items
@@ -130,13 +134,13 @@ def test_prepare_real_videos_skips_bad_ones_and_finishes(video_tree, tmp_path, c
     config = prepare.PrepareConfig(frames=4, short_side=None, records_per_shard=3)
     manifest = prepare.prepare_items(items, out, config, prepare.SplitConfig(seed=0), dataset="tiny", progress=False)
 
-    assert manifest["counts"]["records"] == 6 and manifest["counts"]["skipped"] == 4
+    assert manifest["counts"]["records"] == 7 and manifest["counts"]["skipped"] == 5
     reasons = {s["video_id"]: s["reason"] for s in manifest["skipped"]}
-    assert set(reasons) == {"empty", "truncated", "audio_only", "missing"}
+    assert set(reasons) == {"empty", "truncated", "audio_only", "missing", "one_pixel"}
     for vid, reason in reasons.items():
-        assert "VideoDecodeError" in reason and f"{vid}.mp4" in reason, reason
+        assert "VideoDecodeError" in reason and vid in reason, reason
     text = prepare.summary(manifest)
-    assert "skipped 4 video(s)" in text and "audio_only" in text
+    assert "skipped 5 video(s)" in text and "audio_only" in text
 
     shards.verify_shards(out)
     records = shards.FrameRecords(out)
@@ -151,6 +155,9 @@ def test_prepare_real_videos_skips_bad_ones_and_finishes(video_tree, tmp_path, c
         assert meta["quality_param"] == item.quality_param and meta["source_codec"] == "h264"
         assert (meta["source_width"], meta["source_height"]) == (64, 48) and meta["source_bitrate_kbps"] > 0
     splits.check_separation(manifest["records"])
+    odd, _ = records[by_id["odd"]["index"]]
+    assert odd.shape == (4, 49, 65, 3)
+    assert sampling.sample_fragments(odd, np.random.default_rng(0)).shape == (4, 224, 224, 3)
     # No half-written files anywhere.
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
