@@ -265,3 +265,25 @@ def test_interrupted_prepare_leaves_no_partial_shard_and_resumes(tmp_path):
     resumed = int(rerun.stdout.split("RESUMED")[1].split()[0])
     assert resumed == len(done) and "RECORDS 24" in rerun.stdout
     shards.verify_shards(out)
+
+
+def test_cli_named_test_sources_folds_and_summary(video_tree, tmp_path, monkeypatch, capsys):
+    import types
+
+    _, items = video_tree
+    fake = types.SimpleNamespace(list_items=lambda root: items[:7], TEST_SOURCES=("mandelbrot",))
+    monkeypatch.setattr(prepare, "dataset_module", lambda name: fake)
+    out = tmp_path / "cli"
+    code = prepare.main(["--dataset=fake", f"--out={out}", "--root=/anywhere", "--frames=2", "--short-side=native", "--folds=2", "--seed=3"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "7 of 7 videos" in printed
+    manifest = shards.load_manifest(out)
+    assert manifest["splits"]["test"] == ["mandelbrot"]
+    assert {r["split"] for r in manifest["records"] if r["source_id"] == "mandelbrot"} == {"test"}
+    assert manifest["config"]["short_side"] is None and manifest["config"]["frames"] == 2
+    splits.check_separation(manifest["records"], "fold")
+    assert sorted({r["fold"] for r in manifest["records"]}) == [0, 1]
+    with pytest.raises(SystemExit):
+        prepare.main(["--dataset=fake", f"--out={out}", "--short-side=big"])
+    assert "--short-side" in capsys.readouterr().err

@@ -373,19 +373,57 @@ def summary(manifest: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def list_dataset(name: str, root: str | None, workers: int) -> tuple[list[VideoItem], tuple[str, ...] | None]:
-    """Items of a registered dataset and its named test sources (None where it has none)."""
+def dataset_module(name: str):
+    """The dataset module registered as `name` (`datasets.get_dataset`, else the module of that name)."""
+    import importlib
+
     from internvqa_jax.data import datasets
 
-    module = datasets.get_dataset(name)
+    if hasattr(datasets, "get_dataset"):
+        return datasets.get_dataset(name)
+    try:
+        return importlib.import_module(f"internvqa_jax.data.datasets.{name}")
+    except ModuleNotFoundError as e:
+        raise ValueError(f"dataset {name!r} unknown: no module internvqa_jax.data.datasets.{name}") from e
+
+
+def list_dataset(name: str, root: str | None, workers: int = 1, out: str | os.PathLike | None = None) -> tuple[list[VideoItem], tuple[str, ...] | None]:
+    """Items of a registered dataset and its named test sources (None where it has none).
+
+    The demo dataset is built (or completed) first, in `root` or by default in `<out>/source_videos`.
+    """
+    module = dataset_module(name)
     if name == "demo":
-        items = module.build(root, workers) if root else module.build(workers=workers)
+        if root is None:
+            if out is None:
+                raise ValueError("dataset 'demo' needs a cache directory (root) or an output directory")
+            root = str(pathlib.Path(out) / "source_videos")
+        items = module.build(root, workers=max(1, workers))
     else:
         if not root:
-            raise ValueError(f"dataset {name!r} needs --root")
+            raise ValueError(f"dataset {name!r} needs --root (its files or CSV)")
         items = module.list_items(root)
     test_sources = getattr(module, "TEST_SOURCES", None)
     return list(items), None if test_sources is None else tuple(str(s) for s in test_sources)
+
+
+def prepare_dataset(
+    name: str,
+    out_dir: str | os.PathLike,
+    root: str | None = None,
+    config: PrepareConfig = PrepareConfig(),
+    *,
+    workers: int = 1,
+    folds: int = 0,
+    val_fraction: float = SplitConfig.val_fraction,
+    test_fraction: float = SplitConfig.test_fraction,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Lists (for demo: builds) dataset `name` and prepares its shards in `out_dir`; returns the manifest."""
+    items, test_sources = list_dataset(name, root, workers, out_dir)
+    split_config = SplitConfig(test_sources, val_fraction, test_fraction, folds, seed)
+    return prepare_items(items, out_dir, config, split_config, workers=workers, dataset=name, progress=progress)
 
 
 def parse_short_side(text: str) -> int | None:
@@ -406,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m internvqa_jax.data.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="demo, csv, bvi_hd, waterloo_ivc4k")
     p.add_argument("--out", required=True, help="output shard directory")
-    p.add_argument("--root", default=None, help="dataset root (csv: the CSV file; demo: cache directory)")
+    p.add_argument("--root", default=None, help="dataset root (csv: the CSV file; demo: cache directory, default OUT/source_videos)")
     p.add_argument("--frames", type=int, default=PrepareConfig.frames, help="frames stored per video")
     p.add_argument("--short-side", type=parse_short_side, default=PrepareConfig.short_side, help="stored short side, or 'native'")
     p.add_argument("--compression", choices=sorted(shards.COMPRESSIONS), default=PrepareConfig.compression)
@@ -420,10 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.frames < 1:
         p.error(f"--frames must be >= 1, got {args.frames}")
 
-    items, test_sources = list_dataset(args.dataset, args.root, args.workers)
     config = PrepareConfig(args.frames, args.short_side, args.compression, args.records_per_shard)
-    split_config = SplitConfig(test_sources, args.val_fraction, args.test_fraction, args.folds, args.seed)
-    manifest = prepare_items(items, args.out, config, split_config, workers=args.workers, dataset=args.dataset)
+    manifest = prepare_dataset(
+        args.dataset, args.out, args.root, config, workers=args.workers, folds=args.folds,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+    )
     print(summary(manifest))
     return 0 if manifest["counts"]["records"] else 1
 
