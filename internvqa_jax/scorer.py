@@ -1,0 +1,533 @@
+"""Scoring videos with a trained model: `load(model_dir_or_workdir)` -> `Scorer`.
+
+A `Scorer` runs the test-time protocol written by training into the model directory's
+`inference.json` (see `InferenceSpec`): frames sampled from the file, K temporal clips x 3 crops
+(resize_crop) or K seeded fragment draws, each view scored by the model, and the video's score =
+the mean over its views, on the training label's scale. Everything that could vary is seeded, so
+the same file gives the same score on every call, alone or in a batch with others.
+
+Per-segment scores (`score(..., per_segment=True)`) cut the video into consecutive windows of
+`segment_seconds` and score each window on its own with the same spatial protocol: a quality
+curve over time. They are a diagnostic; the video score stays the full-clip protocol.
+
+Views of many videos are packed into fixed-size batches (padded, so the jitted forward compiles
+once); decoding of the next videos overlaps the model in a small thread pool. The parameters live
+on one device of any backend (`device="cpu" | "gpu" | "tpu" | jax.Device`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from internvqa_jax.data import sampling
+
+MODEL_CONFIG = "model_config.json"
+INFERENCE_FILE = "inference.json"
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".ivf", ".y4m", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".hevc", ".h264", ".264", ".265", ".obu")
+
+# Readable descriptions of the label kinds the datasets use (see data/records.py).
+LABEL_KINDS = {
+    "vmaf": "VMAF/100 (0 = worst, 1 = visually lossless; higher is better)",
+    "mos": "MOS/100 (higher is better)",
+    "dmos": "DMOS/100 (differential MOS; higher is WORSE)",
+    "score": "the training CSV's score scale",
+}
+
+
+# --------------------------------------------------------------------------- inference spec
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+    """How a model expects to be fed at test time, read from `inference.json`.
+
+    frames, size: clip length and side of the square view. spatial_mode: "resize_crop" or
+    "fragments". num_segments: K temporal clips at test time. seed: fragment draws. mean, std:
+    normalisation in 0..255 units. stored_frames, short_side: how training data were prepared
+    (that many evenly spread frames kept per video, short side shrunk to `short_side`); applying
+    the same here makes `predict` see what `evaluate` saw (None = all frames / native size).
+    label_kind, label_scale: the training label ("vmaf", "mos", "dmos", "score"; a text such as
+    "VMAF/100"); higher_is_better follows from the kind unless given.
+    """
+
+    frames: int = 8
+    size: int = 224
+    spatial_mode: str = "resize_crop"
+    num_segments: int = 4
+    seed: int = 0
+    mean: tuple[float, float, float] = tuple(sampling.MEAN)
+    std: tuple[float, float, float] = tuple(sampling.STD)
+    stored_frames: int | None = None
+    short_side: int | None = None
+    label_kind: str = "score"
+    label_scale: str = ""
+    higher_is_better: bool = True
+
+    def __post_init__(self):
+        sampling.check_spatial_mode(self.spatial_mode)
+        for name in ("frames", "size", "num_segments"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"inference spec: {name} must be >= 1, got {getattr(self, name)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"inference spec: mean/std must be 3 values (std > 0), got {self.mean}, {self.std}")
+
+    @property
+    def views_per_clip(self) -> int:
+        """Views of one video under the test protocol."""
+        return sampling.num_eval_views(self.spatial_mode, self.num_segments)
+
+    def describe_scale(self) -> str:
+        """One line that says what a score means, printed by the CLIs and stored in outputs."""
+        text = self.label_scale or LABEL_KINDS.get(self.label_kind, self.label_kind)
+        direction = "higher is better" if self.higher_is_better else "higher is worse"
+        if direction not in text and "higher is" not in text:
+            text = f"{text} ({direction})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the keys `from_dict` reads)."""
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "inference.json") -> "InferenceSpec":
+        """Builds a spec from an inference.json dict; nested sections and a few synonyms accepted.
+
+        Accepted layouts: flat keys named like the fields; `num_frames` for frames,
+        `img_size`/`crop_size` for size, `spatial`/`sampling` for spatial_mode, `test_views`/
+        `num_test_segments` for num_segments; `normalization`/`normalisation` sections with
+        mean/std; a `label` section with kind/scale/higher_is_better; a `prepare` section with
+        frames/short_side. Unknown keys are ignored (the file may carry more than scoring needs).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        flat: dict[str, Any] = {}
+        synonyms = {
+            "num_frames": "frames", "img_size": "size", "crop_size": "size", "spatial": "spatial_mode",
+            "sampling": "spatial_mode", "test_views": "num_segments", "num_test_segments": "num_segments",
+            "segments": "num_segments", "eval_seed": "seed",
+        }
+        for key, value in d.items():
+            if isinstance(value, dict):
+                continue
+            flat[synonyms.get(key, key)] = value
+        for section in ("normalization", "normalisation", "normalize"):
+            if isinstance(d.get(section), dict):
+                flat.update({k: d[section][k] for k in ("mean", "std") if k in d[section]})
+        if isinstance(d.get("label"), dict):
+            lab = d["label"]
+            for src, dst in (("kind", "label_kind"), ("scale", "label_scale"), ("higher_is_better", "higher_is_better")):
+                if src in lab:
+                    flat[dst] = lab[src]
+        if isinstance(d.get("prepare"), dict):
+            prep = d["prepare"]
+            if "frames" in prep:
+                flat["stored_frames"] = prep["frames"]
+            if "short_side" in prep:
+                flat["short_side"] = prep["short_side"]
+        if isinstance(d.get("test"), dict):
+            for key, value in d["test"].items():
+                flat[synonyms.get(key, key)] = value
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in flat.items() if k in names}
+        if "label_scale" in kwargs and not isinstance(kwargs["label_scale"], str):
+            kwargs["label_scale"] = str(kwargs["label_scale"])
+        if "higher_is_better" not in kwargs and str(kwargs.get("label_kind", "")).lower() == "dmos":
+            kwargs["higher_is_better"] = False
+        try:
+            for key in ("frames", "size", "num_segments", "seed"):
+                if key in kwargs:
+                    kwargs[key] = int(kwargs[key])
+            for key in ("stored_frames", "short_side"):
+                if kwargs.get(key) is not None:
+                    kwargs[key] = int(kwargs[key])
+            for key in ("mean", "std"):
+                if key in kwargs:
+                    kwargs[key] = tuple(float(v) for v in kwargs[key])
+            return cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """The score of one video (or frame array), or the reason it could not be scored.
+
+    `score` is on the training label's scale (`scale` says which); `segments` (per-segment mode)
+    lists `{"index", "start_s", "end_s", "score"}` windows in time order (seconds are frame
+    numbers when the frame rate is unknown). `float(result)` gives the score.
+    """
+
+    path: str
+    score: float | None = None
+    error: str | None = None
+    num_views: int = 0
+    scale: str = ""
+    segments: list[dict[str, float]] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the video was scored."""
+        return self.error is None and self.score is not None
+
+    def __float__(self) -> float:
+        if not self.ok:
+            raise ValueError(f"{self.path}: not scored ({self.error})")
+        return float(self.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class _Job:
+    """Views of one input, ready for the model: whole-clip views plus per-window views."""
+
+    path: str
+    views: np.ndarray | None = None  # (V, T, S, S, 3) uint8
+    window_views: list[np.ndarray] = dataclasses.field(default_factory=list)
+    windows: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _windows(num_frames: int, fps: float | None, segment_seconds: float) -> list[tuple[int, int]]:
+    """Consecutive `[start, end)` frame windows of about `segment_seconds` covering the video."""
+    per_window = segment_seconds * fps if fps and fps > 0 else segment_seconds
+    count = max(1, int(round(num_frames / max(per_window, 1e-9))))
+    edges = np.linspace(0, num_frames, count + 1).round().astype(int)
+    return [(int(a), int(max(b, a + 1))) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, spec: InferenceSpec) -> np.ndarray:
+    """The K x crops test views, reading frames through `take(kept positions) -> uint8 frames`.
+
+    Same plan and random stream as `sampling.eval_views` on the kept frames (shrinking each clip's
+    frames equals shrinking all frames first, since the resize works frame by frame), but only
+    the frames the K clips use are ever touched.
+    """
+    rng = np.random.default_rng(spec.seed)
+    views: list[np.ndarray] = []
+    for idx in sampling.test_segment_indices(num_kept, spec.frames, spec.num_segments):
+        clip = _shrink(take(idx), spec.short_side)
+        views.extend(sampling.spatial_eval(clip, spec.size, spec.spatial_mode, rng))
+    return np.stack(views)
+
+
+def clip_views(frames: np.ndarray, spec: InferenceSpec) -> np.ndarray:
+    """Test views `(V, T, S, S, 3)` of a frame array: stored-frame selection, shrink, K x crops.
+
+    Mirrors what evaluation does on prepared shards: keep `spec.stored_frames` evenly spread
+    frames, shrink the short side to `spec.short_side`, then `sampling.eval_views` seeded by
+    `spec.seed`.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"score: expected uint8 frames (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError("score: got zero frames")
+    keep = _file_clip_indices(frames.shape[0], spec)
+    return _views_from_plan(lambda idx: frames[keep[idx]], len(keep), spec)
+
+
+def _shrink(frames: np.ndarray, short_side: int | None) -> np.ndarray:
+    if short_side is None or min(frames.shape[1:3]) <= short_side:
+        return frames
+    return sampling.resize_short_side(frames, short_side)
+
+
+def _window_views(frames: np.ndarray, spec: InferenceSpec, window_index: int) -> np.ndarray:
+    """Views of one time window: T evenly spread frames, then the spatial test views."""
+    idx = sampling.evenly_spaced_indices(frames.shape[0], spec.frames)
+    rng = np.random.default_rng((spec.seed, 1 + window_index))
+    clip = _shrink(frames[idx], spec.short_side)
+    return np.stack(sampling.spatial_eval(clip, spec.size, spec.spatial_mode, rng))
+
+
+def _file_clip_indices(num_frames: int, spec: InferenceSpec) -> np.ndarray:
+    """Frame numbers of the file that `clip_views` would keep (all of them, or the stored ones)."""
+    if spec.stored_frames is None:
+        return np.arange(num_frames)
+    return sampling.evenly_spaced_indices(num_frames, spec.stored_frames)
+
+
+def prepare_file(path: str, spec: InferenceSpec, per_segment: bool = False, segment_seconds: float = 1.0) -> _Job:
+    """Decodes only the frames the protocol needs and builds the views of one file.
+
+    Any failure (unreadable, zero frames, too small, decoder error) becomes `_Job.error` naming
+    the file and the reason, so a batch goes on with the other files.
+    """
+    from internvqa_jax.data import decode  # PyAV; imported here so that frame-array use stays light
+
+    job = _Job(path=str(path))
+    try:
+        info = decode.probe(path)
+        keep = _file_clip_indices(info.num_frames, spec)
+        # Only the frames the K clips touch are decoded: the temporal plan is computed on the kept
+        # frame list first and mapped back to file frame numbers.
+        plan = sampling.test_segment_indices(len(keep), spec.frames, spec.num_segments)
+        needed = set(keep[np.unique(plan)].tolist())
+        windows: list[tuple[int, int]] = []
+        if per_segment:
+            windows = _windows(info.num_frames, info.fps, segment_seconds)
+            for a, b in windows:
+                needed.update((a + sampling.evenly_spaced_indices(b - a, spec.frames)).tolist())
+        order = sorted(needed)
+        decoded = decode.decode_frames(path, order)
+        lookup = {f: i for i, f in enumerate(order)}
+        job.views = _views_from_plan(lambda idx: decoded[[lookup[int(keep[i])] for i in idx]], len(keep), spec)
+        for w, (a, b) in enumerate(windows):
+            idx = a + sampling.evenly_spaced_indices(b - a, spec.frames)
+            win = decoded[[lookup[int(i)] for i in idx]]
+            job.window_views.append(_window_views(win, dataclasses.replace(spec, stored_frames=None), w))
+            fps = info.fps if info.fps and info.fps > 0 else 1.0
+            job.windows.append((a / fps, b / fps))
+    except (ValueError, OSError, RuntimeError) as err:
+        # VideoDecodeError is a ValueError whose message already names the file.
+        msg = str(err)
+        job.error = msg if str(path) in msg else f"{path}: {msg}"
+    return job
+
+
+def prepare_frames(frames: np.ndarray, spec: InferenceSpec, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None, name: str = "<frames>") -> _Job:
+    """Views of an in-memory uint8 `(T, H, W, 3)` array (same protocol as for files)."""
+    job = _Job(path=name)
+    frames = np.asarray(frames)
+    job.views = clip_views(frames, spec)
+    if per_segment:
+        for w, (a, b) in enumerate(_windows(frames.shape[0], fps, segment_seconds)):
+            win = frames[a:b][sampling.evenly_spaced_indices(b - a, spec.frames)]
+            job.window_views.append(_window_views(win, dataclasses.replace(spec, stored_frames=None), w))
+            scale = fps if fps else 1.0
+            job.windows.append((a / scale, b / scale))
+    return job
+
+
+# --------------------------------------------------------------------------- scorer
+
+
+def _pick_device(device: Any) -> jax.Device:
+    if device is None:
+        return jax.devices()[0]
+    if isinstance(device, str):
+        try:
+            return jax.devices(device)[0]
+        except RuntimeError as err:
+            raise ValueError(f"device {device!r} is not available here (backends: {jax.default_backend()}): {err}") from err
+    return device
+
+
+def list_videos(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Expands folders (recursively, sorted) into video files; files are kept as given.
+
+    A folder's files are picked by extension (`VIDEO_EXTENSIONS`); a named file is always kept,
+    whatever its extension, so a wrong file is reported rather than silently skipped. A missing
+    path is kept too and fails with "file not found" when scored.
+    """
+    out: list[str] = []
+    for item in inputs:
+        p = pathlib.Path(item)
+        if p.is_dir():
+            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+        else:
+            out.append(str(p))
+    return out
+
+
+class Scorer:
+    """Scores videos with one model under its test-time protocol (see module doc)."""
+
+    def __init__(self, model: nnx.Module, spec: InferenceSpec, batch_size: int = 8, device: Any = None, name: str = "", decode_workers: int = 2):
+        if batch_size < 1:
+            raise ValueError(f"Scorer: batch_size must be >= 1, got {batch_size}")
+        self.spec = spec
+        self.batch_size = int(batch_size)
+        self.device = _pick_device(device)
+        self.name = name
+        self.decode_workers = max(1, int(decode_workers))
+        if hasattr(model, "eval"):
+            model.eval()  # dropout / drop-path off
+        graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state, self.device)
+        mean = jnp.asarray(spec.mean, jnp.float32)
+        std = jnp.asarray(spec.std, jnp.float32)
+
+        def forward(state, frames):
+            # Normalisation on the device: uint8 crosses the host link, 4x fewer bytes than float.
+            x = (frames.astype(jnp.float32) - mean) / std
+            out = nnx.merge(graphdef, state)(x)
+            logits = out["logits"] if isinstance(out, dict) else out
+            return jnp.reshape(logits, (logits.shape[0], -1))[:, 0].astype(jnp.float32)
+
+        self._forward = jax.jit(forward)
+
+    # ----------------------------------------------------------------- model
+
+    def score_views(self, views: np.ndarray) -> np.ndarray:
+        """Model score of every view `(N, T, S, S, 3)` uint8 -> `(N,)` float32, in fixed batches."""
+        views = np.asarray(views)
+        n = views.shape[0]
+        out = np.empty((n,), np.float32)
+        for start in range(0, n, self.batch_size):
+            chunk = views[start : start + self.batch_size]
+            if chunk.shape[0] < self.batch_size:
+                # Pad to the fixed batch shape so the jitted forward compiles once.
+                pad = np.zeros((self.batch_size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            x = jax.device_put(chunk, self.device)
+            out[start : start + self.batch_size] = np.asarray(self._forward(self._state, x))[: min(self.batch_size, n - start)]
+        return out
+
+    # ----------------------------------------------------------------- public
+
+    def score(self, path_or_frames: str | os.PathLike | np.ndarray, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None) -> ScoreResult:
+        """Scores one video file or uint8 `(T, H, W, 3)` frame array.
+
+        Raises ValueError (naming the file and reason) when it cannot be scored; `score_many`
+        instead reports failures in the results. `fps` only labels per-segment windows of arrays.
+        """
+        if isinstance(path_or_frames, (str, os.PathLike)):
+            result = self.score_many([path_or_frames], per_segment=per_segment, segment_seconds=segment_seconds, progress=False)[0]
+            if not result.ok:
+                raise ValueError(result.error)
+            return result
+        job = prepare_frames(path_or_frames, self.spec, per_segment, segment_seconds, fps)
+        return self._finish(job, self._score_jobs([job])[0])
+
+    def score_many(self, paths: Sequence[str | os.PathLike], per_segment: bool = False, segment_seconds: float = 1.0, progress: bool = False, on_result: Callable[[ScoreResult], None] | None = None) -> list[ScoreResult]:
+        """Scores files (in input order); a file that fails gets `error` and the rest go on.
+
+        Decoding runs ahead in `decode_workers` threads (PyAV releases the GIL while decoding)
+        while the model scores the views already prepared. `on_result` is called per file.
+        """
+        paths = [str(p) for p in paths]
+        results: list[ScoreResult] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(paths), unit="video", desc=self.name or "scoring", dynamic_ncols=True)
+        with concurrent.futures.ThreadPoolExecutor(self.decode_workers) as pool:
+            for job in self._prepared(pool, paths, per_segment, segment_seconds):
+                result = self._finish(job, self._score_jobs([job])[0]) if job.error is None else ScoreResult(path=job.path, error=job.error, scale=self.spec.describe_scale())
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                if bar is not None:
+                    bar.set_postfix_str(os.path.basename(job.path)[:30])
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return results
+
+    # ----------------------------------------------------------------- internals
+
+    def _prepared(self, pool: concurrent.futures.Executor, paths: Sequence[str], per_segment: bool, segment_seconds: float) -> Iterator[_Job]:
+        """Yields prepared jobs in input order, keeping a few decodes in flight ahead."""
+        ahead = self.decode_workers + 1
+        pending: list[concurrent.futures.Future] = []
+        it = iter(paths)
+        for path in it:
+            pending.append(pool.submit(prepare_file, path, self.spec, per_segment, segment_seconds))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            job = pending.pop(0).result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(prepare_file, nxt, self.spec, per_segment, segment_seconds))
+            yield job
+
+    def _score_jobs(self, jobs: Sequence[_Job]) -> list[tuple[float, list[float]]]:
+        """(video score, window scores) per job; all their views go through the model together."""
+        chunks: list[np.ndarray] = []
+        spans: list[tuple[slice, list[slice]]] = []
+        offset = 0
+        for job in jobs:
+            assert job.views is not None
+            whole = slice(offset, offset + job.views.shape[0])
+            chunks.append(job.views)
+            offset += job.views.shape[0]
+            wins = []
+            for wv in job.window_views:
+                wins.append(slice(offset, offset + wv.shape[0]))
+                chunks.append(wv)
+                offset += wv.shape[0]
+            spans.append((whole, wins))
+        scores = self.score_views(np.concatenate(chunks))
+        return [(float(np.mean(scores[whole], dtype=np.float64)), [float(np.mean(scores[w], dtype=np.float64)) for w in wins]) for whole, wins in spans]
+
+    def _finish(self, job: _Job, scored: tuple[float, list[float]]) -> ScoreResult:
+        score, window_scores = scored
+        segments = None
+        if job.windows:
+            segments = [{"index": i, "start_s": float(a), "end_s": float(b), "score": s} for i, ((a, b), s) in enumerate(zip(job.windows, window_scores))]
+        return ScoreResult(path=job.path, score=score, num_views=int(job.views.shape[0]), scale=self.spec.describe_scale(), segments=segments)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:
+    """A model directory from a model dir or a training workdir (-> `workdir/export/<which>`)."""
+    p = pathlib.Path(path)
+    if (p / MODEL_CONFIG).is_file():
+        return p
+    exported = p / "export" / which
+    if (exported / MODEL_CONFIG).is_file():
+        return exported
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: checkpoint not found (expected a model directory or a training workdir)")
+    raise FileNotFoundError(f"{p}: neither a model directory (no {MODEL_CONFIG}) nor a training workdir (no export/{which}/{MODEL_CONFIG})")
+
+
+def read_inference_spec(model_dir: str | os.PathLike, meta: Any = None) -> InferenceSpec:
+    """The model's `InferenceSpec`, from the loader's metadata or `inference.json` on disk."""
+    model_dir = pathlib.Path(model_dir)
+    data = None
+    if isinstance(meta, dict):
+        data = meta.get("inference", None)
+        if data is None and any(k in meta for k in ("frames", "num_frames", "size", "spatial_mode")):
+            data = meta
+    if data is None:
+        path = model_dir / INFERENCE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; the scorer needs the test-time protocol (frames, size, spatial mode, label scale) that training writes there")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return InferenceSpec.from_dict(data, where=str(model_dir / INFERENCE_FILE))
+
+
+def load(checkpoint: str | os.PathLike, batch_size: int = 8, device: Any = None, which: str = "student", **spec_overrides: Any) -> Scorer:
+    """Loads a model directory (or a training workdir's exported student/teacher) as a `Scorer`.
+
+    `spec_overrides` replace fields of the stored inference spec (e.g. `num_segments=1` for speed).
+    """
+    from internvqa_jax.models import saving  # the model code is only needed here
+
+    model_dir = resolve_model_dir(checkpoint, which)
+    model, meta = saving.load_model_dir(model_dir)
+    spec = read_inference_spec(model_dir, meta)
+    if spec_overrides:
+        spec = dataclasses.replace(spec, **spec_overrides)
+    return Scorer(model, spec, batch_size=batch_size, device=device, name=model_dir.name)

@@ -1,0 +1,178 @@
+"""Scorer: test protocol, determinism, files vs frames, batching, broken files, per-segment curve.
+
+A toy NNX model (mean brightness through a learned affine map) makes every expected score
+computable by hand from `sampling.eval_views`; the real models are exercised in test_predict.py.
+"""
+
+import json
+import pathlib
+import subprocess
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from flax import nnx
+
+from internvqa_jax import scorer as scorer_lib
+from internvqa_jax.data import decode, sampling
+
+
+class BrightnessModel(nnx.Module):
+    """logits = w * mean(x) + b over each clip: a stand-in with the real models' output dict."""
+
+    def __init__(self, w: float = 2.0, b: float = 0.5):
+        self.w = nnx.Param(np.float32(w))
+        self.b = nnx.Param(np.float32(b))
+
+    def __call__(self, x):
+        value = x.mean(axis=(1, 2, 3, 4)) * self.w[...] + self.b[...]
+        return {"logits": value[:, None], "pooled": value[:, None]}
+
+
+def _expected(frames: np.ndarray, spec: scorer_lib.InferenceSpec, w=2.0, b=0.5) -> float:
+    views = sampling.eval_views(frames, spec.frames, spec.size, spec.spatial_mode, spec.num_segments, seed=spec.seed)
+    x = (views.astype(np.float32) - np.float32(spec.mean)) / np.float32(spec.std)
+    return float(np.mean(x.mean(axis=(1, 2, 3, 4)) * w + b))
+
+
+def _make_video(path: pathlib.Path, seconds: float = 2.0, size: str = "160x96", source: str = "testsrc2", fps: int = 10) -> pathlib.Path:
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate={fps}", "-t", str(seconds),
+         "-c:v", "libx264", "-g", "5", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    good_a = _make_video(root / "a.mp4")
+    good_b = _make_video(root / "b.mp4", source="mandelbrot", size="128x128")
+    broken = root / "broken.mp4"
+    broken.write_bytes(good_a.read_bytes()[:300])  # header only: a truncated download
+    (root / "notes.txt").write_text("not a video")
+    return root, good_a, good_b, broken
+
+
+SPEC_FRAG = scorer_lib.InferenceSpec(frames=4, size=64, spatial_mode="fragments", num_segments=3, seed=7)
+SPEC_CROP = scorer_lib.InferenceSpec(frames=4, size=48, spatial_mode="resize_crop", num_segments=2)
+
+
+@pytest.mark.parametrize("spec", [SPEC_FRAG, SPEC_CROP], ids=["fragments", "resize_crop"])
+def test_frames_score_matches_protocol_by_hand(spec):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(20, 72, 100, 3), dtype=np.uint8)
+    s = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=4)
+    result = s.score(frames)
+    assert result.ok and result.num_views == spec.views_per_clip
+    assert float(result) == pytest.approx(_expected(frames, spec), abs=1e-5)
+
+
+def test_stored_frames_and_short_side_follow_prepare():
+    # With stored_frames/short_side, the scorer must see what evaluation on prepared shards sees:
+    # evenly spread stored frames, short side shrunk, then eval_views.
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, size=(30, 80, 120, 3), dtype=np.uint8)
+    spec = scorer_lib.InferenceSpec(frames=4, size=32, spatial_mode="fragments", num_segments=2, stored_frames=8, short_side=40)
+    stored = sampling.resize_short_side(frames[sampling.evenly_spaced_indices(30, 8)], 40)
+    base = scorer_lib.InferenceSpec(frames=4, size=32, spatial_mode="fragments", num_segments=2)
+    np.testing.assert_array_equal(scorer_lib.clip_views(frames, spec), sampling.eval_views(stored, 4, 32, "fragments", 2, seed=0))
+    got = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=3).score(frames)
+    assert float(got) == pytest.approx(_expected(stored, base), abs=1e-5)
+
+
+def test_file_score_equals_score_of_its_decoded_frames_and_repeats(videos):
+    _, good_a, _, _ = videos
+    s = scorer_lib.Scorer(BrightnessModel(), SPEC_FRAG, batch_size=4)
+    from_file = s.score(good_a)
+    again = s.score(good_a)
+    from_frames = s.score(decode.decode_frames(good_a))
+    assert from_file.score == again.score  # identical, not merely close
+    assert from_file.score == pytest.approx(from_frames.score, abs=1e-6)
+    assert from_file.scale == SPEC_FRAG.describe_scale()
+
+
+def test_score_many_keeps_order_reports_broken_and_is_batch_invariant(videos):
+    root, good_a, good_b, broken = videos
+    s = scorer_lib.Scorer(BrightnessModel(), SPEC_FRAG, batch_size=5)
+    paths = scorer_lib.list_videos([root])
+    assert [pathlib.Path(p).name for p in paths] == ["a.mp4", "b.mp4", "broken.mp4"]  # notes.txt left out
+    results = s.score_many(paths)
+    assert [r.ok for r in results] == [True, True, False]
+    assert "broken.mp4" in results[2].error
+    with pytest.raises(ValueError, match="broken.mp4"):
+        s.score(broken)
+    # A video's score does not depend on its neighbours in the batch or on the batch size.
+    alone = scorer_lib.Scorer(BrightnessModel(), SPEC_FRAG, batch_size=2).score(good_b)
+    assert results[1].score == pytest.approx(alone.score, abs=1e-6)
+    assert results[0].score != results[1].score
+    missing = s.score_many([root / "nope.mp4"])[0]
+    assert not missing.ok and "file not found" in missing.error
+
+
+def test_per_segment_curve_follows_brightness_over_time():
+    # Frames get brighter every second: per-window scores must rise window after window.
+    fps = 10
+    frames = np.concatenate([np.full((fps, 64, 64, 3), 40 + 50 * k, np.uint8) for k in range(4)])
+    spec = scorer_lib.InferenceSpec(frames=2, size=32, spatial_mode="resize_crop", num_segments=2)
+    result = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=4).score(frames, per_segment=True, segment_seconds=1.0, fps=fps)
+    segs = result.segments
+    assert [(s["start_s"], s["end_s"]) for s in segs] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    values = [s["score"] for s in segs]
+    assert all(b > a for a, b in zip(values, values[1:]))
+    # Each window of constant frames scores exactly like a constant clip of that brightness.
+    one = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=4).score(np.full((fps, 64, 64, 3), 140, np.uint8))
+    assert values[2] == pytest.approx(one.score, abs=1e-5)
+
+
+def test_per_segment_from_file_has_windows_in_seconds(videos):
+    _, good_a, _, _ = videos  # 2 s at 10 fps
+    s = scorer_lib.Scorer(BrightnessModel(), SPEC_FRAG, batch_size=4)
+    result = s.score(good_a, per_segment=True, segment_seconds=0.5)
+    assert len(result.segments) == 4
+    assert result.segments[-1]["end_s"] == pytest.approx(2.0)
+    assert result.score == s.score(good_a).score  # the video score ignores the windows
+
+
+def test_inference_spec_reading(tmp_path):
+    spec = scorer_lib.InferenceSpec.from_dict(
+        {"num_frames": 4, "img_size": 112, "spatial_mode": "fragments", "test_views": 2,
+         "normalization": {"mean": [1, 2, 3], "std": [4, 5, 6]}, "label": {"kind": "dmos", "scale": "DMOS/100"},
+         "prepare": {"frames": 16, "short_side": 256}, "something_else": 1}
+    )
+    assert (spec.frames, spec.size, spec.num_segments, spec.stored_frames, spec.short_side) == (4, 112, 2, 16, 256)
+    assert spec.mean == (1.0, 2.0, 3.0) and spec.std == (4.0, 5.0, 6.0)
+    assert spec.higher_is_better is False and "higher is worse" in spec.describe_scale()
+    assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="inference.json: spatial mode 'bogus' unknown"):
+        scorer_lib.InferenceSpec.from_dict({"spatial_mode": "bogus"})
+    with pytest.raises(ValueError, match="frames must be >= 1"):
+        scorer_lib.InferenceSpec.from_dict({"frames": 0})
+    # Reading from disk: a missing or broken inference.json is named.
+    with pytest.raises(FileNotFoundError, match="inference.json: missing"):
+        scorer_lib.read_inference_spec(tmp_path)
+    (tmp_path / "inference.json").write_text("{oops")
+    with pytest.raises(ValueError, match="inference.json: not valid JSON"):
+        scorer_lib.read_inference_spec(tmp_path)
+    (tmp_path / "inference.json").write_text(json.dumps({"frames": 2, "size": 32}))
+    assert scorer_lib.read_inference_spec(tmp_path).frames == 2
+
+
+def test_resolve_model_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        scorer_lib.resolve_model_dir(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="neither a model directory"):
+        scorer_lib.resolve_model_dir(tmp_path)
+    student = tmp_path / "export" / "student"
+    student.mkdir(parents=True)
+    (student / "model_config.json").write_text("{}")
+    assert scorer_lib.resolve_model_dir(tmp_path) == student
+    assert scorer_lib.resolve_model_dir(student) == student
+
+
+def test_bad_frames_input_is_named():
+    s = scorer_lib.Scorer(BrightnessModel(), SPEC_CROP)
+    with pytest.raises(ValueError, match="expected uint8 frames"):
+        s.score(np.zeros((4, 32, 32, 3), np.float32))
