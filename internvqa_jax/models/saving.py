@@ -1,0 +1,124 @@
+"""Model directories: a model's config and parameters, loadable without knowing its class.
+
+Layout of a model directory:
+  model_config.json   {"arch": "internvideo2" | "internvideo2_pretrain" | "videomamba", "config": {...}}
+  params/             orbax checkpoint of the model's nnx state (parameters; no RNG state)
+  inference.json      optional: frames, size, sampling, normalisation, score scale, ...
+
+Writes are atomic: everything goes to a temporary sibling folder that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from internvqa_jax.models import registry
+
+CONFIG_FILE = "model_config.json"
+INFERENCE_FILE = "inference.json"
+PARAMS_DIR = "params"
+
+# Everything but RNG streams is saved; RNG state is recreated at load time.
+_SAVED = nnx.Not(nnx.RngState)
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    """The config's fields as a plain dict (dataclass or any object with `to_dict`)."""
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    raise TypeError(f"config of type {type(config).__name__} has no to_dict()")
+
+
+def _write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: dict | None = None) -> pathlib.Path:
+    """Writes `model` (config + parameters) and optional `inference` metadata to `out_dir`.
+
+    An existing `out_dir` is replaced only after the new one is complete.
+    """
+    out_dir = pathlib.Path(out_dir).absolute()
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "arch"):
+        raise TypeError(f"save_model_dir: {type(model).__name__} has no .config with an .arch")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        _write_json(tmp / CONFIG_FILE, {"arch": config.arch, "config": _config_dict(config)})
+        if inference is not None:
+            _write_json(tmp / INFERENCE_FILE, dict(inference))
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / PARAMS_DIR, nnx.state(model, _SAVED))
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:
+    """Renames `new` to `target`, moving an existing `target` aside first and deleting it after."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads `{"arch", "config", "inference"}` of a model directory without loading parameters."""
+    path = pathlib.Path(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path} is not a model directory: {CONFIG_FILE} is missing")
+    try:
+        stored = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+    for key in ("arch", "config"):
+        if key not in stored:
+            raise KeyError(f"{config_path}: missing key {key!r} (expected {{'arch': ..., 'config': {{...}}}})")
+    inference_path = path / INFERENCE_FILE
+    inference = json.loads(inference_path.read_text()) if inference_path.is_file() else None
+    return {"arch": stored["arch"], "config": stored["config"], "inference": inference}
+
+
+def load_model_dir(path: str | os.PathLike, **config_overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:
+    """Loads a model directory; returns `(model, meta)` with meta = {arch, config, inference}.
+
+    `config_overrides` may change fields that do not alter the parameter layout (dtype,
+    attention_impl, remat); parameters are restored into an abstract model (no double allocation).
+    """
+    path = pathlib.Path(path).absolute()
+    meta = read_meta(path)
+    config = registry.config_from_dict({"arch": meta["arch"], **meta["config"], **config_overrides})
+    abstract = nnx.eval_shape(lambda: registry.create_model(config, nnx.Rngs(0)))
+    graphdef, abstract_state, rest = nnx.split(abstract, _SAVED, ...)
+    params_path = path / PARAMS_DIR
+    if not params_path.is_dir():
+        raise FileNotFoundError(f"{path}: parameter checkpoint {PARAMS_DIR}/ is missing")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        restored = checkpointer.restore(params_path, abstract_state)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{params_path}: parameters do not match the model of {CONFIG_FILE}: {err}") from err
+    finally:
+        checkpointer.close()
+    model = nnx.merge(graphdef, restored, rest)
+    meta["config_object"] = config
+    return model, meta
