@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,10 +33,16 @@ MIN_SIDE = 8
 class VideoDecodeError(ValueError):
     """A video could not be probed or decoded; the message names the file and the reason."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        # One argument is accepted as a complete message ("<file>: <reason>") for callers that
+        # format their own; two build that message.
+        if reason is None:
+            self.path, _, self.reason = os.fspath(path).partition(": ")
+            super().__init__(os.fspath(path))
+        else:
+            self.path = os.fspath(path)
+            self.reason = reason
+            super().__init__(f"{self.path}: {reason}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +71,36 @@ class _FrameIndex:
     has_timestamps: bool  # False: pts missing or repeated, so only sequential decoding is safe
 
 
+# Raw planar YUV files carry no header: size, rate and depth come from the file name, in the
+# convention of the VQA databases (`Name_1920x1080_60fps_10bit_420.yuv`).
+RAW_EXTENSIONS = (".yuv", ".raw")
+_RAW_SIZE = re.compile(r"(?<![0-9])([0-9]{2,5})x([0-9]{2,5})(?![0-9])")
+_RAW_FPS = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)\s*(?:fps|hz|p)(?![a-z])", re.IGNORECASE)
+_RAW_BITS = re.compile(r"(?<![0-9])(8|10|12|16)\s*-?bits?(?![a-z])", re.IGNORECASE)
+
+
+def raw_yuv_options(path: str) -> dict[str, str]:
+    """PyAV demuxer options for a headerless .yuv file, read from its name.
+
+    Size (`WxH`) is required; frame rate (`25fps`) defaults to 25 and depth (`10bit`) to 8 bits,
+    4:2:0 unless the name says `444` or `422`. Raises VideoDecodeError when no size is found.
+    """
+    name = os.path.basename(path)
+    size = _RAW_SIZE.search(name)
+    if size is None:
+        raise VideoDecodeError(path, "raw .yuv file name must contain the frame size as WxH (e.g. clip_1920x1080_25fps.yuv)")
+    fps = _RAW_FPS.search(name.replace(size.group(0), ""))
+    bits = _RAW_BITS.search(name)
+    chroma = "444" if "444" in name else "422" if "422" in name else "420"
+    depth = int(bits.group(1)) if bits else 8
+    pix_fmt = f"yuv{chroma}p" + ("" if depth == 8 else f"{depth}le")
+    return {
+        "video_size": f"{size.group(1)}x{size.group(2)}",
+        "framerate": fps.group(1) if fps else "25",
+        "pixel_format": pix_fmt,
+    }
+
+
 def _open(path: str | os.PathLike) -> tuple[Any, Any]:
     """Opens `path` and returns (container, first video stream), or raises VideoDecodeError."""
     path = os.fspath(path)
@@ -74,7 +111,10 @@ def _open(path: str | os.PathLike) -> tuple[Any, Any]:
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)")
     try:
-        container = av.open(path, mode="r")
+        if path.lower().endswith(RAW_EXTENSIONS):
+            container = av.open(path, mode="r", format="rawvideo", options=raw_yuv_options(path))
+        else:
+            container = av.open(path, mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
         raise VideoDecodeError(path, f"not a readable media file or truncated ({err})") from err
     if not container.streams.video:
@@ -100,10 +140,12 @@ def _read_index(path: str, container: Any, stream: Any) -> _FrameIndex:
     keyframe_pts: set[int] = set()
     total_bytes = 0
     any_missing = False
+    packets = 0
     try:
         for packet in container.demux(stream):
             if packet.size == 0:
                 continue  # the flush packet demux yields at the end
+            packets += 1
             if packet.is_discard:
                 continue  # edit-list padding: the decoder drops it, so it is no frame
             total_bytes += packet.size
@@ -120,6 +162,11 @@ def _read_index(path: str, container: Any, stream: Any) -> _FrameIndex:
         # A truncated tail: keep the frames before the damage; decoding verifies them.
     if not pts:
         raise VideoDecodeError(path, "video stream has zero frames")
+    # Containers with a sample table (mp4/mov) declare their frame count; fewer packets on disk
+    # means the file was cut short and its last frames would decode as garbage or not at all.
+    declared = int(stream.frames or 0)
+    if declared > packets:
+        raise VideoDecodeError(path, f"file is truncated: the container lists {declared} frames but only {packets} are present")
     ordered = sorted(pts)
     has_timestamps = not any_missing and len(set(ordered)) == len(ordered)
     positions = sorted(bisect.bisect_left(ordered, p) for p in keyframe_pts) if has_timestamps else [0]
@@ -158,7 +205,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             fps=fps,
             width=ctx.width,
             height=ctx.height,
-            codec=ctx.codec.name,
+            codec=ctx.codec.canonical_name or ctx.codec.name,
             pix_fmt=pix_fmt,
             bit_depth=int(bit_depth),
             duration_s=float(duration),
@@ -168,17 +215,53 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         container.close()
 
 
-def to_rgb24(frame: av.VideoFrame) -> np.ndarray:
-    """Converts a decoded frame to `(H, W, 3)` uint8 RGB the way `ffmpeg -pix_fmt rgb24` does.
+class RgbConverter:
+    """Converts decoded frames to `(H, W, 3)` uint8 RGB exactly as `ffmpeg -pix_fmt rgb24` does.
 
-    8-bit YUV takes swscale's unscaled YUV->RGB path, where the interpolation flag is irrelevant
-    and the result equals ffmpeg's exactly. Deeper formats go through the general scaler; the
-    ffmpeg command line inserts its automatic scaler with bicubic flags, so we ask for the same.
+    The ffmpeg command line converts through libavfilter: a buffer source carrying the frame's
+    size, pixel format, colour matrix and range, its automatic `scale` filter with bicubic flags,
+    then `format=rgb24`. We build the same graph with PyAV's libavfilter, which reproduces the
+    command line bit for bit for 8- and 10-bit input alike (swscale's direct conversion does not
+    for 10-bit: its chroma interpolation and dithering differ). One graph is kept and rebuilt
+    only when the frame geometry or format changes.
     """
-    depth = max((c.bits for c in frame.format.components), default=8)
-    if depth <= 8:
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._graph: Any = None
+
+    def _build(self, frame: av.VideoFrame) -> None:
+        graph = av.filter.Graph()
+        src = graph.add(
+            "buffer",
+            video_size=f"{frame.width}x{frame.height}",
+            pix_fmt=str(int(frame.format)),
+            time_base="1/1000",
+            pixel_aspect="1/1",
+            colorspace=str(int(frame.colorspace)),
+            range=str(int(frame.color_range)),
+        )
+        scale = graph.add("scale", "flags=bicubic")
+        fmt = graph.add("format", "rgb24")
+        sink = graph.add("buffersink")
+        src.link_to(scale)
+        scale.link_to(fmt)
+        fmt.link_to(sink)
+        graph.configure()
+        self._graph = graph
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range))
+        if key != self._key:
+            self._build(frame)
+            self._key = key
+        self._graph.push(frame)
+        return self._graph.pull().to_ndarray()
+
+
+def to_rgb24(frame: av.VideoFrame) -> np.ndarray:
+    """Converts one decoded frame to `(H, W, 3)` uint8 RGB the way `ffmpeg -pix_fmt rgb24` does."""
+    return RgbConverter()(frame)
 
 
 class _Reader:
@@ -192,6 +275,7 @@ class _Reader:
         self.path = path
         self.container, self.stream = _open(path)
         self.stream.thread_type = "AUTO"
+        self.to_rgb = RgbConverter()
 
     def close(self) -> None:
         """Closes the container."""
@@ -223,7 +307,7 @@ def _decode_sequential(reader: _Reader, wanted: Sequence[int]) -> dict[int, np.n
     found: dict[int, np.ndarray] = {}
     for i, frame in enumerate(reader.frames_from(None)):
         if i in targets:
-            found[i] = to_rgb24(frame)
+            found[i] = reader.to_rgb(frame)
         if i >= last:
             break
     return found
@@ -261,7 +345,7 @@ def _decode_run(reader: _Reader, index: _FrameIndex, pending: list[int], start: 
         if pts is None:
             continue
         if pts in want:
-            got[want[pts]] = to_rgb24(frame)
+            got[want[pts]] = reader.to_rgb(frame)
         while cursor < len(pending) and index.pts[pending[cursor]] <= pts:
             cursor += 1
         if pending[0] not in got and pts > index.pts[pending[0]]:
@@ -326,7 +410,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
         count = 0
         for frame in reader.frames_from(None):
             count += 1
-            yield to_rgb24(frame)
+            yield reader.to_rgb(frame)
         if count == 0:
             raise VideoDecodeError(reader.path, "video stream has zero decodable frames")
     finally:

@@ -39,3 +39,26 @@ class VideoItem:
         if unknown:
             raise ValueError(f"VideoItem: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
         return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedEntry:
+    """A row or file a lister left out, with where it came from and why."""
+
+    source: str  # the file (CSV, score sheet, video) the problem was found in
+    location: str  # e.g. "row 7" or a video path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source} ({self.location}): {self.reason}"
+
+
+class ItemList(list):
+    """A list of VideoItem that also carries `skipped`: the entries a lister left out and why.
+
+    Behaves as a plain list everywhere else, so callers that ignore `skipped` keep working.
+    """
+
+    def __init__(self, items=(), skipped: list[SkippedEntry] | None = None):
+        super().__init__(items)
+        self.skipped: list[SkippedEntry] = list(skipped or [])
