@@ -407,11 +407,13 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """Yields every frame of `path` in display order as `(H, W, 3)` uint8 RGB."""
     reader = _Reader(os.fspath(path))
     try:
+        # The packet scan is cheap and catches zero-frame and truncated files before decoding.
+        _read_index(reader.path, reader.container, reader.stream)
         count = 0
         for frame in reader.frames_from(None):
             count += 1
             yield reader.to_rgb(frame)
         if count == 0:
-            raise VideoDecodeError(reader.path, "video stream has zero decodable frames")
+            raise VideoDecodeError(reader.path, "video stream has zero frames that decode")
     finally:
         reader.close()
