@@ -11,11 +11,12 @@ STORED_FRAMES = 6
 
 
 def tagged_loader(item: VideoItem, config: prepare.PrepareConfig):
-    """Fake decoder: red channel = video number, green = stored frame number (exact after crops)."""
+    """Fake decoder: red = video number, green = stored frame number (exact after crops), blue = position."""
     k = int(item.video_id[1:])
     frames = np.zeros((config.frames, 40, 60, 3), np.uint8)
     frames[..., 0] = k
     frames[..., 1] = np.arange(config.frames)[:, None, None] * 10
+    frames[..., 2] = (np.arange(40)[:, None] * 7 + np.arange(60)[None, :]) % 256  # crops/fragments differ
     return frames, {"frame_indices": list(range(config.frames))}
 
 
@@ -148,6 +149,19 @@ def test_eval_covers_every_record_once_over_two_processes(shard_dir):
     expected = sorted(r["index"] for r in table if r["split"] in ("val", "test"))
     assert sorted(seen) == expected
     assert pipeline.num_eval_batches(shard_dir, "test", 3, process_count=2) == len(collect_eval(shard_dir, "test", 0, 2, **kw))
+
+
+def test_eval_views_equal_sampling_on_all_frames(shard_dir):
+    from internvqa_jax.data import sampling
+
+    records = shards.FrameRecords(shard_dir)
+    for mode in ("fragments", "resize_crop"):
+        kw = dict(num_frames=3, size=32, spatial_mode=mode, num_segments=2, seed=4)
+        batch = next(pipeline.eval_iterator(shard_dir, "test", batch_size=2, process_index=0, process_count=1, **kw))
+        for j, idx in enumerate(batch["index"]):
+            frames, _ = records[int(idx)]
+            expected = sampling.eval_views(frames, 3, 32, mode, 2, seed=(4, int(idx)))
+            np.testing.assert_array_equal(batch["frames"][j], expected)
 
 
 def test_eval_is_deterministic_and_segments_differ(shard_dir):

@@ -21,18 +21,39 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- records
 
 
-def test_record_round_trip_and_bad_bytes():
+def test_video_records_round_trip_and_bad_bytes():
     frames = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
     meta = {"video_id": "a", "label": 0.5, "extra": {"qp": 37}}
-    out, got = shards.decode_record(shards.encode_record(frames, meta))
+    records = shards.encode_video(frames, meta)
+    assert len(records) == 4 and all(len(r) == 5 * 7 * 3 for r in records[1:])
+    out, got = shards.decode_video(records)
     np.testing.assert_array_equal(out, frames)
     assert got == meta
     with pytest.raises(shards.ShardError, match="does not start with"):
-        shards.decode_record(b"JUNK" + bytes(20))
-    with pytest.raises(shards.ShardError, match="payload has"):
-        shards.decode_record(shards.encode_record(frames, meta)[:-1])
+        shards.decode_video([b"JUNK" + bytes(20)] + records[1:])
+    with pytest.raises(shards.ShardError, match="frame record has 104 bytes"):
+        shards.decode_video(records[:2] + [records[2][:-1], records[3]])
+    with pytest.raises(shards.ShardError, match="2 frame records, header says 3"):
+        shards.decode_video(records[:3])
     with pytest.raises(ValueError, match="uint8"):
-        shards.encode_record(frames.astype(np.float32), meta)
+        shards.encode_video(frames.astype(np.float32), meta)
+
+
+def test_frame_records_read_only_requested_frames(tmp_path):
+    config = prepare.PrepareConfig(frames=5, short_side=None, records_per_shard=2)
+    manifest = prepare.prepare_items(fake_items(5), tmp_path, config, loader=ramp_loader, progress=False)
+    assert manifest["counts"]["frame_records"] == 5 * 6
+    records = shards.FrameRecords(tmp_path)
+    for i in range(5):
+        full, meta = records[i]
+        assert full.shape == (5, 8, 8, 3) and meta["video_id"] == manifest["records"][i]["video_id"]
+        np.testing.assert_array_equal(full[:, 0, 0, 0], np.arange(5) + 10 * int(meta["video_id"][1:]))
+        part, _ = records.read(i, [4, 1, 1])
+        np.testing.assert_array_equal(part, full[[4, 1, 1]])
+    with pytest.raises(IndexError, match="5 stored frames"):
+        records.read(0, [5])
+    with pytest.raises(IndexError, match="video index 5"):
+        records.read(5)
 
 
 def test_write_shard_interrupted_leaves_nothing(tmp_path):
@@ -188,6 +209,12 @@ def numbered_loader(item: VideoItem, config: prepare.PrepareConfig):
     if item.video_id.startswith("bad"):
         raise ValueError(f"{item.path}: cannot decode (test)")
     return np.full((config.frames, 8, 8, 3), int(item.video_id[-2:]), np.uint8), {}
+
+
+def ramp_loader(item: VideoItem, config: prepare.PrepareConfig):
+    """Fake decoder: frame t of video k is filled with 10*k + t."""
+    base = 10 * int(item.video_id[1:])
+    return np.broadcast_to((base + np.arange(config.frames, dtype=np.uint8))[:, None, None, None], (config.frames, 8, 8, 3)).copy(), {}
 
 
 def fake_items(n: int) -> list[VideoItem]:

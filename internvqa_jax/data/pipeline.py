@@ -63,42 +63,52 @@ class _Records:
         self.shard_dir = str(shard_dir)
         self._records: shards.FrameRecords | None = None
 
-    def load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    @property
+    def records(self) -> shards.FrameRecords:
         if self._records is None:
             self._records = shards.FrameRecords(self.shard_dir)
-        return self._records[int(index)]
+        return self._records
 
     def __getstate__(self):
         return {"shard_dir": self.shard_dir, "_records": None}
 
 
 class TrainTransform(grain.transforms.RandomMap):
-    """Record index -> one augmented training clip (`sampling.train_clip`)."""
+    """Video index -> one augmented training clip; reads only the sampled frames.
+
+    Same random stream as `sampling.train_clip` on all stored frames: segment offset, then crop or
+    fragment positions, then flip.
+    """
 
     def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, flip: bool = True):
-        self.records = _Records(shard_dir)
+        self.store = _Records(shard_dir)
         self.num_frames, self.size, self.flip = num_frames, size, flip
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        frames, meta = self.records.load(index)
-        clip = sampling.train_clip(frames, self.num_frames, self.size, self.spatial_mode, rng, self.flip)
+        records = self.store.records
+        idx = sampling.train_segment_indices(records.num_frames(int(index)), self.num_frames, rng)
+        frames, meta = records.read(int(index), idx)
+        clip = sampling.spatial_train(frames, self.size, self.spatial_mode, rng, self.flip)
         return {"frames": clip, "label": np.float32(meta["label"]), "index": np.int64(index)}
 
 
 class EvalTransform(grain.transforms.Map):
-    """(record index, valid) -> all deterministic test views of the record."""
+    """(video index, valid) -> all deterministic test views, equal to `sampling.eval_views`."""
 
     def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, num_segments: int, seed: int):
-        self.records = _Records(shard_dir)
+        self.store = _Records(shard_dir)
         self.num_frames, self.size, self.num_segments, self.seed = num_frames, size, num_segments, seed
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
 
     def map(self, element) -> dict[str, np.ndarray]:
         index, valid = int(element[0]), bool(element[1])
-        frames, meta = self.records.load(index)
-        # Fragment draws are seeded by (seed, record index): the same views on every run/process.
-        views = sampling.eval_views(frames, self.num_frames, self.size, self.spatial_mode, self.num_segments, seed=(self.seed, index))
+        records = self.store.records
+        plan = sampling.test_segment_indices(records.num_frames(index), self.num_frames, self.num_segments)
+        frames, meta = records.read(index, plan.reshape(-1))
+        clips = list(frames.reshape(plan.shape + frames.shape[1:]))
+        # Fragment draws are seeded by (seed, video index): the same views on every run/process.
+        views = sampling.views_of_clips(clips, self.size, self.spatial_mode, seed=(self.seed, index))
         return {"frames": views, "label": np.float32(meta["label"]), "index": np.int64(index), "mask": np.bool_(valid)}
 
 

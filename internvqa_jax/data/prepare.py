@@ -48,7 +48,9 @@ class PrepareConfig:
 
     def fingerprint(self) -> str:
         """Short hash identifying the stored contents, checked when resuming."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        # The record layout version is part of it: shards of an older layout are rewritten.
+        payload = {**dataclasses.asdict(self), "layout": shards.MANIFEST_FORMAT}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,20 +128,23 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
     """Decodes a shard's items, writes the shard atomically, then its sidecar; returns the sidecar."""
     out = pathlib.Path(out_dir)
     metas, skipped = [], []
+    written = 0  # records in the shard so far: a video's header lands at this position
 
     def records():
         # A generator, so a shard streams to disk one video at a time (native 4K frames are big).
+        nonlocal written
         for item in task.items:
             try:
                 frames, stored = loader(item, config)
                 if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3:
                     raise ValueError(f"decoded frames have shape {frames.shape}, expected (T>=1, H, W, 3)")
-                record = shards.encode_record(frames, {**item.to_dict(), **stored})
+                video = shards.encode_video(frames, {**item.to_dict(), **stored})
             except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
                 skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}"})
                 continue
-            metas.append({**item.to_dict(), "stored_shape": list(frames.shape)})
-            yield record
+            metas.append({**item.to_dict(), "stored_shape": list(frames.shape), "position": written})
+            written += len(video)
+            yield from video
 
     sha = shards.write_shard(out / task.file, records(), config.compression)
     size = (out / task.file).stat().st_size
@@ -152,8 +157,9 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
         "video_ids": [it.video_id for it in task.items],
         "sha256": sha,
         "bytes": size,
-        "num_records": len(metas),
-        "records": metas,
+        "num_records": written,
+        "num_videos": len(metas),
+        "videos": metas,
         "skipped": skipped,
     }
     shards.write_json_atomic(out / sidecar_name(task.file), sidecar)
@@ -315,29 +321,32 @@ def build_manifest(
     dataset: str,
     resumed: int = 0,
 ) -> dict[str, Any]:
-    """Joins the shard sidecars into the manifest: global record indices follow shard order."""
+    """Joins the shard sidecars into the manifest: video indices and record keys follow shard order."""
     assignment, folds, missing = assign_splits(items, split_config)
     records, shard_rows, skipped = [], [], []
+    offset = 0  # global record key of the shard's first record (shards concatenated in order)
     for task in tasks:
         side = sidecars[task.file]
-        shard_rows.append({k: side[k] for k in ("file", "sha256", "bytes", "num_records")})
+        shard_rows.append({k: side[k] for k in ("file", "sha256", "bytes", "num_records", "num_videos")})
         skipped.extend(side["skipped"])
-        for pos, meta in enumerate(side["records"]):
+        for meta in side["videos"]:
             records.append(
                 {
                     "index": len(records),
                     "shard": task.file,
-                    "position": pos,
+                    "first_record": offset + meta["position"],
                     "video_id": meta["video_id"],
                     "source_id": meta["source_id"],
                     "label": meta["label"],
                     "label_kind": meta["label_kind"],
                     "codec": meta["codec"],
+                    "quality_param": meta["quality_param"],
                     "stored_shape": meta["stored_shape"],
                     "split": assignment[meta["source_id"]],
                     "fold": None if folds is None else folds[meta["source_id"]],
                 }
             )
+        offset += side["num_records"]
     split_sources = {name: sorted(s for s, v in assignment.items() if v == name) for name in splits.SPLITS}
     per_split = {name: sum(r["split"] == name for r in records) for name in splits.SPLITS}
     return {
@@ -345,7 +354,7 @@ def build_manifest(
         "dataset": dataset,
         "config": dataclasses.asdict(config),
         "split_config": {**dataclasses.asdict(split_config), "test_sources": None if split_config.test_sources is None else list(split_config.test_sources)},
-        "counts": {"listed": len(items), "records": len(records), "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split},
+        "counts": {"listed": len(items), "records": len(records), "frame_records": offset, "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split},
         "shards": shard_rows,
         "splits": split_sources,
         "folds": folds,

@@ -253,11 +253,17 @@ def eval_views(frames: np.ndarray, num_frames: int, size: int, mode: str, num_se
     Fragment draws are seeded by `seed` (pass e.g. `(seed, record_index)`) so evaluation repeats.
     """
     _check_frames(frames, "eval_views")
+    plan = test_segment_indices(frames.shape[0], num_frames, num_segments)
+    return views_of_clips([frames[idx] for idx in plan], size, mode, seed)
+
+
+def views_of_clips(clips: Sequence[np.ndarray], size: int, mode: str, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """Test views of temporally sampled clips (one per segment, in plan order), as `eval_views`.
+
+    Lets a reader that fetched only the planned frames produce exactly `eval_views`' output.
+    """
     rng = np.random.default_rng(seed)
-    views = []
-    for idx in test_segment_indices(frames.shape[0], num_frames, num_segments):
-        views.extend(spatial_eval(frames[idx], size, mode, rng))
-    return np.stack(views)
+    return np.stack([view for clip in clips for view in spatial_eval(clip, size, mode, rng)])
 
 
 def num_eval_views(mode: str, num_segments: int) -> int:

@@ -1,16 +1,20 @@
-"""Pre-decoded frame shards: one ArrayRecord record per video, plus a JSON manifest.
+"""Pre-decoded frame shards: ArrayRecord files holding each video as a header plus one record per frame.
 
-Record layout (little endian): magic `b"IVQR"`, uint32 header length, UTF-8 JSON header, then the
-frames as raw C-order uint8 `(T, H, W, 3)`. The header holds the shape and the video's metadata
-(the `VideoItem` fields, source frame count/fps/codec, the stored frame indices). Compression, if
-any, is ArrayRecord's own per-record zstd (`group_size:1`, so every record stays randomly
-addressable): lossless, and decoding a record stays a zero-copy `np.frombuffer` when uncompressed.
+A video of T stored frames is T + 1 consecutive ArrayRecord records: a header record (magic
+`b"IVQR"`, uint32 length, UTF-8 JSON with the frame shape and the video's metadata: the
+`VideoItem` fields, source frame count/fps/codec/bitrate, the stored frame indices), then each
+frame as raw C-order uint8 `(H, W, 3)` bytes. Frames are separate records because a training
+clip needs only some of them: reading 8 of 16 native 720p frames is ~8x faster than reading one
+44 MB whole-video record (measured in benchmarks/data.py). Every record is its own chunk
+(`group_size:1`), so any frame is randomly addressable; compression, if chosen, is ArrayRecord's
+per-record zstd (lossless).
 
 Files in a shard directory:
 - `shard-00000-of-00004.array_record` ... the shards; written as a temp name, then renamed.
-- `shard-00000-of-00004.json` ... sidecar of a finished shard (checksum, records, skipped items),
+- `shard-00000-of-00004.json` ... sidecar of a finished shard (checksum, videos, skipped items),
   written after the shard; a re-run trusts a shard only if the sidecar's checksum matches.
-- `manifest.json` ... counts, per-shard sha256, config, splits, skipped items, a table of records.
+- `manifest.json` ... counts, per-shard sha256, config, splits, skipped items, and one row per
+  stored video (`records`: index, video_id, source_id, label, split, fold, shard, first record).
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import json
 import os
 import pathlib
 import struct
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 MAGIC = b"IVQR"
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "internvqa_jax.shards/1"
+MANIFEST_FORMAT = "internvqa_jax.shards/2"
 COMPRESSIONS = {"none": "uncompressed", "zstd": "zstd:3"}
 _HEADER_LEN = struct.Struct("<I")
 
@@ -35,32 +39,41 @@ class ShardError(ValueError):
     """A shard, record or manifest that is missing, corrupt or of the wrong format."""
 
 
-def encode_record(frames: np.ndarray, meta: dict[str, Any]) -> bytes:
-    """Serialises uint8 frames `(T, H, W, 3)` and a JSON-able metadata dict into one record."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"encode_record: expected uint8 (T, H, W, 3) frames, got {frames.dtype} {frames.shape}")
+def encode_video(frames: np.ndarray, meta: dict[str, Any]) -> list[bytes]:
+    """The records of one video: a header (shape + JSON-able `meta`), then one record per frame."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"encode_video: expected uint8 (T>=1, H, W, 3) frames, got {frames.dtype} {frames.shape}")
     header = json.dumps({"shape": list(frames.shape), "meta": meta}, sort_keys=True).encode()
-    return b"".join([MAGIC, _HEADER_LEN.pack(len(header)), header, np.ascontiguousarray(frames).tobytes()])
+    return [MAGIC + _HEADER_LEN.pack(len(header)) + header] + [np.ascontiguousarray(f).tobytes() for f in frames]
 
 
-def decode_header(record: bytes) -> tuple[dict[str, Any], int]:
-    """Returns (header dict, payload offset) of a record."""
+def decode_header(record: bytes) -> dict[str, Any]:
+    """The header dict (`shape`, `meta`) of a video's first record."""
     if record[:4] != MAGIC:
-        raise ShardError(f"record does not start with {MAGIC!r}; not an internvqa_jax frame record")
+        raise ShardError(f"record does not start with {MAGIC!r}; not an internvqa_jax video header")
     (n,) = _HEADER_LEN.unpack_from(record, 4)
-    header = json.loads(bytes(record[8 : 8 + n]))
-    return header, 8 + n
+    if len(record) != 8 + n:
+        raise ShardError(f"video header has {len(record) - 8} JSON bytes, its length field says {n}")
+    return json.loads(bytes(record[8:]))
 
 
-def decode_record(record: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    """Inverse of `encode_record`: (read-only frames view `(T, H, W, 3)`, metadata)."""
-    header, offset = decode_header(record)
-    shape = tuple(header["shape"])
-    expected = int(np.prod(shape))
-    if len(record) - offset != expected:
-        raise ShardError(f"record payload has {len(record) - offset} bytes, header shape {shape} needs {expected}")
-    frames = np.frombuffer(record, np.uint8, count=expected, offset=offset).reshape(shape)
-    return frames, header["meta"]
+def frames_from_records(shape: Sequence[int], records: Sequence[bytes]) -> np.ndarray:
+    """Stacks raw frame records into uint8 `(len(records), H, W, 3)`; checks every size."""
+    h, w, c = (int(x) for x in shape[1:])
+    out = np.empty((len(records), h, w, c), np.uint8)
+    for i, rec in enumerate(records):
+        if len(rec) != h * w * c:
+            raise ShardError(f"frame record has {len(rec)} bytes, header shape {list(shape)} needs {h * w * c}")
+        out[i] = np.frombuffer(rec, np.uint8).reshape(h, w, c)
+    return out
+
+
+def decode_video(records: Sequence[bytes]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Inverse of `encode_video`: (frames `(T, H, W, 3)`, metadata)."""
+    header = decode_header(records[0])
+    if len(records) - 1 != header["shape"][0]:
+        raise ShardError(f"video has {len(records) - 1} frame records, header says {header['shape'][0]}")
+    return frames_from_records(header["shape"], records[1:]), header["meta"]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -144,7 +157,7 @@ def load_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def shard_paths(shard_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
-    """Paths of the non-empty shards in manifest order (global record index follows this order)."""
+    """Paths of the non-empty shards in manifest order (global record keys follow this order)."""
     paths = []
     for s in manifest["shards"]:
         if s["num_records"] == 0:
@@ -169,37 +182,56 @@ def verify_shards(shard_dir: str | os.PathLike, manifest: dict[str, Any] | None 
 
 
 class FrameRecords:
-    """Random access to the decoded records of a shard directory: `len()`, `[i] -> (frames, meta)`.
+    """Random access to the stored videos of a shard directory.
 
+    `len()` videos; `read(i, frame_indices)` -> (selected frames, metadata), reading only the
+    requested frame records; `[i]` -> all frames. Video `i` is the manifest's `records[i]`.
     Picklable (the ArrayRecord readers open lazily), so Grain worker processes can hold one.
     """
 
     def __init__(self, shard_dir: str | os.PathLike):
         self.shard_dir = str(shard_dir)
         self.manifest = load_manifest(shard_dir)
+        self.rows = self.manifest["records"]
         self.paths = shard_paths(shard_dir, self.manifest)
         self._source = None
 
     def __len__(self) -> int:
-        return int(self.manifest["counts"]["records"])
+        return len(self.rows)
+
+    def num_frames(self, index: int) -> int:
+        """Stored frames of video `index` (from the manifest, no read)."""
+        return int(self.rows[index]["stored_shape"][0])
 
     @property
     def source(self):
-        """The underlying `grain.sources.ArrayRecordDataSource` (raw record bytes)."""
+        """The underlying `grain.sources.ArrayRecordDataSource` (raw records of all shards)."""
         if self._source is None:
             import grain
 
             self._source = grain.sources.ArrayRecordDataSource(self.paths)
-            if len(self._source) != len(self):
-                raise ShardError(f"{self.shard_dir}: shards hold {len(self._source)} records, manifest says {len(self)}")
+            total = sum(s["num_records"] for s in self.manifest["shards"])
+            if len(self._source) != total:
+                raise ShardError(f"{self.shard_dir}: shards hold {len(self._source)} records, manifest says {total}")
         return self._source
 
-    def raw(self, index: int) -> bytes:
-        """Record bytes of global record `index`."""
-        return self.source[index]
+    def read(self, index: int, frame_indices: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Frames `frame_indices` (default all, repeats allowed) of video `index` and its metadata."""
+        if not 0 <= index < len(self.rows):
+            raise IndexError(f"{self.shard_dir}: video index {index} out of range [0, {len(self.rows)})")
+        n = self.num_frames(index)
+        wanted = np.arange(n) if frame_indices is None else np.asarray(frame_indices, np.int64)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
+            raise IndexError(f"{self.shard_dir}: video {index} has {n} stored frames, asked for {wanted.tolist()}")
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        first = int(self.rows[index]["first_record"])
+        records = self.source.__getitems__([first] + [first + 1 + int(f) for f in unique])
+        header = decode_header(records[0])
+        frames = frames_from_records(header["shape"], records[1:])
+        return frames[inverse], header["meta"]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
-        return decode_record(self.raw(index))
+        return self.read(index)
 
     def __getstate__(self):
         state = dict(self.__dict__)
