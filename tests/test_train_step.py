@@ -1,5 +1,7 @@
 """Train step on one device: frozen parts stay, the optimiser never sees them, loss falls, NaN is caught."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,47 +13,31 @@ from internvqa_jax import losses
 from internvqa_jax.training import optim, step as step_lib, state as state_lib
 
 
-class StandIn(nnx.Module):
-    """Small InternVideo2-shaped video regressor: same parameter names and forward contract."""
+def tiny(seed, **overrides):
+    from internvqa_jax.models import registry
 
-    class Config:
-        def __init__(self, depth):
-            self.depth = depth
+    cfg = registry.get_config("tiny", num_classes=1, num_frames=2, img_size=28, **overrides)
+    return registry.create_model(cfg, nnx.Rngs(seed))
 
-    def __init__(self, dim: int, depth: int, pool: int, *, rngs: nnx.Rngs):
-        self.config = self.Config(depth)
-        self.patch_embed = nnx.Linear(3 * 4 * 4, dim, rngs=rngs)
-        self.cls_token = nnx.Param(jnp.zeros((1, 1, dim)))
-        self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1 + 2 * 2 * 2, dim)))
-        self.blocks = nnx.List([nnx.Linear(dim, dim, rngs=rngs) for _ in range(depth)])
-        self.clip_projector = nnx.Linear(dim, pool, rngs=rngs)
-        self.fc_norm = nnx.LayerNorm(pool, rngs=rngs)
-        self.head = nnx.Linear(pool, 1, rngs=rngs)
 
-    def __call__(self, x, return_layers=None):
-        b, t, h, w, c = x.shape
-        x = x.reshape(b, t, h // 4, 4, w // 4, 4, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, -1, 4 * 4 * c)
-        x = self.patch_embed(x)
-        x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...], (b, 1, x.shape[-1])), x], 1) + self.pos_embed[...]
-        blocks = []
-        for blk in self.blocks:
-            x = x + jax.nn.gelu(blk(x))
-            blocks.append(x)
-        pooled = self.clip_projector(jnp.mean(x, axis=1))
-        fc = self.fc_norm(pooled)
-        sel = () if return_layers is None else tuple(blocks[i] for i in (range(len(blocks)) if return_layers == "all" else return_layers))
-        return {"blocks": sel, "tokens": x, "pooled": pooled, "fc_norm": fc, "logits": self.head(fc)}
+@functools.lru_cache(maxsize=None)
+def cached_run(teacher_mode="authors"):
+    """One built run (and its jitted step) shared by the tests that only read from it."""
+    networks, st, train_step = make_run(teacher_mode)
+    return networks, st, jax.jit(train_step)
 
 
 def make_run(teacher_mode="authors", weights=None, token_layers=0, seed=0):
-    teacher = StandIn(32, 3, 16, rngs=nnx.Rngs(seed))
-    student = StandIn(16, 2, 16, rngs=nnx.Rngs(seed + 1))
+    from internvqa_jax.models import internvideo2
+
+    teacher = tiny(seed, depth=3)
+    student = tiny(seed + 1, embed_dim=32)
     models = {"student": student, "teacher": teacher}
-    filters = {"student": nnx.Param, "teacher": {"authors": state_lib.authors_teacher_filter(3), "frozen": None}[teacher_mode]}
+    filters = {"student": nnx.Param, "teacher": {"authors": internvideo2.teacher_trainable_filter(teacher), "frozen": None}[teacher_mode]}
     pairs = ()
     if token_layers:
         pairs = tuple(losses.aligned_teacher_layers(2, 3, token_layers))
-        models["decoders"] = losses.TokenDecoders(token_layers, 16, 32, rngs=nnx.Rngs(seed + 2))
+        models["decoders"] = losses.TokenDecoders(token_layers, 32, 64, rngs=nnx.Rngs(seed + 2))
     networks, params, frozen = state_lib.split_networks(models, filters)
     schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
     tx = optim.make_optimizer(params, schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)}, grad_clip=1.0)
@@ -65,12 +51,12 @@ def batch(seed=0, b=4):
     rng = np.random.default_rng(seed)
     y = rng.random(b).astype(np.float32)
     # brightness tracks the label so there is something to learn
-    frames = (rng.random((b, 2, 8, 8, 3)) * 60 + y[:, None, None, None, None] * 180).astype(np.uint8)
+    frames = (rng.random((b, 2, 28, 28, 3)) * 60 + y[:, None, None, None, None] * 180).astype(np.uint8)
     return {"frames": jnp.asarray(frames), "label": jnp.asarray(y)}
 
 
 def test_teacher_freeze_follows_the_authors_parts():
-    networks, st, _ = make_run()
+    networks, st, _ = cached_run()
     trainable = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(st["params"]["teacher"])}
     assert any(k.startswith("blocks/2/") for k in trainable)
     assert not any(k.startswith(("blocks/0/", "blocks/1/")) for k in trainable)
@@ -85,16 +71,15 @@ def test_teacher_freeze_follows_the_authors_parts():
 
 
 def test_steps_reduce_loss_and_leave_frozen_params():
-    networks, st, train_step = make_run()
+    networks, st, train_step = cached_run()
     frozen_before = jax.tree.map(np.asarray, st["frozen"])
-    train_step = jax.jit(train_step)
     b = batch()
     losses_seen = []
-    for _ in range(30):
+    for _ in range(20):
         st, m = train_step(st, b)
         losses_seen.append(float(m["loss"]))
     assert losses_seen[-1] < 0.5 * losses_seen[0], losses_seen
-    assert int(st["step"]) == 30 and int(st["nonfinite_step"]) == -1
+    assert int(st["step"]) == 20 and int(st["nonfinite_step"]) == -1
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, st["frozen"]), frozen_before)
     assert {"loss_feature", "loss_student_mse", "loss_teacher_mse", "lr", "grad_norm"} <= set(m)
 
@@ -111,8 +96,7 @@ def test_frozen_teacher_has_no_trainable_state_and_token_kd_runs():
 
 
 def test_nonfinite_loss_skips_update_and_records_step():
-    networks, st, train_step = make_run()
-    train_step = jax.jit(train_step)
+    networks, st, train_step = cached_run()
     st, _ = train_step(st, batch())
     before = jax.tree.map(np.asarray, st["params"])
     bad = batch()
@@ -130,12 +114,23 @@ def test_layer_decay_and_schedule():
     assert float(sched(0)) == 0.0
     assert float(sched(10)) == pytest.approx(1e-3 * 64 / 256, rel=1e-5)
     assert float(sched(100)) == pytest.approx(0.0, abs=1e-9)
-    _, st, _ = make_run()
+    _, st, _ = cached_run()
     f = optim.layer_decay_factors(st["params"]["student"], 2, 0.5)
     assert float(f["head"]["kernel"]) == 1.0
-    assert float(f["blocks"][1]["kernel"]) == 0.5
-    assert float(f["blocks"][0]["kernel"]) == 0.25
-    assert float(f["patch_embed"]["kernel"]) == 0.125
+    assert float(f["blocks"][1]["mlp"]["fc1"]["kernel"]) == 0.5
+    assert float(f["blocks"][0]["attn"]["qkv"]["kernel"]) == 0.25
+    assert float(f["patch_embed"]["proj"]["kernel"]) == 0.125
     mask = nnx.to_pure_dict(optim.weight_decay_mask(st["params"]["student"]))
-    assert mask["head"]["kernel"] and mask["blocks"][0]["kernel"]
+    assert mask["head"]["kernel"] and mask["blocks"][0]["mlp"]["fc1"]["kernel"]
     assert not mask["head"]["bias"] and not mask["pos_embed"] and not mask["fc_norm"]["scale"]
+    assert not mask["blocks"][0]["ls1"]["gamma"] and not mask["clip_projector"]["cross_attn"]["q_bias"]
+
+
+def test_layer_decay_scanned_layout_matches_list_layout():
+    list_model = tiny(0, depth=3)
+    scan_model = tiny(0, depth=3, scan_layers=True)
+    f_list = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(list_model, nnx.Param), 3, 0.5))
+    f_scan = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(scan_model, nnx.Param), 3, 0.5))
+    stacked = np.asarray(f_scan["blocks"]["scanned"]["mlp"]["fc1"]["kernel"]).reshape(-1)
+    np.testing.assert_allclose(stacked, [float(f_list["blocks"][i]["mlp"]["fc1"]["kernel"]) for i in range(2)])
+    assert float(f_scan["blocks"]["last"]["mlp"]["fc1"]["kernel"]) == float(f_list["blocks"][2]["mlp"]["fc1"]["kernel"]) == 0.5

@@ -36,7 +36,11 @@ def path_names(path: tuple) -> tuple:
 
 
 def layer_id(names: tuple, num_layers: int) -> int | None:
-    """Layer index of a parameter for lr decay; None for a scanned (stacked) blocks parameter."""
+    """Layer index of a parameter for lr decay; None for a scanned (stacked) blocks parameter.
+
+    Layouts: `blocks/<i>/...` (a list of blocks), or with scan_layers `blocks/scanned/...` (blocks
+    0..n-1 stacked on the leading axis) and `blocks/last/...` (the last block, layer `num_layers`).
+    """
     text = "/".join(str(n) for n in names)
     if any(e in text for e in EMBEDDING_NAMES):
         return 0
@@ -45,6 +49,8 @@ def layer_id(names: tuple, num_layers: int) -> int | None:
             nxt = names[i + 1] if i + 1 < len(names) else None
             if isinstance(nxt, int) or (isinstance(nxt, str) and nxt.isdigit()):
                 return int(nxt) + 1
+            if nxt == "last":
+                return num_layers
             return None  # stacked by nnx.scan: the leading axis is the layer
     m = re.search(r"blocks[._](\d+)", text)
     if m:
@@ -61,14 +67,15 @@ def layer_decay_factors(params: Any, num_layers: int, decay: float) -> Any:
     def factor(path, leaf):
         lid = layer_id(path_names(path), num_layers)
         if lid is None:
-            if leaf.shape[0] != num_layers:
+            stacked = leaf.shape[0]  # blocks 0..stacked-1 (all of them, or all but a separate last one)
+            if stacked > num_layers:
                 raise ValueError(
                     f"layer decay: stacked parameter {'/'.join(map(str, path_names(path)))} has leading "
-                    f"axis {leaf.shape[0]}, expected the depth {num_layers}"
+                    f"axis {stacked}, more than the depth {num_layers}"
                 )
-            ids = jnp.arange(1, num_layers + 1, dtype=jnp.float32)
+            ids = jnp.arange(1, stacked + 1, dtype=jnp.float32)
             f = decay ** (num_layers + 1 - ids)
-            return f.reshape((num_layers,) + (1,) * (leaf.ndim - 1))
+            return f.reshape((stacked,) + (1,) * (leaf.ndim - 1))
         return jnp.asarray(decay ** (num_layers + 1 - lid), jnp.float32)
 
     return jax.tree_util.tree_map_with_path(factor, params)

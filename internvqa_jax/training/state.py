@@ -12,39 +12,11 @@ orbax saves:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-# InternVideo2 fine-tuning in the authors' code trains only these parts of the teacher
-# (plus the last block); everything else keeps its pre-trained value.
-TEACHER_TRAINABLE_PARTS = ("patch_embed", "cls_token", "pos_embed", "clip_projector", "fc_norm", "head")
-
-
-def _names(path: tuple) -> list[str]:
-    return [str(p) for p in path]
-
-
-def authors_teacher_filter(depth: int) -> Callable[[tuple, Any], bool]:
-    """NNX filter: True for the teacher's trainable parameters (last block, embeddings, pooling, head).
-
-    Matches on the variable path, so it works for any module laid out with the InternVideo2 names
-    (`blocks/<i>/...`, `patch_embed`, `cls_token`, `pos_embed*`, `clip_projector`, `fc_norm`, `head`).
-    """
-    last = str(depth - 1)
-
-    def trainable(path: tuple, value: Any) -> bool:
-        if not isinstance(value, nnx.Param):
-            return False
-        names = _names(path)
-        if names and names[0] == "blocks":
-            return len(names) > 1 and names[1] == last
-        return any(n.startswith(TEACHER_TRAINABLE_PARTS) for n in names[:1])
-
-    return trainable
-
 
 @dataclasses.dataclass
 class Networks:

@@ -1,0 +1,368 @@
+"""Train InternVQA: teacher fine-tuning and homologous distillation, on a mesh of all processes' devices.
+
+    python -m internvqa_jax.train --config=configs/homologous.py --workdir=runs/demo
+    python -m internvqa_jax.train --config=configs/homologous.py:teacher=1B,student=B14,data=waterloo_ivc4k,teacher_init=PATH
+    python -m internvqa_jax.train --config=configs/teacher.py --config.optim.epochs=10
+
+A run is one or more jobs, each in `WORKDIR/<job>/` (checkpoints, metrics.jsonl, TensorBoard):
+`distill` (student + co-trained or frozen teacher, the method), `baseline` (the same student without
+any teacher, `run_baseline=True`) or `teacher` (the teacher alone). A finished job leaves
+`result.json`; re-running the command resumes unfinished jobs from their last checkpoint and skips
+finished ones. The trained networks are exported as model directories under `WORKDIR/export/`, and
+`WORKDIR/report.json` holds the test metrics of every network, also printed as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from internvqa_jax import checkpoints
+from internvqa_jax.training import builder, loop, writers
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:presets]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs, exports and report.json.")
+
+log = logging.getLogger("internvqa_jax.train")
+
+
+# ============================================================================ jobs of a run
+
+
+def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
+    """The jobs a config asks for, in order (distillation first, then the baseline)."""
+    w = {k: float(config.loss[k]) for k in ("feature", "student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank", "token")}
+    student_only = {k: v for k, v in w.items() if k.startswith("student_")}
+    teacher_only = {k: v for k, v in w.items() if k.startswith("teacher_")}
+    frozen = config.teacher.mode == "frozen"
+    if config.teacher.mode not in ("cotrain", "frozen"):
+        raise ValueError(f"config.teacher.mode: expected 'cotrain' or 'frozen', got '{config.teacher.mode}'")
+    if config.job == "teacher":
+        return [builder.JobSpec("teacher", ("teacher",), teacher_only or {"teacher_mse": 1.0})]
+    if config.job not in ("homologous", "heterogeneous"):
+        raise ValueError(f"config.job: expected homologous, heterogeneous or teacher, got '{config.job}'")
+    jobs = []
+    if config.distill:
+        weights = dict(w)
+        if frozen:  # a frozen teacher has nothing to learn from its own regression terms
+            weights = {k: v for k, v in weights.items() if not k.startswith("teacher_")}
+        jobs.append(builder.JobSpec("distill", ("student", "teacher"), weights, teacher_frozen=frozen))
+    if config.run_baseline or not config.distill:
+        jobs.append(builder.JobSpec("baseline", ("student",), student_only or {"student_mse": 1.0}))
+    return jobs
+
+
+# ============================================================================ data
+
+
+def ensure_data(config: ml_collections.ConfigDict) -> str:
+    """Shard directory of the run's dataset; the demo is built on first use (process 0 builds)."""
+    from internvqa_jax.data import shards
+
+    shard_dir = config.data.shard_dir or os.path.join("data_cache", f"{config.data.name}_shards")
+    manifest = os.path.join(shard_dir, "manifest.json")
+    if not os.path.exists(manifest):
+        if config.data.name != "demo" and not config.data.source_root:
+            raise FileNotFoundError(
+                f"{manifest} not found: build the shards first (python -m internvqa_jax.data.prepare "
+                f"--dataset={config.data.name} --root=... --out={shard_dir}) or set --config.data.source_root"
+            )
+        if jax.process_index() == 0:
+            from internvqa_jax.data import prepare
+
+            argv = [f"--dataset={config.data.name}", f"--out={shard_dir}", "--short-side=native", "--workers=2"]
+            if config.data.name == "demo":
+                argv.append(f"--root={os.path.join('data_cache', 'demo_videos')}")
+            elif config.data.source_root:
+                argv.append(f"--root={config.data.source_root}")
+            log.info("building %s shards: prepare %s", config.data.name, " ".join(argv))
+            if prepare.main(argv) != 0:
+                raise RuntimeError(f"building the {config.data.name} shards in {shard_dir} failed")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("data prepared")
+    shards.load_manifest(shard_dir)  # clear error if unreadable
+    return shard_dir
+
+
+# ============================================================================ one job
+
+
+def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str, workdir: str) -> dict[str, Any]:
+    """Trains one job to the end (resuming if it has checkpoints) and returns its test results."""
+    from internvqa_jax import sharding
+    from internvqa_jax.data import pipeline
+
+    result_path = os.path.join(jobdir, "result.json")
+    if os.path.exists(result_path):
+        log.info("%s: finished earlier, reusing %s", job.name, result_path)
+        with open(result_path) as f:
+            return json.load(f)
+    os.makedirs(jobdir, exist_ok=True)
+    pidx, pcount = jax.process_index(), jax.process_count()
+
+    # ---------------------------------------------------------------- mesh
+    mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
+    batch_sh = sharding.batch_sharding(mesh)
+    num_devices = mesh.devices.size
+    o = config.optim
+    if o.batch_size % num_devices or o.batch_size % pcount:
+        raise ValueError(f"config.optim.batch_size={o.batch_size} must divide by the {num_devices} devices and {pcount} processes")
+
+    # ---------------------------------------------------------------- data
+    num_train = len(pipeline.split_indices(shard_dir, "train"))
+    steps_per_epoch = max(1, num_train // o.batch_size)
+    total_steps = optim_steps = int(round(o.epochs * steps_per_epoch))
+    if o.max_steps:
+        total_steps = min(total_steps, int(o.max_steps))
+    d = config.data
+    train_iter = pipeline.train_iterator(
+        shard_dir, "train", batch_size=o.batch_size // pcount, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
+        seed=int(config.seed), workers=int(d.workers), process_index=pidx, process_count=pcount,
+    )
+    local_devices = max(1, num_devices // pcount)
+    eval_bs = max(local_devices, (int(d.eval_batch_size) // local_devices) * local_devices)
+
+    def eval_iter(split: str):
+        return lambda: pipeline.eval_iterator(
+            shard_dir, split, batch_size=eval_bs, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
+            num_segments=int(config.test_views), seed=int(config.seed), workers=0, process_index=pidx, process_count=pcount,
+        )
+
+    # ---------------------------------------------------------------- models + optimiser
+    built = builder.build(config, job, optim_steps)
+    main_net = "student" if "student" in job.nets else "teacher"
+
+    # ---------------------------------------------------------------- shard
+    state_sh = sharding.state_shardings(built.abstract_state, mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    init = jax.jit(built.init_fn, out_shardings=state_sh)
+
+    # ---------------------------------------------------------------- step
+    train_step = jax.jit(
+        builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,)
+    )
+    eval_step = jax.jit(eval_fn(built), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
+
+    # ---------------------------------------------------------------- checkpoint
+    manager = checkpoints.make_manager(os.path.join(jobdir, "checkpoints"), keep_best=int(config.checkpoint.keep_best), async_save=bool(config.checkpoint.async_save))
+    writer = writers.MetricWriter(jobdir)
+    meta = {"job": job.name, "config": config.to_json()}
+    start = checkpoints.latest_step(manager)
+    if start is not None:
+        target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
+        state, _ = checkpoints.restore(manager, start, target, data_iterator=train_iter)
+        writer.truncate_after(start)
+        log.info("%s: resumed from step %d", job.name, start)
+    else:
+        state = init()
+        inits = {n: config[n].init for n in job.nets if config[n].init}
+        if inits:
+            state = jax.device_put(builder.load_initial_weights(state, built, inits), state_sh)
+        start = 0
+
+    # ---------------------------------------------------------------- eval
+    def run_eval(split: str, state: dict) -> dict[str, dict[str, Any]]:
+        return loop.evaluate(eval_step, state, eval_iter(split), batch_sh)
+
+    eval_every = int(config.eval_every_steps) or steps_per_epoch
+    ckpt_every = int(config.checkpoint.every_steps)
+
+    # ---------------------------------------------------------------- loop
+    progress = None
+    if config.progress and pidx == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total_steps, initial=start, desc=job.name, dynamic_ncols=True, file=sys.stdout)
+    rate = loop.Throughput(o.batch_size)
+    keys = ("frames", "label")
+    step = start
+    with loop.StopFlag() as stop:
+        while step < total_steps:
+            batch = loop.global_batch(next(train_iter), batch_sh, keys)
+            state, m = train_step(state, batch)
+            step += 1
+            if progress is not None:
+                progress.update(1)
+            if step % int(config.log_every_steps) == 0 or step == total_steps:
+                loop.check_finite(state, manager, f"job {job.name}")
+                values = loop.host_metrics(m)
+                values["clips_per_s"] = rate(step)
+                values["epoch"] = step / steps_per_epoch
+                writer.write(step, "train", values)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
+            val_metrics = None
+            if step % eval_every == 0 or step == total_steps:
+                loop.check_finite(state, manager, f"job {job.name}")
+                val = run_eval("val", state)
+                val_metrics = loop.flat_eval_metrics(val, main_net)
+                writer.write(step, "val", val_metrics)
+            if val_metrics is not None or step % ckpt_every == 0:
+                loop.save_checkpoint(manager, step, state, train_iter, meta, val_metrics)
+            if stop.any_process():
+                if step % ckpt_every and val_metrics is None:
+                    loop.save_checkpoint(manager, step, state, train_iter, meta)
+                manager.wait_until_finished()
+                manager.close()
+                raise loop.Preempted(f"stop signal received: saved step {step} in {manager.directory}; rerun the same command to resume")
+    if progress is not None:
+        progress.close()
+    loop.check_finite(state, manager, f"job {job.name}")
+    manager.wait_until_finished()
+
+    # ---------------------------------------------------------------- test + export
+    test = run_eval("test", state)
+    for net, m in test.items():
+        writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")})
+    exported = export_networks(config, job, built, state, workdir, shard_dir)
+    result = {"job": job.name, "steps": step, "test": test, "export": exported}
+    if pidx == 0:
+        write_json_atomic(result_path, result)
+    manager.close()
+    writer.close()
+    return result
+
+
+def builder_step(built: builder.Built):
+    """The job's train step function (unjitted)."""
+    from internvqa_jax.training import step as step_lib
+
+    return step_lib.make_train_step(built.networks, built.spec, built.tx, built.schedule, built.compute_dtype)
+
+
+def eval_fn(built: builder.Built):
+    """The job's eval step function (unjitted)."""
+    from internvqa_jax.training import step as step_lib
+
+    return step_lib.make_eval_step(built.networks, built.compute_dtype)
+
+
+# ============================================================================ export + report
+
+
+def export_name(job: builder.JobSpec, net: str) -> str:
+    """Folder under export/: the method's networks are `student` and `teacher`; the baseline's `baseline_student`."""
+    return net if job.name in ("distill", "teacher") else f"{job.name}_{net}"
+
+
+def export_networks(config, job: builder.JobSpec, built: builder.Built, state: dict, workdir: str, shard_dir: str) -> dict[str, str]:
+    """Writes each trained network as a model directory with its inference.json (process 0 writes)."""
+    from internvqa_jax.data import sampling, shards
+    from internvqa_jax.models import saving
+    from internvqa_jax.training import state as state_lib
+
+    manifest = shards.load_manifest(shard_dir)
+    label_kind = manifest.get("label_kind") or _label_kind(manifest)
+    host_state = jax.device_get({"params": state["params"], "frozen": state["frozen"]})
+    out = {}
+    for net in job.nets:
+        path = os.path.join(workdir, "export", export_name(job, net))
+        model = state_lib.merge(built.networks, net, host_state["params"], host_state["frozen"])
+        inference = {
+            "preset": str(config[net].preset),
+            "frames": int(config.data.frames),
+            "size": int(config.data.size),
+            "spatial_mode": str(config.data.spatial_mode),
+            "test_segments": int(config.test_views),
+            "normalisation": {"mean": list(sampling.MEAN), "std": list(sampling.STD), "input": "uint8 RGB, (x - mean) / std"},
+            "label": {"dataset": str(config.data.name), "kind": label_kind, "scale": 100.0},
+        }
+        if jax.process_index() == 0:
+            saving.save_model_dir(model, path, inference=inference)
+        out[net] = path
+    return out
+
+
+def _label_kind(manifest: dict) -> str:
+    kinds = {r.get("label_kind", "") for r in manifest.get("records", [])}
+    return kinds.pop() if len(kinds) == 1 else "score"
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """JSON to a temporary name, then rename: a reader never sees half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Rows of the final table: teacher and student of the distillation job, the baseline student."""
+    rows = {}
+    for job_name, res in results.items():
+        for net, m in res["test"].items():
+            label = {"distill": f"{net} (distilled)" if net == "student" else "teacher (co-trained)", "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
+            rows[label] = {k: m[k] for k in ("n", "srcc", "plcc", "krcc", "rmse")}
+    return {"test": rows, "jobs": {k: {"steps": v["steps"], "export": v["export"]} for k, v in results.items()}}
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Fixed-width text table of the report rows."""
+    head = f"{'network':28s} {'n':>4s} {'SRCC':>7s} {'PLCC':>7s} {'KRCC':>7s} {'RMSE':>7s}"
+    lines = [head, "-" * len(head)]
+    for name, m in rows.items():
+        lines.append(f"{name:28s} {m['n']:4d} {m['srcc']:7.4f} {m['plcc']:7.4f} {m['krcc']:7.4f} {m['rmse']:7.4f}")
+    return "\n".join(lines)
+
+
+# ============================================================================ main
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins a multi-process run when `config.distributed.coordinator` is set (CPU: gloo collectives)."""
+    dist = config.distributed
+    if not dist.coordinator:
+        return
+    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(dist.coordinator, num_processes=int(dist.num_processes), process_id=int(dist.process_id))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """All jobs of `config` into `workdir`; returns the report (also written to report.json)."""
+    initialize_distributed(config)
+    os.makedirs(workdir, exist_ok=True)
+    shard_dir = ensure_data(config)
+    results = {}
+    for job in plan_jobs(config):
+        results[job.name] = train_job(config, job, shard_dir, os.path.join(workdir, job.name), workdir)
+    report = build_report(results)
+    report["config"] = json.loads(config.to_json())
+    if jax.process_index() == 0:
+        write_json_atomic(os.path.join(workdir, "report.json"), report)
+        print("\nTest split (" + str(config.data.name) + "):\n" + format_table(report["test"]), flush=True)
+    return report
+
+
+def main(argv: list[str]) -> None:
+    """absl entry point."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/homologous.py")
+    try:
+        run(config, _WORKDIR.value)
+    except loop.Preempted as e:
+        log.warning("%s", e)
+        sys.exit(143)
+    except loop.NonFiniteLoss as e:
+        log.error("%s", e)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    app.run(main)

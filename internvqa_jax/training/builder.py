@@ -1,0 +1,170 @@
+"""Builds a run's networks, optimiser and initial state, created directly in their shardings.
+
+The models are first traced abstractly (`nnx.eval_shape`), so the graph definitions, the optimiser
+(which needs parameter shapes for layer decay) and the state's shardings are known before any
+parameter exists; `init_fn` then runs under `jax.jit` with those output shardings, so a 1B teacher
+is never materialised on one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from internvqa_jax import losses
+from internvqa_jax.training import optim, state as state_lib, step as step_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """One training job of a run: which networks it trains and with which loss weights."""
+
+    name: str  # distill | baseline | teacher
+    nets: tuple[str, ...]  # subset of ("student", "teacher")
+    weights: Mapping[str, float]
+    teacher_frozen: bool = False
+
+
+@dataclasses.dataclass
+class Built:
+    """Everything static about a job, plus the function making its initial state."""
+
+    networks: state_lib.Networks
+    spec: step_lib.LossSpec
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    init_fn: Callable[[], dict]
+    abstract_state: Any
+    model_configs: dict[str, Any]
+    compute_dtype: Any
+
+
+def compute_dtype(name: str) -> Any:
+    """jnp dtype of a config string, or an error naming the choices."""
+    if name not in DTYPES:
+        raise ValueError(f"config.compute_dtype: unknown '{name}'; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def model_config(net_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict, dtype_name: str) -> Any:
+    """Registry config of one network: preset + num_classes=1 + clip geometry + overrides."""
+    from internvqa_jax.models import registry
+
+    overrides = dict(net_cfg.overrides.to_dict()) if net_cfg.overrides else {}
+    is_internvideo2 = not str(net_cfg.preset).startswith("videomamba")
+    base = dict(num_classes=1, num_frames=int(data_cfg.frames), img_size=int(data_cfg.size), dtype=dtype_name)
+    if not is_internvideo2:
+        base.pop("dtype")
+    base.update(overrides)
+    return registry.get_config(net_cfg.preset, **base)
+
+
+def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> Built:
+    """Models, optimiser, loss spec and a jit-able `init_fn` for `job` (see module doc)."""
+    from internvqa_jax.models import registry
+
+    dtype = compute_dtype(config.compute_dtype)
+    cfgs = {name: model_config(config[name], config.data, config.compute_dtype) for name in job.nets}
+    token_pairs: tuple[tuple[int, int], ...] = ()
+    use_tokens = bool(job.weights.get("token")) and "student" in cfgs and "teacher" in cfgs
+    if use_tokens:
+        token_pairs = tuple(losses.aligned_teacher_layers(cfgs["student"].depth, cfgs["teacher"].depth, int(config.loss.token_layers)))
+
+    def make_models() -> dict[str, nnx.Module]:
+        models = {}
+        for i, name in enumerate(sorted(cfgs)):
+            models[name] = registry.create_model(cfgs[name], nnx.Rngs(int(config.seed) * 1000 + i))
+        if use_tokens:
+            models["decoders"] = losses.TokenDecoders(
+                len(token_pairs), cfgs["student"].embed_dim, cfgs["teacher"].embed_dim, rngs=nnx.Rngs(int(config.seed) * 1000 + 7)
+            )
+        return models
+
+    filters: dict[str, Any] = {}
+    for name in cfgs:
+        filters[name] = nnx.Param
+    if "teacher" in cfgs:
+        if job.teacher_frozen:
+            filters["teacher"] = None
+        elif config.teacher.trainable == "authors":
+            from internvqa_jax.models import internvideo2
+
+            filters["teacher"] = internvideo2.teacher_trainable_filter(cfgs["teacher"])
+        elif config.teacher.trainable != "all":
+            raise ValueError(f"config.teacher.trainable: expected 'authors' or 'all', got '{config.teacher.trainable}'")
+
+    abstract_models = nnx.eval_shape(make_models)
+    networks, abs_params, _ = state_lib.split_networks(abstract_models, filters)
+
+    o = config.optim
+    schedule = optim.learning_rate_schedule(
+        o.base_lr, o.batch_size * o.grad_accum_steps, total_steps, warmup_steps=int(round(total_steps * o.warmup_epochs / max(o.epochs, 1e-9))), min_lr_ratio=o.min_lr_ratio
+    )
+    layer_decay = {name: (cfgs[name].depth, float(o.layer_decay)) for name in abs_params if name in cfgs and hasattr(cfgs[name], "depth")}
+    tx = optim.make_optimizer(
+        abs_params, schedule=schedule, weight_decay=o.weight_decay, layer_decay=layer_decay, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2, grad_accum_steps=int(o.grad_accum_steps)
+    )
+    spec = step_lib.LossSpec(weights=dict(job.weights), smooth_l1_beta=float(config.loss.smooth_l1_beta), token_pairs=token_pairs, teacher_frozen=job.teacher_frozen)
+
+    def init_fn() -> dict:
+        _, params, frozen = state_lib.split_networks(make_models(), filters)
+        return state_lib.init_state(params, frozen, tx, int(config.seed))
+
+    abstract_state = jax.eval_shape(init_fn)
+    return Built(networks, spec, tx, schedule, init_fn, abstract_state, cfgs, dtype)
+
+
+def copy_matching(dst: nnx.State, src: nnx.State, what: str) -> tuple[nnx.State, dict[str, list[str]]]:
+    """Copies every leaf of `src` whose path and shape exist in `dst` (non-strict load, as the authors').
+
+    Returns the new state and the lists of missing / unexpected / shape-mismatched keys.
+    """
+    dst_flat = dict(nnx.to_flat_state(dst))
+    src_flat = dict(nnx.to_flat_state(src))
+    report = {"missing": [], "unexpected": [], "shape_mismatch": []}
+    copied = 0
+    for path, var in dst_flat.items():
+        key = "/".join(map(str, path))
+        if path not in src_flat:
+            report["missing"].append(key)
+            continue
+        value = src_flat[path].get_value() if hasattr(src_flat[path], "get_value") else src_flat[path].value
+        if tuple(value.shape) != tuple(var.value.shape):
+            report["shape_mismatch"].append(f"{key}: {tuple(value.shape)} vs {tuple(var.value.shape)}")
+            continue
+        var.value = jnp.asarray(value, var.value.dtype)
+        copied += 1
+    report["unexpected"] = ["/".join(map(str, p)) for p in src_flat if p not in dst_flat]
+    if copied == 0:
+        raise ValueError(f"{what}: no parameter of the checkpoint matches the model (first missing keys: {report['missing'][:5]})")
+    logging.info("%s: loaded %d tensors; missing %s; unexpected %s; shape mismatch %s", what, copied, report["missing"][:10], report["unexpected"][:10], report["shape_mismatch"][:10])
+    return nnx.from_flat_state(dst_flat), report
+
+
+def load_initial_weights(state: dict, built: Built, inits: Mapping[str, str]) -> dict:
+    """Replaces networks' parameters by those of model directories (`{net: path}`) on the host.
+
+    The optimiser state is re-initialised from the loaded parameters (Adam moments start at 0).
+    """
+    from internvqa_jax.models import saving
+
+    state = jax.device_get(state)
+    for name, path in inits.items():
+        if not path:
+            continue
+        loaded, _ = saving.load_model_dir(path)
+        src = nnx.state(loaded)
+        for part in ("params", "frozen"):
+            if name in state[part]:
+                state[part][name], _ = copy_matching(state[part][name], src, f"{name} init from {path}")
+    state["opt"] = built.tx.init(state["params"])
+    return state
