@@ -37,12 +37,12 @@ MODEL_CONFIG = "model_config.json"
 INFERENCE_FILE = "inference.json"
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".ivf", ".y4m", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".hevc", ".h264", ".264", ".265", ".obu")
 
-# Readable descriptions of the label kinds the datasets use (see data/records.py).
+# Label kinds the datasets use (see data/records.py): display name and what the ends mean.
 LABEL_KINDS = {
-    "vmaf": "VMAF/100 (0 = worst, 1 = visually lossless; higher is better)",
-    "mos": "MOS/100 (higher is better)",
-    "dmos": "DMOS/100 (differential MOS; higher is WORSE)",
-    "score": "the training CSV's score scale",
+    "vmaf": ("VMAF", "0 = worst, 1 = visually lossless"),
+    "mos": ("MOS", "mean opinion score"),
+    "dmos": ("DMOS", "differential MOS"),
+    "score": ("score", "the training CSV's score"),
 }
 
 
@@ -89,12 +89,21 @@ class InferenceSpec:
         return sampling.num_eval_views(self.spatial_mode, self.num_segments)
 
     def describe_scale(self) -> str:
-        """One line that says what a score means, printed by the CLIs and stored in outputs."""
-        text = self.label_scale or LABEL_KINDS.get(self.label_kind, self.label_kind)
-        direction = "higher is better" if self.higher_is_better else "higher is worse"
-        if direction not in text and "higher is" not in text:
-            text = f"{text} ({direction})"
-        return text
+        """One line that says what a score means, printed by the CLIs and stored in outputs.
+
+        A numeric `label_scale` is the divisor applied to the dataset's values (VMAF/100); a text
+        scale is used as written.
+        """
+        kind = str(self.label_kind).lower()
+        name, note = LABEL_KINDS.get(kind, (self.label_kind or "score", ""))
+        try:
+            divisor = float(self.label_scale)
+            text = f"{name}/{divisor:g}"
+        except ValueError:
+            text = self.label_scale or name
+        direction = "higher is better" if self.higher_is_better else "higher is WORSE"
+        details = "; ".join(part for part in (note, direction) if part)
+        return f"{text} ({details})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the keys `from_dict` reads)."""
@@ -118,7 +127,7 @@ class InferenceSpec:
         synonyms = {
             "num_frames": "frames", "img_size": "size", "crop_size": "size", "spatial": "spatial_mode",
             "sampling": "spatial_mode", "test_views": "num_segments", "num_test_segments": "num_segments",
-            "segments": "num_segments", "eval_seed": "seed",
+            "segments": "num_segments", "test_segments": "num_segments", "eval_seed": "seed",
         }
         for key, value in d.items():
             if isinstance(value, dict):

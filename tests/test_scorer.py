@@ -144,7 +144,10 @@ def test_inference_spec_reading(tmp_path):
     )
     assert (spec.frames, spec.size, spec.num_segments, spec.stored_frames, spec.short_side) == (4, 112, 2, 16, 256)
     assert spec.mean == (1.0, 2.0, 3.0) and spec.std == (4.0, 5.0, 6.0)
-    assert spec.higher_is_better is False and "higher is worse" in spec.describe_scale()
+    assert spec.higher_is_better is False and spec.describe_scale() == "DMOS/100 (differential MOS; higher is WORSE)"
+    vmaf = scorer_lib.InferenceSpec.from_dict({"test_segments": 3, "label": {"kind": "vmaf", "scale": 100.0}})
+    assert vmaf.num_segments == 3
+    assert vmaf.describe_scale() == "VMAF/100 (0 = worst, 1 = visually lossless; higher is better)"
     assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="inference.json: spatial mode 'bogus' unknown"):
         scorer_lib.InferenceSpec.from_dict({"spatial_mode": "bogus"})

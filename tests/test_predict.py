@@ -1,0 +1,142 @@
+"""predict CLI and internvqa_jax.load on a real (tiny, random-weight) model directory.
+
+The ordering test on the demo's held-out encodes needs a trained model: it is slow-marked and
+trains the tiny demo once through the training CLI (see test_predict_orders_demo_encodes).
+"""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from flax import nnx
+
+import internvqa_jax
+from internvqa_jax import predict, scorer as scorer_lib
+from internvqa_jax.models import registry, saving
+
+# The inference.json that training writes (train.export_networks), for a tiny model.
+INFERENCE = {
+    "preset": "tiny",
+    "frames": 4,
+    "size": 56,
+    "spatial_mode": "resize_crop",
+    "test_segments": 2,
+    "normalisation": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
+    "label": {"dataset": "demo", "kind": "vmaf", "scale": 100.0},
+}
+
+
+def _make_video(path: pathlib.Path, source: str, seconds: float = 1.0, size: str = "96x64") -> pathlib.Path:
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate=10",
+         "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model = registry.create_model(registry.get_config("tiny"), nnx.Rngs(3))
+    return saving.save_model_dir(model, tmp_path_factory.mktemp("model") / "student", inference=INFERENCE)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    _make_video(root / "a_testsrc2.mp4", "testsrc2")
+    sub = root / "sub"
+    sub.mkdir()
+    _make_video(sub / "b_mandelbrot.mp4", "mandelbrot", seconds=2.0)
+    (root / "c_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    return root
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_load_api_scores_frames_and_files(model_dir, folder):
+    s = internvqa_jax.load(model_dir, batch_size=4)
+    assert s.spec.frames == 4 and s.spec.num_segments == 2 and s.spec.views_per_clip == 6
+    frames = np.random.default_rng(0).integers(0, 256, size=(12, 64, 96, 3), dtype=np.uint8)
+    a = s.score(frames)
+    assert np.isfinite(a.score) and a.num_views == 6
+    assert s.score(frames).score == a.score
+    # By hand: the model's logits on the normalised views, averaged.
+    model, _ = saving.load_model_dir(model_dir)
+    views = scorer_lib.clip_views(frames, s.spec)
+    x = (views.astype(np.float32) - np.float32(s.spec.mean)) / np.float32(s.spec.std)
+    expected = float(np.mean(np.asarray(model(x)["logits"])[:, 0]))
+    assert a.score == pytest.approx(expected, abs=1e-5)
+    assert "VMAF/100" in a.scale
+    # Files: float() of the result is its score, the same on every call.
+    assert float(s.score(folder / "a_testsrc2.mp4")) == s.score(folder / "a_testsrc2.mp4").score
+
+
+def test_predict_folder_with_broken_file_scores_the_rest(model_dir, folder, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    status = predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out}", "--no-progress", "--batch-size=4"])
+    assert status == 1  # one file failed
+    rows = _read_csv(out)
+    assert [pathlib.Path(r["path"]).name for r in rows] == ["a_testsrc2.mp4", "c_broken.mp4", "b_mandelbrot.mp4"]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 2 and all(np.isfinite(float(r["score"])) for r in good)
+    broken = rows[1]
+    assert broken["score"] == "" and "c_broken.mp4" in broken["error"]
+    assert all(r["scale"].startswith("VMAF/100") for r in rows)
+    printed = capsys.readouterr()
+    assert "# score scale: VMAF/100" in printed.out
+    assert "c_broken.mp4" in printed.err
+
+    # Same files and settings, second run: identical numbers (not merely close).
+    out2 = tmp_path / "again.csv"
+    assert predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out2}", "--no-progress", "--batch-size=4"]) == 1
+    assert [r["score"] for r in _read_csv(out2)] == [r["score"] for r in rows]
+    # Another batch size changes XLA's summation order only: equal to float32 rounding.
+    out3 = tmp_path / "batch8.csv"
+    assert predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out3}", "--no-progress", "--batch-size=8"]) == 1
+    for r8, r4 in zip(_read_csv(out3), rows):
+        if r4["score"]:
+            assert float(r8["score"]) == pytest.approx(float(r4["score"]), abs=1e-5)
+
+
+def test_predict_per_segment_json_and_png(model_dir, folder, tmp_path):
+    out = tmp_path / "res.json"
+    video = folder / "sub" / "b_mandelbrot.mp4"  # 2 s
+    status = predict.main([str(video), f"--checkpoint={model_dir}", f"--output={out}", "--per-segment", "--segment-seconds=0.5", "--no-progress"])
+    assert status == 0
+    payload = json.loads(out.read_text())
+    assert payload["scale"].startswith("VMAF/100") and payload["num_failed"] == 0
+    segs = payload["results"][0]["segments"]
+    assert [s["index"] for s in segs] == [0, 1, 2, 3]
+    assert segs[-1]["end_s"] == pytest.approx(2.0)
+    png = tmp_path / "res_segments" / "b_mandelbrot.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_cannot_run_cases(model_dir, folder, tmp_path, capsys):
+    assert predict.main([str(folder), f"--checkpoint={tmp_path / 'nope'}", "--no-progress"]) == predict.EXIT_CANNOT_RUN
+    assert "checkpoint not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict.main([str(empty), f"--checkpoint={model_dir}", "--no-progress"]) == predict.EXIT_CANNOT_RUN
+    with pytest.raises(SystemExit):
+        predict.main([str(folder), f"--checkpoint={model_dir}", "--output=scores.txt"])
+
+
+def test_predict_module_entry_point_exit_status(model_dir, folder):
+    # The real command line: exit status = number of failed files.
+    proc = subprocess.run(
+        [sys.executable, "-m", "internvqa_jax.predict", str(folder / "c_broken.mp4"), str(folder / "missing.mp4"), str(folder / "a_testsrc2.mp4"),
+         f"--checkpoint={model_dir}", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "file not found" in proc.stderr and "scored 1 of 3 files" in proc.stdout
