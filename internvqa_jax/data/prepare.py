@@ -42,7 +42,9 @@ class PrepareConfig:
     """What is stored per video; the shard contents are a function of this and the item list."""
 
     frames: int = 16
-    short_side: int | None = 256  # None = native resolution
+    # Stored short side; None = native resolution (for fragments). Storing at the training crop
+    # size makes resize_crop sampling a plain crop: ~7x faster than resizing 256 -> 224 per clip.
+    short_side: int | None = 224
     compression: str = "none"  # "none" or "zstd" (ArrayRecord's lossless per-record zstd)
     records_per_shard: int = 32
 

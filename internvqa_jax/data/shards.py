@@ -228,7 +228,9 @@ class FrameRecords:
         records = self.source.__getitems__([first] + [first + 1 + int(f) for f in unique])
         header = decode_header(records[0])
         frames = frames_from_records(header["shape"], records[1:])
-        return frames[inverse], header["meta"]
+        if unique.size == wanted.size and np.array_equal(unique, wanted):
+            return frames, header["meta"]  # sorted, no repeats: skip a copy of the frames
+        return frames[inverse.reshape(-1)], header["meta"]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         return self.read(index)
