@@ -1,0 +1,253 @@
+"""VideoMamba key layout: official PyTorch state dict <-> Flax NNX `VideoMamba`, used both ways.
+
+The Flax modules mirror the official module tree, so a parameter's torch key is its Flax path
+joined with dots, with the leaf `kernel` renamed `weight`. Per-tensor transforms:
+  Linear weight         torch (out, in)             <-> flax kernel (in, out)
+  Conv3d weight         torch (out, in, t, h, w)    <-> flax kernel (t, h, w, in, out)
+  depthwise Conv1d      torch (channels, 1, K)      <-> flax kernel (K, channels)
+  everything else unchanged (A_log, D, norms, cls/position embeddings, biases).
+Every transform is a transpose or reshape, so torch -> flax -> torch is bit-exact.
+
+Also here: recognising a VideoMamba state dict, the constructor arguments implied by its shapes,
+and linear (align_corners=False) interpolation of `temporal_pos_embedding` to another frame count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from flax import nnx
+
+from internvqa_jax.models.videomamba import VideoMamba, VideoMambaConfig
+
+# Keys every video VisionMamba state dict has (with at least one block).
+_REQUIRED_KEYS = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed.proj.weight", "norm_f.weight")
+_MIXER_KEY = "layers.0.mixer.in_proj.weight"
+
+
+class LayoutError(ValueError):
+    """A state dict that does not fit the VideoMamba layout or the requested model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Names and per-tensor transforms
+# ---------------------------------------------------------------------------------------------
+
+
+def _path_keys(path: Sequence[Any]) -> list[str]:
+    return [str(getattr(p, "key", p)) for p in path]
+
+
+def torch_key(path: Sequence[Any]) -> str:
+    """Official key of the Flax parameter at `path` (e.g. layers/0/mixer/in_proj/kernel)."""
+    keys = _path_keys(path)
+    return ".".join(keys[:-1] + ["weight" if keys[-1] == "kernel" else keys[-1]])
+
+
+def _is_conv1d(keys: list[str]) -> bool:
+    return len(keys) >= 2 and keys[-1] == "kernel" and keys[-2] in ("conv1d", "conv1d_b")
+
+
+def to_flax(path: Sequence[Any], array: np.ndarray) -> np.ndarray:
+    """One torch tensor in the layout of the Flax leaf at `path`."""
+    keys = _path_keys(path)
+    if keys[-1] != "kernel":
+        return array
+    if _is_conv1d(keys):
+        return array[:, 0, :].T
+    if array.ndim == 2:
+        return array.T
+    if array.ndim == 5:
+        return array.transpose(2, 3, 4, 1, 0)
+    raise LayoutError(f"{torch_key(path)}: unexpected weight rank {array.ndim}")
+
+
+def to_torch(path: Sequence[Any], array: np.ndarray) -> np.ndarray:
+    """One Flax leaf in the official torch layout (the inverse of `to_flax`)."""
+    keys = _path_keys(path)
+    if keys[-1] != "kernel":
+        return array
+    if _is_conv1d(keys):
+        return array.T[:, None, :]
+    if array.ndim == 2:
+        return array.T
+    if array.ndim == 5:
+        return array.transpose(4, 3, 0, 1, 2)
+    raise LayoutError(f"{'/'.join(keys)}: unexpected kernel rank {array.ndim}")
+
+
+def torch_shape(path: Sequence[Any], flax_shape: Sequence[int]) -> tuple[int, ...]:
+    """Official shape of the Flax leaf at `path` with shape `flax_shape` (no data touched)."""
+    return tuple(to_torch(path, np.broadcast_to(np.zeros((), np.float32), tuple(flax_shape))).shape)
+
+
+def _abstract_params(config: VideoMambaConfig) -> tuple[nnx.GraphDef, nnx.State, list[tuple[tuple, Any]]]:
+    """Shapes of every parameter of a model for `config`, without allocating it."""
+    model = nnx.eval_shape(lambda: VideoMamba(config, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, rest, list(nnx.to_flat_state(params))
+
+
+def torch_shapes(config: VideoMambaConfig) -> dict[str, tuple[int, ...]]:
+    """Official key -> shape of the state dict a model with `config` corresponds to."""
+    _, _, flat = _abstract_params(config)
+    return {torch_key(path): torch_shape(path, var.get_value().shape) for path, var in flat}
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognising a state dict and inferring its constructor arguments
+# ---------------------------------------------------------------------------------------------
+
+
+def is_videomamba_state_dict(keys: Sequence[str]) -> bool:
+    """Whether `keys` (official names, wrappers and prefixes already removed) are a video VideoMamba."""
+    key_set = set(keys)
+    return all(k in key_set for k in _REQUIRED_KEYS) and _MIXER_KEY in key_set
+
+
+def _shape(shapes: Mapping[str, Sequence[int]], key: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise LayoutError(f"VideoMamba state dict: missing key {key!r}")
+    return tuple(int(s) for s in shapes[key])
+
+
+def config_from_state_dict(shapes: Mapping[str, Sequence[int]], **overrides: Any) -> VideoMambaConfig:
+    """The `VideoMambaConfig` a state dict was saved from, read off its shapes, then `overrides`.
+
+    Everything structural is recoverable: width, depth, patch and tubelet size, image size, frame
+    count, classes (0 without a head), d_state, d_inner (expand), dt_rank, d_conv, norm type,
+    biases and bidirectionality. Non-structural fields (dtype, scan_impl, ...) keep their
+    defaults unless overridden.
+    """
+    if not is_videomamba_state_dict(list(shapes)):
+        missing = [k for k in (*_REQUIRED_KEYS, _MIXER_KEY) if k not in shapes]
+        raise LayoutError(f"not a VideoMamba state dict: missing keys {missing}")
+    dim = _shape(shapes, "cls_token")[-1]
+    patch = _shape(shapes, "patch_embed.proj.weight")  # (D, C, kt, p, p)
+    if len(patch) != 5 or patch[3] != patch[4]:
+        raise LayoutError(f"patch_embed.proj.weight: expected (D, C, kt, p, p) with square patches, got {patch}")
+    num_patches = _shape(shapes, "pos_embed")[1] - 1
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise LayoutError(f"pos_embed: {num_patches} patch positions is not a square grid")
+    depth = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("layers.") and k.split(".")[1].isdigit())
+    in_proj = _shape(shapes, _MIXER_KEY)
+    d_inner = in_proj[0] // 2
+    expand: float = d_inner / dim
+    if float(expand).is_integer():
+        expand = int(expand)
+    kwargs: dict[str, Any] = dict(
+        img_size=side * patch[3],
+        patch_size=patch[3],
+        depth=depth,
+        embed_dim=dim,
+        channels=patch[1],
+        num_classes=_shape(shapes, "head.weight")[0] if "head.weight" in shapes else 0,
+        num_frames=_shape(shapes, "temporal_pos_embedding")[1] * patch[2],
+        kernel_size=patch[2],
+        d_state=_shape(shapes, "layers.0.mixer.A_log")[1],
+        d_conv=_shape(shapes, "layers.0.mixer.conv1d.weight")[-1],
+        expand=expand,
+        dt_rank=_shape(shapes, "layers.0.mixer.dt_proj.weight")[1],
+        conv_bias="layers.0.mixer.conv1d.bias" in shapes,
+        proj_bias="layers.0.mixer.in_proj.bias" in shapes,
+        bimamba="layers.0.mixer.A_b_log" in shapes,
+        rms_norm="norm_f.bias" not in shapes,
+    )
+    if kwargs["dt_rank"] == math.ceil(dim / 16):
+        kwargs["dt_rank"] = None  # "auto", so a later width override keeps the official rule
+    kwargs.update(overrides)
+    return VideoMambaConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal position-embedding interpolation
+# ---------------------------------------------------------------------------------------------
+
+
+def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear resampling with align_corners=False (torch's default)."""
+    weights = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
+    for i in range(n_out):
+        src = max((i + 0.5) * scale - 0.5, 0.0)  # torch clamps negative source positions to 0
+        lo = min(int(math.floor(src)), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        frac = src - lo
+        weights[i, lo] += 1.0 - frac
+        weights[i, hi] += frac
+    return weights
+
+
+def interpolate_temporal(embedding: np.ndarray, t_out: int) -> np.ndarray:
+    """`temporal_pos_embedding` (1, T, D) resampled linearly over T to (1, t_out, D)."""
+    if embedding.ndim != 3 or embedding.shape[0] != 1:
+        raise LayoutError(f"temporal_pos_embedding: expected (1, T, D), got {embedding.shape}")
+    if embedding.shape[1] == t_out:
+        return embedding
+    weights = _linear_matrix(embedding.shape[1], t_out)
+    out = np.einsum("ot,btd->bod", weights, embedding.astype(np.float64))
+    return out.astype(embedding.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+# ---------------------------------------------------------------------------------------------
+
+
+def torch_to_flax(
+    state_dict: Mapping[str, np.ndarray], config: VideoMambaConfig, num_frames: int | None = None
+) -> VideoMamba:
+    """A `VideoMamba` holding the official `state_dict`'s weights.
+
+    Every key must be consumed and every parameter filled: a missing, unexpected or mis-shaped key
+    fails naming the key and both shapes. With `num_frames`, the model is built for that many
+    frames and `temporal_pos_embedding` is linearly interpolated to `num_frames // kernel_size`
+    rows. Float16/bfloat16 tensors are widened to float32 (exactly).
+    """
+    if num_frames is not None:
+        config = config.replace(num_frames=int(num_frames))
+    graphdef, rest, flat = _abstract_params(config)
+    remaining = dict(state_dict)
+    filled = []
+    problems = []
+    for path, var in flat:
+        key = torch_key(path)
+        expected = torch_shape(path, var.get_value().shape)
+        if key not in remaining:
+            problems.append(f"missing key {key!r} (expected shape {expected})")
+            continue
+        array = np.asarray(remaining.pop(key))
+        if array.dtype != np.float32:
+            if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
+                problems.append(f"{key!r}: expected a float tensor, got dtype {array.dtype}")
+                continue
+            array = array.astype(np.float32)
+        if key == "temporal_pos_embedding" and num_frames is not None and array.ndim == 3:
+            array = interpolate_temporal(array, expected[1])
+        if tuple(array.shape) != expected:
+            hint = " (pass num_frames to interpolate it)" if key == "temporal_pos_embedding" else ""
+            problems.append(f"{key!r}: checkpoint shape {tuple(array.shape)} != model shape {expected}{hint}")
+            continue
+        filled.append((path, var.replace(value=np.ascontiguousarray(to_flax(path, array)))))
+    problems.extend(f"unexpected key {k!r} with shape {tuple(np.shape(v))}" for k, v in sorted(remaining.items()))
+    if problems:
+        raise LayoutError("VideoMamba state dict does not fit the model:\n  " + "\n  ".join(problems))
+    params = nnx.from_flat_state([(p, _to_device(v)) for p, v in filled])
+    return nnx.merge(graphdef, params, rest)
+
+
+def _to_device(var: Any) -> Any:
+    import jax.numpy as jnp
+
+    return var.replace(value=jnp.asarray(var.get_value()))
+
+
+def flax_to_torch(model: VideoMamba) -> dict[str, np.ndarray]:
+    """The official state dict (key -> float32 numpy array, official shapes) of `model`."""
+    out: dict[str, np.ndarray] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        out[torch_key(path)] = np.ascontiguousarray(to_torch(path, np.asarray(var.get_value())))
+    return out
