@@ -1,0 +1,159 @@
+"""Reading PyTorch checkpoints tensor by tensor.
+
+Supports `.safetensors` (memory-mapped, one tensor at a time) and torch pickles
+(`.pt/.pth/.bin`, loaded with `mmap=True, weights_only=True` so tensors stay on disk until read).
+Wrappers `{'model': ...}` / `{'module': ...}` (DeepSpeed `mp_rank_00_model_states.pt`) are unwrapped.
+
+The vision-encoder prefix (any chain of `module.`, `backbone.`, `encoder.`, `vision_encoder.`) is
+found from the key of the patch embedding and stripped; keys outside it (e.g. a multi-modal
+checkpoint's text encoder) are kept aside as `outside_keys` so the converter can list them as dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+STRIPPED_PREFIXES = ("module.", "backbone.", "encoder.", "vision_encoder.")
+WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
+ANCHOR_KEY = "patch_embed.proj.weight"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or is not what was expected."""
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - torch is an optional extra
+        raise CheckpointError("reading .pt/.pth/.bin checkpoints needs torch (pip install internvqa_jax[torch])") from err
+    return torch
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    """A float32 (or integer) numpy array from a torch tensor or numpy array; bf16/fp16 widen to fp32."""
+    if isinstance(tensor, np.ndarray):
+        return tensor.astype(np.float32) if tensor.dtype == np.float16 else tensor
+    torch = _torch()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.detach().cpu().numpy()
+
+
+class TensorSource:
+    """Lazy, read-only view of a checkpoint's tensors under stripped key names."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: checkpoint file not found")
+        self._handle = None
+        self._tensors: Mapping[str, Any] | None = None
+        raw_shapes = self._open()
+        self.prefix = _vision_prefix(raw_shapes, self.path)
+        self._raw_names: dict[str, str] = {}
+        self.outside_keys: list[str] = []
+        for raw in raw_shapes:
+            if raw.startswith(self.prefix):
+                self._raw_names[raw[len(self.prefix):]] = raw
+            else:
+                self.outside_keys.append(raw)
+        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(raw_shapes[r]) for k, r in self._raw_names.items()}
+
+    def _open(self) -> dict[str, tuple[int, ...]]:
+        """Opens the file; returns raw key -> shape without reading tensor data."""
+        if self.path.suffix == ".safetensors":
+            return self._open_safetensors()
+        return self._open_torch()
+
+    def _open_safetensors(self) -> dict[str, tuple[int, ...]]:
+        from safetensors import safe_open
+
+        try:
+            framework = "pt"
+            _torch()
+        except CheckpointError:
+            framework = "np"  # bf16 tensors then fail with safetensors' own message
+        try:
+            self._handle = safe_open(str(self.path), framework=framework)
+            keys = list(self._handle.keys())
+            return {k: tuple(self._handle.get_slice(k).get_shape()) for k in keys}
+        except Exception as err:  # safetensors raises its own error type for corrupt headers
+            raise CheckpointError(f"{self.path}: cannot read safetensors file ({err}); is it truncated or corrupt?") from err
+
+    def _open_torch(self) -> dict[str, tuple[int, ...]]:
+        torch = _torch()
+        try:
+            obj = torch.load(str(self.path), map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({err}); is it truncated or corrupt?") from err
+            # Legacy (non-zip) pickles cannot be memory-mapped; read them whole.
+            obj = torch.load(str(self.path), map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({type(err).__name__}: {err}); is it truncated or corrupt?") from err
+        obj = unwrap_state_dict(obj, self.path)
+        self._tensors = obj
+        return {k: tuple(v.shape) for k, v in obj.items()}
+
+    def keys(self) -> list[str]:
+        """Stripped key names inside the vision encoder."""
+        return list(self.shapes)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.shapes
+
+    def get(self, key: str) -> np.ndarray:
+        """Reads one tensor as numpy (fp32 for floating types)."""
+        raw = self._raw_names[key]
+        if self._handle is not None:
+            try:
+                return _to_numpy(self._handle.get_tensor(raw))
+            except Exception as err:
+                raise CheckpointError(f"{self.path}: cannot read tensor {raw!r} ({err}); is the file truncated?") from err
+        return _to_numpy(self._tensors[raw])
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yields (stripped key, array) one tensor at a time."""
+        for key in self.shapes:
+            yield key, self.get(key)
+
+
+def unwrap_state_dict(obj: Any, path: pathlib.Path | str = "<checkpoint>") -> dict[str, Any]:
+    """Unwraps `{'model': sd}` / `{'module': sd}` wrappers until a flat name -> tensor dict remains."""
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+        wrapped = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        if wrapped and not any(hasattr(v, "shape") and k not in WRAPPER_KEYS for k, v in obj.items()):
+            obj = obj[wrapped[0]]
+            continue
+        break
+    tensors = {k: v for k, v in obj.items() if hasattr(v, "shape")}
+    if not tensors:
+        raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(map(str, obj))[:10]})")
+    return tensors
+
+
+def _vision_prefix(shapes: Mapping[str, Any], path: pathlib.Path) -> str:
+    """The chain of known prefixes in front of the patch embedding's key ('' when bare)."""
+    anchors = [k for k in shapes if k.endswith(ANCHOR_KEY)]
+    if not anchors:
+        return ""  # not a ViT-like state dict; the layout check names the problem
+    prefix = min(anchors, key=len)[: -len(ANCHOR_KEY)]
+    rest = prefix
+    while rest:
+        for known in STRIPPED_PREFIXES:
+            if rest.startswith(known):
+                rest = rest[len(known):]
+                break
+        else:
+            raise CheckpointError(
+                f"{path}: unexpected key prefix {prefix!r} in front of {ANCHOR_KEY!r}; "
+                f"only chains of {STRIPPED_PREFIXES} are stripped"
+            )
+    return prefix

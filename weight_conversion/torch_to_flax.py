@@ -1,0 +1,328 @@
+"""Official PyTorch InternVideo2 (or VideoMamba) checkpoint -> Flax model / model directory.
+
+    python -m weight_conversion.torch_to_flax --checkpoint SRC --out DIR \
+        [--model-kwargs JSON | --preset NAME] [--num-frames N --img-size S] \
+        [--arch auto|internvideo2|internvideo2_pretrain|videomamba] [--reset-head]
+
+Every source tensor is either consumed or listed as deliberately dropped (e.g. `clip_decoder.*` when a
+stage-2 checkpoint becomes a fine-tuning model, whose new `fc_norm`/`head` are then initialised and
+listed). Missing, unexpected or mis-shaped keys fail together in one error naming each key and both
+shapes. Tensors are read, transformed and placed one at a time, so peak memory stays near one copy
+of the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from internvqa_jax.models import registry, saving
+from internvqa_jax.models.internvideo2 import InternVideo2Config, PretrainInternVideo2Config
+from weight_conversion import internvideo2_layout as layout
+from weight_conversion.checkpoint_io import CheckpointError, TensorSource
+
+ARCHES = ("auto", "internvideo2", "internvideo2_pretrain", "videomamba")
+_PRETRAIN_ONLY = {f.name for f in dataclasses.fields(PretrainInternVideo2Config)} - {
+    f.name for f in dataclasses.fields(InternVideo2Config)
+}
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What happened to every tensor of the source and every parameter of the model."""
+
+    consumed: list[str] = dataclasses.field(default_factory=list)
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+    initialised: list[str] = dataclasses.field(default_factory=list)
+    adapted: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Human-readable multi-line summary."""
+        lines = [f"consumed {len(self.consumed)} tensors"]
+        lines += [f"  adapted {k}: {v}" for k, v in self.adapted.items()]
+        if self.dropped:
+            lines.append(f"dropped {len(self.dropped)} tensors:")
+            lines += [f"  {k}: {v}" for k, v in self.dropped.items()]
+        if self.initialised:
+            lines.append(f"newly initialised (not in the checkpoint): {', '.join(self.initialised)}")
+        return "\n".join(lines)
+
+
+class _LazyArrays(Mapping[str, np.ndarray]):
+    """Read-on-access mapping over a TensorSource (keeps one tensor in memory at a time)."""
+
+    def __init__(self, source: TensorSource):
+        self._source = source
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._source.get(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source.keys())
+
+    def __len__(self) -> int:
+        return len(self._source.keys())
+
+
+def _videomamba_layout():
+    return importlib.import_module("weight_conversion.videomamba_layout")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_internvideo2_config(
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    pretrain: bool,
+    preset: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+) -> tuple[InternVideo2Config, tuple[int, int]]:
+    """Target config (inferred <- preset <- model kwargs <- frame/size overrides) and the source grid."""
+    model_kwargs = dict(model_kwargs or {})
+    preset_kwargs = {}
+    if preset is not None:
+        preset_config = registry.get_config(preset)
+        if preset_config.arch not in (InternVideo2Config.arch, PretrainInternVideo2Config.arch):
+            raise ValueError(f"preset {preset!r} is not an InternVideo2 preset")
+        preset_kwargs = preset_config.to_dict()
+        if not pretrain:
+            preset_kwargs = {k: v for k, v in preset_kwargs.items() if k not in _PRETRAIN_ONLY}
+    hints = {**preset_kwargs, **model_kwargs}
+    inferred = layout.infer_kwargs(shapes, pretrain=pretrain, hints=hints)
+    src_grid = (inferred["num_frames"] // inferred["tubelet_size"], inferred["img_size"] // inferred["patch_size"])
+    fields = {**inferred, **preset_kwargs, **model_kwargs}
+    if num_frames is not None:
+        fields["num_frames"] = num_frames
+    if img_size is not None:
+        fields["img_size"] = img_size
+    cls = PretrainInternVideo2Config if pretrain else InternVideo2Config
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown model kwargs {unknown} for {cls.__name__}")
+    return cls(**fields), src_grid
+
+
+# ---------------------------------------------------------------------------------------------
+# InternVideo2 conversion
+# ---------------------------------------------------------------------------------------------
+
+
+def _fresh_value(path: tuple, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Initial value of a parameter absent from the checkpoint (new fc_norm / head)."""
+    leaf = str(getattr(path[-1], "key", path[-1]))
+    if leaf == "scale":
+        return np.ones(shape, np.float32)
+    if leaf in ("bias",):
+        return np.zeros(shape, np.float32)
+    key = jax.random.fold_in(jax.random.key(seed), hash("/".join(map(str, path))) % (2**31))
+    return np.asarray(jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) * 0.02)
+
+
+def convert_internvideo2(
+    source: TensorSource,
+    config: InternVideo2Config,
+    src_grid: tuple[int, int],
+    *,
+    reset_head: bool = False,
+    seed: int = 0,
+) -> tuple[nnx.Module, ConversionReport]:
+    """Builds the Flax model of `config` from `source`, checking every key before reading any tensor."""
+    source_layout = layout.detect_layout(source.keys())
+    target_layout = layout.STAGE2 if config.arch == PretrainInternVideo2Config.arch else layout.FINETUNE
+    dst_grid = (config.grid[0], config.grid[1])
+    abstract = nnx.eval_shape(lambda: registry.create_model(config, nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    flat = list(nnx.to_flat_state(abstract_state))
+    report = ConversionReport()
+
+    # Pass 1: shapes only, so a wrong checkpoint fails before any tensor is read.
+    missing, misshaped, plan = [], [], []
+    may_be_missing = (target_layout == layout.FINETUNE and source_layout == layout.STAGE2) or reset_head
+    for path, var in flat:
+        leading = var.shape[0] if layout.is_stacked(path) else None
+        names = layout.torch_names(path, config.depth, leading)
+        expected = layout.torch_shape(path, var.shape)
+        present = [n for n in names if n in source]
+        if len(present) < len(names):
+            absent = [n for n in names if n not in source]
+            fresh_ok = may_be_missing and all(n.startswith(layout.FINETUNE_ONLY_PREFIXES) for n in absent)
+            if reset_head and all(n.startswith("head.") for n in names):
+                fresh_ok = True
+            if fresh_ok and not present:
+                plan.append((path, var, None, expected))
+                continue
+            missing += [f"{n} (model shape {expected})" for n in absent]
+            continue
+        if reset_head and all(n.startswith("head.") for n in names):
+            for n in names:
+                report.dropped[n] = "head reset on request"
+            plan.append((path, var, None, expected))
+            continue
+        for n in names:
+            if not layout.can_adapt(n, source.shapes[n], expected):
+                misshaped.append(f"{n}: checkpoint {source.shapes[n]} vs model {expected}")
+        plan.append((path, var, names, expected))
+    used = {n for _, _, names, _ in plan if names for n in names}
+    unexpected = []
+    for key in source.keys():
+        if key in used or key in report.dropped:
+            continue
+        reason = layout.drop_reason(key, target_layout)
+        if reason is None:
+            unexpected.append(f"{key} {source.shapes[key]}")
+        else:
+            report.dropped[key] = reason
+    for key in source.outside_keys:
+        report.dropped[key] = f"outside the vision encoder (prefix {source.prefix!r})"
+    _raise_if_problems(source, config, missing, misshaped, unexpected)
+
+    # Pass 2: read, adapt and place one tensor at a time.
+    new_flat = []
+    for path, var, names, expected in plan:
+        if names is None:
+            value = _fresh_value(path, var.shape, seed)
+            report.initialised.append("/".join(str(getattr(p, "key", p)) for p in path))
+        else:
+            layers = []
+            for n in names:
+                array, note = layout.adapt_tensor(n, source.get(n), expected, src_grid, dst_grid)
+                if note:
+                    report.adapted[n] = note
+                layers.append(layout.to_flax(path, array).astype(np.float32))
+                report.consumed.append(n)
+            value = np.stack(layers) if layout.is_stacked(path) else layers[0]
+        new_flat.append((path, var.replace(jnp.asarray(value))))
+        del value
+    model = nnx.merge(graphdef, nnx.from_flat_state(new_flat))
+    return model, report
+
+
+def _raise_if_problems(source: TensorSource, config: Any, missing: list, misshaped: list, unexpected: list) -> None:
+    """One error listing every missing, mis-shaped and unexpected key."""
+    if not (missing or misshaped or unexpected):
+        return
+    parts = [
+        f"{source.path}: checkpoint does not match {type(config).__name__}"
+        f"(embed_dim={config.embed_dim}, depth={config.depth}, num_frames={config.num_frames}, img_size={config.img_size}):"
+    ]
+    for title, items in (("mis-shaped", misshaped), ("missing", missing), ("unexpected", unexpected)):
+        if items:
+            parts.append(f"  {len(items)} {title} keys: " + "; ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
+    raise layout.LayoutError("\n".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def convert_checkpoint(
+    path: str,
+    *,
+    arch: str = "auto",
+    preset: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    reset_head: bool = False,
+    seed: int = 0,
+) -> tuple[nnx.Module, ConversionReport | None]:
+    """Reads a checkpoint and returns `(flax_model, report)`; see the module docstring."""
+    if arch not in ARCHES:
+        raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")
+    source = TensorSource(path)
+    model_kwargs = dict(model_kwargs or {})
+    if arch == "videomamba" or (arch == "auto" and _looks_like_videomamba(source)):
+        vm = _videomamba_layout()
+        overrides = dict(model_kwargs)
+        if img_size is not None:
+            overrides["img_size"] = img_size
+        config = vm.config_from_state_dict(dict(source.shapes), **overrides)
+        return vm.torch_to_flax(_LazyArrays(source), config, num_frames=num_frames), None
+    pretrain = arch == "internvideo2_pretrain" or (arch == "auto" and bool(_PRETRAIN_ONLY & set(model_kwargs)))
+    if preset is not None and preset.endswith("_stage2"):
+        pretrain = True
+    layout.detect_layout(source.keys())
+    config, src_grid = resolve_internvideo2_config(
+        source.shapes, pretrain=pretrain, preset=preset, model_kwargs=model_kwargs, num_frames=num_frames, img_size=img_size
+    )
+    return convert_internvideo2(source, config, src_grid, reset_head=reset_head, seed=seed)
+
+
+def _looks_like_videomamba(source: TensorSource) -> bool:
+    """True when the VideoMamba layout module recognises the keys (False when it is not installed)."""
+    if "blocks.0.attn.qkv.weight" in source:
+        return False
+    try:
+        vm = _videomamba_layout()
+    except ModuleNotFoundError:
+        return False
+    return bool(vm.is_videomamba_state_dict(list(source.keys())))
+
+
+def load_torch_checkpoint(path: str, **official_kwargs: Any) -> nnx.Module:
+    """Flax model from an official checkpoint; kwargs are the official constructor's (plus JAX options).
+
+    Stage-2-only kwargs (clip_teacher_embed_dim, ...) select `PretrainInternVideo2`; `arch=` forces one.
+    """
+    arch = official_kwargs.pop("arch", "auto")
+    model, _ = convert_checkpoint(path, arch=arch, model_kwargs=official_kwargs)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: convert and write a model directory."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help=".pt/.pth/.bin/.safetensors file")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--model-kwargs", default=None, help="JSON of official constructor kwargs")
+    group.add_argument("--preset", default=None, help=f"preset name, one of {registry.preset_names()}")
+    parser.add_argument("--num-frames", type=int, default=None, help="target frames (position embeddings interpolated)")
+    parser.add_argument("--img-size", type=int, default=None, help="target image size (position embeddings interpolated)")
+    parser.add_argument("--arch", default="auto", choices=ARCHES)
+    parser.add_argument("--reset-head", action="store_true", help="drop the checkpoint's head and initialise a new one")
+    args = parser.parse_args(argv)
+    try:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
+    except json.JSONDecodeError as err:
+        parser.error(f"--model-kwargs is not valid JSON: {err}")
+    try:
+        model, report = convert_checkpoint(
+            args.checkpoint,
+            arch=args.arch,
+            preset=args.preset,
+            model_kwargs=kwargs,
+            num_frames=args.num_frames,
+            img_size=args.img_size,
+            reset_head=args.reset_head,
+        )
+    except (CheckpointError, layout.LayoutError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    config = model.config
+    inference = {"frames": config.num_frames, "size": getattr(config, "img_size", None), "source_checkpoint": str(args.checkpoint)}
+    out = saving.save_model_dir(model, args.out, inference=inference)
+    if report is not None:
+        print(report.summary())
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
