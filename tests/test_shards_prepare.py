@@ -314,3 +314,29 @@ def test_cli_named_test_sources_folds_and_summary(video_tree, tmp_path, monkeypa
     with pytest.raises(SystemExit):
         prepare.main(["--dataset=fake", f"--out={out}", "--short-side=big"])
     assert "--short-side" in capsys.readouterr().err
+
+
+def test_cli_on_a_csv_dataset_reports_bad_rows_and_bad_files(video_tree, tmp_path):
+    root, items = video_tree
+    rows = ["path,score,source"]
+    rows += [f"{pathlib.Path(it.path).name},{50 + i},{it.source_id}" for i, it in enumerate(items[:6])]
+    rows += ["nowhere.mp4,40,x", "odd.mp4,excellent,y", "empty.mp4,30,z"]
+    csv_path = root / "scores.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "csv_shards"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    cmd = [sys.executable, "-m", "internvqa_jax.data.prepare", "--dataset=csv", f"--root={csv_path}", f"--out={out}",
+           "--frames=3", "--records-per-shard=2", "--workers=2", "--folds=3"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    manifest = shards.load_manifest(out)
+    assert manifest["counts"]["records"] == 6 and manifest["counts"]["listed"] == 9
+    reasons = " | ".join(s["reason"] + " @ " + s["path"] for s in manifest["skipped"])
+    assert len(manifest["skipped"]) == 3, reasons
+    assert "nowhere.mp4" in reasons and "excellent" in reasons and "empty.mp4" in reasons
+    assert {s["stage"] for s in manifest["skipped"]} == {"listing", "decode"}
+    assert "skipped 3 video(s)" in run.stdout and "excellent" in run.stdout
+    assert {r["label"] for r in manifest["records"]} == {50.0 + i for i in range(6)}
+    splits.check_separation(manifest["records"])
+    splits.check_separation(manifest["records"], "fold")
+    shards.verify_shards(out)

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import pathlib
@@ -32,6 +33,8 @@ import numpy as np
 
 from internvqa_jax.data import sampling, shards, splits
 from internvqa_jax.data.records import VideoItem
+
+log = logging.getLogger(__name__)
 
 # A loader maps a VideoItem to (frames uint8 (T, H, W, 3), extra stored metadata).
 Loader = Callable[[VideoItem, "PrepareConfig"], tuple[np.ndarray, dict[str, Any]]]
@@ -142,7 +145,8 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
                     raise ValueError(f"decoded frames have shape {frames.shape}, expected (T>=1, H, W, 3)")
                 video = shards.encode_video(frames, {**item.to_dict(), **stored})
             except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
-                skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}"})
+                skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}", "stage": "decode"})
+                log.warning("skipping %s (%s): %s: %s", item.video_id, item.path, type(e).__name__, e)
                 continue
             metas.append({**item.to_dict(), "stored_shape": list(frames.shape), "position": written})
             written += len(video)
@@ -246,8 +250,12 @@ def prepare_items(
     dataset: str = "custom",
     loader: Loader = decode_item,
     progress: bool = True,
+    listing_skipped: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Writes shards, sidecars and `manifest.json` for `items` into `out_dir`; returns the manifest."""
+    """Writes shards, sidecars and `manifest.json` for `items` into `out_dir`; returns the manifest.
+
+    `listing_skipped`: entries the dataset lister already left out, carried into the report.
+    """
     from tqdm import tqdm
 
     if not items:
@@ -274,7 +282,7 @@ def prepare_items(
         _run_jobs(jobs, workers, sidecars, bar)
     bar.close()
 
-    manifest = build_manifest(items, tasks, sidecars, config, split_config, dataset, resumed=len(tasks) - len(pending))
+    manifest = build_manifest(items, tasks, sidecars, config, split_config, dataset, resumed=len(tasks) - len(pending), listing_skipped=listing_skipped)
     shards.write_json_atomic(out / shards.MANIFEST, manifest)
     return manifest
 
@@ -322,10 +330,11 @@ def build_manifest(
     split_config: SplitConfig,
     dataset: str,
     resumed: int = 0,
+    listing_skipped: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Joins the shard sidecars into the manifest: video indices and record keys follow shard order."""
     assignment, folds, missing = assign_splits(items, split_config)
-    records, shard_rows, skipped = [], [], []
+    records, shard_rows, skipped = [], [], list(listing_skipped)
     offset = 0  # global record key of the shard's first record (shards concatenated in order)
     for task in tasks:
         side = sidecars[task.file]
@@ -356,7 +365,7 @@ def build_manifest(
         "dataset": dataset,
         "config": dataclasses.asdict(config),
         "split_config": {**dataclasses.asdict(split_config), "test_sources": None if split_config.test_sources is None else list(split_config.test_sources)},
-        "counts": {"listed": len(items), "records": len(records), "frame_records": offset, "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split},
+        "counts": {"listed": len(items) + len(listing_skipped), "records": len(records), "frame_records": offset, "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split},
         "shards": shard_rows,
         "splits": split_sources,
         "folds": folds,
@@ -377,7 +386,7 @@ def summary(manifest: dict[str, Any]) -> str:
         lines.append(f"warning: named test sources not found: {manifest['missing_test_sources']}")
     if manifest["skipped"]:
         lines.append(f"skipped {len(manifest['skipped'])} video(s):")
-        lines.extend(f"  {s['video_id']} ({s['path']}): {s['reason']}" for s in manifest["skipped"])
+        lines.extend(f"  {s['video_id'] or '-'} ({s['path']}): {s['reason']}" for s in manifest["skipped"])
     return "\n".join(lines)
 
 
@@ -398,7 +407,7 @@ def dataset_module(name: str):
         raise ValueError(f"dataset {name!r} unknown: no module internvqa_jax.data.datasets.{name}") from e
 
 
-def list_dataset(name: str, root: str | None, workers: int = 1, out: str | os.PathLike | None = None) -> tuple[list[VideoItem], tuple[str, ...] | None]:
+def list_dataset(name: str, root: str | None, workers: int = 1, out: str | os.PathLike | None = None) -> tuple[Sequence[VideoItem], tuple[str, ...] | None]:
     """Items of a registered dataset and its named test sources (None where it has none).
 
     The demo dataset is built (or completed) first, in `root` or by default in `<out>/source_videos`.
@@ -415,7 +424,15 @@ def list_dataset(name: str, root: str | None, workers: int = 1, out: str | os.Pa
             raise ValueError(f"dataset {name!r} needs --root (its files or CSV)")
         items = module.list_items(root)
     test_sources = getattr(module, "TEST_SOURCES", None)
-    return list(items), None if test_sources is None else tuple(str(s) for s in test_sources)
+    return items, None if test_sources is None else tuple(str(s) for s in test_sources)
+
+
+def listing_skips(items: Sequence[VideoItem]) -> list[dict[str, Any]]:
+    """Entries a lister left out (`ItemList.skipped`: bad CSV rows, missing files) as report rows."""
+    return [
+        {"video_id": None, "path": f"{e.source} ({e.location})", "reason": e.reason, "stage": "listing"}
+        for e in getattr(items, "skipped", [])
+    ]
 
 
 def prepare_dataset(
@@ -434,7 +451,7 @@ def prepare_dataset(
     """Lists (for demo: builds) dataset `name` and prepares its shards in `out_dir`; returns the manifest."""
     items, test_sources = list_dataset(name, root, workers, out_dir)
     split_config = SplitConfig(test_sources, val_fraction, test_fraction, folds, seed)
-    return prepare_items(items, out_dir, config, split_config, workers=workers, dataset=name, progress=progress)
+    return prepare_items(items, out_dir, config, split_config, workers=workers, dataset=name, progress=progress, listing_skipped=listing_skips(items))
 
 
 def parse_short_side(text: str) -> int | None:
