@@ -330,15 +330,18 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------- formatting
 
 
-def format_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = ("n", "srcc", "krcc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")) -> str:
-    """A plain-text table: one row per key of `rows`, the chosen metric columns."""
+def format_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = ("n", "srcc", "krcc", "plcc", "rmse", "plcc_logistic", "rmse_logistic", "fit")) -> str:
+    """A plain-text table: one row per key of `rows`, the chosen metric columns.
+
+    The column "fit" shows which mapping the *_logistic columns used (logistic, or a fallback).
+    """
     name_width = max([len("group")] + [len(str(k)) for k in rows])
     header = f"{'group':<{name_width}}  " + "  ".join(f"{c:>13}" for c in columns)
     lines = [header, "-" * len(header)]
     for key, row in rows.items():
         cells = []
         for col in columns:
-            value = row.get(col, "")
+            value = row.get("logistic_fit", {}).get("method", "") if col == "fit" else row.get(col, "")
             if isinstance(value, float):
                 cells.append(f"{value:>13.4f}")
             else:

@@ -224,3 +224,6 @@ def test_format_table_lists_rows():
     text = metrics.format_table(rows)
     assert text.splitlines()[0].split()[:3] == ["group", "n", "srcc"]
     assert "1.0000" in text.splitlines()[2]
+    assert text.splitlines()[2].split()[-1] == "logistic"
+    small = metrics.format_table({"g": metrics.compute_metrics([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])})
+    assert small.splitlines()[2].split()[-1] == "linear"  # too few points: the fallback is shown
