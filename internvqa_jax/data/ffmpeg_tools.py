@@ -38,14 +38,14 @@ class Codec:
 # Single-threaded encoders: the demo build parallelises over files instead, and one thread keeps
 # the bitstreams deterministic.
 CODECS: dict[str, Codec] = {
-    "h264": Codec("h264", "libx264", "mp4", "-crf", 51, ("-preset", "medium", "-threads", "1", "-pix_fmt", "yuv420p")),
+    "h264": Codec("h264", "libx264", "mp4", "-crf", 51, ("-preset", "fast", "-threads", "1", "-pix_fmt", "yuv420p")),
     "hevc": Codec(
         "hevc",
         "libx265",
         "mp4",
         "-crf",
         51,
-        ("-preset", "fast", "-x265-params", "log-level=error:pools=1:frame-threads=1", "-tag:v", "hvc1", "-pix_fmt", "yuv420p"),
+        ("-preset", "faster", "-x265-params", "log-level=error:pools=1:frame-threads=1", "-tag:v", "hvc1", "-pix_fmt", "yuv420p"),
     ),
     "vp9": Codec(
         "vp9",
@@ -53,7 +53,7 @@ CODECS: dict[str, Codec] = {
         "webm",
         "-crf",
         63,
-        ("-b:v", "0", "-deadline", "good", "-cpu-used", "4", "-row-mt", "0", "-threads", "1", "-pix_fmt", "yuv420p"),
+        ("-b:v", "0", "-deadline", "good", "-cpu-used", "6", "-row-mt", "0", "-threads", "1", "-pix_fmt", "yuv420p"),
     ),
     "av1": Codec(
         "av1",
@@ -61,7 +61,7 @@ CODECS: dict[str, Codec] = {
         "mkv",
         "-crf",
         63,
-        ("-preset", "8", "-svtav1-params", "lp=1:log-level=1", "-pix_fmt", "yuv420p"),
+        ("-preset", "10", "-svtav1-params", "lp=1:log-level=1", "-pix_fmt", "yuv420p"),
     ),
 }
 
