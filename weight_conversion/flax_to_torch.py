@@ -1,0 +1,131 @@
+"""Flax model directory -> official PyTorch state dict (`.safetensors` or `.pt`) plus a JSON sidecar.
+
+    python -m weight_conversion.flax_to_torch --checkpoint DIR --out FILE.safetensors|FILE.pt
+
+DIR is a model directory, or a training workdir whose `export/student` is one (`--which teacher`
+picks `export/teacher`). The state dict has the official key names and shapes, so the official
+class (or `weight_conversion.torch_model.InternVideo2Torch`) loads it with `strict=True`. The sidecar
+`FILE's stem + .json` holds the model config, the official constructor kwargs and the contents of
+`inference.json` (frames, size, normalisation, score scale), so PyTorch users reproduce the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pathlib
+import sys
+import uuid
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from internvqa_jax.models import saving
+from internvqa_jax.models.internvideo2 import InternVideo2Config, PretrainInternVideo2Config
+from weight_conversion import internvideo2_layout as layout
+
+# JAX-only config fields that the official constructor does not take.
+JAX_ONLY_FIELDS = ("gelu_approximate", "dtype", "param_dtype", "attention_impl", "remat", "scan_layers")
+
+
+def internvideo2_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Official-layout numpy state dict of a Flax InternVideo2 / PretrainInternVideo2 (stacked blocks split)."""
+    depth = model.config.depth
+    out: dict[str, np.ndarray] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = np.asarray(var[...])
+        leading = value.shape[0] if layout.is_stacked(path) else None
+        names = layout.torch_names(path, depth, leading)
+        layers = list(value) if leading is not None else [value]
+        for name, layer in zip(names, layers):
+            out[name] = np.ascontiguousarray(layout.to_torch(path, layer))
+    return dict(sorted(out.items()))
+
+
+def model_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Official-layout state dict of any supported model (VideoMamba through its layout module)."""
+    arch = model.config.arch
+    if arch in (InternVideo2Config.arch, PretrainInternVideo2Config.arch):
+        return internvideo2_state_dict(model)
+    if arch == "videomamba":
+        return importlib.import_module("weight_conversion.videomamba_layout").flax_to_torch(model)
+    raise ValueError(f"no PyTorch layout for arch {arch!r}")
+
+
+def official_kwargs(config: Any) -> dict[str, Any]:
+    """The config without the JAX-only fields (what the official constructor takes)."""
+    return {k: v for k, v in config.to_dict().items() if k not in JAX_ONLY_FIELDS}
+
+
+def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:
+    """A model directory itself, or `<workdir>/export/<which>` of a training workdir."""
+    path = pathlib.Path(path)
+    if (path / saving.CONFIG_FILE).is_file():
+        return path
+    exported = path / "export" / which
+    if (exported / saving.CONFIG_FILE).is_file():
+        return exported
+    raise FileNotFoundError(f"{path}: neither a model directory ({saving.CONFIG_FILE}) nor a workdir with export/{which}/")
+
+
+def write_state_dict(state: dict[str, np.ndarray], out: pathlib.Path) -> None:
+    """Writes `.safetensors` or `.pt` atomically (temp name, then rename)."""
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        if out.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file(state, str(tmp))
+        elif out.suffix in (".pt", ".pth", ".bin"):
+            import torch
+
+            torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(tmp))
+        else:
+            raise ValueError(f"{out}: output must end in .safetensors, .pt, .pth or .bin")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export(model_dir: str | os.PathLike, out: str | os.PathLike, which: str = "student") -> tuple[pathlib.Path, pathlib.Path]:
+    """Converts a model directory (or workdir) to `out` and its JSON sidecar; returns both paths."""
+    source = resolve_model_dir(model_dir, which)
+    model, meta = saving.load_model_dir(source)
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_state_dict(model_state_dict(model), out)
+    sidecar = out.with_suffix(".json")
+    payload = {
+        "model_config": {"arch": meta["arch"], "config": meta["config"]},
+        "official_kwargs": official_kwargs(model.config),
+        "inference": meta["inference"],
+        "source": str(source),
+    }
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, sidecar)
+    return out, sidecar
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="model directory or training workdir")
+    parser.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt")
+    parser.add_argument("--which", default="student", choices=("student", "teacher"), help="export/<which> of a workdir")
+    args = parser.parse_args(argv)
+    try:
+        out, sidecar = export(args.checkpoint, args.out, args.which)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} and {sidecar}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
