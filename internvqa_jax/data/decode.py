@@ -6,9 +6,11 @@ no decoding), then for each group of requested frames seeks to the last keyframe
 the first of them and decodes forward, matching frames by presentation timestamp. So sampling 8
 frames from a long file decodes a few GOPs, not the whole file.
 
-Colour conversion follows the ffmpeg command line (`ffmpeg -i f -pix_fmt rgb24`): swscale with
-the frame's colour matrix (BT.601 when unspecified), limited-range input unless flagged full
-range. 8-bit 4:2:0 input matches ffmpeg bit for bit; for 10-bit input see `to_rgb24`.
+Colour conversion is the one the ffmpeg command line applies for `-pix_fmt rgb24` (see
+`RgbConverter`): the frame's own colour matrix and range (BT.601 limited when unspecified),
+bicubic chroma upsampling; the result equals ffmpeg's bit for bit for 8-bit and 10-bit input,
+any chroma subsampling and odd frame sizes (tests/test_decode.py). Files without timestamps
+(raw elementary streams) are decoded sequentially from the start instead of by seeking.
 
 Every failure is a `VideoDecodeError` whose message names the file and the reason.
 """
@@ -134,7 +136,26 @@ def _open(path: str | os.PathLike) -> tuple[Any, Any]:
     return container, stream
 
 
+# probe() and decode_frames() on the same file (the usual pair) share one packet scan. Keyed by
+# size and modification time, so a rewritten file is scanned again.
+_INDEX_CACHE: dict[tuple[str, int, int], _FrameIndex] = {}
+_INDEX_CACHE_SIZE = 64
+
+
 def _read_index(path: str, container: Any, stream: Any) -> _FrameIndex:
+    """The frame index of `path` (cached), scanning its packets the first time."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        index = _scan_packets(path, container, stream)
+        if len(_INDEX_CACHE) >= _INDEX_CACHE_SIZE:
+            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))  # oldest first
+        _INDEX_CACHE[key] = index
+    return index
+
+
+def _scan_packets(path: str, container: Any, stream: Any) -> _FrameIndex:
     """Demuxes (without decoding) the video packets to list frame timestamps and keyframes."""
     pts: list[int] = []
     keyframe_pts: set[int] = set()
