@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -230,6 +231,10 @@ def test_bvi_hd_tfds_build_without_tensorflow(bvi_root, tmp_path):
         np.testing.assert_array_equal(ex["frames"], decode.decode_frames(items[vid].path, ex["frame_indices"]))
         assert ex["label"] == pytest.approx(items[vid].label)
     assert len(builder.info.metadata["skipped"]) == 2
+    # The skipped rows are saved with the dataset, not only kept in memory.
+    with open(os.path.join(builder.data_dir, "metadata.json")) as f:
+        saved = json.load(f)["skipped"]
+    assert len(saved) == 2 and "Music_1920x1080_QP32" in saved[0]
 
 
 def test_waterloo_tfds_skips_undecodable_video(waterloo_root, tmp_path):
