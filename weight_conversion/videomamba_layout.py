@@ -9,17 +9,22 @@ joined with dots, with the leaf `kernel` renamed `weight`. Per-tensor transforms
 Every transform is a transpose or reshape, so torch -> flax -> torch is bit-exact.
 
 Also here: recognising a VideoMamba state dict, the constructor arguments implied by its shapes,
-and linear (align_corners=False) interpolation of `temporal_pos_embedding` to another frame count.
+and position-embedding resampling for another frame count or image size, as the official
+fine-tuning code does it (`temporal_pos_embedding` linear over time, `pos_embed` bicubic over
+space, both align_corners=False, cls row kept).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from internvqa_jax.models.mamba_mixer import linear
 from internvqa_jax.models.videomamba import VideoMamba, VideoMambaConfig
 
 # Keys every video VisionMamba state dict has (with at least one block).
@@ -163,7 +168,7 @@ def config_from_state_dict(shapes: Mapping[str, Sequence[int]], **overrides: Any
 
 
 # ---------------------------------------------------------------------------------------------
-# Temporal position-embedding interpolation
+# Position-embedding interpolation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -181,68 +186,142 @@ def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return weights
 
 
+def _cubic_weight(distance: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution kernel with torch's a = -0.75."""
+    d = abs(distance)
+    if d <= 1:
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+    if d < 2:
+        return (((d - 5) * d + 8) * d - 4) * a
+    return 0.0
+
+
+def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of torch's 'bicubic' along one axis (align_corners=False, clamped borders)."""
+    weights = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
+    for i in range(n_out):
+        src = (i + 0.5) * scale - 0.5  # cubic does not clamp the source position, torch neither
+        base = math.floor(src)
+        for offset in (-1, 0, 1, 2):
+            weights[i, min(max(base + offset, 0), n_in - 1)] += _cubic_weight(src - (base + offset))
+    return weights
+
+
 def interpolate_temporal(embedding: np.ndarray, t_out: int) -> np.ndarray:
     """`temporal_pos_embedding` (1, T, D) resampled linearly over T to (1, t_out, D)."""
     if embedding.ndim != 3 or embedding.shape[0] != 1:
         raise LayoutError(f"temporal_pos_embedding: expected (1, T, D), got {embedding.shape}")
     if embedding.shape[1] == t_out:
         return embedding
-    weights = _linear_matrix(embedding.shape[1], t_out)
-    out = np.einsum("ot,btd->bod", weights, embedding.astype(np.float64))
+    out = np.einsum("ot,btd->bod", _linear_matrix(embedding.shape[1], t_out), embedding.astype(np.float64))
     return out.astype(embedding.dtype)
+
+
+def interpolate_spatial(embedding: np.ndarray, side_out: int) -> np.ndarray:
+    """`pos_embed` (1, 1 + S*S, D) resampled bicubically to a side_out x side_out grid, cls row kept."""
+    if embedding.ndim != 3 or embedding.shape[0] != 1:
+        raise LayoutError(f"pos_embed: expected (1, 1 + S*S, D), got {embedding.shape}")
+    side_in = math.isqrt(embedding.shape[1] - 1)
+    if side_in * side_in != embedding.shape[1] - 1:
+        raise LayoutError(f"pos_embed: {embedding.shape[1] - 1} patch positions is not a square grid")
+    if side_in == side_out:
+        return embedding
+    w = _bicubic_matrix(side_in, side_out)
+    grid = embedding[0, 1:].reshape(side_in, side_in, -1).astype(np.float64)
+    resized = np.einsum("oh,hwd,pw->opd", w, grid, w).reshape(1, side_out * side_out, -1)
+    return np.concatenate([embedding[:, :1], resized.astype(embedding.dtype)], axis=1)
+
+
+def _adapt_position(key: str, array: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
+    """Position embeddings resampled to the model's grid when only the grid differs."""
+    if array.ndim != 3 or len(expected) != 3 or array.shape[-1] != expected[-1]:
+        return array
+    if key == "temporal_pos_embedding":
+        return interpolate_temporal(array, expected[1])
+    side_out = math.isqrt(expected[1] - 1)
+    return interpolate_spatial(array, side_out)
 
 
 # ---------------------------------------------------------------------------------------------
 # Conversion
 # ---------------------------------------------------------------------------------------------
 
+_POSITION_KEYS = ("pos_embed", "temporal_pos_embedding")
+
+
+def _as_float32(key: str, array: np.ndarray) -> np.ndarray:
+    """Float tensors (fp16/bf16/fp64) as float32; anything else fails naming the key."""
+    if array.dtype == np.float32:
+        return array
+    if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
+        return array.astype(np.float32)
+    raise LayoutError(f"{key!r}: expected a float tensor, got dtype {array.dtype}")
+
 
 def torch_to_flax(
-    state_dict: Mapping[str, np.ndarray], config: VideoMambaConfig, num_frames: int | None = None
+    state_dict: Mapping[str, np.ndarray],
+    config: VideoMambaConfig,
+    num_frames: int | None = None,
+    *,
+    reset_head: bool = False,
+    seed: int = 0,
 ) -> VideoMamba:
     """A `VideoMamba` holding the official `state_dict`'s weights.
 
     Every key must be consumed and every parameter filled: a missing, unexpected or mis-shaped key
-    fails naming the key and both shapes. With `num_frames`, the model is built for that many
-    frames and `temporal_pos_embedding` is linearly interpolated to `num_frames // kernel_size`
-    rows. Float16/bfloat16 tensors are widened to float32 (exactly).
+    fails naming the key and both shapes. With `num_frames` the model is built for that many
+    frames. Position embeddings whose grid differs from the model's are resampled as the official
+    fine-tuning code does: `temporal_pos_embedding` linearly over time, `pos_embed` bicubically
+    over space (cls row kept). With `reset_head`, the checkpoint's `head.*` are dropped and a new
+    head (`config.num_classes` outputs) is initialised from `seed`. Float16/bfloat16 tensors are
+    widened to float32 (exactly). `state_dict` is read one key at a time (lazy mappings stay lazy).
     """
     if num_frames is not None:
         config = config.replace(num_frames=int(num_frames))
     graphdef, rest, flat = _abstract_params(config)
-    remaining = dict(state_dict)
+    remaining = set(state_dict.keys())
+    fresh_head = _fresh_head(config, seed) if reset_head else {}
+    if reset_head:
+        remaining -= {"head.weight", "head.bias"}
     filled = []
     problems = []
     for path, var in flat:
         key = torch_key(path)
         expected = torch_shape(path, var.get_value().shape)
+        if key in fresh_head:
+            filled.append((path, var.replace(value=fresh_head[key])))
+            continue
         if key not in remaining:
-            problems.append(f"missing key {key!r} (expected shape {expected})")
+            problems.append(f"missing key {key!r} (model shape {expected})")
             continue
-        array = np.asarray(remaining.pop(key))
-        if array.dtype != np.float32:
-            if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
-                problems.append(f"{key!r}: expected a float tensor, got dtype {array.dtype}")
-                continue
-            array = array.astype(np.float32)
-        if key == "temporal_pos_embedding" and num_frames is not None and array.ndim == 3:
-            array = interpolate_temporal(array, expected[1])
+        remaining.discard(key)
+        try:
+            array = _as_float32(key, np.asarray(state_dict[key]))
+        except LayoutError as err:
+            problems.append(str(err))
+            continue
+        if key in _POSITION_KEYS and tuple(array.shape) != expected:
+            array = _adapt_position(key, array, expected)
         if tuple(array.shape) != expected:
-            hint = " (pass num_frames to interpolate it)" if key == "temporal_pos_embedding" else ""
-            problems.append(f"{key!r}: checkpoint shape {tuple(array.shape)} != model shape {expected}{hint}")
+            problems.append(f"{key!r}: checkpoint shape {tuple(array.shape)} != model shape {expected}")
             continue
-        filled.append((path, var.replace(value=np.ascontiguousarray(to_flax(path, array)))))
-    problems.extend(f"unexpected key {k!r} with shape {tuple(np.shape(v))}" for k, v in sorted(remaining.items()))
+        filled.append((path, var.replace(value=jnp.asarray(to_flax(path, array)))))
+    problems.extend(f"unexpected key {k!r} with shape {tuple(np.shape(state_dict[k]))}" for k in sorted(remaining))
     if problems:
         raise LayoutError("VideoMamba state dict does not fit the model:\n  " + "\n  ".join(problems))
-    params = nnx.from_flat_state([(p, _to_device(v)) for p, v in filled])
-    return nnx.merge(graphdef, params, rest)
+    if jax.tree.leaves(rest):
+        # Dropout rng state cannot come from eval_shape: take it from a freshly built model.
+        _, _, rest = nnx.split(VideoMamba(config, rngs=nnx.Rngs(seed)), nnx.Param, ...)
+    return nnx.merge(graphdef, nnx.from_flat_state(filled), rest)
 
 
-def _to_device(var: Any) -> Any:
-    import jax.numpy as jnp
-
-    return var.replace(value=jnp.asarray(var.get_value()))
+def _fresh_head(config: VideoMambaConfig, seed: int) -> dict[str, Any]:
+    """Newly initialised head parameters by official key (empty when the config has no head)."""
+    if config.num_classes == 0:
+        return {}
+    head = linear(config.embed_dim, config.num_classes, ("embed", "classes"), use_bias=True, dtype=config.dtype, rngs=nnx.Rngs(seed))
+    return {"head.weight": head.kernel.get_value(), "head.bias": head.bias.get_value()}
 
 
 def flax_to_torch(model: VideoMamba) -> dict[str, np.ndarray]:
