@@ -24,6 +24,8 @@ VIDEOS = {
     "av1_10bit": ("av1_10.mp4", ["-c:v", "libaom-av1", "-g", "8", "-cpu-used", "8", "-usage", "realtime", "-pix_fmt", "yuv420p10le"]),
     "mpeg2": ("mpeg2.mpg", ["-c:v", "mpeg2video", "-g", "8", "-bf", "2"]),
     "y4m": ("raw.y4m", ["-pix_fmt", "yuv420p"]),
+    # A raw HEVC elementary stream, as some databases ship: no container, no timestamps.
+    "hevc_annexb": ("hevc.bin", ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=8", "-f", "hevc"]),
 }
 
 
