@@ -192,3 +192,62 @@ def test_bad_split_and_missing_manifest_are_named(shard_dir, tmp_path):
         pipeline.train_iterator(tmp_path, "train", batch_size=2, process_index=0, process_count=1)
     with pytest.raises(ValueError, match="process_index 2"):
         pipeline.train_iterator(shard_dir, "train", batch_size=2, process_index=2, process_count=2)
+
+
+def coord_loader(item: VideoItem, config: prepare.PrepareConfig):
+    """Fake native decoder: R = row, G = column, B = stored frame number (positions are readable)."""
+    t, h, w = config.frames, 96, 160
+    frames = np.empty((t, h, w, 3), np.uint8)
+    frames[..., 0] = np.arange(h)[None, :, None]
+    frames[..., 1] = np.arange(w)[None, None, :]
+    frames[..., 2] = np.arange(t)[:, None, None]
+    return frames, {}
+
+
+def test_pre_drawn_fragments_store_train_and_eval(tmp_path):
+    config = prepare.PrepareConfig(frames=6, short_side=None, fragment_draws=2, fragment_size=64)
+    prepare.prepare_items(make_items(4, sources=4), tmp_path, config, loader=coord_loader, progress=False)
+    records = shards.FrameRecords(tmp_path)
+    stored, meta = records[0]
+    assert stored.shape == (12, 64, 64, 3) and meta["fragment_draws"] == 2 and meta["frames_per_draw"] == 6
+    np.testing.assert_array_equal(stored[:, 0, 0, 2], np.tile(np.arange(6), 2))  # draw-major
+    for draw in range(2):
+        mosaic = stored[draw * 6 : (draw + 1) * 6]
+        for i in range(2):
+            for j in range(2):
+                block = mosaic[:, i * 32 : (i + 1) * 32, j * 32 : (j + 1) * 32]
+                y0, x0 = int(block[0, 0, 0, 0]), int(block[0, 0, 0, 1])
+                # A native 32x32 patch inside grid cell (i, j), at the same place in every frame.
+                np.testing.assert_array_equal(block[..., 0], np.broadcast_to(y0 + np.arange(32)[:, None], (6, 32, 32)))
+                np.testing.assert_array_equal(block[..., 1], np.broadcast_to(x0 + np.arange(32)[None, :], (6, 32, 32)))
+                assert i * 48 <= y0 <= (i + 1) * 48 - 32 and j * 80 <= x0 <= (j + 1) * 80 - 32
+    assert not np.array_equal(stored[0], stored[6]), "both draws took the same positions"
+
+    it = pipeline.train_iterator(tmp_path, "all", batch_size=4, num_frames=3, size=64, spatial_mode="fragments", process_index=0, process_count=1)
+    for _ in range(2):
+        batch = next(it)
+        assert batch["frames"].shape == (4, 3, 64, 64, 3)
+        for clip, idx in zip(batch["frames"], batch["index"]):
+            full, _ = records[int(idx)]
+            frame_ids = clip[:, 0, 0, 2]  # blue = stored frame number, the same in every pixel
+            assert list(frame_ids // 2) == [0, 1, 2]
+            candidates = [full[d * 6 + frame_ids.astype(int)] for d in range(2)]
+            assert any(np.array_equal(clip, c) or np.array_equal(clip, c[:, :, ::-1]) for c in candidates)
+
+    views = next(pipeline.eval_iterator(tmp_path, "all", batch_size=4, num_frames=3, size=64, spatial_mode="fragments", num_segments=2, process_index=0, process_count=1))
+    assert views["frames"].shape == (4, 2, 3, 64, 64, 3)
+    full, _ = records[int(views["index"][0])]
+    np.testing.assert_array_equal(views["frames"][0, 1], full[6 + sampling_plan(6, 3, 2)[1]])  # segment 1 <- draw 1
+
+    with pytest.raises(ValueError, match="spatial_mode must be 'fragments'"):
+        pipeline.train_iterator(tmp_path, "all", batch_size=2, size=64, spatial_mode="resize_crop", process_index=0, process_count=1)
+    with pytest.raises(ValueError, match="size must match"):
+        pipeline.eval_iterator(tmp_path, "all", batch_size=2, size=224, spatial_mode="fragments", process_index=0, process_count=1)
+    with pytest.raises(ValueError, match="short_side=None"):
+        prepare.PrepareConfig(fragment_draws=2)
+
+
+def sampling_plan(total, frames, segments):
+    from internvqa_jax.data import sampling
+
+    return sampling.test_segment_indices(total, frames, segments)

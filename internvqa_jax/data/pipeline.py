@@ -4,10 +4,12 @@ Train: the split's records for this JAX process -> shuffle -> repeat -> random s
 fragments + flip (seeded per element) -> batch -> worker processes -> prefetch. Infinite.
 Eval: every record of the split exactly once (over all processes together), deterministic K
 segments x 3 crops (or K fragment draws), padded to equal batch counts per process with a mask.
+Shards of pre-drawn fragment mosaics (`prepare --fragment-draws=D`) skip spatial sampling: train
+picks a random draw, eval takes draw k mod D for segment k.
 
 Batches are dicts of numpy arrays:
-- train: `frames` uint8 (B, T, H, W, 3), `label` float32 (B,), `index` int64 (B,) (record index in
-  the manifest);
+- train: `frames` uint8 (B, T, H, W, 3), `label` float32 (B,), `index` int64 (B,) (the video's row
+  in the manifest's `records`, see `record_table`);
 - eval: `frames` uint8 (B, V, T, H, W, 3), `label`, `index`, `mask` bool (B,) (False = padding).
 Normalisation (`sampling.normalize`) runs on the device.
 
@@ -86,10 +88,18 @@ class TrainTransform(grain.transforms.RandomMap):
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        records = self.store.records
-        idx = sampling.train_segment_indices(records.num_frames(int(index)), self.num_frames, rng)
-        frames, meta = records.read(int(index), idx)
-        clip = sampling.spatial_train(frames, self.size, self.spatial_mode, rng, self.flip)
+        records, index = self.store.records, int(index)
+        draws = records.fragment_draws(index)
+        if draws:  # pre-drawn mosaics: pick a draw, then frames within it; no spatial sampling
+            per_draw = records.num_frames(index) // draws
+            draw = int(rng.integers(draws))
+            clip, meta = records.read(index, draw * per_draw + sampling.train_segment_indices(per_draw, self.num_frames, rng))
+            clip = sampling.random_flip(clip, rng) if self.flip else clip
+            clip = np.ascontiguousarray(clip)
+        else:
+            idx = sampling.train_segment_indices(records.num_frames(index), self.num_frames, rng)
+            frames, meta = records.read(index, idx)
+            clip = sampling.spatial_train(frames, self.size, self.spatial_mode, rng, self.flip)
         return {"frames": clip, "label": np.float32(meta["label"]), "index": np.int64(index)}
 
 
@@ -104,12 +114,31 @@ class EvalTransform(grain.transforms.Map):
     def map(self, element) -> dict[str, np.ndarray]:
         index, valid = int(element[0]), bool(element[1])
         records = self.store.records
-        plan = sampling.test_segment_indices(records.num_frames(index), self.num_frames, self.num_segments)
-        frames, meta = records.read(index, plan.reshape(-1))
-        clips = list(frames.reshape(plan.shape + frames.shape[1:]))
-        # Fragment draws are seeded by (seed, video index): the same views on every run/process.
-        views = sampling.views_of_clips(clips, self.size, self.spatial_mode, seed=(self.seed, index))
+        draws = records.fragment_draws(index)
+        if draws:  # pre-drawn mosaics: segment k comes from draw k mod D
+            per_draw = records.num_frames(index) // draws
+            plan = sampling.test_segment_indices(per_draw, self.num_frames, self.num_segments)
+            plan = plan + (np.arange(self.num_segments) % draws)[:, None] * per_draw
+            frames, meta = records.read(index, plan.reshape(-1))
+            views = frames.reshape(plan.shape + frames.shape[1:])
+        else:
+            plan = sampling.test_segment_indices(records.num_frames(index), self.num_frames, self.num_segments)
+            frames, meta = records.read(index, plan.reshape(-1))
+            clips = list(frames.reshape(plan.shape + frames.shape[1:]))
+            # Fragment draws are seeded by (seed, video index): the same views on every run/process.
+            views = sampling.views_of_clips(clips, self.size, self.spatial_mode, seed=(self.seed, index))
         return {"frames": views, "label": np.float32(meta["label"]), "index": np.int64(index), "mask": np.bool_(valid)}
+
+
+def check_store(shard_dir: str | os.PathLike, spatial_mode: str, size: int) -> None:
+    """Raises if shards of pre-drawn fragments are asked for another mode or size."""
+    sampling.check_spatial_mode(spatial_mode)
+    config = shards.load_manifest(shard_dir)["config"]
+    if config.get("fragment_draws"):
+        if spatial_mode != "fragments":
+            raise ValueError(f"{shard_dir}: shards hold pre-drawn fragments (fragment_draws={config['fragment_draws']}); spatial_mode must be 'fragments', got {spatial_mode!r}")
+        if int(config["fragment_size"]) != size:
+            raise ValueError(f"{shard_dir}: pre-drawn fragments are {config['fragment_size']} px; size must match, got {size}")
 
 
 def _finish(ds: grain.MapDataset, workers: int, read_threads: int, prefetch: int) -> grain.IterDataset:
@@ -138,6 +167,7 @@ def train_dataset(
 ) -> grain.IterDataset:
     """Infinite shuffled training dataset of this process's part of `split` (see module doc)."""
     process_index, process_count = _process_slot(process_index, process_count)
+    check_store(shard_dir, spatial_mode, size)
     part = process_part(split_indices(shard_dir, split), process_index, process_count)
     if part.size == 0:
         raise ValueError(f"{shard_dir}: split {split!r} leaves no record for process {process_index} of {process_count}")
@@ -188,6 +218,7 @@ def eval_dataset(
 ) -> grain.IterDataset:
     """Finite deterministic evaluation dataset (see module doc); views per clip = `num_eval_views`."""
     process_index, process_count = _process_slot(process_index, process_count)
+    check_store(shard_dir, spatial_mode, size)
     rows = eval_elements(split_indices(shard_dir, split), batch_size, process_index, process_count)
     ds = grain.MapDataset.source(rows).map(EvalTransform(str(shard_dir), num_frames, size, spatial_mode, num_segments, seed))
     ds = ds.batch(batch_size, drop_remainder=False)
@@ -201,8 +232,8 @@ def eval_iterator(shard_dir: str | os.PathLike, split: str = "test", **kwargs) -
 
 def num_eval_batches(shard_dir: str | os.PathLike, split: str, batch_size: int, process_count: int = 1) -> int:
     """Batches every process's eval iterator yields."""
-    n = len(split_indices(shard_dir, split))
-    return -(-(-(-n // process_count)) // batch_size)
+    per_process = -(-len(split_indices(shard_dir, split)) // process_count)  # ceil division
+    return -(-per_process // batch_size)
 
 
 def record_table(shard_dir: str | os.PathLike) -> list[dict[str, Any]]:

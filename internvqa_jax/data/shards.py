@@ -203,6 +203,10 @@ class FrameRecords:
         """Stored frames of video `index` (from the manifest, no read)."""
         return int(self.rows[index]["stored_shape"][0])
 
+    def fragment_draws(self, index: int) -> int:
+        """Pre-drawn fragment mosaics per video (0: whole frames); frames are stored draw-major."""
+        return int(self.rows[index].get("fragment_draws") or 0)
+
     @property
     def source(self):
         """The underlying `grain.sources.ArrayRecordDataSource` (raw records of all shards)."""
