@@ -82,7 +82,8 @@ def write_state_dict(state: dict[str, np.ndarray], out: pathlib.Path) -> None:
         elif out.suffix in (".pt", ".pth", ".bin"):
             import torch
 
-            torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(tmp))
+            # torch wants writable buffers; arrays viewed from JAX are read-only.
+            torch.save({k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in state.items()}, str(tmp))
         else:
             raise ValueError(f"{out}: output must end in .safetensors, .pt, .pth or .bin")
         os.replace(tmp, out)

@@ -202,12 +202,13 @@ def source_grid(
     side = (img_size_hint or DEFAULT_IMG_SIZE) // patch
     if patches % (side * side) == 0:
         return patches // (side * side), side
-    if frames_hint and patches % (frames_hint // tubelet) == 0:
-        per_frame = patches // (frames_hint // tubelet)
-        return frames_hint // tubelet, _isqrt(per_frame, "pos_embed")
-    raise LayoutError(
-        f"pos_embed has {patches} patch positions, which is not T x {side}x{side}; pass the checkpoint's img_size/num_frames"
-    )
+    # Otherwise any square grid that fits: the hinted frame count first, then the largest side.
+    sides = [s for s in range(math.isqrt(patches), 0, -1) if patches % (s * s) == 0]
+    if frames_hint:
+        for s in sides:
+            if patches // (s * s) == frames_hint // tubelet:
+                return frames_hint // tubelet, s
+    return patches // (sides[0] * sides[0]), sides[0]
 
 
 def _isqrt(n: int, name: str) -> int:

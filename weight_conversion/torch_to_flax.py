@@ -218,12 +218,38 @@ def _raise_if_problems(source: TensorSource, config: Any, missing: list, misshap
         return
     parts = [
         f"{source.path}: checkpoint does not match {type(config).__name__}"
-        f"(embed_dim={config.embed_dim}, depth={config.depth}, num_frames={config.num_frames}, img_size={config.img_size}):"
+        f"(embed_dim={config.embed_dim}, depth={config.depth}, num_frames={config.num_frames}, img_size={config.img_size})"
+        + _size_diagnosis(source, config)
+        + ":"
     ]
     for title, items in (("mis-shaped", misshaped), ("missing", missing), ("unexpected", unexpected)):
         if items:
+            # Top-level tensors (cls_token, patch_embed, ...) first: they name the size most clearly.
+            items = sorted(items, key=_problem_rank)
             parts.append(f"  {len(items)} {title} keys: " + "; ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
     raise layout.LayoutError("\n".join(parts))
+
+
+def _problem_rank(item: str) -> tuple[int, str]:
+    """Sort order of problem lines: top-level tensors, then patch_embed, blocks, the rest."""
+    key = item.split(":")[0].split(" ")[0]
+    if "." not in key:
+        return (0, item)
+    if key.startswith("patch_embed."):
+        return (1, item)
+    return (2 if key.startswith("blocks.") else 3, item)
+
+
+def _size_diagnosis(source: TensorSource, config: Any) -> str:
+    """' -- the checkpoint is embed_dim=.., depth=..' when its size differs from the model's."""
+    try:
+        dim = source.shapes["cls_token"][-1]
+        depth = 1 + max(int(k.split(".")[1]) for k in source.keys() if k.startswith("blocks."))
+    except (KeyError, ValueError):
+        return ""
+    if (dim, depth) == (config.embed_dim, config.depth):
+        return ""
+    return f" -- the checkpoint is a different size: embed_dim={dim}, depth={depth}"
 
 
 # ---------------------------------------------------------------------------------------------

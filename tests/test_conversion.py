@@ -1,0 +1,238 @@
+"""PyTorch <-> Flax conversion: round trips, wrappers/prefixes, interpolation, inflation, bad input."""
+
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from internvqa_jax.models import saving
+from weight_conversion import flax_to_torch, internvideo2_layout, load_torch_checkpoint, torch_to_flax
+from weight_conversion.checkpoint_io import CheckpointError, TensorSource
+from weight_conversion.torch_to_flax import convert_checkpoint
+
+torch = pytest.importorskip("torch")
+
+FIXTURE_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "internvideo2"
+INDEX = json.loads((FIXTURE_DIR / "index.json").read_text()) if (FIXTURE_DIR / "index.json").is_file() else {}
+
+
+def fixture(name: str) -> str:
+    return str(FIXTURE_DIR / f"{name}.safetensors")
+
+
+def arch_of(name: str) -> str:
+    return "internvideo2_pretrain" if "PretrainInternVideo2" in INDEX[name]["class"] else "internvideo2"
+
+
+def video(name: str, frames=None) -> jnp.ndarray:
+    data = np.load(FIXTURE_DIR / f"{name}.npz")
+    return jnp.asarray(data["input_video_bcthw"]).transpose(0, 2, 3, 4, 1)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
+@pytest.mark.parametrize("name", sorted(INDEX))
+def test_round_trip_is_bit_exact(name, scan_layers):
+    original = load_file(fixture(name))
+    kwargs = dict(INDEX[name]["constructor_kwargs"], scan_layers=scan_layers)
+    model, report = convert_checkpoint(fixture(name), arch=arch_of(name), model_kwargs=kwargs)
+    assert sorted(report.consumed) == sorted(original) and not report.dropped and not report.initialised
+    back = flax_to_torch.internvideo2_state_dict(model)
+    assert sorted(back) == sorted(original)
+    for key, value in original.items():
+        assert back[key].shape == value.shape, key
+        assert back[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+def test_cli_both_ways_and_torch_strict_load(tmp_path, capsys):
+    from weight_conversion.torch_model import InternVideo2Torch, load_exported
+
+    name = "sm_tiny_sep"
+    kwargs = INDEX[name]["constructor_kwargs"]
+    model_dir = tmp_path / "model"
+    rc = torch_to_flax.main(["--checkpoint", fixture(name), "--out", str(model_dir), "--model-kwargs", json.dumps(kwargs)])
+    assert rc == 0 and "consumed 44 tensors" in capsys.readouterr().out
+    model, meta = saving.load_model_dir(model_dir)
+    assert meta["arch"] == "internvideo2" and meta["config"]["sep_pos_embed"] is True
+    assert meta["inference"]["frames"] == 4 and meta["inference"]["size"] == 42
+
+    # A training workdir: export/student is found.
+    workdir = tmp_path / "work"
+    (workdir / "export").mkdir(parents=True)
+    model_dir.rename(workdir / "export" / "student")
+    original = load_file(fixture(name))
+    data = np.load(FIXTURE_DIR / f"{name}.npz")
+    for suffix in (".safetensors", ".pt"):
+        out = tmp_path / f"student{suffix}"
+        assert flax_to_torch.main(["--checkpoint", str(workdir), "--out", str(out)]) == 0
+        sidecar = json.loads(out.with_suffix(".json").read_text())
+        assert sidecar["model_config"]["arch"] == "internvideo2"
+        assert sidecar["official_kwargs"]["num_classes"] == 3 and "scan_layers" not in sidecar["official_kwargs"]
+        assert sidecar["inference"]["frames"] == 4
+        torch_model = InternVideo2Torch(**sidecar["official_kwargs"])
+        state = load_file(str(out)) if suffix == ".safetensors" else {k: v.numpy() for k, v in torch.load(out, weights_only=True).items()}
+        torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+        for key, value in original.items():
+            np.testing.assert_array_equal(state[key], value, err_msg=key)
+        exported = load_exported(out)
+        with torch.no_grad():
+            logits = exported(torch.from_numpy(data["input_video_bcthw"])).numpy()
+        np.testing.assert_allclose(logits, data["output_head"], atol=1e-4 * np.abs(data["output_head"]).max())
+
+
+def write_pt(path: pathlib.Path, state: dict) -> str:
+    torch.save(state, str(path))
+    return str(path)
+
+
+def test_wrappers_and_prefixes_give_the_same_model(tmp_path):
+    name = "sm_tiny_joint"
+    kwargs = INDEX[name]["constructor_kwargs"]
+    sd = {k: torch.from_numpy(v) for k, v in load_file(fixture(name)).items()}
+    variants = {
+        "bare.pth": sd,
+        "model.pt": {"model": {f"backbone.{k}": v for k, v in sd.items()}},
+        "mp_rank_00_model_states.pt": {"module": {f"module.encoder.{k}": v for k, v in sd.items()}, "dp_world_size": 1},
+        "mm.bin": {**{f"vision_encoder.{k}": v for k, v in sd.items()}, "text_encoder.emb.weight": torch.zeros(3, 2)},
+    }
+    reference = flax_to_torch.internvideo2_state_dict(load_torch_checkpoint(fixture(name), **kwargs))
+    for filename, payload in variants.items():
+        model, report = convert_checkpoint(write_pt(tmp_path / filename, payload), model_kwargs=kwargs)
+        got = flax_to_torch.internvideo2_state_dict(model)
+        for key in reference:
+            np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{filename}: {key}")
+        if filename == "mm.bin":
+            assert "text_encoder.emb.weight" in report.dropped
+
+
+def test_stage2_into_finetune_drops_clip_parts_and_initialises_head(tmp_path):
+    name = "mm_tiny_stage2"
+    kw = {k: v for k, v in INDEX[name]["constructor_kwargs"].items() if k in
+          ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "init_values",
+           "qk_normalization", "attn_pool_num_heads", "clip_embed_dim", "num_frames", "tubelet_size")}
+    model, report = convert_checkpoint(fixture(name), arch="internvideo2", model_kwargs=dict(kw, num_classes=1))
+    assert model.config.arch == "internvideo2"
+    dropped = set(report.dropped)
+    assert {"img_pos_embed", "clip_pos_embed", "clip_img_pos_embed", "final_clip_decoder.head.weight", "clip_decoder.1.norm.bias"} <= dropped
+    assert set(report.initialised) == {"fc_norm/scale", "fc_norm/bias", "head/kernel", "head/bias"}
+    assert len(report.consumed) + len(dropped) == len(load_file(fixture(name)))
+    # The backbone and clip_projector are the stage-2 encoder's: same pooled output.
+    pretrain, _ = convert_checkpoint(fixture(name), arch="internvideo2_pretrain", model_kwargs=INDEX[name]["constructor_kwargs"])
+    x = video(name)
+    np.testing.assert_allclose(np.asarray(model(x)["pooled"]), np.asarray(pretrain(x)[1]), atol=1e-6)
+
+
+def test_numpy_interpolation_matches_torch():
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(3, 5 * 5, 6)).astype(np.float32)
+    grid = torch.from_numpy(tokens.reshape(3, 5, 5, 6)).permute(0, 3, 1, 2)
+    for side in (3, 7, 8):
+        ref = torch.nn.functional.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+        ref = ref.permute(0, 2, 3, 1).reshape(3, side * side, 6).numpy()
+        np.testing.assert_allclose(internvideo2_layout.resize_space(tokens, side), ref, atol=1e-5)
+    seq = torch.from_numpy(tokens).permute(1, 2, 0).reshape(-1, 6, 3)
+    for frames in (2, 4, 8):
+        ref = torch.nn.functional.interpolate(seq, size=frames, mode="linear").reshape(25, 6, frames).permute(2, 0, 1).numpy()
+        np.testing.assert_allclose(internvideo2_layout.resize_time(tokens, frames), ref, atol=1e-6)
+
+
+def test_frames_and_size_interpolation_in_conversion():
+    name = "sm_tiny_joint"  # 4 frames, 56 px (4x4 patches)
+    kwargs = INDEX[name]["constructor_kwargs"]
+    model, report = convert_checkpoint(fixture(name), model_kwargs=kwargs, num_frames=8, img_size=70)
+    assert model.config.num_frames == 8 and model.config.img_size == 70
+    assert "pos_embed" in report.adapted
+    src = load_file(fixture(name))["pos_embed"]
+    # Reference: the official procedure in torch (linear over time, then bicubic over space).
+    tokens = torch.from_numpy(src[:, 1:]).reshape(1, 4, 16, 64).permute(0, 2, 3, 1).reshape(-1, 64, 4)
+    tokens = torch.nn.functional.interpolate(tokens, size=8, mode="linear").reshape(1, 16, 64, 8).permute(0, 3, 1, 2)
+    tokens = tokens.reshape(8, 4, 4, 64).permute(0, 3, 1, 2)
+    tokens = torch.nn.functional.interpolate(tokens, size=(5, 5), mode="bicubic", align_corners=False)
+    ref = torch.cat([torch.from_numpy(src[:, :1]), tokens.permute(0, 2, 3, 1).reshape(1, -1, 64)], dim=1).numpy()
+    np.testing.assert_allclose(np.asarray(model.pos_embed[...]), ref, atol=1e-5)
+    out = model(jnp.zeros((1, 8, 70, 70, 3)))
+    assert out["logits"].shape == (1, 1)
+
+    sep = "sm_tiny_sep"  # separable: temporal 2 -> 4 (tubelet 2), spatial 3x3 kept
+    model, report = convert_checkpoint(fixture(sep), model_kwargs=INDEX[sep]["constructor_kwargs"], num_frames=8)
+    assert model.pos_embed_temporal[...].shape == (1, 4, 48) and "pos_embed_temporal" in report.adapted
+    np.testing.assert_array_equal(np.asarray(model.pos_embed_spatial[...]), load_file(fixture(sep))["pos_embed_spatial"])
+
+
+def test_tubelet_inflation_keeps_static_clip_embedding():
+    name = "sm_tiny_joint"
+    kwargs = dict(INDEX[name]["constructor_kwargs"], tubelet_size=2)
+    model, report = convert_checkpoint(fixture(name), model_kwargs=kwargs)
+    assert model.patch_embed.proj.kernel[...].shape == (2, 14, 14, 3, 64)
+    assert "patch_embed.proj.weight" in report.adapted and "pos_embed" in report.adapted
+    base = load_torch_checkpoint(fixture(name), **INDEX[name]["constructor_kwargs"])
+    frame = np.random.default_rng(1).normal(size=(1, 1, 56, 56, 3)).astype(np.float32)
+    static = jnp.asarray(np.repeat(frame, 4, axis=1))
+    inflated = np.asarray(model.patch_embed(static))  # 2 temporal tokens x 16
+    single = np.asarray(base.patch_embed(static))  # 4 temporal tokens x 16
+    np.testing.assert_allclose(inflated[:, :16], single[:, :16], atol=1e-5)
+
+
+def test_truncated_file_fails_clearly(tmp_path):
+    data = pathlib.Path(fixture("sm_tiny_sep")).read_bytes()
+    for cut, suffix in ((len(data) // 2, ".safetensors"), (50, ".safetensors")):
+        bad = tmp_path / f"cut{cut}{suffix}"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            convert_checkpoint(str(bad))
+    good_pt = tmp_path / "good.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in load_file(fixture("sm_tiny_sep")).items()}, str(good_pt))
+    raw = good_pt.read_bytes()
+    bad_pt = tmp_path / "bad.pt"
+    bad_pt.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        convert_checkpoint(str(bad_pt))
+    assert torch_to_flax.main(["--checkpoint", str(bad_pt), "--out", str(tmp_path / "never")]) == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_checkpoint_of_another_size_names_keys_and_shapes():
+    name = "sm_tiny_joint"  # embed 64, depth 3
+    kwargs = dict(INDEX[name]["constructor_kwargs"], embed_dim=96, depth=4, num_heads=4)
+    with pytest.raises(internvideo2_layout.LayoutError) as err:
+        convert_checkpoint(fixture(name), model_kwargs=kwargs)
+    text = str(err.value)
+    assert "the checkpoint is a different size: embed_dim=64, depth=3" in text
+    assert "cls_token: checkpoint (1, 1, 64) vs model (1, 1, 96)" in text
+    assert "13 missing keys: blocks.3." in text
+
+
+def test_finetune_size_mismatch_with_preset(tmp_path):
+    """A tiny checkpoint converted with the B14 preset: one error, naming a key and both shapes."""
+    with pytest.raises(internvideo2_layout.LayoutError, match=r"patch_embed\.proj\.weight: checkpoint \(64, 3, 1, 14, 14\) vs model \(768, 3, 1, 14, 14\)"):
+        convert_checkpoint(fixture("sm_tiny_joint"), preset="B14", img_size=56, num_frames=4)
+
+
+def test_not_internvideo2_state_dict(tmp_path):
+    other = tmp_path / "resnet.safetensors"
+    save_file({"conv1.weight": np.zeros((8, 3, 7, 7), np.float32), "fc.weight": np.zeros((10, 8), np.float32)}, str(other))
+    with pytest.raises(internvideo2_layout.LayoutError, match="not an InternVideo2 state dict"):
+        convert_checkpoint(str(other), arch="internvideo2")
+
+
+def test_unexpected_key_fails(tmp_path):
+    sd = load_file(fixture("sm_tiny_sep"))
+    sd["blocks.0.attn.extra_scale"] = np.ones((48,), np.float32)
+    path = tmp_path / "extra.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(internvideo2_layout.LayoutError, match=r"unexpected keys: blocks\.0\.attn\.extra_scale \(48,\)"):
+        convert_checkpoint(str(path), model_kwargs=INDEX["sm_tiny_sep"]["constructor_kwargs"])
+
+
+def test_config_inferred_from_shapes():
+    source = TensorSource(fixture("mm_tiny_stage2"))
+    kwargs = internvideo2_layout.infer_kwargs(source.shapes, pretrain=True, hints={"num_heads": 4, "attn_pool_num_heads": 4})
+    expected = INDEX["mm_tiny_stage2"]["constructor_kwargs"]
+    for key in ("img_size", "embed_dim", "depth", "qkv_bias", "qk_normalization", "clip_embed_dim", "num_frames",
+                "tubelet_size", "sep_image_video_pos_embed", "clip_teacher_embed_dim", "clip_teacher_final_dim", "clip_return_layer"):
+        assert kwargs[key] == expected[key], key
+    assert int(kwargs["embed_dim"] * kwargs["mlp_ratio"]) == 279
+    assert int(1408 * internvideo2_layout._mlp_ratio(6144, 1408)) == 6144
