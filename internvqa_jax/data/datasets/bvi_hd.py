@@ -100,6 +100,8 @@ def list_items(root: str, score_file: str | None = None, strict: bool = False) -
     items = ItemList()
 
     def bad(row_no: int, name: str, reason: str) -> None:
+
+        """Raises (strict) or records a left-out entry with its reason."""
         if strict:
             raise ValueError(f"{sheet} row {row_no} ({name!r}): {reason}")
         items.skipped.append(SkippedEntry(sheet, f"row {row_no} ({name})", reason))
