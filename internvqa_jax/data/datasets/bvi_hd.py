@@ -100,7 +100,6 @@ def list_items(root: str, score_file: str | None = None, strict: bool = False) -
     items = ItemList()
 
     def bad(row_no: int, name: str, reason: str) -> None:
-
         """Raises (strict) or records a left-out entry with its reason."""
         if strict:
             raise ValueError(f"{sheet} row {row_no} ({name!r}): {reason}")

@@ -98,7 +98,6 @@ def list_items(
     seen: dict[str, int] = {}
 
     def bad(row_no: int, path: str, reason: str) -> None:
-
         """Raises (strict) or records a left-out entry with its reason."""
         where = f"row {row_no}" + (f", file {path!r}" if path else "")
         if strict:

@@ -76,7 +76,6 @@ def list_items(root: str, scores_file: str | None = None, path_template: str = D
     items = ItemList()
 
     def bad(line_no: int, text: str, reason: str) -> None:
-
         """Raises (strict) or records a left-out entry with its reason."""
         if strict:
             raise ValueError(f"{scores} line {line_no} ({text!r}): {reason}")
