@@ -45,6 +45,17 @@ def internvideo2_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     return dict(sorted(out.items()))
 
 
+def internvideo2_torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """Official key -> shape of a (possibly abstract, `nnx.eval_shape`) InternVideo2 model; reads no values."""
+    depth = model.config.depth
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        leading = var.shape[0] if layout.is_stacked(path) else None
+        for name in layout.torch_names(path, depth, leading):
+            shapes[name] = layout.torch_shape(path, var.shape)
+    return shapes
+
+
 def model_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """Official-layout state dict of any supported model (VideoMamba through its layout module)."""
     arch = model.config.arch
