@@ -24,6 +24,11 @@ VIDEOS = {
     "av1_10bit": ("av1_10.mp4", ["-c:v", "libaom-av1", "-g", "8", "-cpu-used", "8", "-usage", "realtime", "-pix_fmt", "yuv420p10le"]),
     "mpeg2": ("mpeg2.mpg", ["-c:v", "mpeg2video", "-g", "8", "-bf", "2"]),
     "y4m": ("raw.y4m", ["-pix_fmt", "yuv420p"]),
+    # Colour metadata the conversion must honour: BT.709 matrix, full range, 4:4:4, 4:2:2 10-bit.
+    "h264_bt709": ("bt709.mp4", ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"]),
+    "h264_full_range": ("full.mp4", ["-c:v", "libx264", "-pix_fmt", "yuvj420p"]),
+    "h264_444": ("y444.mp4", ["-c:v", "libx264", "-pix_fmt", "yuv444p"]),
+    "hevc_422_10bit": ("y422.mkv", ["-c:v", "libx265", "-x265-params", "log-level=error", "-pix_fmt", "yuv422p10le"]),
     # A raw HEVC elementary stream, as some databases ship: no container, no timestamps.
     "hevc_annexb": ("hevc.bin", ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=8", "-f", "hevc"]),
 }
