@@ -1,0 +1,148 @@
+"""The training job end to end on tiny synthetic shards, in-process and as the CLI.
+
+- a short run writes checkpoints, metrics.jsonl, TensorBoard events, result/report JSON and export
+  model directories with inference.json, and the exported student reloads and scores;
+- a NaN loss stops the run with an error naming the step; the last good checkpoint is intact;
+- kill -9 mid-run then the same command again resumes and ends with the same final metrics as an
+  uninterrupted run; SIGTERM saves the current step before exiting.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from test_train_support import build_shards, run, subprocess_env, tiny_config, train_command, PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    return build_shards(tmp_path_factory.mktemp("synthetic_shards"))
+
+
+def test_in_process_run_writes_everything(shard_dir, tmp_path):
+    from internvqa_jax import train
+    from internvqa_jax.models import saving
+
+    workdir = str(tmp_path / "w")
+    c = tiny_config(shard_dir, checkpoint__every_steps=3, optim__epochs=2.0)
+    report = train.run(c, workdir)
+    assert set(report["test"]) == {"student (distilled)", "teacher (co-trained)", "student (no distillation)"}
+    for row in report["test"].values():
+        assert row["n"] > 0 and np.isfinite(row["srcc"])
+    with open(os.path.join(workdir, "report.json")) as f:
+        assert json.load(f)["test"] == report["test"]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "distill", "metrics.jsonl"))]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, len(train_rows) + 1))
+    assert {"loss", "lr", "loss_feature", "loss_student_mse", "loss_teacher_mse", "clips_per_s"} <= set(train_rows[-1])
+    assert any(r["split"] == "val" and "student_srcc" in r for r in rows)
+    assert any(r["split"] == "test" for r in rows)
+    assert os.listdir(os.path.join(workdir, "distill", "tensorboard"))
+    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "distill", "checkpoints")) if s.isdigit())
+    assert steps and steps[-1] == train_rows[-1]["step"]
+    # exports reload and give the scores the run reported
+    for name in ("student", "teacher", "baseline_student"):
+        model, meta = saving.load_model_dir(os.path.join(workdir, "export", name))
+        inf = meta.get("inference") or json.load(open(os.path.join(workdir, "export", name, "inference.json")))
+        assert inf["frames"] == 2 and inf["size"] == 28 and inf["spatial_mode"] == "resize_crop" and inf["label"]["kind"] == "vmaf"
+    # running again reuses the finished jobs (no retraining, same report)
+    again = train.run(c, workdir)
+    assert again["test"] == report["test"]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(shard_dir, tmp_path, monkeypatch):
+    from internvqa_jax import checkpoints, train
+    from internvqa_jax.data import pipeline
+    from internvqa_jax.training import loop
+
+    real = pipeline.train_iterator
+
+    class Poisoned:
+        """Batch number 6 (step 6) carries a NaN label; otherwise the real iterator."""
+
+        def __init__(self, it):
+            self.it, self.n = it, 0
+
+        def __next__(self):
+            b = next(self.it)
+            self.n += 1
+            if self.n == 6:
+                b = dict(b, label=np.full_like(b["label"], np.nan))
+            return b
+
+        def __getattr__(self, name):
+            return getattr(self.it, name)
+
+    monkeypatch.setattr(pipeline, "train_iterator", lambda *a, **k: Poisoned(real(*a, **k)))
+    workdir = str(tmp_path / "w")
+    c = tiny_config(shard_dir, checkpoint__every_steps=4, log_every_steps=100, distill=False, checkpoint__async_save=False)
+    with pytest.raises(loop.NonFiniteLoss, match=r"non-finite loss at step 6\b.*step 4"):
+        train.run(c, workdir)
+    ckpt = os.path.join(workdir, "baseline", "checkpoints")
+    assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) == [4]
+    assert not os.path.exists(os.path.join(workdir, "baseline", "result.json"))
+    mgr = checkpoints.make_manager(ckpt)
+    state, _ = checkpoints.restore(mgr, 4, mgr.item_metadata(4)["state"])
+    assert int(state["step"]) == 4 and int(state["nonfinite_step"]) == -1
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+    mgr.close()
+
+
+def _wait_for_checkpoint(ckpt_dir: str, proc: subprocess.Popen, min_step: int, timeout: float = 300) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended (rc {proc.returncode}) before checkpoint {min_step}: {proc.stderr.read()[-3000:]}")
+        if os.path.isdir(ckpt_dir):
+            done = [int(s) for s in os.listdir(ckpt_dir) if s.isdigit()]
+            if done and max(done) >= min_step:
+                return max(done)
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint >= {min_step} in {timeout} s")
+
+
+@pytest.mark.slow
+def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(shard_dir, tmp_path):
+    args = ("--config.distill=False", "--config.checkpoint.every_steps=2", "--config.optim.epochs=4", "--config.checkpoint.async_save=False")
+    ref = run(train_command(str(tmp_path / "ref"), shard_dir, *args), timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_result = json.load(open(tmp_path / "ref" / "baseline" / "result.json"))
+    total = ref_result["steps"]
+
+    workdir = str(tmp_path / "killed")
+    ckpt = os.path.join(workdir, "baseline", "checkpoints")
+    cmd = train_command(workdir, shard_dir, *args)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = _wait_for_checkpoint(ckpt, proc, 2)
+    proc.kill()  # SIGKILL: no chance to save or clean up
+    proc.wait()
+    assert seen < total and not os.path.exists(os.path.join(workdir, "baseline", "result.json"))
+
+    # SIGTERM on the resumed run: it saves the step it is at, then exits with 143
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(ckpt, proc, seen + 2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 143, err[-3000:]
+    assert "resumed from step" in err and "stop signal received: saved step" in err, err[-3000:]
+    saved = int(err.split("stop signal received: saved step ")[1].split()[0])
+    steps = [int(s) for s in os.listdir(ckpt) if s.isdigit()]
+    assert max(steps) == saved
+
+    final = run(cmd, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    result = json.load(open(os.path.join(workdir, "baseline", "result.json")))
+    assert result["steps"] == total
+    for k in ("srcc", "plcc", "krcc", "rmse"):
+        assert result["test"]["student"][k] == pytest.approx(ref_result["test"]["student"][k], rel=1e-6, abs=1e-7)
+    np.testing.assert_allclose(result["test"]["student"]["predictions"]["pred"], ref_result["test"]["student"]["predictions"]["pred"], rtol=1e-6, atol=1e-7)
+    # the metrics log is one consistent history: each train step exactly once
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "baseline", "metrics.jsonl"))]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert train_steps == list(range(1, total + 1))
