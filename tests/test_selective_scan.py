@@ -122,3 +122,10 @@ def test_bad_inputs_name_the_problem():
         ss.selective_scan(inp["u"], inp["delta"][:, :4], inp["A"], inp["B"], inp["C"])
     with pytest.raises(ValueError, match="chunk_size"):
         ss.scan_chunked(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], chunk_size=0)
+
+
+def test_auto_resolves_by_backend():
+    assert ss.resolve_impl("auto") == ("sequential" if jax.default_backend() == "cpu" else "chunked")
+    assert ss.resolve_impl("associative") == "associative"
+    with pytest.raises(ValueError, match="scan impl"):
+        ss.resolve_impl("parallel")

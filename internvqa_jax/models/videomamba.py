@@ -79,7 +79,7 @@ class VideoMambaConfig:
     fc_drop_rate: float = 0.0  # before the head
     # JAX-side options.
     dtype: str = "float32"  # compute dtype; parameters, the residual stream and the scan stay float32
-    scan_impl: str = "chunked"  # "associative" | "chunked" | "sequential" (see selective_scan.py)
+    scan_impl: str = "auto"  # "auto" | "associative" | "chunked" | "sequential" (see selective_scan.py)
     scan_chunk: int = 64
     remat: bool = False
 
