@@ -180,3 +180,16 @@ def test_normalize_numpy_and_jax_agree():
     np.testing.assert_allclose(np.asarray(out_j), ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="channels-last"):
         sampling.normalize(np.zeros((2, 3, 4, 4), np.uint8))
+
+
+def test_fragments_from_a_list_of_frames_equal_the_array_path():
+    for h, w in [(240, 250), (100, 150)]:  # native path and upscaled path
+        frames = coord_frames(3, h, w)
+        a = sampling.spatial_train(frames, 224, "fragments", np.random.default_rng(5))
+        b = sampling.spatial_train(list(frames), 224, "fragments", np.random.default_rng(5))
+        np.testing.assert_array_equal(a, b)
+    crop_a = sampling.spatial_train(frames, 64, "resize_crop", np.random.default_rng(1))
+    crop_b = sampling.spatial_train(list(frames), 64, "resize_crop", np.random.default_rng(1))
+    np.testing.assert_array_equal(crop_a, crop_b)
+    with pytest.raises(ValueError, match="share one"):
+        sampling.sample_fragments([frames[0], frames[0, :50]], np.random.default_rng(0))

@@ -98,7 +98,7 @@ class TrainTransform(grain.transforms.RandomMap):
             clip = np.ascontiguousarray(clip)
         else:
             idx = sampling.train_segment_indices(records.num_frames(index), self.num_frames, rng)
-            frames, meta = records.read(index, idx)
+            frames, meta = records.read_views(index, idx)  # fragments gather from the views directly
             clip = sampling.spatial_train(frames, self.size, self.spatial_mode, rng, self.flip)
         return {"frames": clip, "label": np.float32(meta["label"]), "index": np.int64(index)}
 

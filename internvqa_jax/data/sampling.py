@@ -186,8 +186,8 @@ def fragment_positions(height: int, width: int, rng: np.random.Generator, grid: 
     return ys, xs
 
 
-def splice_fragments(frames: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int = 32) -> np.ndarray:
-    """Gathers the patches at `(ys, xs)` from every frame into one `(T, g*patch, g*patch, 3)` mosaic."""
+def fragment_index_maps(ys: np.ndarray, xs: np.ndarray, patch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Source row and column `(g*patch, g*patch)` of every mosaic pixel for patches at `(ys, xs)`."""
     grid = ys.shape[0]
     offs = np.arange(patch)
     # Output pixel (i*patch + dy, j*patch + dx) comes from (ys[i, j] + dy, xs[i, j] + dx):
@@ -195,11 +195,30 @@ def splice_fragments(frames: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: 
     shape = (grid, patch, grid, patch)
     src_y = np.broadcast_to(ys[:, None, :, None] + offs[None, :, None, None], shape).reshape(grid * patch, grid * patch)
     src_x = np.broadcast_to(xs[:, None, :, None] + offs[None, None, None, :], shape).reshape(grid * patch, grid * patch)
+    return src_y, src_x
+
+
+def splice_fragments(frames: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int = 32) -> np.ndarray:
+    """Gathers the patches at `(ys, xs)` from every frame into one `(T, g*patch, g*patch, 3)` mosaic."""
+    src_y, src_x = fragment_index_maps(ys, xs, patch)
     return frames[:, src_y, src_x]
 
 
-def sample_fragments(frames: np.ndarray, rng: np.random.Generator, grid: int = 7, patch: int = 32) -> np.ndarray:
-    """FAST-VQA grid mini-patch sampling at native resolution, aligned across frames."""
+def sample_fragments(frames: np.ndarray | Sequence[np.ndarray], rng: np.random.Generator, grid: int = 7, patch: int = 32) -> np.ndarray:
+    """FAST-VQA grid mini-patch sampling at native resolution, aligned across frames.
+
+    `frames` is `(T, H, W, 3)` or a sequence of `(H, W, 3)` frames; a sequence is gathered frame by
+    frame without stacking first (native 1080p/4K frames are large), with the same result.
+    """
+    if not isinstance(frames, np.ndarray):
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise ValueError(f"sample_fragments: frames must share one (H, W, 3) shape, got {sorted(shapes)}")
+        h, w, _ = next(iter(shapes))
+        if min(h, w) >= grid * patch:
+            src_y, src_x = fragment_index_maps(*fragment_positions(h, w, rng, grid, patch), patch)
+            return np.stack([f[src_y, src_x] for f in frames])
+        frames = np.stack(frames)  # small frames are upscaled first: cheap to stack
     _check_frames(frames, "sample_fragments")
     frames = upscale_for_fragments(frames, grid, patch)
     ys, xs = fragment_positions(frames.shape[1], frames.shape[2], rng, grid, patch)
@@ -216,10 +235,14 @@ def fragment_geometry(size: int, patch: int = 32) -> tuple[int, int]:
 # --------------------------------------------------------------------------- clip-level recipes
 
 
-def spatial_train(frames: np.ndarray, size: int, mode: str, rng: np.random.Generator, flip: bool = True, patch: int = 32) -> np.ndarray:
-    """Training view of already temporally sampled frames: random crop or fragments, then flip."""
+def spatial_train(frames: np.ndarray | Sequence[np.ndarray], size: int, mode: str, rng: np.random.Generator, flip: bool = True, patch: int = 32) -> np.ndarray:
+    """Training view of already temporally sampled frames: random crop or fragments, then flip.
+
+    `frames`: `(T, H, W, 3)` or a sequence of `(H, W, 3)` frames (same result).
+    """
     check_spatial_mode(mode)
     if mode == "resize_crop":
+        frames = frames if isinstance(frames, np.ndarray) else np.stack(frames)
         out = random_crop(resize_short_side(frames, size), size, rng)
     else:
         grid, patch = fragment_geometry(size, patch)

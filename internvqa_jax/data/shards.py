@@ -219,22 +219,33 @@ class FrameRecords:
                 raise ShardError(f"{self.shard_dir}: shards hold {len(self._source)} records, manifest says {total}")
         return self._source
 
-    def read(self, index: int, frame_indices: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Frames `frame_indices` (default all, repeats allowed) of video `index` and its metadata."""
+    def read_views(self, index: int, frame_indices: Sequence[int] | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Frames `frame_indices` (default all, repeats allowed) of video `index` as read-only
+        `(H, W, 3)` views of the records (no stacking copy), and the video's metadata."""
         if not 0 <= index < len(self.rows):
             raise IndexError(f"{self.shard_dir}: video index {index} out of range [0, {len(self.rows)})")
         n = self.num_frames(index)
-        wanted = np.arange(n) if frame_indices is None else np.asarray(frame_indices, np.int64)
+        wanted = np.arange(n) if frame_indices is None else np.asarray(frame_indices, np.int64).reshape(-1)
         if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
             raise IndexError(f"{self.shard_dir}: video {index} has {n} stored frames, asked for {wanted.tolist()}")
-        unique, inverse = np.unique(wanted, return_inverse=True)
         first = int(self.rows[index]["first_record"])
-        records = self.source.__getitems__([first] + [first + 1 + int(f) for f in unique])
-        header = decode_header(records[0])
-        frames = frames_from_records(header["shape"], records[1:])
-        if unique.size == wanted.size and np.array_equal(unique, wanted):
-            return frames, header["meta"]  # sorted, no repeats: skip a copy of the frames
-        return frames[inverse.reshape(-1)], header["meta"]
+        source = self.source
+        # One key at a time: measured ~3x less CPU than `__getitems__` for large frame records.
+        header = decode_header(source[first])
+        h, w, c = (int(x) for x in header["shape"][1:])
+        views = {}
+        for f in dict.fromkeys(int(f) for f in wanted):
+            rec = source[first + 1 + f]
+            if len(rec) != h * w * c:
+                raise ShardError(f"{self.shard_dir}: video {index} frame {f} has {len(rec)} bytes, header shape {header['shape']} needs {h * w * c}")
+            views[f] = np.frombuffer(rec, np.uint8).reshape(h, w, c)
+        return [views[int(f)] for f in wanted], header["meta"]
+
+    def read(self, index: int, frame_indices: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Frames `frame_indices` (default all, repeats allowed) of video `index`, stacked
+        `(len, H, W, 3)`, and the video's metadata."""
+        views, meta = self.read_views(index, frame_indices)
+        return np.stack(views), meta
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         return self.read(index)
