@@ -58,34 +58,27 @@ def test_in_process_run_writes_everything(shard_dir, tmp_path):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(shard_dir, tmp_path, monkeypatch):
     from internvqa_jax import checkpoints, train
-    from internvqa_jax.data import pipeline
     from internvqa_jax.training import loop
 
-    real = pipeline.train_iterator
+    real = loop.global_batch
+    calls = {"train": 0}
 
-    class Poisoned:
-        """Batch number 6 (step 6) carries a NaN label; otherwise the real iterator."""
+    def poisoned(local, sharding, keys):
+        """The 6th training batch (step 6) carries NaN labels; everything else is untouched."""
+        if keys == ("frames", "label"):
+            calls["train"] += 1
+            if calls["train"] == 6:
+                local = dict(local, label=np.full_like(local["label"], np.nan))
+        return real(local, sharding, keys)
 
-        def __init__(self, it):
-            self.it, self.n = it, 0
-
-        def __next__(self):
-            b = next(self.it)
-            self.n += 1
-            if self.n == 6:
-                b = dict(b, label=np.full_like(b["label"], np.nan))
-            return b
-
-        def __getattr__(self, name):
-            return getattr(self.it, name)
-
-    monkeypatch.setattr(pipeline, "train_iterator", lambda *a, **k: Poisoned(real(*a, **k)))
+    monkeypatch.setattr(loop, "global_batch", poisoned)
     workdir = str(tmp_path / "w")
     c = tiny_config(shard_dir, checkpoint__every_steps=4, log_every_steps=100, distill=False, checkpoint__async_save=False)
     with pytest.raises(loop.NonFiniteLoss, match=r"non-finite loss at step 6\b.*step 4"):
         train.run(c, workdir)
     ckpt = os.path.join(workdir, "baseline", "checkpoints")
-    assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) == [4]
+    saved = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit())
+    assert saved[-1] == 4, saved  # periodic save at 4 (plus the end-of-epoch best), nothing after the NaN
     assert not os.path.exists(os.path.join(workdir, "baseline", "result.json"))
     mgr = checkpoints.make_manager(ckpt)
     state, _ = checkpoints.restore(mgr, 4, mgr.item_metadata(4)["state"])
