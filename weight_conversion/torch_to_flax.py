@@ -198,14 +198,20 @@ def convert_internvideo2(
             value = _fresh_value(path, var.shape, seed)
             report.initialised.append("/".join(str(getattr(p, "key", p)) for p in path))
         else:
-            layers = []
-            for n in names:
+            # Stacked leaves are filled layer by layer into one buffer (no list + stack copy).
+            stacked = layout.is_stacked(path)
+            value = np.empty(var.shape, np.float32) if stacked else None
+            for i, n in enumerate(names):
                 array, note = layout.adapt_tensor(n, source.get(n), expected, src_grid, dst_grid)
                 if note:
                     report.adapted[n] = note
-                layers.append(layout.to_flax(path, array).astype(np.float32))
+                array = layout.to_flax(path, array)
+                if stacked:
+                    value[i] = array
+                else:
+                    value = np.asarray(array, np.float32)
                 report.consumed.append(n)
-            value = np.stack(layers) if layout.is_stacked(path) else layers[0]
+                del array
         new_flat.append((path, var.replace(jnp.asarray(value))))
         del value
     model = nnx.merge(graphdef, nnx.from_flat_state(new_flat))
