@@ -67,6 +67,7 @@ class _Records:
 
     @property
     def records(self) -> shards.FrameRecords:
+        """The shard directory's `FrameRecords`, opened on first use in this process."""
         if self._records is None:
             self._records = shards.FrameRecords(self.shard_dir)
         return self._records
@@ -88,6 +89,7 @@ class TrainTransform(grain.transforms.RandomMap):
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One training example `{"frames", "label", "index"}` of video `index`."""
         records, index = self.store.records, int(index)
         draws = records.fragment_draws(index)
         if draws:  # pre-drawn mosaics: pick a draw, then frames within it; no spatial sampling
@@ -112,6 +114,7 @@ class EvalTransform(grain.transforms.Map):
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
 
     def map(self, element) -> dict[str, np.ndarray]:
+        """One eval example `{"frames" (V, T, S, S, 3), "label", "index", "mask"}` of row (index, valid)."""
         index, valid = int(element[0]), bool(element[1])
         records = self.store.records
         draws = records.fragment_draws(index)
@@ -123,8 +126,8 @@ class EvalTransform(grain.transforms.Map):
             views = frames.reshape(plan.shape + frames.shape[1:])
         else:
             plan = sampling.test_segment_indices(records.num_frames(index), self.num_frames, self.num_segments)
-            frames, meta = records.read(index, plan.reshape(-1))
-            clips = list(frames.reshape(plan.shape + frames.shape[1:]))
+            frames, meta = records.read_views(index, plan.reshape(-1))  # views: no stacking of native frames
+            clips = [frames[k * self.num_frames : (k + 1) * self.num_frames] for k in range(self.num_segments)]
             # Fragment draws are seeded by (seed, video index): the same views on every run/process.
             views = sampling.views_of_clips(clips, self.size, self.spatial_mode, seed=(self.seed, index))
         return {"frames": views, "label": np.float32(meta["label"]), "index": np.int64(index), "mask": np.bool_(valid)}

@@ -252,10 +252,14 @@ def spatial_train(frames: np.ndarray | Sequence[np.ndarray], size: int, mode: st
     return np.ascontiguousarray(out)
 
 
-def spatial_eval(frames: np.ndarray, size: int, mode: str, rng: np.random.Generator | None = None, patch: int = 32) -> list[np.ndarray]:
-    """Test views of already temporally sampled frames: 3 crops, or one fragment draw from `rng`."""
+def spatial_eval(frames: np.ndarray | Sequence[np.ndarray], size: int, mode: str, rng: np.random.Generator | None = None, patch: int = 32) -> list[np.ndarray]:
+    """Test views of already temporally sampled frames: 3 crops, or one fragment draw from `rng`.
+
+    `frames`: `(T, H, W, 3)` or a sequence of `(H, W, 3)` frames (same result).
+    """
     check_spatial_mode(mode)
     if mode == "resize_crop":
+        frames = frames if isinstance(frames, np.ndarray) else np.stack(frames)
         return [np.ascontiguousarray(c) for c in three_crops(resize_short_side(frames, size), size)]
     if rng is None:
         raise ValueError("spatial_eval: fragments need a seeded rng")
@@ -280,7 +284,7 @@ def eval_views(frames: np.ndarray, num_frames: int, size: int, mode: str, num_se
     return views_of_clips([frames[idx] for idx in plan], size, mode, seed)
 
 
-def views_of_clips(clips: Sequence[np.ndarray], size: int, mode: str, seed: int | Sequence[int] = 0) -> np.ndarray:
+def views_of_clips(clips: Sequence[np.ndarray | Sequence[np.ndarray]], size: int, mode: str, seed: int | Sequence[int] = 0) -> np.ndarray:
     """Test views of temporally sampled clips (one per segment, in plan order), as `eval_views`.
 
     Lets a reader that fetched only the planned frames produce exactly `eval_views`' output.
