@@ -246,6 +246,27 @@ def test_resume_skips_finished_shards_and_redoes_corrupt_ones(tmp_path):
     assert other["counts"]["resumed_shards"] == 0
 
 
+def test_interrupted_rerun_withdraws_the_old_manifest(tmp_path):
+    items = fake_items(6)
+    prepare.prepare_items(items, tmp_path, prepare.PrepareConfig(frames=2, short_side=None, records_per_shard=2), loader=numbered_loader, progress=False)
+    assert (tmp_path / shards.MANIFEST).exists()
+    calls = []
+
+    def interrupted_loader(item, config):
+        calls.append(item.video_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return numbered_loader(item, config)
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_items(items, tmp_path, prepare.PrepareConfig(frames=3, short_side=None, records_per_shard=2), loader=interrupted_loader, progress=False)
+    # The old manifest described shards this run was replacing: it must not survive.
+    assert not (tmp_path / shards.MANIFEST).exists()
+    assert not list(tmp_path.glob(".*tmp-*"))
+    with pytest.raises(shards.ShardError, match="no manifest"):
+        shards.FrameRecords(tmp_path)
+
+
 INTERRUPT_SCRIPT = """
 import sys, time
 import numpy as np

@@ -291,6 +291,9 @@ def prepare_items(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards.remove_stale_temps(out)
+    # An old manifest would describe shards this run may rewrite: readers must see none until
+    # the new one is complete.
+    (out / shards.MANIFEST).unlink(missing_ok=True)
     tasks = plan_shards(items, config.records_per_shard)
     _remove_foreign_shards(out, tasks)
 
