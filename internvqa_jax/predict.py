@@ -84,7 +84,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m internvqa_jax.predict", description="Score videos with a trained InternVQA model (no reference needed).")
     p.add_argument("inputs", nargs="+", help="video files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True, help="model directory, or training workdir (uses export/<which>)")
-    p.add_argument("--which", default="student", choices=("student", "teacher"), help="model of a training workdir")
+    p.add_argument("--which", default="student", help="network of a training workdir: student, teacher, baseline_student")
     p.add_argument("--output", default="", help="write results to this .csv or .json file")
     p.add_argument("--per-segment", action="store_true", help="also score consecutive time windows and plot the curve")
     p.add_argument("--segment-seconds", type=float, default=1.0, help="window length for --per-segment")
