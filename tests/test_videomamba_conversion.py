@@ -172,3 +172,17 @@ def test_official_pth_through_the_converter_entry_point(folder, tmp_path):
     with jax.default_matmul_precision("highest"):
         logits = nnx.jit(lambda m, v: m(v)["logits"])(model, x)
     np.testing.assert_allclose(logits, arrays["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_official_kwargs_match_the_fixture_constructor(folder):
+    """The constructor call recorded with the fixtures, recovered from the converted config."""
+    entry = json.loads((folder / "index.json").read_text())["configs"]["videomamba_tiny_b"]
+    config = layout.config_from_state_dict(_shapes(_state_dict(folder, "videomamba_tiny_b")), fused_add_norm=False)
+    kwargs = layout.official_kwargs(config)
+    for key, value in entry["kwargs"].items():
+        if key != "ssm_cfg":
+            assert kwargs[key] == value, key
+    effective = entry["effective"]
+    assert kwargs["ssm_cfg"]["d_state"] == effective["d_state"] and kwargs["ssm_cfg"]["expand"] == effective["expand"]
+    assert kwargs["ssm_cfg"]["dt_rank"] == "auto" and config.resolved_dt_rank == effective["dt_rank"]
+    assert "scan_impl" not in kwargs and "dtype" not in kwargs

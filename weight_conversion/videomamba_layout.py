@@ -330,3 +330,43 @@ def flax_to_torch(model: VideoMamba) -> dict[str, np.ndarray]:
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         out[torch_key(path)] = np.ascontiguousarray(to_torch(path, np.asarray(var.get_value())))
     return out
+
+
+def official_kwargs(config: VideoMambaConfig) -> dict[str, Any]:
+    """Keyword arguments of the official `VisionMamba(...)` that builds the model of `config`.
+
+    The Mamba mixer's settings go in `ssm_cfg` (as the official `create_block` passes them);
+    JAX-only fields (dtype, scan_impl, scan_chunk, remat) are left out.
+    """
+    c = config
+    ssm_cfg = dict(
+        d_state=c.d_state,
+        d_conv=c.d_conv,
+        expand=c.expand,
+        dt_rank="auto" if c.dt_rank is None else c.dt_rank,
+        dt_min=c.dt_min,
+        dt_max=c.dt_max,
+        dt_init_floor=c.dt_init_floor,
+        dt_scale=c.dt_scale,
+        conv_bias=c.conv_bias,
+        bias=c.proj_bias,
+    )
+    return dict(
+        img_size=c.img_size,
+        patch_size=c.patch_size,
+        depth=c.depth,
+        embed_dim=c.embed_dim,
+        channels=c.channels,
+        num_classes=c.num_classes,
+        drop_rate=c.drop_rate,
+        drop_path_rate=c.drop_path_rate,
+        fc_drop_rate=c.fc_drop_rate,
+        ssm_cfg=ssm_cfg,
+        norm_epsilon=c.norm_epsilon,
+        fused_add_norm=c.fused_add_norm,
+        rms_norm=c.rms_norm,
+        residual_in_fp32=c.residual_in_fp32,
+        bimamba=c.bimamba,
+        kernel_size=c.kernel_size,
+        num_frames=c.num_frames,
+    )
