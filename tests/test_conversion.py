@@ -236,3 +236,20 @@ def test_config_inferred_from_shapes():
         assert kwargs[key] == expected[key], key
     assert int(kwargs["embed_dim"] * kwargs["mlp_ratio"]) == 279
     assert int(1408 * internvideo2_layout._mlp_ratio(6144, 1408)) == 6144
+
+
+def test_videomamba_checkpoints_go_through_the_same_clis(tmp_path):
+    """arch=auto recognises a VideoMamba state dict and both CLIs dispatch to its layout module."""
+    pytest.importorskip("weight_conversion.videomamba_layout")
+    source = FIXTURE_DIR.parent / "videomamba" / "videomamba_tiny_a.safetensors"
+    model_dir = tmp_path / "vm"
+    assert torch_to_flax.main(["--checkpoint", str(source), "--out", str(model_dir)]) == 0
+    model, meta = saving.load_model_dir(model_dir)
+    assert meta["arch"] == "videomamba"
+    out = tmp_path / "vm.safetensors"
+    assert flax_to_torch.main(["--checkpoint", str(model_dir), "--out", str(out)]) == 0
+    original, back = load_file(str(source)), load_file(str(out))
+    assert sorted(back) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+    assert json.loads(out.with_suffix(".json").read_text())["model_config"]["arch"] == "videomamba"

@@ -67,7 +67,9 @@ def model_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def official_kwargs(config: Any) -> dict[str, Any]:
-    """The config without the JAX-only fields (what the official constructor takes)."""
+    """What the official constructor takes: the config without the JAX-only fields."""
+    if config.arch == "videomamba":
+        return importlib.import_module("weight_conversion.videomamba_layout").official_kwargs(config)
     return {k: v for k, v in config.to_dict().items() if k not in JAX_ONLY_FIELDS}
 
 
