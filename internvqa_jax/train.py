@@ -201,6 +201,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
                 values["clips_per_s"] = rate(step)
                 values["epoch"] = step / steps_per_epoch
                 writer.write(step, "train", values)
+                log.info("%s step %d loss %.7f lr %.3e (process %d)", job.name, step, values["loss"], values["lr"], pidx)
                 if progress is not None:
                     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
             val_metrics = None
@@ -265,7 +266,13 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
 
     manifest = shards.load_manifest(shard_dir)
     label_kind = manifest.get("label_kind") or _label_kind(manifest)
-    host_state = jax.device_get({"params": state["params"], "frozen": state["frozen"]})
+    nets_state = {"params": state["params"], "frozen": state["frozen"]}
+    if jax.process_count() > 1:  # parameters may be sharded over other hosts' devices
+        from jax.experimental import multihost_utils
+
+        host_state = multihost_utils.process_allgather(nets_state, tiled=True)
+    else:
+        host_state = jax.device_get(nets_state)
     out = {}
     for net in job.nets:
         path = os.path.join(workdir, "export", export_name(job, net))
