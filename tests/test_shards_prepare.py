@@ -126,7 +126,7 @@ def make_video(path: pathlib.Path, source: str = "testsrc2", size: str = "64x48"
 
 @pytest.fixture(scope="module")
 def video_tree(tmp_path_factory):
-    """Seven good videos (3 sources x 2, one odd-sized) and five bad files, as VideoItems."""
+    """Seven good videos (3 sources x 2, one odd-sized) and six bad files, as VideoItems."""
     root = tmp_path_factory.mktemp("videos")
     items = []
     for s, src in enumerate(["testsrc2", "mandelbrot", "smptebars"]):
@@ -141,7 +141,9 @@ def video_tree(tmp_path_factory):
     # Odd-sized frames are legal (4:4:4 has no chroma subsampling constraint) and must be kept.
     run_ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-vf", "scale=65:49", "-frames:v", "6", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(root / "odd.mp4"))
     items.append(VideoItem(str(root / "odd.mp4"), "odd", "odd_source", label=0.4, label_kind="vmaf"))
-    bad = [("empty", "empty.mp4"), ("truncated", "truncated.mp4"), ("audio_only", "audio_only.mp4"), ("missing", "missing.mp4"), ("one_pixel", "one_pixel.mkv")]
+    (root / "zero_frames.y4m").write_text("YUV4MPEG2 W64 H48 F25:1 Ip A1:1 C420jpeg\n")  # a stream header, no frame
+    bad = [("empty", "empty.mp4"), ("truncated", "truncated.mp4"), ("audio_only", "audio_only.mp4"), ("missing", "missing.mp4"),
+           ("one_pixel", "one_pixel.mkv"), ("zero_frames", "zero_frames.y4m")]
     for vid, name in bad:
         items.append(VideoItem(str(root / name), vid, f"bad_{vid}", label=0.5, label_kind="vmaf"))
     return root, items
@@ -155,13 +157,13 @@ def test_prepare_real_videos_skips_bad_ones_and_finishes(video_tree, tmp_path, c
     config = prepare.PrepareConfig(frames=4, short_side=None, records_per_shard=3)
     manifest = prepare.prepare_items(items, out, config, prepare.SplitConfig(seed=0), dataset="tiny", progress=False)
 
-    assert manifest["counts"]["records"] == 7 and manifest["counts"]["skipped"] == 5
+    assert manifest["counts"]["records"] == 7 and manifest["counts"]["skipped"] == 6
     reasons = {s["video_id"]: s["reason"] for s in manifest["skipped"]}
-    assert set(reasons) == {"empty", "truncated", "audio_only", "missing", "one_pixel"}
+    assert set(reasons) == {"empty", "truncated", "audio_only", "missing", "one_pixel", "zero_frames"}
     for vid, reason in reasons.items():
         assert "VideoDecodeError" in reason and vid in reason, reason
     text = prepare.summary(manifest)
-    assert "skipped 5 video(s)" in text and "audio_only" in text
+    assert "skipped 6 video(s)" in text and "audio_only" in text and "zero_frames" in text
 
     shards.verify_shards(out)
     records = shards.FrameRecords(out)
