@@ -253,3 +253,17 @@ def test_videomamba_checkpoints_go_through_the_same_clis(tmp_path):
     for key, value in original.items():
         np.testing.assert_array_equal(back[key], value, err_msg=key)
     assert json.loads(out.with_suffix(".json").read_text())["model_config"]["arch"] == "videomamba"
+
+
+def test_safetensors_reader_widens_half_precision(tmp_path):
+    from safetensors.torch import save_file as save_torch
+
+    values = torch.randn(3, 5)
+    path = tmp_path / "half.safetensors"
+    save_torch({"a.bf16": values.bfloat16(), "b.f16": values.half(), "c.f32": values, "d.i64": torch.arange(4)}, str(path))
+    source = TensorSource(path)
+    np.testing.assert_array_equal(source.get("a.bf16"), values.bfloat16().float().numpy())
+    np.testing.assert_array_equal(source.get("b.f16"), values.half().float().numpy())
+    np.testing.assert_array_equal(source.get("c.f32"), values.numpy())
+    np.testing.assert_array_equal(source.get("d.i64"), np.arange(4))
+    assert source.get("a.bf16").dtype == np.float32

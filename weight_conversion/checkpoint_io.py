@@ -1,6 +1,6 @@
 """Reading PyTorch checkpoints tensor by tensor.
 
-Supports `.safetensors` (memory-mapped, one tensor at a time) and torch pickles
+Supports `.safetensors` (plain reads, one tensor at a time, torch not needed) and torch pickles
 (`.pt/.pth/.bin`, loaded with `mmap=True, weights_only=True` so tensors stay on disk until read).
 Wrappers `{'model': ...}` / `{'module': ...}` (DeepSpeed `mp_rank_00_model_states.pt`) are unwrapped.
 
@@ -11,6 +11,7 @@ checkpoint's text encoder) are kept aside as `outside_keys` so the converter can
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any, Iterator, Mapping
@@ -71,19 +72,13 @@ class TensorSource:
         return self._open_torch()
 
     def _open_safetensors(self) -> dict[str, tuple[int, ...]]:
-        from safetensors import safe_open
-
         try:
-            framework = "pt"
-            _torch()
+            self._handle = SafetensorsReader(self.path)
         except CheckpointError:
-            framework = "np"  # bf16 tensors then fail with safetensors' own message
-        try:
-            self._handle = safe_open(str(self.path), framework=framework)
-            keys = list(self._handle.keys())
-            return {k: tuple(self._handle.get_slice(k).get_shape()) for k in keys}
-        except Exception as err:  # safetensors raises its own error type for corrupt headers
+            raise
+        except Exception as err:
             raise CheckpointError(f"{self.path}: cannot read safetensors file ({err}); is it truncated or corrupt?") from err
+        return self._handle.shapes()
 
     def _open_torch(self) -> dict[str, tuple[int, ...]]:
         torch = _torch()
@@ -111,16 +106,75 @@ class TensorSource:
         """Reads one tensor as numpy (fp32 for floating types)."""
         raw = self._raw_names[key]
         if self._handle is not None:
-            try:
-                return _to_numpy(self._handle.get_tensor(raw))
-            except Exception as err:
-                raise CheckpointError(f"{self.path}: cannot read tensor {raw!r} ({err}); is the file truncated?") from err
+            return self._handle.get(raw)
         return _to_numpy(self._tensors[raw])
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         """Yields (stripped key, array) one tensor at a time."""
         for key in self.shapes:
             yield key, self.get(key)
+
+
+# safetensors dtype names -> numpy dtypes (BF16 is widened by hand: numpy has no bfloat16).
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class SafetensorsReader:
+    """Reads a `.safetensors` file one tensor at a time with plain file reads.
+
+    Plain reads (instead of a memory map or safetensors' torch loader) keep only the tensor being
+    converted in memory, so converting a 1B checkpoint costs about one copy of the model.
+    """
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: file too short for a safetensors header; is it truncated or corrupt?")
+            header_len = int.from_bytes(prefix, "little")
+            if header_len <= 0 or 8 + header_len > size:
+                raise CheckpointError(f"{path}: invalid safetensors header length {header_len}; is it truncated or corrupt?")
+            try:
+                header = json.loads(f.read(header_len))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"{path}: unreadable safetensors header ({err}); is it truncated or corrupt?") from err
+        header.pop("__metadata__", None)
+        self._base = 8 + header_len
+        self._entries = header
+        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+        if self._base + end != size:
+            raise CheckpointError(
+                f"{path}: the header describes {self._base + end} bytes but the file has {size}; is it truncated or corrupt?"
+            )
+        for key, entry in header.items():
+            if entry.get("dtype") not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}")
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Key -> shape, from the header alone."""
+        return {k: tuple(e["shape"]) for k, e in self._entries.items()}
+
+    def get(self, key: str) -> np.ndarray:
+        """One tensor as numpy; fp16/bf16 widened to fp32."""
+        entry = self._entries[key]
+        start, end = entry["data_offsets"]
+        dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+        count = (end - start) // dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(self._base + start)
+            array = np.fromfile(f, dtype=dtype, count=count)
+        if array.size != count:
+            raise CheckpointError(f"{self.path}: tensor {key!r} is cut short; is the file truncated?")
+        if entry["dtype"] == "BF16":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        elif entry["dtype"] == "F16":
+            array = array.astype(np.float32)
+        return array.reshape(entry["shape"])
 
 
 def unwrap_state_dict(obj: Any, path: pathlib.Path | str = "<checkpoint>") -> dict[str, Any]:
