@@ -332,8 +332,9 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     dist = config.distributed
     if not dist.coordinator:
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU collectives across processes need gloo; the flag only concerns the CPU backend, and it
+    # must be set (like initialize itself) before anything touches a JAX backend.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(dist.coordinator, num_processes=int(dist.num_processes), process_id=int(dist.process_id))
 
 

@@ -60,12 +60,14 @@ def model_config(net_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.Co
     from internvqa_jax.models import registry
 
     overrides = dict(net_cfg.overrides.to_dict()) if net_cfg.overrides else {}
-    is_internvideo2 = not str(net_cfg.preset).startswith("videomamba")
     base = dict(num_classes=1, num_frames=int(data_cfg.frames), img_size=int(data_cfg.size), dtype=dtype_name)
-    if not is_internvideo2:
-        base.pop("dtype")
     base.update(overrides)
     return registry.get_config(net_cfg.preset, **base)
+
+
+def pooled_dim(cfg: Any) -> int:
+    """Width of a network's `pooled` output: InternVideo2's clip_embed_dim, VideoMamba's embed_dim."""
+    return int(cfg.clip_embed_dim) if hasattr(cfg, "clip_embed_dim") else int(cfg.embed_dim)
 
 
 def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> Built:
@@ -79,10 +81,21 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     if use_tokens:
         token_pairs = tuple(losses.aligned_teacher_layers(cfgs["student"].depth, cfgs["teacher"].depth, int(config.loss.token_layers)))
 
+    # A student whose pooled feature is narrower or wider than the teacher's (VideoMamba's cls feature
+    # vs the teacher's clip_projector output) is mapped to the teacher's width by a learned linear
+    # projection before the plain LayerNorm of the feature loss.
+    project = None
+    if job.weights.get("feature") and "student" in cfgs and "teacher" in cfgs:
+        s_dim, t_dim = pooled_dim(cfgs["student"]), pooled_dim(cfgs["teacher"])
+        if s_dim != t_dim:
+            project = (s_dim, t_dim)
+
     def make_models() -> dict[str, nnx.Module]:
         models = {}
         for i, name in enumerate(sorted(cfgs)):
             models[name] = registry.create_model(cfgs[name], nnx.Rngs(int(config.seed) * 1000 + i))
+        if project is not None:
+            models["projector"] = nnx.Linear(*project, rngs=nnx.Rngs(int(config.seed) * 1000 + 8))
         if use_tokens:
             models["decoders"] = losses.TokenDecoders(
                 len(token_pairs), cfgs["student"].embed_dim, cfgs["teacher"].embed_dim, rngs=nnx.Rngs(int(config.seed) * 1000 + 7)

@@ -45,14 +45,14 @@ def layer_id(names: tuple, num_layers: int) -> int | None:
     if any(e in text for e in EMBEDDING_NAMES):
         return 0
     for i, n in enumerate(names):
-        if n == "blocks":
+        if n in ("blocks", "layers"):  # InternVideo2 blocks, VideoMamba layers
             nxt = names[i + 1] if i + 1 < len(names) else None
             if isinstance(nxt, int) or (isinstance(nxt, str) and nxt.isdigit()):
                 return int(nxt) + 1
             if nxt == "last":
                 return num_layers
             return None  # stacked by nnx.scan: the leading axis is the layer
-    m = re.search(r"blocks[._](\d+)", text)
+    m = re.search(r"(?:blocks|layers)[._](\d+)", text)
     if m:
         return int(m.group(1)) + 1
     return num_layers + 1

@@ -65,11 +65,14 @@ def forward_losses(
         decoders = state_lib.merge(networks, "decoders", params, frozen)
         token_loss = decoders(list(outputs["student"]["blocks"]), list(outputs["teacher"]["blocks"]))
     s, t = outputs.get("student"), outputs.get("teacher")
+    s_pool = None if s is None else s["pooled"]
+    if s_pool is not None and "projector" in names:  # heterogeneous: student width -> teacher width
+        s_pool = state_lib.merge(networks, "projector", params, frozen)(s_pool.astype(jnp.float32))
     return losses.total_loss(
         spec.weights,
         batch["label"],
         student_score=None if s is None else _score(s["logits"]),
-        student_pool=None if s is None else s["pooled"],
+        student_pool=s_pool,
         teacher_score=None if t is None else _score(t["logits"]),
         teacher_pool=None if t is None else t["pooled"],
         token_loss=token_loss,

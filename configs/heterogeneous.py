@@ -1,0 +1,29 @@
+"""Heterogeneous distillation: InternVideo2 teacher -> VideoMamba student (plus the no-distillation
+student baseline). The student's cls feature is mapped to the teacher's pooled width by a learned
+linear projection before the plain LayerNorm of the feature loss.
+
+No arg: the CPU demo (tiny teacher as in configs/homologous.py, a small VideoMamba student).
+Paper-like: `configs/heterogeneous.py:teacher=1B,student=videomamba_small,data=waterloo_ivc4k,teacher_init=PATH`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common, homologous
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Training config; same preset keys as the homologous config."""
+    args = common.parse_arg(arg)
+    c = common.base_config()
+    c.job = "heterogeneous"
+    data = args.get("data", "demo")
+    common.apply_dataset_preset(c, data)
+    c.student.preset = "videomamba_small"
+    if data == "demo" and "teacher" not in args and "student" not in args:
+        homologous.demo_models(c)
+        c.student.preset = "videomamba_tiny"
+        c.student.overrides = ml_collections.ConfigDict(dict(patch_size=16, embed_dim=48, depth=4, d_state=8), type_safe=False)
+    common.apply_args(c, args)
+    return c
