@@ -43,10 +43,12 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def _in_flight_gb(state: Any) -> float:
-    """Orbax's in-flight budget for saving `state`: a fraction of its size, within bounds."""
-    total = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state) if hasattr(leaf, "dtype"))
+    """Orbax's in-flight budget for saving `state`: a fraction of its size, within bounds, >= its largest leaf."""
+    sizes = [leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state) if hasattr(leaf, "dtype")]
     low, high = IN_FLIGHT_BOUNDS_GB
-    return min(max(total * IN_FLIGHT_FRACTION / 1e9, low), high)
+    budget = min(max(sum(sizes) * IN_FLIGHT_FRACTION / 1e9, low), high)
+    # Orbax refuses a leaf larger than the budget (stacked scan_layers leaves can be).
+    return max(budget, 1.01 * max(sizes, default=0) / 1e9)
 
 
 def _write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
