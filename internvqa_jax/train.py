@@ -264,15 +264,15 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
     from internvqa_jax.models import saving
     from internvqa_jax.training import state as state_lib
 
+    if jax.process_count() > 1:
+        # saving.save_model_dir runs orbax barriers over all processes but names its temporary folder
+        # per process, so it can neither run on process 0 alone nor on every process; the checkpoints
+        # hold the trained state, export from them after the run (single process).
+        log.warning("export skipped in a %d-process run: export from the checkpoints in %s with one process", jax.process_count(), workdir)
+        return {}
     manifest = shards.load_manifest(shard_dir)
     label_kind = manifest.get("label_kind") or _label_kind(manifest)
-    nets_state = {"params": state["params"], "frozen": state["frozen"]}
-    if jax.process_count() > 1:  # parameters may be sharded over other hosts' devices
-        from jax.experimental import multihost_utils
-
-        host_state = multihost_utils.process_allgather(nets_state, tiled=True)
-    else:
-        host_state = jax.device_get(nets_state)
+    host_state = jax.device_get({"params": state["params"], "frozen": state["frozen"]})
     out = {}
     for net in job.nets:
         path = os.path.join(workdir, "export", export_name(job, net))
