@@ -173,11 +173,10 @@ def test_predict_orders_held_out_demo_encodes_by_quality(tmp_path_factory, capsy
     prepare.prepare_items(items, shard_dir, prepare.PrepareConfig(frames=16, short_side=None),
                           prepare.SplitConfig(test_sources=(DEMO_HELD_OUT,), val_fraction=0.15), workers=2, dataset="demo", progress=False)
     workdir = root / "work"
-    # The demo config as shipped, except: this reduced data set, no baseline job, evaluation and
-    # checkpoints only at the end, and resize_crop (the demo preset's 112 px fragments do not fit
-    # the 32 px fragment patch).
+    # The demo config as shipped (fragments 128 px, patch-16 tiny teacher/student), except: this
+    # reduced data set, no baseline job, 80 steps, evaluation and checkpoints only at the end.
     cmd = [sys.executable, "-m", "internvqa_jax.train", "--config=configs/homologous.py", f"--workdir={workdir}",
-           f"--config.data.shard_dir={shard_dir}", "--config.data.spatial_mode=resize_crop", "--config.run_baseline=False",
+           f"--config.data.shard_dir={shard_dir}", "--config.run_baseline=False",
            "--config.optim.max_steps=80", "--config.eval_every_steps=1000", "--config.checkpoint.every_steps=1000",
            "--config.progress=False"]
     proc = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=1200,
