@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import math
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
