@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float32", help="Flax compute dtype (torch stays fp32)")
+    parser.add_argument("--attention-impls", default="xla,chunked", help="comma-separated Flax attention_impl values to time")
     args = parser.parse_args()
 
     config = registry.get_config(args.preset, num_frames=args.frames, img_size=args.size, dtype=args.dtype)
@@ -60,18 +61,20 @@ def main() -> None:
     x_flax = jax.numpy.asarray(video)
     x_torch = torch.from_numpy(video.transpose(0, 4, 1, 2, 3).copy())
 
-    graphdef, state = nnx.split(model)
+    def compiled_forward(impl: str):
+        """A jitted logits function of the model with attention implementation `impl`."""
+        variant = registry.create_model(config.replace(attention_impl=impl), nnx.Rngs(0))
+        nnx.update(variant, nnx.state(model))
+        graphdef, state = nnx.split(variant)
+        fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)["logits"])
+        start = time.perf_counter()
+        out = np.asarray(fn(state, x_flax).block_until_ready())
+        return (lambda: fn(state, x_flax).block_until_ready()), out, time.perf_counter() - start
 
-    @jax.jit
-    def forward(state, x):
-        return nnx.merge(graphdef, state)(x)["logits"]
-
-    start = time.perf_counter()
-    flax_out = np.asarray(forward(state, x_flax).block_until_ready())
-    compile_s = time.perf_counter() - start
-
-    def run_flax():
-        forward(state, x_flax).block_until_ready()
+    impls = args.attention_impls.split(",")
+    runners, outputs, compile_times = {}, {}, {}
+    for impl in impls:
+        runners[f"flax[{impl}]"], outputs[impl], compile_times[impl] = compiled_forward(impl)
 
     def run_torch():
         with torch.inference_mode():
@@ -79,19 +82,21 @@ def main() -> None:
 
     with torch.inference_mode():
         torch_out = torch_model(x_torch).numpy()
-    times = interleaved_times({"flax": run_flax, "torch": run_torch}, args.repeats, args.warmup)
-    flax_all, torch_all = times["flax"], times["torch"]
-    flax_s, torch_s = statistics.median(flax_all), statistics.median(torch_all)
+    runners["torch"] = run_torch
+    times = interleaved_times(runners, args.repeats, args.warmup)
+    medians = {name: statistics.median(t) for name, t in times.items()}
 
     print(f"model {args.preset}: {args.batch}x{args.frames}x{args.size}x{args.size}, {config.num_patches + 1} tokens, "
           f"flax dtype {args.dtype}, torch float32")
     print(f"devices: jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-    print(f"flax  first call (compile + run): {compile_s:.2f} s")
-    print(f"flax  median {flax_s:.3f} s  runs {[round(t, 3) for t in flax_all]}")
-    print(f"torch median {torch_s:.3f} s  runs {[round(t, 3) for t in torch_all]}")
-    print(f"ratio torch/flax: {torch_s / flax_s:.2f}x")
-    print(f"max |logit difference|: {float(np.abs(flax_out - torch_out).max()):.3g}")
-
+    for impl in impls:
+        print(f"flax[{impl}] first call (compile + run): {compile_times[impl]:.2f} s")
+    for name, t in times.items():
+        print(f"{name:16s} median {medians[name]:.3f} s  runs {[round(x, 3) for x in t]}")
+    for impl in impls:
+        name = f"flax[{impl}]"
+        print(f"ratio torch/{name}: {medians['torch'] / medians[name]:.2f}x   "
+              f"max |logit difference| vs torch: {float(np.abs(outputs[impl] - torch_out).max()):.3g}")
 
 if __name__ == "__main__":
     main()

@@ -148,3 +148,16 @@ def test_stage2_mask_drops_tokens():
     assert x_vis.shape == (2, 33, 64) and clip_align.shape == (2, 2, 33, 40)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(clip_align), axis=-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(align), axis=-1), 1.0, atol=1e-5)
+
+
+def test_chunked_attention_equals_dot_product_attention():
+    from internvqa_jax.models.layers import chunked_attention
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 600, 3, 16)) for i in range(3))  # 3 chunks, last padded
+    with jax.default_matmul_precision("highest"):
+        got = chunked_attention(q, k, v)
+        ref = jax.nn.dot_product_attention(q, k, v)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+        grad_got = jax.grad(lambda q: chunked_attention(q, k, v).sum())(q)
+        grad_ref = jax.grad(lambda q: jax.nn.dot_product_attention(q, k, v).sum())(q)
+    np.testing.assert_allclose(grad_got, grad_ref, atol=1e-4)

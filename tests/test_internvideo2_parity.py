@@ -49,11 +49,15 @@ def test_index_lists_fixtures(fixtures_dir):
         assert (FIXTURE_DIR / f"{name}.safetensors").is_file() and (FIXTURE_DIR / f"{name}.npz").is_file()
 
 
-# scan_layers=True exercised on the three fixtures too: same weights, stacked blocks.
-@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
-@pytest.mark.parametrize("name", sorted(INDEX))
-def test_flax_matches_official(name, scan_layers):
-    model, data = load(name, scan_layers=scan_layers)
+# scan_layers=True and the chunked attention exercised on the fixtures too.
+# (Multi-chunk attention is checked in test_internvideo2_model.)
+VARIANTS = {"loop": {}, "scan": {"scan_layers": True}, "chunked": {"attention_impl": "chunked"}}
+CASES = [(name, v) for name in sorted(INDEX) for v in ("loop", "scan")] + [("sm_tiny_joint", "chunked")]
+
+
+@pytest.mark.parametrize("name,variant", CASES)
+def test_flax_matches_official(name, variant):
+    model, data = load(name, **VARIANTS[variant])
     recorded = set(data.files) - {"input_video_bcthw", "input_image_bcthw"}
     checked = set()
     with jax.default_matmul_precision("highest"):

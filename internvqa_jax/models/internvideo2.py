@@ -37,7 +37,7 @@ from internvqa_jax.models.layers import (
 
 ReturnLayers = None | str | Sequence[int]
 
-_ATTENTION_IMPLS = ("xla", "cudnn", None)
+_ATTENTION_IMPLS = ("xla", "cudnn", "chunked", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class InternVideo2Config:
     gelu_approximate: bool = False  # False = exact erf GELU (fixtures); True = tanh (flash-attn fused MLP)
     dtype: str = "float32"  # compute dtype; parameters are always float32
     param_dtype: str = "float32"
-    attention_impl: str | None = "xla"  # "xla" | "cudnn" | None (let JAX choose)
+    attention_impl: str | None = "xla"  # "xla" | "cudnn" | None (let JAX choose) | "chunked" (fast on CPU)
     remat: bool = False
     scan_layers: bool = False
 

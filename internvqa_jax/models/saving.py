@@ -135,6 +135,9 @@ def load_model_dir(path: str | os.PathLike, **config_overrides: Any) -> tuple[nn
         raise ValueError(f"{params_path}: parameters do not match the model of {CONFIG_FILE}: {err}") from err
     finally:
         checkpointer.close()
+    if jax.tree.leaves(rest):
+        # RNG streams (e.g. dropout) cannot come from eval_shape: take them from a real build.
+        _, _, rest = nnx.split(registry.create_model(config, nnx.Rngs(0)), _SAVED, ...)
     model = nnx.merge(graphdef, restored, rest)
     meta["config_object"] = config
     return model, meta
