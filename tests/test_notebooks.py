@@ -65,7 +65,8 @@ socket.socket.connect_ex = _guarded_connect_ex
 '''
 
 
-def _params_cell(path: pathlib.Path) -> nbformat.NotebookNode:
+def _params_cell(path: pathlib.Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
+    """(notebook, its single `parameters`-tagged cell)."""
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
@@ -106,6 +107,7 @@ def _execute(name: str, params: dict, out_dir: pathlib.Path, env: dict[str, str]
 
 
 def _text_outputs(nb: nbformat.NotebookNode) -> str:
+    """Everything the executed notebook printed (streams and plain-text results), concatenated."""
     parts = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
@@ -117,6 +119,7 @@ def _text_outputs(nb: nbformat.NotebookNode) -> str:
 
 
 def _make_clip(path: pathlib.Path, source: str, size: str, seconds: float, encoder: tuple[str, ...]) -> None:
+    """A short clip of an ffmpeg lavfi source, encoded with `encoder` arguments."""
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     cmd = [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate=8", "-t", str(seconds),
            *encoder, "-pix_fmt", "yuv420p", str(path)]
@@ -138,6 +141,38 @@ def test_one_params_cell_and_no_outputs_committed(name):
                 for line in cell.source.splitlines():
                     head = line.split("=")[0].strip()
                     assert not (head.isupper() and "=" in line and "==" not in line), f"{name}: knob {head} set outside PARAMS"
+
+
+# Ways a cell could fetch something. Allowed only where the user points it: pip in the install cell
+# (skipped when the package is importable) and gsutil in the GCS cell (skipped when GCS_SOURCE is empty).
+DOWNLOADERS = ("urllib", "requests", "urlopen", "wget", "curl", "hf_hub_download", "snapshot_download", "tfds.load",
+               "download", "http://", "https://")
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "distill_tpu.ipynb"])
+def test_no_download_calls_in_code_cells(name):
+    nb, params = _params_cell(NOTEBOOKS / name)
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell is params:  # PARAMS holds the REPO_URL placeholder only
+            continue
+        for token in DOWNLOADERS:
+            assert token not in cell.source, f"{name}: a code cell mentions {token!r}: {cell.source[:80]!r}"
+        if "pip" in cell.source:
+            assert 'find_spec("internvqa_jax") is None' in cell.source, f"{name}: pip outside the guarded install cell"
+        if "gsutil" in cell.source:
+            assert "if GCS_SOURCE:" in cell.source, f"{name}: gsutil not guarded by GCS_SOURCE"
+
+
+def test_network_guard_refuses_and_records(guard_env, tmp_path):
+    """The guard the notebook kernels run under does catch a download attempt (TEST-NET address)."""
+    env, log = guard_env
+    code = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=2)\nexcept ConnectionRefusedError as e:\n    print('refused:', e)\n"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "NOTEBOOK_NETWORK_LOG": str(tmp_path / "log")}, capture_output=True, text=True, timeout=60)
+    assert "refused: network guard" in out.stdout, out.stdout + out.stderr
+    assert "192.0.2.1" in (tmp_path / "log").read_text()
+    loopback = "import socket\ns = socket.socket()\nprint(s.connect_ex(('127.0.0.1', 9)))\n"  # allowed: kernels talk over loopback
+    out = subprocess.run([sys.executable, "-c", loopback], env={**env, "NOTEBOOK_NETWORK_LOG": str(tmp_path / "log2")}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not (tmp_path / "log2").exists(), out.stderr
 
 
 # --------------------------------------------------------------------------- quickstart
