@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -136,10 +137,11 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     return Built(networks, spec, tx, schedule, init_fn, abstract_state, cfgs, dtype)
 
 
-def copy_matching(dst: nnx.State, src: nnx.State, what: str) -> tuple[nnx.State, dict[str, list[str]]]:
+def copy_matching(dst: nnx.State, src: nnx.State, what: str, allow_none: bool = False) -> tuple[nnx.State, dict[str, Any]]:
     """Copies every leaf of `src` whose path and shape exist in `dst` (non-strict load, as the authors').
 
-    Returns the new state and the lists of missing / unexpected / shape-mismatched keys.
+    Returns the new state and a report: missing / unexpected / shape-mismatched keys and the count
+    copied. Copying nothing is an error unless `allow_none`.
     """
     dst_flat = dict(nnx.to_flat_state(dst))
     src_flat = dict(nnx.to_flat_state(src))
@@ -150,14 +152,16 @@ def copy_matching(dst: nnx.State, src: nnx.State, what: str) -> tuple[nnx.State,
         if path not in src_flat:
             report["missing"].append(key)
             continue
-        value = src_flat[path].get_value() if hasattr(src_flat[path], "get_value") else src_flat[path].value
-        if tuple(value.shape) != tuple(var.value.shape):
-            report["shape_mismatch"].append(f"{key}: {tuple(value.shape)} vs {tuple(var.value.shape)}")
+        value = src_flat[path].get_value()
+        current = var.get_value()
+        if tuple(value.shape) != tuple(current.shape):
+            report["shape_mismatch"].append(f"{key}: {tuple(value.shape)} vs {tuple(current.shape)}")
             continue
-        var.value = jnp.asarray(value, var.value.dtype)
+        var.set_value(np.asarray(value, current.dtype))
         copied += 1
     report["unexpected"] = ["/".join(map(str, p)) for p in src_flat if p not in dst_flat]
-    if copied == 0:
+    report["copied"] = copied
+    if copied == 0 and not allow_none:
         raise ValueError(f"{what}: no parameter of the checkpoint matches the model (first missing keys: {report['missing'][:5]})")
     logging.info("%s: loaded %d tensors; missing %s; unexpected %s; shape mismatch %s", what, copied, report["missing"][:10], report["unexpected"][:10], report["shape_mismatch"][:10])
     return nnx.from_flat_state(dst_flat), report
@@ -176,8 +180,12 @@ def load_initial_weights(state: dict, built: Built, inits: Mapping[str, str]) ->
             continue
         loaded, _ = saving.load_model_dir(path)
         src = nnx.state(loaded)
+        copied_any = False
         for part in ("params", "frozen"):
-            if name in state[part]:
-                state[part][name], _ = copy_matching(state[part][name], src, f"{name} init from {path}")
+            if name in state[part] and jax.tree.leaves(state[part][name]):
+                state[part][name], report = copy_matching(state[part][name], src, f"{name} init from {path}", allow_none=True)
+                copied_any |= report["copied"] > 0
+        if not copied_any:
+            raise ValueError(f"{name} init from {path}: no parameter of the checkpoint matches the {name} network")
     state["opt"] = built.tx.init(state["params"])
     return state
