@@ -267,3 +267,18 @@ def test_fsdp_sharded_forward_matches_unsharded(tmp_path):
     script.write_text(_SHARDED_SCRIPT)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_fresh_initialisation_follows_mamba():
+    """Fresh weights: S4D-real A, D = 1, dt = softplus(dt_bias) inside [dt_min, dt_max]."""
+    model, cfg = _test_model()
+    mixer = model.layers[0].mixer
+    expected_a = np.broadcast_to(np.log(np.arange(1, cfg.d_state + 1)), (cfg.d_inner, cfg.d_state))
+    for name in ("A_log", "A_b_log"):
+        np.testing.assert_allclose(getattr(mixer, name)[...], expected_a, rtol=1e-6)
+    for dt_proj in (mixer.dt_proj, mixer.dt_proj_b):
+        dt = np.asarray(jax.nn.softplus(dt_proj.bias[...]))
+        assert dt.min() >= cfg.dt_min * 0.999 and dt.max() <= cfg.dt_max * 1.001
+        assert np.abs(dt_proj.kernel[...]).max() <= cfg.resolved_dt_rank**-0.5
+    np.testing.assert_array_equal(mixer.D[...], 1.0)
+    np.testing.assert_array_equal(model.layers[0].norm.weight[...], 1.0)
