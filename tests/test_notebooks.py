@@ -267,8 +267,6 @@ def test_distill_prepares_trains_evaluates_and_exports(tmp_path, guard_env):
             "optim.max_steps": 2, "optim.batch_size": 2, "data.eval_batch_size": 2, "data.frames": 4, "data.size": 112,
             "data.spatial_mode": "resize_crop", "test_views": 1, "run_baseline": False, "progress": False,
             "checkpoint.async_save": False, "log_every_steps": 1,
-            # The authors' trainable set (the demo config trains all of its tiny teacher).
-            "teacher.trainable": "authors",
         },
         "SHOW_TENSORBOARD": False,
         "EVAL_SPLIT": "test",
