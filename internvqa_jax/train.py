@@ -47,6 +47,8 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
     frozen = config.teacher.mode == "frozen"
     if config.teacher.mode not in ("cotrain", "frozen"):
         raise ValueError(f"config.teacher.mode: expected 'cotrain' or 'frozen', got '{config.teacher.mode}'")
+    if config.teacher.cache_features:
+        raise NotImplementedError("config.teacher.cache_features: caching the frozen teacher's features is not implemented yet; set it to False")
     if config.job == "teacher":
         return [builder.JobSpec("teacher", ("teacher",), teacher_only or {"teacher_mse": 1.0})]
     if config.job not in ("homologous", "heterogeneous"):
@@ -359,6 +361,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # orbax logs every checkpoint step at INFO through absl; keep the console to the run's own lines
+    logging.getLogger("absl").setLevel(logging.WARNING)
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/homologous.py")

@@ -25,6 +25,7 @@ def shard_dir(tmp_path_factory):
     return build_shards(tmp_path_factory.mktemp("synthetic_shards"))
 
 
+@pytest.mark.slow
 def test_in_process_run_writes_everything(shard_dir, tmp_path):
     from internvqa_jax import train
     from internvqa_jax.models import saving
