@@ -76,12 +76,13 @@ def test_scan_and_remat_match_loop():
             var[...] = flat[("blocks", 2) + path[2:]][...]
         else:
             var[...] = flat[path][...]
-    a, b = loop(X, return_layers="all"), scan(X, return_layers="all")
+    forward = nnx.jit(lambda m: m(X, return_layers="all"))
+    a, b = forward(loop), forward(scan)
     for i in range(3):
         np.testing.assert_allclose(a["blocks"][i], b["blocks"][i], atol=1e-5)
     np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5)
     # Gradients flow through the rematerialised scan.
-    grads = nnx.grad(lambda m: m(X)["logits"].sum())(scan)
+    grads = nnx.jit(nnx.grad(lambda m: m(X)["logits"].sum()))(scan)
     assert float(jnp.abs(grads["blocks"]["scanned"]["mlp"]["fc1"]["kernel"][...]).sum()) > 0
 
 
