@@ -267,3 +267,13 @@ def test_safetensors_reader_widens_half_precision(tmp_path):
     np.testing.assert_array_equal(source.get("c.f32"), values.numpy())
     np.testing.assert_array_equal(source.get("d.i64"), np.arange(4))
     assert source.get("a.bf16").dtype == np.float32
+
+
+def test_stage2_to_teacher_at_more_frames():
+    """The teacher recipe: a 4-frame stage-2 encoder becomes an 8-frame fine-tuning model."""
+    name = "mm_tiny_stage2"
+    hints = {"num_heads": 4, "attn_pool_num_heads": 4}
+    model, report = convert_checkpoint(fixture(name), arch="internvideo2", model_kwargs=hints, num_frames=8)
+    assert model.config.num_frames == 8 and model.config.img_size == 42 and model.config.num_classes == 1
+    assert report.adapted["pos_embed"] == "interpolated (4, 3) -> (8, 3)"
+    assert model(jnp.zeros((1, 8, 42, 42, 3)))["logits"].shape == (1, 1)
