@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import json
 import sys
+import zlib
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -129,7 +130,8 @@ def _fresh_value(path: tuple, shape: tuple[int, ...], seed: int) -> np.ndarray:
         return np.ones(shape, np.float32)
     if leaf in ("bias",):
         return np.zeros(shape, np.float32)
-    key = jax.random.fold_in(jax.random.key(seed), hash("/".join(map(str, path))) % (2**31))
+    # crc32, not hash(): str hashes change between processes, and the new head must be reproducible.
+    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32("/".join(map(str, path)).encode()) % (2**31))
     return np.asarray(jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) * 0.02)
 
 
