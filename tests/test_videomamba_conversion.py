@@ -186,3 +186,35 @@ def test_official_kwargs_match_the_fixture_constructor(folder):
     assert kwargs["ssm_cfg"]["d_state"] == effective["d_state"] and kwargs["ssm_cfg"]["expand"] == effective["expand"]
     assert kwargs["ssm_cfg"]["dt_rank"] == "auto" and config.resolved_dt_rank == effective["dt_rank"]
     assert "scan_impl" not in kwargs and "dtype" not in kwargs
+
+
+def test_export_sidecar_carries_the_official_constructor_kwargs(folder, tmp_path):
+    """The flax_to_torch sidecar of a VideoMamba holds `VisionMamba(...)`'s kwargs, not raw config fields."""
+    from internvqa_jax.models import saving
+    from weight_conversion import flax_to_torch
+
+    state_dict = _state_dict(folder, "videomamba_tiny_b")
+    config = layout.config_from_state_dict(_shapes(state_dict))
+    model_dir = saving.save_model_dir(layout.torch_to_flax(state_dict, config), tmp_path / "vm", inference={"frames": config.num_frames})
+    out = tmp_path / "vm.safetensors"
+    flax_to_torch.export(model_dir, out)
+    kwargs = json.loads(out.with_suffix(".json").read_text())["official_kwargs"]
+    assert kwargs == json.loads(json.dumps(layout.official_kwargs(config)))
+    for jax_only in ("scan_impl", "scan_chunk", "d_state", "expand", "dtype"):
+        assert jax_only not in kwargs, jax_only
+    assert kwargs["ssm_cfg"]["d_state"] == config.d_state
+
+
+def test_reset_head_through_the_converter_entry_point(folder, tmp_path):
+    """`convert_checkpoint(..., reset_head=True)` (the CLI's --reset-head) gives VideoMamba a new head."""
+    from weight_conversion import torch_to_flax as converter
+
+    state_dict = _state_dict(folder, "videomamba_tiny_b")
+    path = tmp_path / "vm.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
+    model, _ = converter.convert_checkpoint(str(path), arch="videomamba", model_kwargs={"num_classes": 1}, reset_head=True, seed=3)
+    back = layout.flax_to_torch(model)
+    assert back["head.weight"].shape == (1, state_dict["head.weight"].shape[1]) and np.all(back["head.bias"] == 0)
+    again, _ = converter.convert_checkpoint(str(path), arch="videomamba", model_kwargs={"num_classes": 1}, reset_head=True, seed=3)
+    np.testing.assert_array_equal(layout.flax_to_torch(again)["head.weight"], back["head.weight"])
+    np.testing.assert_array_equal(back["layers.0.mixer.A_log"], state_dict["layers.0.mixer.A_log"])

@@ -287,8 +287,8 @@ def convert_checkpoint(
         if img_size is not None:
             overrides["img_size"] = img_size
         config = vm.config_from_state_dict(dict(source.shapes), **overrides)
-        extra = {"reset_head": True, "seed": seed} if reset_head else {}
-        return vm.torch_to_flax(_LazyArrays(source), config, num_frames=num_frames, **extra), None
+        model = vm.torch_to_flax(_LazyArrays(source), config, num_frames=num_frames, reset_head=reset_head, seed=seed)
+        return model, None
     pretrain = arch == "internvideo2_pretrain" or (arch == "auto" and bool(_PRETRAIN_ONLY & set(model_kwargs)))
     if preset is not None and preset.endswith("_stage2"):
         pretrain = True
