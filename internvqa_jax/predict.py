@@ -118,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scale = scorer.spec.describe_scale()
     print(f"# model: {model_dir}")
     print(f"# score scale: {scale}")
+    if not scorer.spec.head_trained:
+        # stderr too, so the warning is seen even when stdout goes to a file or a pipe.
+        print(f"predict: WARNING: {model_dir} has an untrained head; its scores carry no meaning until the model is fine-tuned", file=sys.stderr)
+        print("# WARNING: untrained head (converted weights); scores carry no meaning until fine-tuned")
     print(f"# protocol: {scorer.spec.num_segments} segments x {scorer.spec.frames} frames, {scorer.spec.spatial_mode} {scorer.spec.size}px, seed {scorer.spec.seed}")
 
     def report(result):

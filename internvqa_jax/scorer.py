@@ -44,6 +44,9 @@ LABEL_KINDS = {
     "score": ("score", "the training CSV's score"),
 }
 
+# What a score means when the head was never trained on quality labels (a converted checkpoint).
+UNTRAINED_HEAD_SCALE = "none: UNTRAINED head (converted weights, not fine-tuned on quality labels); these scores carry no meaning until the model is fine-tuned"
+
 
 # --------------------------------------------------------------------------- inference spec
 
@@ -58,7 +61,9 @@ class InferenceSpec:
     (that many evenly spread frames kept per video, short side shrunk to `short_side`); applying
     the same here makes `predict` see what `evaluate` saw (None = all frames / native size).
     label_kind, label_scale: the training label ("vmaf", "mos", "dmos", "score"; a text such as
-    "VMAF/100"); higher_is_better follows from the kind unless given.
+    "VMAF/100"); higher_is_better follows from the kind unless given. head_trained: False for a
+    model straight out of weight conversion, whose head was never fitted to quality labels: its
+    scores carry no meaning until it is fine-tuned, and `describe_scale` says so.
     """
 
     frames: int = 8
@@ -73,6 +78,7 @@ class InferenceSpec:
     label_kind: str = "score"
     label_scale: str = ""
     higher_is_better: bool = True
+    head_trained: bool = True
 
     def __post_init__(self):
         sampling.check_spatial_mode(self.spatial_mode)
@@ -93,6 +99,8 @@ class InferenceSpec:
         A numeric `label_scale` is the divisor applied to the dataset's values (VMAF/100); a text
         scale is used as written.
         """
+        if not self.head_trained:
+            return UNTRAINED_HEAD_SCALE
         kind = str(self.label_kind).lower()
         name, note = LABEL_KINDS.get(kind, (self.label_kind or "score", ""))
         try:
@@ -153,6 +161,8 @@ class InferenceSpec:
         kwargs = {k: v for k, v in flat.items() if k in names}
         if "label_scale" in kwargs and not isinstance(kwargs["label_scale"], str):
             kwargs["label_scale"] = str(kwargs["label_scale"])
+        if "head_trained" in kwargs and not isinstance(kwargs["head_trained"], bool):
+            raise ValueError(f"{where}: head_trained must be true or false, got {kwargs['head_trained']!r}")
         if "higher_is_better" not in kwargs and str(kwargs.get("label_kind", "")).lower() == "dmos":
             kwargs["higher_is_better"] = False
         try:

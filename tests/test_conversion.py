@@ -58,6 +58,7 @@ def test_cli_both_ways_and_torch_strict_load(tmp_path, capsys):
     model, meta = saving.load_model_dir(model_dir)
     assert meta["arch"] == "internvideo2" and meta["config"]["sep_pos_embed"] is True
     assert meta["inference"]["frames"] == 4 and meta["inference"]["size"] == 42
+    assert meta["inference"]["head_trained"] is False  # converted weights: no quality head yet
 
     # A training workdir: export/student is found.
     workdir = tmp_path / "work"

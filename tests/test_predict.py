@@ -122,6 +122,24 @@ def test_predict_per_segment_json_and_png(model_dir, folder, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_predict_warns_when_the_head_is_untrained(folder, tmp_path, capsys):
+    """A model straight from weight conversion: predict says its scores mean nothing yet, nowhere a label scale."""
+    from weight_conversion.torch_to_flax import converted_inference
+
+    config = registry.get_config("tiny")
+    model = registry.create_model(config, nnx.Rngs(3))
+    inference = {**converted_inference(config, "official.pt"), "size": 56, "test_segments": 1}
+    converted = saving.save_model_dir(model, tmp_path / "converted", inference=inference)
+    video = folder / "a_testsrc2.mp4"
+    out = tmp_path / "scores.csv"
+    assert predict.main([str(video), f"--checkpoint={converted}", f"--output={out}", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" in captured.err and "untrained head" in captured.err
+    assert f"# score scale: {scorer_lib.UNTRAINED_HEAD_SCALE}" in captured.out
+    rows = _read_csv(out)
+    assert rows[0]["scale"] == scorer_lib.UNTRAINED_HEAD_SCALE and "VMAF" not in rows[0]["scale"]
+
+
 def test_predict_cannot_run_cases(model_dir, folder, tmp_path, capsys):
     assert predict.main([str(folder), f"--checkpoint={tmp_path / 'nope'}", "--no-progress"]) == predict.EXIT_CANNOT_RUN
     assert "checkpoint not found" in capsys.readouterr().err

@@ -163,6 +163,22 @@ def test_inference_spec_reading(tmp_path):
     assert scorer_lib.read_inference_spec(tmp_path).frames == 2
 
 
+def test_untrained_head_is_stated_instead_of_a_label_scale():
+    """A converted model's inference.json (head_trained: false) makes every score say it means nothing yet."""
+    from weight_conversion.torch_to_flax import converted_inference
+
+    class _Config:
+        num_frames, img_size = 4, 56
+
+    spec = scorer_lib.InferenceSpec.from_dict(converted_inference(_Config(), "official.pt"))
+    assert spec.head_trained is False and spec.frames == 4 and spec.size == 56
+    assert spec.describe_scale() == scorer_lib.UNTRAINED_HEAD_SCALE and "no meaning" in spec.describe_scale()
+    assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
+    assert scorer_lib.InferenceSpec.from_dict({"label": {"kind": "vmaf", "scale": 100}}).head_trained is True
+    with pytest.raises(ValueError, match="head_trained must be true or false"):
+        scorer_lib.InferenceSpec.from_dict({"head_trained": "no"})
+
+
 def test_resolve_model_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         scorer_lib.resolve_model_dir(tmp_path / "nothing")

@@ -320,6 +320,23 @@ def load_torch_checkpoint(path: str, **official_kwargs: Any) -> nnx.Module:
     return model
 
 
+def converted_inference(config: Any, checkpoint: str) -> dict[str, Any]:
+    """`inference.json` of a freshly converted model: its head was never fitted to quality labels.
+
+    The official checkpoints are pre-trained (or fine-tuned for action classes), so whatever the head
+    outputs is not a quality score; `head_trained: false` makes the scorer and `predict` say so
+    instead of naming a label scale.
+    """
+    return {
+        "frames": config.num_frames,
+        "size": getattr(config, "img_size", None),
+        "source_checkpoint": str(checkpoint),
+        "head_trained": False,
+        "label_kind": "none",
+        "note": "converted from a PyTorch checkpoint; the head is untrained for quality, scores carry no meaning until fine-tuned",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: convert and write a model directory."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -351,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     config = model.config
-    inference = {"frames": config.num_frames, "size": getattr(config, "img_size", None), "source_checkpoint": str(args.checkpoint)}
+    inference = converted_inference(config, args.checkpoint)
     out = saving.save_model_dir(model, args.out, inference=inference)
     if report is not None:
         print(report.summary())
