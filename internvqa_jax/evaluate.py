@@ -75,12 +75,16 @@ def resolve_shard_dir(data: str, config_spec: str, inference: dict[str, Any] | N
 
 
 def resolution_of(record: dict[str, Any]) -> str:
-    """`WxH` of a manifest record: source size when recorded, else the stored frame size."""
+    """`WxH` of a manifest record's source video (prepare keeps it as `width`/`height`).
+
+    Manifests written before prepare kept the source size fall back to the stored frame size;
+    fragment mosaics have no meaningful frame size, so those are "unknown".
+    """
     for w_key, h_key in (("width", "height"), ("source_width", "source_height")):
         if record.get(w_key) and record.get(h_key):
             return f"{int(record[w_key])}x{int(record[h_key])}"
     shape = record.get("stored_shape")
-    if shape and len(shape) >= 3:
+    if shape and len(shape) >= 3 and not record.get("fragment_draws"):
         return f"{int(shape[2])}x{int(shape[1])}"
     return "unknown"
 

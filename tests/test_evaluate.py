@@ -39,11 +39,14 @@ def shard_dir(tmp_path_factory):
             path = root / f"{source}_{codec}.mp4"
             subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate=10", "-t", "1",
                             "-c:v", encoder, qflag, qvalue, "-pix_fmt", "yuv420p", str(path)], check=True)
-            w, h = (int(v) for v in size.split("x"))
+            # The third source leaves the size to prepare's probe of the file; the others give it as a lister would.
+            w, h = (int(v) for v in size.split("x")) if s < 2 else (0, 0)
             items.append(VideoItem(path=str(path), video_id=f"{source}_{codec}", source_id=source, label=0.2 + 0.1 * s + 0.05 * c,
                                    label_kind="vmaf", codec=codec, width=w, height=h, quality_param=f"{qflag}={qvalue}"))
     out = tmp_path_factory.mktemp("shards")
-    prepare.prepare_items(items, out, prepare.PrepareConfig(frames=8, short_side=None, records_per_shard=4), workers=1, dataset="unit", progress=False)
+    # Stored smaller than the sources (short side 56), so the per-resolution table must come from
+    # the source size kept in the manifest, not from the stored frames.
+    prepare.prepare_items(items, out, prepare.PrepareConfig(frames=8, short_side=56, records_per_shard=4), workers=1, dataset="unit", progress=False)
     return out
 
 
@@ -66,7 +69,7 @@ def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):
     assert payload["overall"]["n"] == 6
     assert set(payload["groups"]["codec"]) == {"h264", "mpeg4"}
     assert set(payload["groups"]["source"]) == set(SOURCES)
-    assert set(payload["groups"]["resolution"]) == {"96x64", "80x80"}
+    assert set(payload["groups"]["resolution"]) == {"96x64", "80x80"}  # source sizes; stored are 84x56 and 56x56
     assert payload["bootstrap"]["srcc"]["resamples"] > 0
     assert payload["scale"].startswith("VMAF/100")
     assert (out / "scatter.png").read_bytes()[:4] == b"\x89PNG"
@@ -114,3 +117,9 @@ def test_evaluate_errors_are_named(shard_dir, model_dir, tmp_path, capsys):
     assert evaluate.main([f"--checkpoint={tmp_path / 'nothing'}", f"--data={shard_dir}", "--no-progress"]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     assert evaluate.main([f"--checkpoint={model_dir}", f"--data={shard_dir}", "--split=nosuch", "--no-progress"]) == 1
+
+
+def test_resolution_of_prefers_the_source_size():
+    assert evaluate.resolution_of({"width": 1920, "height": 1080, "stored_shape": [8, 224, 398, 3]}) == "1920x1080"
+    assert evaluate.resolution_of({"width": 0, "height": 0, "stored_shape": [8, 224, 398, 3]}) == "398x224"  # old manifests
+    assert evaluate.resolution_of({"stored_shape": [16, 224, 224, 3], "fragment_draws": 2}) == "unknown"  # a mosaic

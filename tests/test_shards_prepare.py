@@ -190,6 +190,12 @@ def test_prepare_resizes_short_side_and_compresses(video_tree, tmp_path):
     good = items[:2]
     raw = prepare.prepare_items(good, tmp_path / "raw", prepare.PrepareConfig(frames=3, short_side=24), progress=False)
     assert raw["records"][0]["stored_shape"] == [3, 24, 32, 3]
+    # The manifest and the header keep the source's size, codec, bitrate and quality, not the stored size.
+    for record, item in zip(raw["records"], good):
+        assert (record["width"], record["height"]) == (64, 48) and record["bitrate_kbps"] > 0
+        assert record["codec"] == "h264" and record["quality_param"] == item.quality_param
+        _, header = shards.FrameRecords(tmp_path / "raw")[record["index"]]
+        assert (header["width"], header["height"], header["bitrate_kbps"]) == (64, 48, record["bitrate_kbps"])
     assert prepare.resize_for_storage(np.zeros((1, 20, 30, 3), np.uint8), 24).shape == (1, 20, 30, 3)  # never upscaled
     native = prepare.prepare_items(good, tmp_path / "native", prepare.PrepareConfig(frames=10, short_side=None), progress=False)
     packed = prepare.prepare_items(good, tmp_path / "zstd", prepare.PrepareConfig(frames=10, short_side=None, compression="zstd"), progress=False)

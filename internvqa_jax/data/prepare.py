@@ -112,6 +112,23 @@ def decode_item(item: VideoItem, config: PrepareConfig) -> tuple[np.ndarray, dic
     return frames, stored
 
 
+def source_description(item: VideoItem, stored: dict[str, Any]) -> dict[str, Any]:
+    """The original video's width, height, codec, bitrate and quality parameter.
+
+    The lister's values (taken from the dataset's own sheets) win; the decoder's probe of the file
+    (`source_*` of `stored`) fills what the lister left empty. Kept because the stored frames are
+    resized or cut into fragments, so their shape says nothing of the source resolution that the
+    per-resolution evaluation tables group by.
+    """
+    return {
+        "width": int(item.width or stored.get("source_width") or 0),
+        "height": int(item.height or stored.get("source_height") or 0),
+        "codec": str(item.codec or stored.get("source_codec") or ""),
+        "bitrate_kbps": float(item.bitrate_kbps or stored.get("source_bitrate_kbps") or 0.0),
+        "quality_param": str(item.quality_param or ""),
+    }
+
+
 def draw_fragments(frames: np.ndarray, video_id: str, config: PrepareConfig) -> np.ndarray:
     """`config.fragment_draws` mosaics of all frames, stacked draw-major: `(D * T, S, S, 3)`."""
     vid = int(hashlib.sha256(video_id.encode()).hexdigest()[:8], 16)
@@ -170,12 +187,13 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
                 if config.fragment_draws:
                     stored = {**stored, "fragment_draws": config.fragment_draws, "frames_per_draw": int(frames.shape[0])}
                     frames = draw_fragments(frames, item.video_id, config)
-                video = shards.encode_video(frames, {**item.to_dict(), **stored})
+                source = source_description(item, stored)
+                video = shards.encode_video(frames, {**item.to_dict(), **stored, **source})
             except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
                 skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}", "stage": "decode"})
                 log.warning("skipping %s (%s): %s: %s", item.video_id, item.path, type(e).__name__, e)
                 continue
-            metas.append({**item.to_dict(), "stored_shape": list(frames.shape), "position": written, "fragment_draws": config.fragment_draws})
+            metas.append({**item.to_dict(), **source, "stored_shape": list(frames.shape), "position": written, "fragment_draws": config.fragment_draws})
             written += len(video)
             yield from video
 
@@ -382,6 +400,11 @@ def build_manifest(
                     "label_kind": meta["label_kind"],
                     "codec": meta["codec"],
                     "quality_param": meta["quality_param"],
+                    # Source size/bitrate, not the stored frames' (resized or fragments); sidecars
+                    # written before these were kept lack them, hence the defaults.
+                    "width": int(meta.get("width") or 0),
+                    "height": int(meta.get("height") or 0),
+                    "bitrate_kbps": float(meta.get("bitrate_kbps") or 0.0),
                     "stored_shape": meta["stored_shape"],
                     "fragment_draws": meta["fragment_draws"],
                     "split": assignment[meta["source_id"]],
