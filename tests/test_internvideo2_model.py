@@ -162,3 +162,36 @@ def test_chunked_attention_equals_dot_product_attention():
         grad_got = jax.grad(lambda q: chunked_attention(q, k, v).sum())(q)
         grad_ref = jax.grad(lambda q: jax.nn.dot_product_attention(q, k, v).sum())(q)
     np.testing.assert_allclose(grad_got, grad_ref, atol=1e-4)
+
+
+def test_auto_attention_resolves_by_backend_and_old_model_dirs_load(tmp_path, monkeypatch):
+    """Default "auto": chunked attention when traced on CPU, xla elsewhere; configs with "xla" still load."""
+    from internvqa_jax.models import layers
+
+    config = tiny()
+    assert config.attention_impl == "auto" and InternVideo2Config().attention_impl == "auto"
+    assert InternVideo2Config.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert layers.resolve_attention_impl("auto") == ("chunked" if jax.default_backend() == "cpu" else "xla")
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    assert layers.resolve_attention_impl("auto") == "xla" and layers.resolve_attention_impl("cudnn") == "cudnn"
+    monkeypatch.undo()
+
+    # On this (CPU) backend, tracing an "auto" model goes through the chunked kernel.
+    calls = []
+    real = layers.chunked_attention
+    monkeypatch.setattr(layers, "chunked_attention", lambda q, k, v: calls.append(q.shape) or real(q, k, v))
+    model = registry.create_model(config, nnx.Rngs(0))
+    with jax.default_matmul_precision("highest"):
+        auto_out = model(X)["logits"]
+    assert len(calls) == config.depth
+
+    # A model directory saved with "xla" (as before "auto" existed) loads as "xla" and agrees.
+    xla_model = registry.create_model(config.replace(attention_impl="xla"), nnx.Rngs(0))
+    out_dir = saving.save_model_dir(xla_model, tmp_path / "xla_model")
+    loaded, meta = saving.load_model_dir(out_dir)
+    assert meta["config"]["attention_impl"] == "xla" and loaded.config.attention_impl == "xla"
+    calls.clear()
+    with jax.default_matmul_precision("highest"):
+        xla_out = loaded(X)["logits"]
+    assert not calls
+    np.testing.assert_allclose(auto_out, xla_out, atol=1e-5)

@@ -49,10 +49,11 @@ def test_index_lists_fixtures(fixtures_dir):
         assert (FIXTURE_DIR / f"{name}.safetensors").is_file() and (FIXTURE_DIR / f"{name}.npz").is_file()
 
 
-# scan_layers=True and the chunked attention exercised on the fixtures too.
+# scan_layers=True and each explicit attention kernel exercised on the fixtures too (the default
+# "auto" is the chunked kernel on CPU, so "xla" is forced once to keep that path checked).
 # (Multi-chunk attention is checked in test_internvideo2_model.)
-VARIANTS = {"loop": {}, "scan": {"scan_layers": True}, "chunked": {"attention_impl": "chunked"}}
-CASES = [(name, v) for name in sorted(INDEX) for v in ("loop", "scan")] + [("sm_tiny_joint", "chunked")]
+VARIANTS = {"loop": {}, "scan": {"scan_layers": True}, "chunked": {"attention_impl": "chunked"}, "xla": {"attention_impl": "xla"}}
+CASES = [(name, v) for name in sorted(INDEX) for v in ("loop", "scan")] + [("sm_tiny_joint", "chunked"), ("sm_tiny_joint", "xla")]
 
 
 @pytest.mark.parametrize("name,variant", CASES)

@@ -37,7 +37,7 @@ from internvqa_jax.models.layers import (
 
 ReturnLayers = None | str | Sequence[int]
 
-_ATTENTION_IMPLS = ("xla", "cudnn", "chunked", None)
+_ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,13 @@ class InternVideo2Config:
     """Constructor arguments of the official single-modality InternVideo2, plus JAX options.
 
     Defaults are the 1B model at 8 frames x 224 px with one regression output.
+
+    `attention_impl` picks the self-attention kernel: "auto" (default) resolves when the model is
+    traced, to "chunked" on the CPU backend (exact, query chunks in a loop, about 3x faster there
+    than XLA's kernel and without the full score matrix) and to "xla" on GPU/TPU; "xla", "cudnn"
+    (GPU, bf16/fp16) and "chunked" force one path; None lets `jax.nn.dot_product_attention`
+    choose. All are the same function, so saved model dirs with any value load and run anywhere
+    their kernel exists.
     """
 
     arch = "internvideo2"
@@ -68,7 +75,7 @@ class InternVideo2Config:
     gelu_approximate: bool = False  # False = exact erf GELU (fixtures); True = tanh (flash-attn fused MLP)
     dtype: str = "float32"  # compute dtype; parameters are always float32
     param_dtype: str = "float32"
-    attention_impl: str | None = "xla"  # "xla" | "cudnn" | None (let JAX choose) | "chunked" (fast on CPU)
+    attention_impl: str | None = "auto"  # "auto" (chunked on CPU, xla elsewhere) | "xla" | "cudnn" | "chunked" | None
     remat: bool = False
     scan_layers: bool = False
 

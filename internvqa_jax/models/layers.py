@@ -149,13 +149,26 @@ class Attention(nnx.Module):
 ATTENTION_CHUNK = 256
 
 
+def resolve_attention_impl(impl: str | None) -> str | None:
+    """The concrete attention path for `impl`: "auto" becomes "chunked" on CPU, "xla" elsewhere.
+
+    Called while tracing, so the backend that compiles the model decides (a config saved on a
+    CPU machine still runs the XLA kernel on a GPU/TPU); other values pass through unchanged.
+    """
+    if impl == "auto":
+        return "chunked" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None) -> jax.Array:
     """Softmax attention of `(B, N, H, D)` q/k/v with scale 1/sqrt(D).
 
     `impl` "xla" / "cudnn" / None go to `jax.nn.dot_product_attention`; "chunked" runs query
     chunks in a loop (`chunked_attention`), which never materialises the full score matrix and is
-    about 3x faster than the "xla" path on CPU at 2049 tokens.
+    about 3x faster than the "xla" path on CPU at 2049 tokens; "auto" picks one of the two by
+    backend (`resolve_attention_impl`).
     """
+    impl = resolve_attention_impl(impl)
     if impl == "chunked":
         return chunked_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
