@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from weight_conversion.interpolation import bicubic_matrix, linear_matrix
+
 FINETUNE = "finetune"
 STAGE2 = "stage2"
 
@@ -223,49 +225,11 @@ def _isqrt(n: int, name: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D linear interpolation, align_corners=False (torch 'linear')."""
-    weights = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for i in range(n_out):
-        src = max((i + 0.5) * scale - 0.5, 0.0)
-        lo = min(int(math.floor(src)), n_in - 1)
-        hi = min(lo + 1, n_in - 1)
-        frac = src - lo
-        weights[i, lo] += 1.0 - frac
-        weights[i, hi] += frac
-    return weights
-
-
-def _cubic(x: float, a: float = -0.75) -> float:
-    """Keys' cubic convolution kernel with torch's a = -0.75."""
-    x = abs(x)
-    if x <= 1:
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-    if x < 2:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
-
-
-def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D cubic interpolation, align_corners=False, borders clamped (torch 'bicubic')."""
-    weights = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for i in range(n_out):
-        src = (i + 0.5) * scale - 0.5  # no clamping for cubic, as in torch
-        base = math.floor(src)
-        frac = src - base
-        for offset in (-1, 0, 1, 2):
-            idx = min(max(base + offset, 0), n_in - 1)
-            weights[i, idx] += _cubic(offset - frac)
-    return weights
-
-
 def resize_time(tokens: np.ndarray, t_out: int) -> np.ndarray:
     """Linearly resizes `(T, S, D)` over T."""
     if tokens.shape[0] == t_out:
         return tokens
-    w = _linear_matrix(tokens.shape[0], t_out)
+    w = linear_matrix(tokens.shape[0], t_out)
     return np.einsum("ot,tsd->osd", w, tokens.astype(np.float64)).astype(tokens.dtype)
 
 
@@ -275,7 +239,7 @@ def resize_space(tokens: np.ndarray, side_out: int) -> np.ndarray:
     side_in = _isqrt(s, "spatial position embedding")
     if side_in == side_out:
         return tokens
-    w = _bicubic_matrix(side_in, side_out)
+    w = bicubic_matrix(side_in, side_out)
     grid = tokens.reshape(t, side_in, side_in, d).astype(np.float64)
     out = np.einsum("oh,thwd,pw->topd", w, grid, w)
     return out.reshape(t, side_out * side_out, d).astype(tokens.dtype)

@@ -26,6 +26,7 @@ from flax import nnx
 
 from internvqa_jax.models.mamba_mixer import linear
 from internvqa_jax.models.videomamba import VideoMamba, VideoMambaConfig
+from weight_conversion.interpolation import bicubic_matrix, linear_matrix
 
 # Keys every video VisionMamba state dict has (with at least one block).
 _REQUIRED_KEYS = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed.proj.weight", "norm_f.weight")
@@ -172,49 +173,13 @@ def config_from_state_dict(shapes: Mapping[str, Sequence[int]], **overrides: Any
 # ---------------------------------------------------------------------------------------------
 
 
-def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D linear resampling with align_corners=False (torch's default)."""
-    weights = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for i in range(n_out):
-        src = max((i + 0.5) * scale - 0.5, 0.0)  # torch clamps negative source positions to 0
-        lo = min(int(math.floor(src)), n_in - 1)
-        hi = min(lo + 1, n_in - 1)
-        frac = src - lo
-        weights[i, lo] += 1.0 - frac
-        weights[i, hi] += frac
-    return weights
-
-
-def _cubic_weight(distance: float, a: float = -0.75) -> float:
-    """Keys' cubic convolution kernel with torch's a = -0.75."""
-    d = abs(distance)
-    if d <= 1:
-        return ((a + 2) * d - (a + 3)) * d * d + 1
-    if d < 2:
-        return (((d - 5) * d + 8) * d - 4) * a
-    return 0.0
-
-
-def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of torch's 'bicubic' along one axis (align_corners=False, clamped borders)."""
-    weights = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for i in range(n_out):
-        src = (i + 0.5) * scale - 0.5  # cubic does not clamp the source position, torch neither
-        base = math.floor(src)
-        for offset in (-1, 0, 1, 2):
-            weights[i, min(max(base + offset, 0), n_in - 1)] += _cubic_weight(src - (base + offset))
-    return weights
-
-
 def interpolate_temporal(embedding: np.ndarray, t_out: int) -> np.ndarray:
     """`temporal_pos_embedding` (1, T, D) resampled linearly over T to (1, t_out, D)."""
     if embedding.ndim != 3 or embedding.shape[0] != 1:
         raise LayoutError(f"temporal_pos_embedding: expected (1, T, D), got {embedding.shape}")
     if embedding.shape[1] == t_out:
         return embedding
-    out = np.einsum("ot,btd->bod", _linear_matrix(embedding.shape[1], t_out), embedding.astype(np.float64))
+    out = np.einsum("ot,btd->bod", linear_matrix(embedding.shape[1], t_out), embedding.astype(np.float64))
     return out.astype(embedding.dtype)
 
 
@@ -227,7 +192,7 @@ def interpolate_spatial(embedding: np.ndarray, side_out: int) -> np.ndarray:
         raise LayoutError(f"pos_embed: {embedding.shape[1] - 1} patch positions is not a square grid")
     if side_in == side_out:
         return embedding
-    w = _bicubic_matrix(side_in, side_out)
+    w = bicubic_matrix(side_in, side_out)
     grid = embedding[0, 1:].reshape(side_in, side_in, -1).astype(np.float64)
     resized = np.einsum("oh,hwd,pw->opd", w, grid, w).reshape(1, side_out * side_out, -1)
     return np.concatenate([embedding[:, :1], resized.astype(embedding.dtype)], axis=1)
