@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from internvqa_jax import io_utils
 from internvqa_jax.data import sampling
 
 MODEL_CONFIG = "model_config.json"
@@ -529,10 +530,7 @@ def read_inference_spec(model_dir: str | os.PathLike, meta: Any = None) -> Infer
         path = model_dir / INFERENCE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; the scorer needs the test-time protocol (frames, size, spatial mode, label scale) that training writes there")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        data = io_utils.read_json(path)
     return InferenceSpec.from_dict(data, where=str(model_dir / INFERENCE_FILE))
 
 

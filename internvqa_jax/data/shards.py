@@ -28,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from internvqa_jax import io_utils
+
 MAGIC = b"IVQR"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "internvqa_jax.shards/2"
@@ -92,9 +94,8 @@ def writer_options(compression: str) -> str:
     return f"group_size:1,{COMPRESSIONS[compression]}"
 
 
-def tmp_name(path: pathlib.Path) -> pathlib.Path:
-    """Temp sibling of `path` used while writing: never matches the shard pattern."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+# Kept under its old name: prepare and tests refer to shard temp files through it.
+tmp_name = io_utils.tmp_sibling
 
 
 def write_shard(path: str | os.PathLike, records: Iterable[bytes], compression: str = "none") -> str:
@@ -119,15 +120,8 @@ def write_shard(path: str | os.PathLike, records: Iterable[bytes], compression: 
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON to a temp name and renames it into place."""
-    path = pathlib.Path(path)
-    tmp = tmp_name(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Writes JSON (indent 1, sorted keys) to a temp name and renames it into place."""
+    io_utils.atomic_write_json(path, obj, indent=1)
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[str]:
@@ -144,10 +138,7 @@ def load_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
     path = pathlib.Path(shard_dir) / MANIFEST
     if not path.is_file():
         raise ShardError(f"{path}: no manifest; run `python -m internvqa_jax.data.prepare --out={shard_dir}` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path}: not valid JSON ({e})") from e
+    manifest = io_utils.read_json(path, error=ShardError)
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ShardError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     for key in ("shards", "records", "config", "counts"):

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import uuid
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from internvqa_jax import io_utils
 from internvqa_jax.models import registry
 
 CONFIG_FILE = "model_config.json"
@@ -64,10 +63,7 @@ def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: dic
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "arch"):
         raise TypeError(f"save_model_dir: {type(model).__name__} has no .config with an .arch")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    with io_utils.atomic_dir(out_dir) as tmp:
         _write_json(tmp / CONFIG_FILE, {"arch": config.arch, "config": _config_dict(config)})
         if inference is not None:
             _write_json(tmp / INFERENCE_FILE, dict(inference))
@@ -78,22 +74,7 @@ def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: dic
         handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=in_flight_gb, save_device_host_concurrent_gb=in_flight_gb)
         with ocp.Checkpointer(handler) as checkpointer:
             checkpointer.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(state))
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:
-    """Renames `new` to `target`, moving an existing `target` aside first and deleting it after."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -102,10 +83,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{path} is not a model directory: {CONFIG_FILE} is missing")
-    try:
-        stored = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+    stored = io_utils.read_json(config_path)
     for key in ("arch", "config"):
         if key not in stored:
             raise KeyError(f"{config_path}: missing key {key!r} (expected {{'arch': ..., 'config': {{...}}}})")
