@@ -286,7 +286,10 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
             "spatial_mode": str(config.data.spatial_mode),
             "test_segments": int(config.test_views),
             "normalisation": {"mean": list(sampling.MEAN), "std": list(sampling.STD), "input": "uint8 RGB, (x - mean) / std"},
-            "label": {"dataset": str(config.data.name), "kind": label_kind, "scale": 100.0},
+            "label": {"dataset": str(config.data.name), "kind": label_kind, "scale": f"{label_kind.upper()}/100"},
+            "prepare": {k: manifest.get("config", {}).get(k) for k in ("frames", "short_side")},
+            "seed": int(config.seed),
+            "head_trained": True,
         }
         if jax.process_index() == 0:
             saving.save_model_dir(model, path, inference=inference)
