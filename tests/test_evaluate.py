@@ -2,27 +2,16 @@
 
 import csv
 import json
-import subprocess
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
-from flax import nnx
 
 from internvqa_jax import evaluate, scorer as scorer_lib
 from internvqa_jax.data import prepare, shards
 from internvqa_jax.data.records import VideoItem
-from internvqa_jax.models import registry, saving
+from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
-INFERENCE = {
-    "preset": "tiny",
-    "frames": 4,
-    "size": 56,
-    "spatial_mode": "resize_crop",
-    "test_segments": 2,
-    "normalisation": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
-    "label": {"dataset": "unit", "kind": "vmaf", "scale": 100.0},
-}
+INFERENCE = tiny_inference(dataset="unit")
 
 SOURCES = ("testsrc2", "mandelbrot", "rgbtestsrc")
 ENCODERS = {"h264": ("libx264", "-crf", "30"), "mpeg4": ("mpeg4", "-q:v", "8")}
@@ -32,13 +21,11 @@ ENCODERS = {"h264": ("libx264", "-crf", "30"), "mpeg4": ("mpeg4", "-q:v", "8")}
 def shard_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalvids")
     items = []
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     for s, source in enumerate(SOURCES):
         size = "96x64" if s < 2 else "80x80"
         for c, (codec, (encoder, qflag, qvalue)) in enumerate(ENCODERS.items()):
             path = root / f"{source}_{codec}.mp4"
-            subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate=10", "-t", "1",
-                            "-c:v", encoder, qflag, qvalue, "-pix_fmt", "yuv420p", str(path)], check=True)
+            make_lavfi_video(path, source, seconds=1, size=size, fps=10, codec_args=("-c:v", encoder, qflag, qvalue))
             # The third source leaves the size to prepare's probe of the file; the others give it as a lister would.
             w, h = (int(v) for v in size.split("x")) if s < 2 else (0, 0)
             items.append(VideoItem(path=str(path), video_id=f"{source}_{codec}", source_id=source, label=0.2 + 0.1 * s + 0.05 * c,
@@ -52,8 +39,7 @@ def shard_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model = registry.create_model(registry.get_config("tiny"), nnx.Rngs(5))
-    return saving.save_model_dir(model, tmp_path_factory.mktemp("work") / "export" / "student", inference=INFERENCE)
+    return save_tiny_model_dir(tmp_path_factory.mktemp("work") / "export" / "student", seed=5, inference=INFERENCE)
 
 
 def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):

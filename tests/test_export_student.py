@@ -19,17 +19,10 @@ pytest.importorskip("safetensors")
 from internvqa_jax import scorer as scorer_lib  # noqa: E402
 from internvqa_jax.models import registry, saving  # noqa: E402
 from weight_conversion import flax_to_torch, torch_model  # noqa: E402
+from scoring_helpers import tiny_inference  # noqa: E402
 
 # As train.export_networks writes it.
-INFERENCE = {
-    "preset": "tiny",
-    "frames": 4,
-    "size": 56,
-    "spatial_mode": "resize_crop",
-    "test_segments": 2,
-    "normalisation": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "input": "uint8 RGB, (x - mean) / std"},
-    "label": {"dataset": "demo", "kind": "vmaf", "scale": 100.0},
-}
+INFERENCE = tiny_inference(input="uint8 RGB, (x - mean) / std")
 
 STUDENTS = {
     # The demo student (configs/homologous.py demo_models) at the test's frames/size.

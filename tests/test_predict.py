@@ -11,7 +11,6 @@ import pathlib
 import subprocess
 import sys
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 from flax import nnx
@@ -19,41 +18,24 @@ from flax import nnx
 import internvqa_jax
 from internvqa_jax import predict, scorer as scorer_lib
 from internvqa_jax.models import registry, saving
+from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
 # The inference.json that training writes (train.export_networks), for a tiny model.
-INFERENCE = {
-    "preset": "tiny",
-    "frames": 4,
-    "size": 56,
-    "spatial_mode": "resize_crop",
-    "test_segments": 2,
-    "normalisation": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
-    "label": {"dataset": "demo", "kind": "vmaf", "scale": 100.0},
-}
-
-
-def _make_video(path: pathlib.Path, source: str, seconds: float = 1.0, size: str = "96x64") -> pathlib.Path:
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate=10",
-         "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )
-    return path
+INFERENCE = tiny_inference()
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model = registry.create_model(registry.get_config("tiny"), nnx.Rngs(3))
-    return saving.save_model_dir(model, tmp_path_factory.mktemp("model") / "student", inference=INFERENCE)
+    return save_tiny_model_dir(tmp_path_factory.mktemp("model") / "student", seed=3, inference=INFERENCE)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")
-    _make_video(root / "a_testsrc2.mp4", "testsrc2")
+    make_lavfi_video(root / "a_testsrc2.mp4", "testsrc2")
     sub = root / "sub"
     sub.mkdir()
-    _make_video(sub / "b_mandelbrot.mp4", "mandelbrot", seconds=2.0)
+    make_lavfi_video(sub / "b_mandelbrot.mp4", "mandelbrot", seconds=2.0)
     (root / "c_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     return root
 

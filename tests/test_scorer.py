@@ -6,15 +6,14 @@ computable by hand from `sampling.eval_views`; the real models are exercised in 
 
 import json
 import pathlib
-import subprocess
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 from flax import nnx
 
 from internvqa_jax import scorer as scorer_lib
 from internvqa_jax.data import decode, sampling
+from scoring_helpers import make_lavfi_video
 
 
 class BrightnessModel(nnx.Module):
@@ -36,13 +35,8 @@ def _expected(frames: np.ndarray, spec: scorer_lib.InferenceSpec, w=2.0, b=0.5) 
 
 
 def _make_video(path: pathlib.Path, seconds: float = 2.0, size: str = "160x96", source: str = "testsrc2", fps: int = 10) -> pathlib.Path:
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    subprocess.run(
-        [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate={fps}", "-t", str(seconds),
-         "-c:v", "libx264", "-g", "5", "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )
-    return path
+    # Short GOPs so that frame-accurate seeking is exercised across keyframes.
+    return make_lavfi_video(path, source, seconds, size, fps, codec_args=("-c:v", "libx264", "-g", "5"))
 
 
 @pytest.fixture(scope="module")
