@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from internvqa_jax.models.mamba_mixer import linear
+from internvqa_jax.models.layers import linear
 from internvqa_jax.models.videomamba import VideoMamba, VideoMambaConfig
 from weight_conversion.interpolation import bicubic_matrix, linear_matrix
 

@@ -32,10 +32,11 @@ from internvqa_jax.models.layers import (
     PatchEmbed,
     dense,
     layer_norm,
+    ReturnLayers,
+    normalise_return_layers,
+    param,
     partitioned,
 )
-
-ReturnLayers = None | str | Sequence[int]
 
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", None)
 
@@ -219,31 +220,9 @@ def _scan_blocks(stacked: Block, x: jax.Array, keep: bool, remat: bool) -> tuple
     return body(stacked, x)
 
 
-def _normalise_return_layers(return_layers: ReturnLayers, depth: int) -> tuple[int, ...]:
-    """None -> (), 'all' -> every block, else the given indices (negative ones count from the end)."""
-    if return_layers is None:
-        return ()
-    if isinstance(return_layers, str):
-        if return_layers != "all":
-            raise ValueError(f"return_layers must be None, 'all' or a sequence of block indices, got {return_layers!r}")
-        return tuple(range(depth))
-    indices = []
-    for i in return_layers:
-        j = int(i) + depth if int(i) < 0 else int(i)
-        if not 0 <= j < depth:
-            raise ValueError(f"return_layers index {i} is out of range for depth {depth}")
-        indices.append(j)
-    return tuple(indices)
-
-
 # ---------------------------------------------------------------------------------------------
 # Shared trunk: patch embedding, cls token, position embeddings, blocks
 # ---------------------------------------------------------------------------------------------
-
-
-def _param(shape: tuple[int, ...], axes: tuple[str | None, ...], rngs: nnx.Rngs, init=TRUNC_NORMAL) -> nnx.Param:
-    """A float32 parameter with logical axis names."""
-    return nnx.Param(partitioned(init, axes)(rngs.params(), shape, jnp.float32))
 
 
 class _Trunk(nnx.Module):
@@ -254,7 +233,7 @@ class _Trunk(nnx.Module):
     def _build_trunk(self, cfg: InternVideo2Config, rngs: nnx.Rngs) -> None:
         """Creates patch_embed, cls_token and blocks (position embeddings are class specific)."""
         self.patch_embed = PatchEmbed(cfg, rngs=rngs)
-        self.cls_token = _param((1, 1, cfg.embed_dim), (None, None, "embed"), rngs)
+        self.cls_token = param(TRUNC_NORMAL, (1, 1, cfg.embed_dim), (None, None, "embed"), rngs)
         if cfg.scan_layers:
             self.blocks = BlockStack(cfg, rngs=rngs)
         else:
@@ -308,11 +287,11 @@ class InternVideo2(_Trunk):
         self._build_trunk(cfg, rngs)
         t, h, w = cfg.grid
         if cfg.sep_pos_embed:
-            self.pos_embed_spatial = _param((1, h * w, cfg.embed_dim), (None, None, "embed"), rngs)
-            self.pos_embed_temporal = _param((1, t, cfg.embed_dim), (None, None, "embed"), rngs)
-            self.pos_embed_cls = _param((1, 1, cfg.embed_dim), (None, None, "embed"), rngs)
+            self.pos_embed_spatial = param(TRUNC_NORMAL, (1, h * w, cfg.embed_dim), (None, None, "embed"), rngs)
+            self.pos_embed_temporal = param(TRUNC_NORMAL, (1, t, cfg.embed_dim), (None, None, "embed"), rngs)
+            self.pos_embed_cls = param(TRUNC_NORMAL, (1, 1, cfg.embed_dim), (None, None, "embed"), rngs)
         else:
-            self.pos_embed = _param((1, 1 + t * h * w, cfg.embed_dim), (None, None, "embed"), rngs)
+            self.pos_embed = param(TRUNC_NORMAL, (1, 1 + t * h * w, cfg.embed_dim), (None, None, "embed"), rngs)
         self.clip_projector = AttentionPool(cfg.embed_dim, cfg.attn_pool_num_heads, cfg.clip_embed_dim, dtype=dtype, rngs=rngs)
         self.fc_norm = layer_norm(cfg.clip_embed_dim, 1e-5, "out", dtype, rngs)
         self.head = dense(cfg.clip_embed_dim, cfg.num_classes, ("out", "classes"), dtype=dtype, rngs=rngs)
@@ -335,7 +314,7 @@ class InternVideo2(_Trunk):
         """
         cfg = self.config
         self._check_input(x, cfg.num_frames)
-        wanted = _normalise_return_layers(return_layers, cfg.depth)
+        wanted = normalise_return_layers(return_layers, cfg.depth)
         tokens, kept = self._run_blocks(self._embed(x, self.position_embedding()), wanted)
         pooled = self.clip_projector(tokens)
         normed = self.fc_norm(pooled)
@@ -407,11 +386,11 @@ class PretrainInternVideo2(_Trunk):
         video_len = 1 + cfg.num_patches
         image_len = 1 + side * side
         axes = (None, None, "embed")
-        self.pos_embed = _param((1, video_len, cfg.embed_dim), axes, rngs)
-        self.clip_pos_embed = _param((1, video_len, cfg.embed_dim), axes, rngs)
+        self.pos_embed = param(TRUNC_NORMAL, (1, video_len, cfg.embed_dim), axes, rngs)
+        self.clip_pos_embed = param(TRUNC_NORMAL, (1, video_len, cfg.embed_dim), axes, rngs)
         if cfg.sep_image_video_pos_embed:
-            self.img_pos_embed = _param((1, image_len, cfg.embed_dim), axes, rngs)
-            self.clip_img_pos_embed = _param((1, image_len, cfg.embed_dim), axes, rngs)
+            self.img_pos_embed = param(TRUNC_NORMAL, (1, image_len, cfg.embed_dim), axes, rngs)
+            self.clip_img_pos_embed = param(TRUNC_NORMAL, (1, image_len, cfg.embed_dim), axes, rngs)
         self.clip_projector = AttentionPool(cfg.embed_dim, cfg.attn_pool_num_heads, cfg.clip_embed_dim, dtype=dtype, rngs=rngs)
         self.clip_decoder = nnx.List(
             [

@@ -16,7 +16,7 @@ Logical axis names used here:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,14 @@ from flax import nnx
 
 Axes = tuple[str | None, ...]
 
+Init = Callable[..., jax.Array]
+# Which blocks' residual streams a forward returns: None, "all" or block indices.
+ReturnLayers = None | str | Sequence[int]
+
 # The official code initialises weights with a truncated normal of std 0.02.
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
+# torch's default Linear/Conv init (kaiming_uniform with a = sqrt(5)) is U(+-1/sqrt(fan_in)).
+TORCH_DEFAULT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def partitioned(init: Callable[..., Any], axes: Axes) -> Callable[..., Any]:
@@ -35,6 +41,27 @@ def partitioned(init: Callable[..., Any], axes: Axes) -> Callable[..., Any]:
     `internvqa_jax.sharding.shard_model`, so it can be built anywhere (tests, converters).
     """
     return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def param(init: Init, shape: tuple[int, ...], axes: Axes, rngs: nnx.Rngs) -> nnx.Param:
+    """A float32 parameter with logical axis names."""
+    return nnx.Param(partitioned(init, axes)(rngs.params(), shape, jnp.float32))
+
+
+def linear(
+    d_in: int, d_out: int, axes: Axes, *, use_bias: bool, dtype: Any, rngs: nnx.Rngs, kernel_init: Init = TRUNC_NORMAL
+) -> nnx.Linear:
+    """nnx.Linear with float32 parameters, compute `dtype`, zero bias and logical axis names."""
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(kernel_init, axes),
+        bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
 
 
 def dense(
@@ -47,14 +74,38 @@ def dense(
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
     """A Linear layer with truncated-normal weights, zero bias and logical axis names."""
-    return nnx.Linear(
-        in_features,
-        out_features,
-        use_bias=use_bias,
-        dtype=dtype,
+    return linear(in_features, out_features, axes, use_bias=use_bias, dtype=dtype, rngs=rngs)
+
+
+def normalise_return_layers(return_layers: ReturnLayers, depth: int) -> tuple[int, ...]:
+    """None -> (), 'all' -> every block, else the given indices (negative ones count from the end)."""
+    if return_layers is None:
+        return ()
+    if isinstance(return_layers, str):
+        if return_layers != "all":
+            raise ValueError(f"return_layers must be None, 'all' or a sequence of block indices, got {return_layers!r}")
+        return tuple(range(depth))
+    indices = []
+    for i in return_layers:
+        j = int(i) + depth if int(i) < 0 else int(i)
+        if not 0 <= j < depth:
+            raise ValueError(f"return_layers index {i} is out of range for depth {depth}")
+        indices.append(j)
+    return tuple(indices)
+
+
+def conv_embed(in_channels: int, embed_dim: int, kernel: tuple[int, int, int], dtype: Any, kernel_init: Init, rngs: nnx.Rngs) -> nnx.Conv:
+    """Channels-last Conv3d with kernel = stride (non-overlapping tubelet x patch x patch), float32 params."""
+    return nnx.Conv(
+        in_channels,
+        embed_dim,
+        kernel_size=kernel,
+        strides=kernel,
+        padding="VALID",
+        dtype=jnp.dtype(dtype),
         param_dtype=jnp.float32,
-        kernel_init=partitioned(TRUNC_NORMAL, axes),
-        bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
+        kernel_init=partitioned(kernel_init, (None, None, None, None, "embed")),
+        bias_init=partitioned(nnx.initializers.zeros_init(), ("embed",)),
         rngs=rngs,
     )
 
@@ -291,18 +342,7 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
-        self.proj = nnx.Conv(
-            3,
-            cfg.embed_dim,
-            kernel_size=kernel,
-            strides=kernel,
-            padding="VALID",
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(TRUNC_NORMAL, (None, None, None, None, "embed")),
-            bias_init=partitioned(nnx.initializers.zeros_init(), ("embed",)),
-            rngs=rngs,
-        )
+        self.proj = conv_embed(3, cfg.embed_dim, kernel, cfg.dtype, TRUNC_NORMAL, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Embeds `(B, T, H, W, 3)` into tokens ordered time-major, then row-major in space."""

@@ -11,46 +11,14 @@ sharded like an MLP hidden axis), None for small axes (d_state, dt_rank, conv ta
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from internvqa_jax.models.layers import Init, linear, param
 from internvqa_jax.models.selective_scan import selective_scan
-
-Axes = tuple[str | None, ...]
-Init = Callable[..., jax.Array]
-
-TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
-# torch's default Linear/Conv init (kaiming_uniform with a = sqrt(5)) is U(+-1/sqrt(fan_in)).
-TORCH_DEFAULT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def partitioned(init: Init, axes: Axes) -> Init:
-    """Initializer whose Variable carries logical axis names; creation stays mesh-free."""
-    return nnx.with_partitioning(init, axes, eager_sharding=False)
-
-
-def param(init: Init, shape: tuple[int, ...], axes: Axes, rngs: nnx.Rngs) -> nnx.Param:
-    """A float32 parameter with logical axis names."""
-    return nnx.Param(partitioned(init, axes)(rngs.params(), shape, jnp.float32))
-
-
-def linear(
-    d_in: int, d_out: int, axes: Axes, *, use_bias: bool, dtype: Any, rngs: nnx.Rngs, kernel_init: Init = TRUNC_NORMAL
-) -> nnx.Linear:
-    """nnx.Linear with float32 parameters, compute `dtype`, zero bias and logical axis names."""
-    return nnx.Linear(
-        d_in,
-        d_out,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=partitioned(kernel_init, axes),
-        bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
-        rngs=rngs,
-    )
 
 
 class RMSNorm(nnx.Module):

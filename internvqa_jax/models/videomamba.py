@@ -17,26 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from internvqa_jax.models.mamba_mixer import (
-    TORCH_DEFAULT,
-    TRUNC_NORMAL,
-    LayerNorm,
-    MambaMixer,
-    RMSNorm,
-    linear,
-    make_norm,
-    param,
-    partitioned,
-)
+from internvqa_jax.models.layers import TORCH_DEFAULT, TRUNC_NORMAL, ReturnLayers, conv_embed, linear, normalise_return_layers, param
+from internvqa_jax.models.mamba_mixer import LayerNorm, MambaMixer, RMSNorm, make_norm
 from internvqa_jax.models.selective_scan import SCAN_IMPLS
-
-ReturnLayers = None | str | Sequence[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,40 +147,12 @@ def get_config(name: str, **overrides: Any) -> VideoMambaConfig:
     return VideoMambaConfig(**{**PRESETS[name], **overrides})
 
 
-def _normalise_return_layers(return_layers: ReturnLayers, depth: int) -> tuple[int, ...]:
-    """None -> (), 'all' -> every block, else the given indices (negative ones count from the end)."""
-    if return_layers is None:
-        return ()
-    if isinstance(return_layers, str):
-        if return_layers != "all":
-            raise ValueError(f"return_layers must be None, 'all' or a sequence of block indices, got {return_layers!r}")
-        return tuple(range(depth))
-    indices = []
-    for i in return_layers:
-        j = int(i) + depth if int(i) < 0 else int(i)
-        if not 0 <= j < depth:
-            raise ValueError(f"return_layers index {i} is out of range for depth {depth}")
-        indices.append(j)
-    return tuple(indices)
-
-
 class PatchEmbed(nnx.Module):
     """`proj`: Conv3d with kernel = stride = (kernel_size, patch, patch); channels-last in and out."""
 
     def __init__(self, cfg: VideoMambaConfig, *, rngs: nnx.Rngs):
         kernel = (cfg.kernel_size, cfg.patch_size, cfg.patch_size)
-        self.proj = nnx.Conv(
-            cfg.channels,
-            cfg.embed_dim,
-            kernel_size=kernel,
-            strides=kernel,
-            padding="VALID",
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(TORCH_DEFAULT, (None, None, None, None, "embed")),
-            bias_init=partitioned(nnx.initializers.zeros_init(), ("embed",)),
-            rngs=rngs,
-        )
+        self.proj = conv_embed(cfg.channels, cfg.embed_dim, kernel, cfg.dtype, TORCH_DEFAULT, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, T, H, W, C) -> (B, T', H'*W', D)."""
@@ -279,7 +240,7 @@ class VideoMamba(nnx.Module):
         num_classes = 0).
         """
         cfg = self.config
-        wanted = set(_normalise_return_layers(return_layers, cfg.depth))
+        wanted = set(normalise_return_layers(return_layers, cfg.depth))
         apply = nnx.remat(_apply_block) if cfg.remat else _apply_block
         residual = self.embed(x).astype(self._stream_dtype())
         kept: dict[int, jax.Array] = {}
@@ -292,7 +253,7 @@ class VideoMamba(nnx.Module):
                 kept[i] = residual
         tokens = self.norm_f(residual)
         pooled = tokens[:, 0]
-        out = dict(blocks=tuple(kept[i] for i in _normalise_return_layers(return_layers, cfg.depth)), tokens=tokens, pooled=pooled)
+        out = dict(blocks=tuple(kept[i] for i in normalise_return_layers(return_layers, cfg.depth)), tokens=tokens, pooled=pooled)
         if self.head is not None:
             out["logits"] = self.head(self.head_drop(pooled) if self.head_drop is not None else pooled)
         return out
