@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from weight_conversion.interpolation import bicubic_matrix, linear_matrix
+from weight_conversion.kernel_layout import kernel_to_flax, kernel_to_torch
 
 FINETUNE = "finetune"
 STAGE2 = "stage2"
@@ -75,10 +76,9 @@ def to_flax(path: Sequence[Any], array: np.ndarray) -> np.ndarray:
     """Transforms one torch tensor into the layout of the Flax leaf at `path`."""
     if _path_keys(path)[-1] != "kernel":
         return array
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 5:
-        return array.transpose(2, 3, 4, 1, 0)
+    out = kernel_to_flax(array)
+    if out is not None:
+        return out
     raise LayoutError(f"{'/'.join(_path_keys(path))}: unexpected kernel rank {array.ndim}")
 
 
@@ -86,10 +86,9 @@ def to_torch(path: Sequence[Any], array: np.ndarray) -> np.ndarray:
     """Transforms one (unstacked) Flax leaf into the official torch layout."""
     if _path_keys(path)[-1] != "kernel":
         return array
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 5:
-        return array.transpose(4, 3, 0, 1, 2)
+    out = kernel_to_torch(array)
+    if out is not None:
+        return out
     raise LayoutError(f"{'/'.join(_path_keys(path))}: unexpected kernel rank {array.ndim}")
 
 

@@ -27,6 +27,7 @@ from flax import nnx
 from internvqa_jax.models.layers import linear
 from internvqa_jax.models.videomamba import VideoMamba, VideoMambaConfig
 from weight_conversion.interpolation import bicubic_matrix, linear_matrix
+from weight_conversion.kernel_layout import kernel_to_flax, kernel_to_torch
 
 # Keys every video VisionMamba state dict has (with at least one block).
 _REQUIRED_KEYS = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed.proj.weight", "norm_f.weight")
@@ -63,10 +64,9 @@ def to_flax(path: Sequence[Any], array: np.ndarray) -> np.ndarray:
         return array
     if _is_conv1d(keys):
         return array[:, 0, :].T
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 5:
-        return array.transpose(2, 3, 4, 1, 0)
+    out = kernel_to_flax(array)
+    if out is not None:
+        return out
     raise LayoutError(f"{torch_key(path)}: unexpected weight rank {array.ndim}")
 
 
@@ -77,10 +77,9 @@ def to_torch(path: Sequence[Any], array: np.ndarray) -> np.ndarray:
         return array
     if _is_conv1d(keys):
         return array.T[:, None, :]
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 5:
-        return array.transpose(4, 3, 0, 1, 2)
+    out = kernel_to_torch(array)
+    if out is not None:
+        return out
     raise LayoutError(f"{'/'.join(keys)}: unexpected kernel rank {array.ndim}")
 
 
