@@ -15,6 +15,8 @@ DATASETS = {
     "demo": dict(frames=2, size=128, spatial_mode="fragments", epochs=12, warmup_epochs=1, batch_size=8),
     "bvi_hd": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     "waterloo_ivc4k": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
+    # Any `path,score[,source]` CSV (--config.data.root=labels.csv); scores are used as given.
+    "csv": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
 }
 
 # Known preset keys of the string argument and the config field each one sets.

@@ -286,7 +286,7 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
             "spatial_mode": str(config.data.spatial_mode),
             "test_segments": int(config.test_views),
             "normalisation": {"mean": list(sampling.MEAN), "std": list(sampling.STD), "input": "uint8 RGB, (x - mean) / std"},
-            "label": {"dataset": str(config.data.name), "kind": label_kind, "scale": f"{label_kind.upper()}/100"},
+            "label": {"dataset": str(config.data.name), "kind": label_kind, "scale": _label_scale(label_kind)},
             "prepare": {k: manifest.get("config", {}).get(k) for k in ("frames", "short_side")},
             "seed": int(config.seed),
             "head_trained": True,
@@ -295,6 +295,11 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
             saving.save_model_dir(model, path, inference=inference)
         out[net] = path
     return out
+
+
+def _label_scale(label_kind: str) -> str:
+    """The score scale in words: the method divides VMAF/MOS/DMOS by 100; CSV scores stay as given."""
+    return "score as given in the dataset's CSV" if label_kind == "score" else f"{label_kind.upper()}/100"
 
 
 def _label_kind(manifest: dict) -> str:

@@ -140,3 +140,14 @@ def test_synthetic_labels_are_learnable_from_noise_energy(tmp_path):
     cfg = prepare.PrepareConfig(frames=STORED_FRAMES, short_side=None)
     energy = [float(np.std(np.diff(synthetic_loader(it, cfg)[0].astype(np.float32), axis=2))) for it in items]
     assert stats.spearmanr(energy, [it.label for it in items]).statistic < -0.95
+
+
+def test_csv_preset_and_label_scale_words():
+    """A CSV-trained model states its scores as given, not divided by 100 as VMAF/MOS/DMOS are."""
+    from configs import homologous
+    from internvqa_jax.train import _label_scale
+
+    c = homologous.get_config("data=csv")
+    assert (c.data.name, c.data.frames, c.data.size, c.data.spatial_mode) == ("csv", 8, 224, "resize_crop")
+    assert _label_scale("vmaf") == "VMAF/100" and _label_scale("dmos") == "DMOS/100"
+    assert "/100" not in _label_scale("score")
