@@ -18,6 +18,23 @@ from weight_conversion import videomamba_layout as layout
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
+# Constructor arguments of the fixture's VisionMamba that VideoMambaConfig takes as they are.
+_FIXTURE_KWARGS = (
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_frames",
+    "kernel_size",
+    "num_classes",
+    "channels",
+    "rms_norm",
+    "residual_in_fp32",
+    "fused_add_norm",
+    "bimamba",
+    "norm_epsilon",
+)
+
 
 def _fixture_names(fixtures_dir):
     return sorted(json.loads((fixtures_dir / "videomamba" / "index.json").read_text())["configs"])
@@ -35,22 +52,7 @@ def _load(fixtures_dir, index, name, **config_overrides):
     state_dict = load_file(str(folder / entry["files"]["state_dict"]))
     arrays = dict(np.load(folder / entry["files"]["arrays"]))
     kwargs = entry["kwargs"]
-    config = vm.VideoMambaConfig(
-        img_size=kwargs["img_size"],
-        patch_size=kwargs["patch_size"],
-        embed_dim=kwargs["embed_dim"],
-        depth=kwargs["depth"],
-        num_frames=kwargs["num_frames"],
-        kernel_size=kwargs["kernel_size"],
-        num_classes=kwargs["num_classes"],
-        channels=kwargs["channels"],
-        rms_norm=kwargs["rms_norm"],
-        residual_in_fp32=kwargs["residual_in_fp32"],
-        fused_add_norm=kwargs["fused_add_norm"],
-        bimamba=kwargs["bimamba"],
-        norm_epsilon=kwargs["norm_epsilon"],
-        **config_overrides,
-    )
+    config = vm.VideoMambaConfig(**{key: kwargs[key] for key in _FIXTURE_KWARGS}, **config_overrides)
     model = layout.torch_to_flax(state_dict, config)
     x = np.transpose(arrays["input"], (0, 2, 3, 4, 1))  # NCTHW -> channels-last
     return model, arrays, x
