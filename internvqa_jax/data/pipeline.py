@@ -144,6 +144,15 @@ def check_store(shard_dir: str | os.PathLike, spatial_mode: str, size: int) -> N
             raise ValueError(f"{shard_dir}: pre-drawn fragments are {config['fragment_size']} px; size must match, got {size}")
 
 
+def _split_for_process(
+    shard_dir: str | os.PathLike, split: str, spatial_mode: str, size: int, process_index: int | None, process_count: int | None
+) -> tuple[np.ndarray, int, int]:
+    """The record indices of `split` and this process's (index, count), after checking the store fits the view."""
+    process_index, process_count = _process_slot(process_index, process_count)
+    check_store(shard_dir, spatial_mode, size)
+    return split_indices(shard_dir, split), process_index, process_count
+
+
 def _finish(ds: grain.MapDataset, workers: int, read_threads: int, prefetch: int) -> grain.IterDataset:
     # Small buffers: an element here is a whole batch of video clips (tens of MB).
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch)))
@@ -169,9 +178,8 @@ def train_dataset(
     process_count: int | None = None,
 ) -> grain.IterDataset:
     """Infinite shuffled training dataset of this process's part of `split` (see module doc)."""
-    process_index, process_count = _process_slot(process_index, process_count)
-    check_store(shard_dir, spatial_mode, size)
-    part = process_part(split_indices(shard_dir, split), process_index, process_count)
+    indices, process_index, process_count = _split_for_process(shard_dir, split, spatial_mode, size, process_index, process_count)
+    part = process_part(indices, process_index, process_count)
     if part.size == 0:
         raise ValueError(f"{shard_dir}: split {split!r} leaves no record for process {process_index} of {process_count}")
     ds = grain.MapDataset.source(part)
@@ -220,9 +228,8 @@ def eval_dataset(
     process_count: int | None = None,
 ) -> grain.IterDataset:
     """Finite deterministic evaluation dataset (see module doc); views per clip = `num_eval_views`."""
-    process_index, process_count = _process_slot(process_index, process_count)
-    check_store(shard_dir, spatial_mode, size)
-    rows = eval_elements(split_indices(shard_dir, split), batch_size, process_index, process_count)
+    indices, process_index, process_count = _split_for_process(shard_dir, split, spatial_mode, size, process_index, process_count)
+    rows = eval_elements(indices, batch_size, process_index, process_count)
     ds = grain.MapDataset.source(rows).map(EvalTransform(str(shard_dir), num_frames, size, spatial_mode, num_segments, seed))
     ds = ds.batch(batch_size, drop_remainder=False)
     return _finish(ds, workers, read_threads, prefetch)
