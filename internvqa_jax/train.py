@@ -21,13 +21,12 @@ import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from internvqa_jax import checkpoints
+from internvqa_jax.io_utils import atomic_write_json
 from internvqa_jax.training import builder, loop, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:presets]).", lock_config=True)
@@ -232,7 +231,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     exported = export_networks(config, job, built, state, workdir, shard_dir)
     result = {"job": job.name, "steps": step, "test": test, "export": exported}
     if pidx == 0:
-        write_json_atomic(result_path, result)
+        atomic_write_json(result_path, result)
     manager.close()
     writer.close()
     return result
@@ -307,14 +306,6 @@ def _label_kind(manifest: dict) -> str:
     return kinds.pop() if len(kinds) == 1 else "score"
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """JSON to a temporary name, then rename: a reader never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Rows of the final table: teacher and student of the distillation job, the baseline student."""
     rows = {}
@@ -359,7 +350,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     report = build_report(results)
     report["config"] = json.loads(config.to_json())
     if jax.process_index() == 0:
-        write_json_atomic(os.path.join(workdir, "report.json"), report)
+        atomic_write_json(os.path.join(workdir, "report.json"), report)
         print("\nTest split (" + str(config.data.name) + "):\n" + format_table(report["test"]), flush=True)
     return report
 
