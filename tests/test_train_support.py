@@ -151,3 +151,22 @@ def test_csv_preset_and_label_scale_words():
     assert (c.data.name, c.data.frames, c.data.size, c.data.spatial_mode) == ("csv", 8, 224, "resize_crop")
     assert _label_scale("vmaf") == "VMAF/100" and _label_scale("dmos") == "DMOS/100"
     assert "/100" not in _label_scale("score")
+
+
+def test_videomamba_state_matrices_have_no_weight_decay_and_layers_get_lr_decay():
+    """A_log/A_b_log are exempt from weight decay; VideoMamba's `layers/<i>` get per-layer lr factors."""
+    import jax
+    from flax import nnx
+
+    from internvqa_jax.models import registry
+    from internvqa_jax.training import optim
+
+    cfg = registry.get_config("videomamba_test")
+    model = nnx.eval_shape(lambda: registry.create_model(cfg, nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(optim.weight_decay_mask(params)))}
+    a_logs = [k for k in flat if k.endswith("'A_log']") or k.endswith("'A_b_log']")]
+    assert a_logs and not any(flat[k] for k in a_logs)
+    assert any(v for k, v in flat.items() if "in_proj" in k)  # matrices still decay
+    names = optim.path_names((jax.tree_util.DictKey("layers"), jax.tree_util.DictKey(1), jax.tree_util.DictKey("mixer")))
+    assert optim.layer_id(names, cfg.depth) == 2

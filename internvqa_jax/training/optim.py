@@ -19,7 +19,8 @@ import optax
 # Names that start the network (layer 0) and names exempt from weight decay, as in the
 # authors' optimiser factory: biases, norms and 1-D params, tokens and position embeddings.
 EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "bias")
+# A_log/A_b_log: the SSM state matrices, exempt from weight decay as in the official VideoMamba.
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "bias", "A_log", "A_b_log")
 
 
 def path_names(path: tuple) -> tuple:
