@@ -14,6 +14,7 @@ finished ones. The trained networks are exported as model directories under `WOR
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -316,13 +317,22 @@ def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"test": rows, "jobs": {k: {"steps": v["steps"], "export": v["export"]} for k, v in results.items()}}
 
 
+def test_split_fingerprint(shard_dir: str) -> dict[str, Any]:
+    """Identity of the test split (dataset, clip count, sha256 of the sorted video ids), so reports of
+    different runs can be compared only when they scored the same clips."""
+    from internvqa_jax.data import pipeline, shards
+
+    by_index = {int(r["index"]): r for r in shards.load_manifest(shard_dir)["records"]}
+    ids = sorted(str(by_index[int(i)]["video_id"]) for i in pipeline.split_indices(shard_dir, "test"))
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return {"num_videos": len(ids), "video_ids_sha256": digest}
+
+
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
     """Fixed-width text table of the report rows."""
-    head = f"{'network':28s} {'n':>4s} {'SRCC':>7s} {'PLCC':>7s} {'KRCC':>7s} {'RMSE':>7s}"
-    lines = [head, "-" * len(head)]
-    for name, m in rows.items():
-        lines.append(f"{name:28s} {m['n']:4d} {m['srcc']:7.4f} {m['plcc']:7.4f} {m['krcc']:7.4f} {m['rmse']:7.4f}")
-    return "\n".join(lines)
+    from internvqa_jax.compare_reports import format_rows
+
+    return format_rows(rows, min_width=28)
 
 
 # ============================================================================ main
@@ -348,6 +358,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for job in plan_jobs(config):
         results[job.name] = train_job(config, job, shard_dir, os.path.join(workdir, job.name), workdir)
     report = build_report(results)
+    report["test_split"] = test_split_fingerprint(shard_dir)
     report["config"] = json.loads(config.to_json())
     if jax.process_index() == 0:
         atomic_write_json(os.path.join(workdir, "report.json"), report)

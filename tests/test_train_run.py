@@ -38,6 +38,9 @@ def test_in_process_run_writes_everything(shard_dir, tmp_path):
         assert row["n"] > 0 and np.isfinite(row["srcc"])
     with open(os.path.join(workdir, "report.json")) as f:
         assert json.load(f)["test"] == report["test"]
+    # the test-split fingerprint counts the clips every row was scored on
+    assert report["test_split"]["num_videos"] == report["test"]["student (distilled)"]["n"]
+    assert len(report["test_split"]["video_ids_sha256"]) == 64
     rows = [json.loads(line) for line in open(os.path.join(workdir, "distill", "metrics.jsonl"))]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == list(range(1, len(train_rows) + 1))
