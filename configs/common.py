@@ -7,6 +7,8 @@ Every field stays overridable on the command line as `--config.section.field=val
 
 from __future__ import annotations
 
+from typing import Callable
+
 import ml_collections
 
 # Dataset presets: label scale as in the method (VMAF/100, MOS/100, DMOS/100) and clip geometry.
@@ -160,3 +162,27 @@ def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> None:
                 raise ValueError(f"config arg: {key} must be true/false, got '{value}'")
             value = value.lower() in ("true", "1")
         target[field] = value
+
+
+def build_config(
+    arg: str | None,
+    job: str,
+    demo_models: Callable[[ml_collections.ConfigDict], None],
+    job_settings: Callable[[ml_collections.ConfigDict], None] | None = None,
+    demo_unless: tuple[str, ...] = ("teacher", "student"),
+) -> ml_collections.ConfigDict:
+    """The steps every config file shares: parse `arg`, base fields, the job, the dataset preset,
+    the job's own settings, the CPU demo networks (data=demo and none of `demo_unless` given), then
+    the explicit presets of `arg`, which win over everything before them."""
+    args = parse_arg(arg)
+    c = base_config()
+    c.job = job
+    data = args.get("data", "demo")
+    apply_dataset_preset(c, data)
+    if job_settings is not None:
+        job_settings(c)
+    if data == "demo" and not any(key in args for key in demo_unless):
+        demo_models(c)
+    apply_args(c, args)
+    return c
+

@@ -13,17 +13,17 @@ import ml_collections
 from configs import common, homologous
 
 
+def demo_models(c: ml_collections.ConfigDict) -> None:
+    """The homologous demo teacher with a small VideoMamba student."""
+    homologous.demo_models(c)
+    c.student.preset = "videomamba_tiny"
+    c.student.overrides = ml_collections.ConfigDict(dict(patch_size=16, embed_dim=48, depth=4, d_state=8), type_safe=False)
+
+
+def _student_family(c: ml_collections.ConfigDict) -> None:
+    c.student.preset = "videomamba_small"
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Training config; same preset keys as the homologous config."""
-    args = common.parse_arg(arg)
-    c = common.base_config()
-    c.job = "heterogeneous"
-    data = args.get("data", "demo")
-    common.apply_dataset_preset(c, data)
-    c.student.preset = "videomamba_small"
-    if data == "demo" and "teacher" not in args and "student" not in args:
-        homologous.demo_models(c)
-        c.student.preset = "videomamba_tiny"
-        c.student.overrides = ml_collections.ConfigDict(dict(patch_size=16, embed_dim=48, depth=4, d_state=8), type_safe=False)
-    common.apply_args(c, args)
-    return c
+    return common.build_config(arg, "heterogeneous", demo_models, job_settings=_student_family)

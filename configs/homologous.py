@@ -35,12 +35,4 @@ def demo_models(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Training config; `arg` holds comma-separated presets (teacher, student, data, *_init, ...)."""
-    args = common.parse_arg(arg)
-    c = common.base_config()
-    c.job = "homologous"
-    data = args.get("data", "demo")
-    common.apply_dataset_preset(c, data)
-    if data == "demo" and "teacher" not in args and "student" not in args:
-        demo_models(c)
-    common.apply_args(c, args)
-    return c
+    return common.build_config(arg, "homologous", demo_models)
