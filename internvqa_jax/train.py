@@ -27,7 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from internvqa_jax import checkpoints
-from internvqa_jax.io_utils import atomic_write_json
+from internvqa_jax.io_utils import atomic_write_json, read_json
 from internvqa_jax.training import builder, loop, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:presets]).", lock_config=True)
@@ -109,8 +109,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     result_path = os.path.join(jobdir, "result.json")
     if os.path.exists(result_path):
         log.info("%s: finished earlier, reusing %s", job.name, result_path)
-        with open(result_path) as f:
-            return json.load(f)
+        return read_json(result_path)
     os.makedirs(jobdir, exist_ok=True)
     pidx, pcount = jax.process_index(), jax.process_count()
 

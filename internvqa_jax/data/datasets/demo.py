@@ -40,13 +40,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from internvqa_jax.data import ffmpeg_tools
 from internvqa_jax.data.records import VideoItem
+from internvqa_jax.io_utils import atomic_write_json
 
 WIDTH, HEIGHT, FPS, NUM_FRAMES = 448, 256, 25, 50
 MANIFEST = "manifest.json"
@@ -158,16 +158,9 @@ def video_id(source_id: str, codec: str, quality: int) -> str:
 
 
 def _write_json_atomic(path: str, payload: Any) -> None:
+    # Key order as built (the manifest reads in build order), unlike the sorted project default.
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_json(path, payload, sort_keys=False)
 
 
 def _make_source(cache_dir: str, spec: SourceSpec) -> str:
