@@ -68,3 +68,17 @@ def test_torn_save_is_ignored(tmp_path):
     mgr = checkpoints.make_manager(str(d), keep_best=1)
     assert checkpoints.latest_step(mgr) == 3
     mgr.close()
+
+
+def test_best_step_is_none_without_val_metrics(tmp_path):
+    """best_step is None until a kept checkpoint has a val SRCC; then that step, whatever its sign."""
+    mgr = checkpoints.make_manager(str(tmp_path / "c"), keep_best=2, async_save=False)
+    assert checkpoints.best_step(mgr) is None  # no checkpoint at all
+    checkpoints.save(mgr, 1, _state(1.0))
+    checkpoints.save(mgr, 2, _state(2.0))
+    mgr.wait_until_finished()
+    assert checkpoints.best_step(mgr) is None  # only periodic saves, none evaluated
+    checkpoints.save(mgr, 3, _state(3.0), metrics={"val_srcc": -0.4})  # a negative SRCC still counts
+    mgr.wait_until_finished()
+    assert checkpoints.best_step(mgr) == 3
+    mgr.close()

@@ -6,6 +6,12 @@ Layout of a model directory:
   inference.json      optional: frames, size, sampling, normalisation, score scale, ...
 
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into place.
+
+In a multi-process run `save_model_dir` is collective: every process calls it with the same
+arguments. Parameters spread over processes (FSDP) are gathered leaf by leaf, then process 0 alone
+writes the directory with an orbax checkpointer whose barriers involve only process 0 (other
+processes write nothing, so no shared filesystem is needed), and a closing collective tells every
+process whether the directory is complete, so all of them return (or raise) together.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from internvqa_jax import io_utils
 from internvqa_jax.models import registry
@@ -25,6 +33,11 @@ from internvqa_jax.models import registry
 CONFIG_FILE = "model_config.json"
 INFERENCE_FILE = "inference.json"
 PARAMS_DIR = "params"
+
+# The process that writes model directories in a multi-process run (orbax's default primary host).
+PRIMARY_PROCESS = 0
+# Orbax barriers of the writer involve the primary process only: the others never enter orbax.
+_PRIMARY_ONLY = ocp.options.MultiprocessingOptions(primary_host=PRIMARY_PROCESS, active_processes={PRIMARY_PROCESS})
 
 # Orbax may hold at most this fraction of the state (within the bounds, in GB) in flight while saving.
 IN_FLIGHT_FRACTION = 1 / 8
@@ -50,30 +63,84 @@ def _in_flight_gb(state: Any) -> float:
     return max(budget, 1.01 * max(sizes, default=0) / 1e9)
 
 
-def _write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+def _json_text(payload: dict[str, Any], what: str) -> str:
+    """`payload` as JSON text; a value JSON cannot hold fails naming `what`."""
+    try:
+        return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"save_model_dir: {what} is not JSON-serialisable: {err}") from err
+
+
+def _host_local(state: Any) -> Any:
+    """`state` with every leaf writable by the primary process alone; collective in a multi-process run.
+
+    In a single process the leaves pass through (orbax then copies them device-to-host in bounded
+    chunks). With several processes orbax refuses to write a jax.Array from one process only, so
+    the primary turns every leaf into a numpy array: an array spread over processes (FSDP) is
+    first gathered with `process_allgather` (a collective, in the same leaf order on every
+    process); a replicated or process-local one is copied from the local device. The other
+    processes keep nothing, so they hold at most one gathered leaf at a time.
+    """
+    if jax.process_count() == 1:
+        return state
+    primary = jax.process_index() == PRIMARY_PROCESS
+
+    def local(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated:
+            gathered = multihost_utils.process_allgather(leaf, tiled=True)
+            return gathered if primary else None
+        if not primary:
+            return None
+        return np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+
+    return jax.tree.map(local, state)
+
+
+def _write_model_dir(state: Any, out_dir: pathlib.Path, texts: dict[str, str]) -> None:
+    """Writes the JSON `texts` and the parameter checkpoint of `state` to `out_dir` (temp name, then rename)."""
+    with io_utils.atomic_dir(out_dir) as tmp:
+        for name, text in texts.items():
+            (tmp / name).write_text(text)
+        # Bounded device-to-host transfers: without them orbax copies the whole state to host
+        # buffers at once, doubling peak memory when a converter saves a 1B model.
+        in_flight_gb = _in_flight_gb(state)
+        handler = ocp.PyTreeCheckpointHandler(
+            save_concurrent_gb=in_flight_gb, save_device_host_concurrent_gb=in_flight_gb, multiprocessing_options=_PRIMARY_ONLY
+        )
+        with ocp.Checkpointer(handler, multiprocessing_options=_PRIMARY_ONLY) as checkpointer:
+            checkpointer.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(state))
 
 
 def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: dict | None = None) -> pathlib.Path:
     """Writes `model` (config + parameters) and optional `inference` metadata to `out_dir`.
 
-    An existing `out_dir` is replaced only after the new one is complete.
+    An existing `out_dir` is replaced only after the new one is complete. In a multi-process run
+    every process must call this with the same arguments (it is collective): process 0 writes,
+    the others write nothing, and all return once the directory is complete. If process 0 fails,
+    it re-raises its error and the other processes raise a RuntimeError.
     """
     out_dir = pathlib.Path(out_dir).absolute()
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "arch"):
         raise TypeError(f"save_model_dir: {type(model).__name__} has no .config with an .arch")
-    with io_utils.atomic_dir(out_dir) as tmp:
-        _write_json(tmp / CONFIG_FILE, {"arch": config.arch, "config": _config_dict(config)})
-        if inference is not None:
-            _write_json(tmp / INFERENCE_FILE, dict(inference))
-        # Bounded device-to-host transfers: without them orbax copies the whole state to host
-        # buffers at once, doubling peak memory when a converter saves a 1B model.
-        state = nnx.state(model, _SAVED)
-        in_flight_gb = _in_flight_gb(state)
-        handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=in_flight_gb, save_device_host_concurrent_gb=in_flight_gb)
-        with ocp.Checkpointer(handler) as checkpointer:
-            checkpointer.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(state))
+    # Serialised on every process before any collective, so bad metadata fails everywhere alike.
+    texts = {CONFIG_FILE: _json_text({"arch": config.arch, "config": _config_dict(config)}, CONFIG_FILE)}
+    if inference is not None:
+        texts[INFERENCE_FILE] = _json_text(dict(inference), INFERENCE_FILE)
+    state = _host_local(nnx.state(model, _SAVED))
+    error: BaseException | None = None
+    if jax.process_index() == PRIMARY_PROCESS:
+        try:
+            _write_model_dir(state, out_dir, texts)
+        except Exception as err:  # re-raised below, after the others learnt of it
+            error = err
+    if jax.process_count() > 1:
+        # Collective, so also the barrier: no process returns before the directory is complete.
+        written = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None), is_source=jax.process_index() == PRIMARY_PROCESS))
+        if not written and error is None:
+            raise RuntimeError(f"save_model_dir: process {PRIMARY_PROCESS} failed to write {out_dir} (see its log)")
+    if error is not None:
+        raise error
     return out_dir
 
 
