@@ -85,7 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher = model_config("1B")
     c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (pre-fine-tuned, no gradient)
     c.teacher.trainable = "authors"  # authors: last block, embeddings, clip_projector, fc_norm, head | all
-    c.teacher.cache_features = False  # frozen mode: run the teacher once per clip, reuse its pooled features
+    c.teacher.cache_features = False  # frozen mode: run the teacher once per (clip, view), reuse its pooled features
+    c.teacher.cache_views = 4  # seeded train views per clip in the cache; training draws one of them each time
     c.student = model_config("B14")
 
     c.loss = ml_collections.ConfigDict()

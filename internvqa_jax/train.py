@@ -47,18 +47,30 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
     frozen = config.teacher.mode == "frozen"
     if config.teacher.mode not in ("cotrain", "frozen"):
         raise ValueError(f"config.teacher.mode: expected 'cotrain' or 'frozen', got '{config.teacher.mode}'")
-    if config.teacher.cache_features:
-        raise NotImplementedError("config.teacher.cache_features: caching the frozen teacher's features is not implemented yet; set it to False")
     if config.job == "teacher":
         return [builder.JobSpec("teacher", ("teacher",), teacher_only or {"teacher_mse": 1.0})]
     if config.job not in ("homologous", "heterogeneous"):
         raise ValueError(f"config.job: expected homologous, heterogeneous or teacher, got '{config.job}'")
+    cached = bool(config.teacher.cache_features)
+    if cached:
+        if not frozen:
+            raise ValueError(
+                f"config.teacher.cache_features=True needs config.teacher.mode='frozen' (a co-trained teacher changes every "
+                f"step, so its features cannot be computed once); got mode='{config.teacher.mode}'"
+            )
+        if w["token"]:
+            raise ValueError(
+                f"config.teacher.cache_features caches the teacher's pooled features and scores only; token distillation "
+                f"(config.loss.token={w['token']}) needs the live teacher's tokens: set one of them off"
+            )
+        if int(config.teacher.cache_views) < 1:
+            raise ValueError(f"config.teacher.cache_views: expected >= 1 seeded views per clip, got {config.teacher.cache_views}")
     jobs = []
     if config.distill:
         weights = dict(w)
         if frozen:  # a frozen teacher has nothing to learn from its own regression terms
             weights = {k: v for k, v in weights.items() if not k.startswith("teacher_")}
-        jobs.append(builder.JobSpec("distill", ("student", "teacher"), weights, teacher_frozen=frozen))
+        jobs.append(builder.JobSpec("distill", ("student", "teacher"), weights, teacher_frozen=frozen, teacher_cached=cached))
     if config.run_baseline or not config.distill:
         jobs.append(builder.JobSpec("baseline", ("student",), student_only or {"student_mse": 1.0}))
     return jobs
@@ -128,10 +140,16 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     if o.max_steps:
         total_steps = min(total_steps, int(o.max_steps))
     d = config.data
-    train_iter = pipeline.train_iterator(
-        shard_dir, "train", batch_size=o.batch_size // pcount, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
+    train_args = dict(
+        batch_size=o.batch_size // pcount, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
         seed=int(config.seed), workers=int(d.workers), process_index=pidx, process_count=pcount,
     )
+    if job.teacher_cached:  # one of K seeded views per clip, the views the teacher cache holds
+        from internvqa_jax.training import feature_cache
+
+        train_iter = feature_cache.train_iterator(shard_dir, "train", num_views=int(config.teacher.cache_views), **train_args)
+    else:
+        train_iter = pipeline.train_iterator(shard_dir, "train", **train_args)
     local_devices = max(1, num_devices // pcount)
     eval_bs = max(local_devices, (int(d.eval_batch_size) // local_devices) * local_devices)
 
@@ -173,6 +191,11 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
             state = jax.device_put(builder.load_initial_weights(state, built, inits), state_sh)
         start = 0
 
+    # ---------------------------------------------------------------- teacher cache
+    cache = None
+    if job.teacher_cached and start < total_steps:
+        cache = teacher_cache(config, built, state, state_sh, batch_sh, shard_dir, workdir, eval_bs)
+
     # ---------------------------------------------------------------- eval
     def run_eval(split: str, state: dict) -> dict[str, dict[str, Any]]:
         return loop.evaluate(eval_step, state, eval_iter(split), batch_sh)
@@ -187,11 +210,14 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
 
         progress = tqdm(total=total_steps, initial=start, desc=job.name, dynamic_ncols=True, file=sys.stdout)
     rate = loop.Throughput(o.batch_size)
-    keys = ("frames", "label")
+    keys = ("frames", "label") if cache is None else ("frames", "label", "teacher_pool", "teacher_score")
     step = start
     with loop.StopFlag() as stop:
         while step < total_steps:
-            batch = loop.global_batch(next(train_iter), batch_sh, keys)
+            local = next(train_iter)
+            if cache is not None:
+                local = cache.attach(local)
+            batch = loop.global_batch(local, batch_sh, keys)
             state, m = train_step(state, batch)
             step += 1
             if progress is not None:
@@ -235,6 +261,54 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     manager.close()
     writer.close()
     return result
+
+
+def teacher_cache(config, built: builder.Built, state: dict, state_sh, batch_sh, shard_dir: str, workdir: str, local_batch: int):
+    """The frozen teacher's features of every (train clip, cached view): reused from
+    `WORKDIR/teacher_cache` when built for this teacher and data, else computed now (see feature_cache.py)."""
+    from internvqa_jax.data import pipeline
+    from internvqa_jax.training import feature_cache, step as step_lib
+
+    d = config.data
+    views = int(config.teacher.cache_views)
+    pidx, pcount = jax.process_index(), jax.process_count()
+    geometry = dict(num_frames=int(d.frames), size=int(d.size), spatial_mode=str(d.spatial_mode), seed=int(config.seed), num_views=views)
+    ident = feature_cache.identity(
+        shard_dir=shard_dir, split="train", teacher_config=built.model_configs["teacher"].to_dict(), teacher_init=str(config.teacher.init),
+        compute_dtype=str(config.compute_dtype), **geometry,
+    )
+    if not config.teacher.init:
+        log.warning("teacher cache: the frozen teacher has no config.teacher.init, so its features are those of random weights")
+    features = jax.jit(step_lib.make_teacher_features(built.networks, built.compute_dtype), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
+
+    def teacher_fn(local: dict) -> dict:
+        batch = loop.global_batch(local, batch_sh, ("frames", "row"))
+        out = features(state, {"frames": batch["frames"]})
+        return {"teacher_pool": loop.gather(out["teacher_pool"]), "teacher_score": loop.gather(out["teacher_score"]), "row": loop.gather(batch["row"])}
+
+    def build() -> feature_cache.FeatureCache:
+        return feature_cache.compute(
+            teacher_fn, shard_dir=shard_dir, indices=pipeline.split_indices(shard_dir, "train"), global_batch=local_batch * pcount,
+            process_index=pidx, process_count=pcount, **geometry,
+        )
+
+    sync = None if pcount == 1 else _process_sync()
+    cache, _ = feature_cache.ensure(
+        os.path.join(workdir, "teacher_cache"), ident, build, process_index=pidx,
+        all_processes=None if sync is None else sync[0], barrier=None if sync is None else sync[1],
+    )
+    return cache
+
+
+def _process_sync():
+    """(all_processes(flag) -> bool, barrier(name)) over the processes of a multi-process run."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    def all_processes(flag: bool) -> bool:
+        return bool(np.all(multihost_utils.process_allgather(np.asarray([flag]))))
+
+    return all_processes, multihost_utils.sync_global_devices
 
 
 def builder_step(built: builder.Built):

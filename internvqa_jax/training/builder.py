@@ -33,6 +33,7 @@ class JobSpec:
     nets: tuple[str, ...]  # subset of ("student", "teacher")
     weights: Mapping[str, float]
     teacher_frozen: bool = False
+    teacher_cached: bool = False  # frozen teacher's outputs read from the feature cache (see feature_cache.py)
 
 
 @dataclasses.dataclass
@@ -127,7 +128,9 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     tx = optim.make_optimizer(
         abs_params, schedule=schedule, weight_decay=o.weight_decay, layer_decay=layer_decay, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2, grad_accum_steps=int(o.grad_accum_steps)
     )
-    spec = step_lib.LossSpec(weights=dict(job.weights), smooth_l1_beta=float(config.loss.smooth_l1_beta), token_pairs=token_pairs, teacher_frozen=job.teacher_frozen)
+    spec = step_lib.LossSpec(
+        weights=dict(job.weights), smooth_l1_beta=float(config.loss.smooth_l1_beta), token_pairs=token_pairs, teacher_frozen=job.teacher_frozen, cached_teacher=job.teacher_cached
+    )
 
     def init_fn() -> dict:
         _, params, frozen = state_lib.split_networks(make_models(), filters)

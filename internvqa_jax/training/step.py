@@ -3,6 +3,10 @@
 Frames arrive as uint8 and are normalised on the device. A non-finite loss never reaches the
 parameters: the update is skipped and the first such step is recorded in `nonfinite_step`, which the
 loop reads at its next check and stops on.
+
+Cached teacher (`LossSpec.cached_teacher`): the frozen teacher's outputs come with the batch
+(`teacher_pool`, `teacher_score`, written once by `make_teacher_features` + `feature_cache`) and the
+teacher network is not run, nor even merged, in the train step.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class LossSpec:
     smooth_l1_beta: float = 2.0
     token_pairs: tuple[tuple[int, int], ...] = ()
     teacher_frozen: bool = False
+    cached_teacher: bool = False  # teacher outputs read from the batch instead of running the teacher
 
 
 def _prepare_input(frames: jax.Array, compute_dtype: Any) -> jax.Array:
@@ -45,13 +50,21 @@ def forward_losses(
     batch: Mapping[str, jax.Array],
     compute_dtype: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Total loss and its terms for one batch, running the networks the weights need."""
+    """Total loss and its terms for one batch, running the networks the weights need.
+
+    With `spec.cached_teacher` the teacher's pooled feature and score are `batch["teacher_pool"]`
+    and `batch["teacher_score"]` (token distillation needs the live teacher and is refused).
+    """
     x = _prepare_input(batch["frames"], compute_dtype)
     names = networks.graphdefs
     outputs: dict[str, Mapping[str, jax.Array]] = {}
     use_tokens = bool(spec.weights.get("token")) and spec.token_pairs
+    if spec.cached_teacher:
+        if use_tokens:
+            raise ValueError("cached teacher: token distillation needs the teacher's tokens, which the cache does not hold")
+        outputs["teacher"] = {"pooled": batch["teacher_pool"], "logits": batch["teacher_score"][:, None]}
     for name in ("student", "teacher"):
-        if name not in names:
+        if name not in names or name in outputs:
             continue
         layers = None
         if use_tokens:
@@ -113,6 +126,20 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def make_teacher_features(networks: state_lib.Networks, compute_dtype: Any = jnp.float32) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """Returns `teacher_features(state, batch) -> {"teacher_pool" (B, D) f32, "teacher_score" (B,)}`.
+
+    The same teacher forward as the uncached train step (same input preparation and dtype), so a
+    step reading these from the cache computes the loss it would have computed running the teacher.
+    """
+
+    def teacher_features(state: dict, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        out = state_lib.merge(networks, "teacher", state["params"], state["frozen"])(_prepare_input(batch["frames"], compute_dtype))
+        return {"teacher_pool": out["pooled"].astype(jnp.float32), "teacher_score": _score(out["logits"])}
+
+    return teacher_features
 
 
 def make_eval_step(networks: state_lib.Networks, compute_dtype: Any = jnp.float32) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
