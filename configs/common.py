@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.teacher_rank = 0.0
     c.loss.token = 0.0  # multi-layer token distillation through MLP decoders
     c.loss.token_layers = 6
+    c.loss.token_mask_ratio = 0.0  # fraction of patch tokens left out of the token loss (0.8 in InternVideo2 stage 1)
     c.loss.smooth_l1_beta = 2.0
 
     c.optim = ml_collections.ConfigDict()

@@ -8,11 +8,13 @@ Default objective (the authors' code):
 with `LN` a LayerNorm without scale or bias, `*_pool` the `clip_projector` outputs and `s`, `t`
 the predicted scores. Options: the PLCC and pairwise rank losses of FAST-VQA, and a multi-layer
 token distillation (`2 - 2 cos` of l2-normalised tokens, student tokens mapped to the teacher width
-by small MLP decoders, InternVideo2's own distillation).
+by small MLP decoders, InternVideo2's own distillation), optionally on a random visible subset of the
+token positions (`visible_token_indices`, UMT-style 80 % masking).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import jax
@@ -143,6 +145,41 @@ class TokenDecoders(nnx.Module):
             for dec, s, t in zip(self.decoders, student_blocks, teacher_blocks)
         ]
         return jnp.mean(jnp.stack(losses))
+
+
+def num_visible_patches(num_patches: int, mask_ratio: float) -> int:
+    """Patch tokens left visible by token masking: `num_patches - floor(mask_ratio * num_patches)`.
+
+    As UMT's masking generators (`num_mask = int(mask_ratio * num_patches)`), with a 1e-9 guard so
+    that a product like 0.29 * 100 = 28.999... still masks 29. Ratio 0.8 on 8 x 16 x 16 = 2048
+    patches keeps 410 (20.0 %); on 64 patches 13; on 8 patches 2.
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"token mask ratio must be in [0, 1), got {mask_ratio}")
+    visible = num_patches - int(math.floor(mask_ratio * num_patches + 1e-9))
+    if visible < 1:
+        raise ValueError(f"token mask ratio {mask_ratio} leaves no visible token of {num_patches}")
+    return visible
+
+
+def visible_token_indices(key: jax.Array, batch_size: int, num_tokens: int, mask_ratio: float) -> jax.Array:
+    """`(B, 1 + V)` int32 token positions kept for token distillation, a random set per clip.
+
+    Position 0 (the cls token) is always kept; V = `num_visible_patches(num_tokens - 1, ratio)`
+    patch tokens are drawn uniformly without replacement, independently for every clip (one key per
+    row split from `key`), and returned in increasing order. Random masking as in UMT; InternVideo2
+    stage 1 guides the mask by the teacher's attention instead.
+    """
+    num_patches = num_tokens - 1
+    visible = num_visible_patches(num_patches, mask_ratio)
+    noise = jax.vmap(lambda k: jax.random.uniform(k, (num_patches,)))(jax.random.split(key, batch_size))
+    chosen = jnp.sort(jnp.argsort(noise, axis=1)[:, :visible], axis=1).astype(jnp.int32) + 1
+    return jnp.concatenate([jnp.zeros((batch_size, 1), jnp.int32), chosen], axis=1)
+
+
+def select_tokens(tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """`tokens` `(B, N, D)` at `positions` `(B, K)` -> `(B, K, D)`."""
+    return jnp.take_along_axis(tokens, positions[..., None], axis=1)
 
 
 def feature_distillation(student_pool: jax.Array, teacher_pool: jax.Array, beta: float = 2.0) -> jax.Array:

@@ -128,8 +128,12 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     tx = optim.make_optimizer(
         abs_params, schedule=schedule, weight_decay=o.weight_decay, layer_decay=layer_decay, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2, grad_accum_steps=int(o.grad_accum_steps)
     )
+    mask_ratio = float(config.loss.token_mask_ratio)
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"config.loss.token_mask_ratio: expected a fraction in [0, 1) (0.8 = InternVideo2/UMT), got {mask_ratio}")
     spec = step_lib.LossSpec(
-        weights=dict(job.weights), smooth_l1_beta=float(config.loss.smooth_l1_beta), token_pairs=token_pairs, teacher_frozen=job.teacher_frozen, cached_teacher=job.teacher_cached
+        weights=dict(job.weights), smooth_l1_beta=float(config.loss.smooth_l1_beta), token_pairs=token_pairs,
+        teacher_frozen=job.teacher_frozen, cached_teacher=job.teacher_cached, token_mask_ratio=mask_ratio,
     )
 
     def init_fn() -> dict:

@@ -7,6 +7,14 @@ loop reads at its next check and stops on.
 Cached teacher (`LossSpec.cached_teacher`): the frozen teacher's outputs come with the batch
 (`teacher_pool`, `teacher_score`, written once by `make_teacher_features` + `feature_cache`) and the
 teacher network is not run, nor even merged, in the train step.
+
+Token masking (`LossSpec.token_mask_ratio` > 0, UMT / InternVideo2 stage 1 use 0.8): the fine-tuning
+`InternVideo2` takes no token mask (only the stage-2 `PretrainInternVideo2` does), so the student
+runs on all tokens and this module selects, before the decoders, the same random visible positions
+(cls + `losses.num_visible_patches` patches per clip, drawn from the step's rng) in the student's and
+the teacher's aligned layers; the token loss is taken on those only. The student's score and
+pooled feature still see every token. Unlike UMT the student's blocks attend over all tokens and no
+compute is saved; that needs a `mask` argument on the fine-tuning model.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ class LossSpec:
     token_pairs: tuple[tuple[int, int], ...] = ()
     teacher_frozen: bool = False
     cached_teacher: bool = False  # teacher outputs read from the batch instead of running the teacher
+    token_mask_ratio: float = 0.0  # fraction of patch tokens left out of the token loss (0.8 = UMT)
 
 
 def _prepare_input(frames: jax.Array, compute_dtype: Any) -> jax.Array:
@@ -49,11 +58,13 @@ def forward_losses(
     frozen: Mapping[str, Any],
     batch: Mapping[str, jax.Array],
     compute_dtype: Any,
+    rng: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total loss and its terms for one batch, running the networks the weights need.
 
     With `spec.cached_teacher` the teacher's pooled feature and score are `batch["teacher_pool"]`
     and `batch["teacher_score"]` (token distillation needs the live teacher and is refused).
+    `rng` (a typed key) draws the token mask when `spec.token_mask_ratio` > 0.
     """
     x = _prepare_input(batch["frames"], compute_dtype)
     names = networks.graphdefs
@@ -76,7 +87,10 @@ def forward_losses(
     token_loss = None
     if use_tokens:
         decoders = state_lib.merge(networks, "decoders", params, frozen)
-        token_loss = decoders(list(outputs["student"]["blocks"]), list(outputs["teacher"]["blocks"]))
+        s_blocks, t_blocks = list(outputs["student"]["blocks"]), list(outputs["teacher"]["blocks"])
+        if spec.token_mask_ratio > 0:
+            s_blocks, t_blocks = _visible_tokens(s_blocks, t_blocks, spec.token_mask_ratio, rng)
+        token_loss = decoders(s_blocks, t_blocks)
     s, t = outputs.get("student"), outputs.get("teacher")
     s_pool = None if s is None else s["pooled"]
     if s_pool is not None and "projector" in names:  # heterogeneous: student width -> teacher width
@@ -93,6 +107,17 @@ def forward_losses(
     )
 
 
+def _visible_tokens(s_blocks: list, t_blocks: list, ratio: float, rng: jax.Array | None) -> tuple[list, list]:
+    """The aligned layers of both networks at the same random visible positions (see module doc)."""
+    if rng is None:
+        raise ValueError(f"token masking (ratio {ratio}) needs the step's rng")
+    b, n = s_blocks[0].shape[:2]
+    if t_blocks[0].shape[1] != n:
+        raise ValueError(f"token masking: student layers have {n} tokens, teacher layers {t_blocks[0].shape[1]}; they must match position by position")
+    positions = losses.visible_token_indices(rng, b, n, ratio)
+    return [losses.select_tokens(x, positions) for x in s_blocks], [losses.select_tokens(x, positions) for x in t_blocks]
+
+
 def make_train_step(
     networks: state_lib.Networks,
     spec: LossSpec,
@@ -102,11 +127,14 @@ def make_train_step(
 ) -> Callable[[dict, Mapping[str, jax.Array]], tuple[dict, dict[str, jax.Array]]]:
     """Returns `train_step(state, batch) -> (state, metrics)`; metrics are device scalars."""
 
-    def loss_fn(params, frozen, batch):
-        return forward_losses(networks, spec, params, frozen, batch, compute_dtype)
+    def loss_fn(params, frozen, batch, rng):
+        return forward_losses(networks, spec, params, frozen, batch, compute_dtype, rng)
 
     def train_step(state: dict, batch: Mapping[str, jax.Array]) -> tuple[dict, dict[str, jax.Array]]:
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["frozen"], batch)
+        # The next step's key is the first half of the split (as before masking existed), so runs
+        # without masking keep their random stream; the second half draws this step's token mask.
+        next_key, mask_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["frozen"], batch, mask_key)
         updates, new_opt = tx.update(grads, state["opt"], state["params"])
         new_params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss)
@@ -116,7 +144,7 @@ def make_train_step(
         new_state = dict(state)
         new_state.update(
             step=step + 1,
-            rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]),
+            rng=jax.random.key_data(next_key),
             params=keep(new_params, state["params"]),
             opt=keep(new_opt, state["opt"]),
             nonfinite_step=jnp.where((state["nonfinite_step"] < 0) & ~finite, step + 1, state["nonfinite_step"]),
