@@ -8,8 +8,14 @@ A run is one or more jobs, each in `WORKDIR/<job>/` (checkpoints, metrics.jsonl,
 `distill` (student + co-trained or frozen teacher, the method), `baseline` (the same student without
 any teacher, `run_baseline=True`) or `teacher` (the teacher alone). A finished job leaves
 `result.json`; re-running the command resumes unfinished jobs from their last checkpoint and skips
-finished ones. The trained networks are exported as model directories under `WORKDIR/export/`, and
-`WORKDIR/report.json` holds the test metrics of every network, also printed as a table.
+finished ones. The trained networks, taken from each job's kept checkpoint with the best
+validation SRCC, are exported as model directories under `WORKDIR/export/`, and
+`WORKDIR/report.json` holds their test metrics, also printed as a table, and for every job the
+step they come from (`test_from_step`, `best_val_srcc`).
+
+A frozen teacher (`teacher.mode=frozen`) can be cached (`teacher.cache_features=True`): it runs
+once over K seeded views of every training clip (`WORKDIR/teacher_cache/`) and the distillation
+steps read its features instead of running it (see `training/feature_cache.py`).
 """
 
 from __future__ import annotations
@@ -250,12 +256,23 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     loop.check_finite(state, manager, f"job {job.name}")
     manager.wait_until_finished()
 
-    # ---------------------------------------------------------------- test + export
+    # ---------------------------------------------------------------- test + export (best checkpoint)
+    # The reported and exported networks are those of the kept step with the best validation SRCC,
+    # not the last step's: the test split never picks the weights, the validation split does.
+    test_step, best_val = step, None
+    best = best_checkpoint(manager)
+    if best is not None:
+        test_step, best_val = best
+        if test_step != step:
+            state = None  # free the final state's buffers before restoring the best one
+            target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
+            state, _ = checkpoints.restore(manager, test_step, target)
+            log.info("%s: test and export from step %d (best val SRCC %.4f), trained to step %d", job.name, test_step, best_val, step)
     test = run_eval("test", state)
     for net, m in test.items():
-        writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")})
+        writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step})
     exported = export_networks(config, job, built, state, workdir, shard_dir)
-    result = {"job": job.name, "steps": step, "test": test, "export": exported}
+    result = {"job": job.name, "steps": step, "test_from_step": test_step, "best_val_srcc": best_val, "test": test, "export": exported}
     if pidx == 0:
         atomic_write_json(result_path, result)
     manager.close()
@@ -309,6 +326,15 @@ def _process_sync():
         return bool(np.all(multihost_utils.process_allgather(np.asarray([flag]))))
 
     return all_processes, multihost_utils.sync_global_devices
+
+
+def best_checkpoint(manager) -> tuple[int, float] | None:
+    """(step, validation SRCC) of the kept checkpoint with the best validation SRCC, or None."""
+    best = checkpoints.best_step(manager)
+    if best is None:
+        return None
+    metrics = manager.metrics(best) or {}
+    return int(best), float(metrics[checkpoints.BEST_METRIC])
 
 
 def builder_step(built: builder.Built):
@@ -381,13 +407,15 @@ def _label_kind(manifest: dict) -> str:
 
 
 def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Rows of the final table: teacher and student of the distillation job, the baseline student."""
+    """Rows of the final table (teacher and student of the distillation job, the baseline student) and,
+    per job, its steps, the step its test rows and export come from (best validation SRCC) and that SRCC."""
     rows = {}
     for job_name, res in results.items():
         for net, m in res["test"].items():
             label = {"distill": f"{net} (distilled)" if net == "student" else "teacher (co-trained)", "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
             rows[label] = {k: m[k] for k in ("n", "srcc", "plcc", "krcc", "rmse")}
-    return {"test": rows, "jobs": {k: {"steps": v["steps"], "export": v["export"]} for k, v in results.items()}}
+    jobs = {k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"]} for k, v in results.items()}
+    return {"test": rows, "jobs": jobs}
 
 
 def test_split_fingerprint(shard_dir: str) -> dict[str, Any]:

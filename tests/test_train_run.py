@@ -16,6 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from test_train_support import build_shards, run, subprocess_env, tiny_config, train_command, PROJECT_ROOT
 
@@ -55,9 +56,61 @@ def test_in_process_run_writes_everything(shard_dir, tmp_path):
         model, meta = saving.load_model_dir(os.path.join(workdir, "export", name))
         inf = meta.get("inference") or json.load(open(os.path.join(workdir, "export", name, "inference.json")))
         assert inf["frames"] == 2 and inf["size"] == 28 and inf["spatial_mode"] == "resize_crop" and inf["label"]["kind"] == "vmaf"
+    # test rows and exports come from the kept step with the best validation SRCC
+    for job in ("distill", "baseline"):
+        result = json.load(open(os.path.join(workdir, job, "result.json")))
+        val = {r["step"]: r["val_srcc"] for r in map(json.loads, open(os.path.join(workdir, job, "metrics.jsonl"))) if r["split"] == "val"}
+        assert result["best_val_srcc"] == pytest.approx(max(val.values()))
+        assert val[result["test_from_step"]] == pytest.approx(max(val.values()))
+        assert report["jobs"][job]["test_from_step"] == result["test_from_step"]
     # running again reuses the finished jobs (no retraining, same report)
     again = train.run(c, workdir)
     assert again["test"] == report["test"]
+
+
+def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, tmp_path, monkeypatch):
+    """Validation SRCC forced to fall after the first evaluation: that step, not the last, is tested and exported."""
+    from internvqa_jax import checkpoints, train
+    from internvqa_jax.models import saving
+    from internvqa_jax.training import loop
+
+    real = loop.flat_eval_metrics
+    evals = []
+
+    def falling(result, main):
+        flat = real(result, main)
+        evals.append(1)
+        flat["val_srcc"] = 1.0 / len(evals)
+        return flat
+
+    monkeypatch.setattr(loop, "flat_eval_metrics", falling)
+    workdir = str(tmp_path / "w")
+    report = train.run(tiny_config(shard_dir, distill=False, checkpoint__async_save=False), workdir)
+    result = json.load(open(os.path.join(workdir, "baseline", "result.json")))
+    val_steps = [r["step"] for r in map(json.loads, open(os.path.join(workdir, "baseline", "metrics.jsonl"))) if r["split"] == "val"]
+    assert len(val_steps) >= 2 and result["steps"] == val_steps[-1]
+    assert result["test_from_step"] == val_steps[0] and result["best_val_srcc"] == 1.0
+    assert report["jobs"]["baseline"] == {k: result[k] for k in ("steps", "test_from_step", "best_val_srcc", "export")}
+    # the exported student holds the best step's weights, which differ from the last step's
+    mgr = checkpoints.make_manager(os.path.join(workdir, "baseline", "checkpoints"))
+    target = lambda step: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mgr.item_metadata(step)["state"])
+    best, _ = checkpoints.restore(mgr, val_steps[0], target(val_steps[0]))
+    last, _ = checkpoints.restore(mgr, result["steps"], target(result["steps"]))
+    mgr.close()
+    model, _ = saving.load_model_dir(os.path.join(workdir, "export", "baseline_student"))
+    exported = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    ckpt_best, ckpt_last = _flat(best["params"]["student"]), _flat(last["params"]["student"])
+    assert exported.keys() == ckpt_best.keys()
+    for k, v in exported.items():
+        np.testing.assert_array_equal(v, ckpt_best[k], err_msg=k)
+    assert any(not np.array_equal(ckpt_best[k], ckpt_last[k]) for k in ckpt_best)
+
+
+def _flat(tree) -> dict:
+    """{'a/0/b': array} of a nested parameter tree (restored dicts and nnx pure dicts alike)."""
+    from internvqa_jax.training.optim import path_names
+
+    return {"/".join(map(str, path_names(p))): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(shard_dir, tmp_path, monkeypatch):
