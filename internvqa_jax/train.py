@@ -360,20 +360,17 @@ def export_name(job: builder.JobSpec, net: str) -> str:
 
 
 def export_networks(config, job: builder.JobSpec, built: builder.Built, state: dict, workdir: str, shard_dir: str) -> dict[str, str]:
-    """Writes each trained network as a model directory with its inference.json (process 0 writes)."""
+    """Writes each trained network as a model directory with its inference.json (collective: every
+    process calls it, process 0 writes)."""
     from internvqa_jax.data import sampling, shards
     from internvqa_jax.models import saving
     from internvqa_jax.training import state as state_lib
 
-    if jax.process_count() > 1:
-        # saving.save_model_dir runs orbax barriers over all processes but names its temporary folder
-        # per process, so it can neither run on process 0 alone nor on every process; the checkpoints
-        # hold the trained state, export from them after the run (single process).
-        log.warning("export skipped in a %d-process run: export from the checkpoints in %s with one process", jax.process_count(), workdir)
-        return {}
     manifest = shards.load_manifest(shard_dir)
     label_kind = manifest.get("label_kind") or _label_kind(manifest)
-    host_state = jax.device_get({"params": state["params"], "frozen": state["frozen"]})
+    # Not device_get: FSDP parameters may be split over processes; save_model_dir gathers them and is
+    # collective (every process calls it, process 0 alone writes).
+    host_state = {"params": state["params"], "frozen": state["frozen"]}
     out = {}
     for net in job.nets:
         path = os.path.join(workdir, "export", export_name(job, net))
@@ -390,8 +387,7 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
             "seed": int(config.seed),
             "head_trained": True,
         }
-        if jax.process_index() == 0:
-            saving.save_model_dir(model, path, inference=inference)
+        saving.save_model_dir(model, path, inference=inference)
         out[net] = path
     return out
 

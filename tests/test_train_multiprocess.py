@@ -46,6 +46,11 @@ def test_two_processes_agree_on_the_loss(tmp_path):
     # both processes took part in the checkpoints and process 0 wrote the report
     assert os.path.exists(os.path.join(workdir, "distill", "checkpoints", "4"))
     assert os.path.exists(os.path.join(workdir, "report.json"))
+    # the export is collective: one model directory (no per-process leftovers) that loads
+    from internvqa_jax.models import saving
+
+    assert sorted(os.listdir(os.path.join(workdir, "export"))) == ["student", "teacher"]
+    saving.load_model_dir(os.path.join(workdir, "export", "student"))
 
 
 def test_two_processes_export_one_model_dir_from_fsdp_sharded_params(tmp_path):
