@@ -402,13 +402,15 @@ def _label_kind(manifest: dict) -> str:
     return kinds.pop() if len(kinds) == 1 else "score"
 
 
-def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrain") -> dict[str, Any]:
     """Rows of the final table (teacher and student of the distillation job, the baseline student) and,
-    per job, its steps, the step its test rows and export come from (best validation SRCC) and that SRCC."""
+    per job, its steps, the step its test rows and export come from (best validation SRCC) and that SRCC.
+    `teacher_mode` names the distillation job's teacher row: co-trained, or frozen (pre-fine-tuned)."""
+    teacher_row = "teacher (frozen)" if teacher_mode == "frozen" else "teacher (co-trained)"
     rows = {}
     for job_name, res in results.items():
         for net, m in res["test"].items():
-            label = {"distill": f"{net} (distilled)" if net == "student" else "teacher (co-trained)", "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
+            label = {"distill": f"{net} (distilled)" if net == "student" else teacher_row, "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
             rows[label] = {k: m[k] for k in ("n", "srcc", "plcc", "krcc", "rmse")}
     jobs = {k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"]} for k, v in results.items()}
     return {"test": rows, "jobs": jobs}
@@ -454,7 +456,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = {}
     for job in plan_jobs(config):
         results[job.name] = train_job(config, job, shard_dir, os.path.join(workdir, job.name), workdir)
-    report = build_report(results)
+    report = build_report(results, str(config.teacher.mode))
     report["test_split"] = test_split_fingerprint(shard_dir)
     report["config"] = json.loads(config.to_json())
     if jax.process_index() == 0:

@@ -170,3 +170,18 @@ def test_videomamba_state_matrices_have_no_weight_decay_and_layers_get_lr_decay(
     assert any(v for k, v in flat.items() if "in_proj" in k)  # matrices still decay
     names = optim.path_names((jax.tree_util.DictKey("layers"), jax.tree_util.DictKey(1), jax.tree_util.DictKey("mixer")))
     assert optim.layer_id(names, cfg.depth) == 2
+
+
+def test_report_names_the_teacher_by_its_mode():
+    """A frozen (pre-fine-tuned) teacher is not reported as co-trained; rows keep their metrics."""
+    from internvqa_jax import train
+
+    metrics = {"n": 4, "srcc": 0.5, "plcc": 0.4, "krcc": 0.3, "rmse": 0.2}
+    results = {
+        "distill": {"steps": 10, "test": {"student": dict(metrics), "teacher": dict(metrics, srcc=0.9)}, "export": {}},
+        "baseline": {"steps": 10, "test": {"student": dict(metrics, srcc=0.1)}, "export": {}},
+    }
+    frozen = train.build_report(results, "frozen")["test"]
+    assert sorted(frozen) == ["student (distilled)", "student (no distillation)", "teacher (frozen)"]
+    assert frozen["teacher (frozen)"]["srcc"] == 0.9 and frozen["student (no distillation)"]["srcc"] == 0.1
+    assert "teacher (co-trained)" in train.build_report(results, "cotrain")["test"]
