@@ -195,3 +195,27 @@ def test_auto_attention_resolves_by_backend_and_old_model_dirs_load(tmp_path, mo
         xla_out = loaded(X)["logits"]
     assert not calls
     np.testing.assert_allclose(auto_out, xla_out, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_linear_init_scheme_sets_linear_weight_scale(scan_layers):
+    """'lecun' draws Linear kernels with std 1/sqrt(fan_in); 'official' keeps 0.02; other params untouched."""
+    from internvqa_jax.models import layers
+
+    def stds(scheme):
+        cfg = registry.get_config("tiny", embed_dim=64, depth=3, linear_init=scheme, scan_layers=scan_layers)
+        model = registry.create_model(cfg, nnx.Rngs(0))
+        flat = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        return flat
+
+    official, lecun = stds("official"), stds("lecun")
+    fc1 = next(k for k in official if k.endswith("mlp/fc1/kernel"))
+    assert abs(official[fc1].std() - 0.02) < 0.004
+    fan_in = official[fc1].shape[-2]
+    assert abs(lecun[fc1].std() - 1 / np.sqrt(fan_in)) < 0.2 / np.sqrt(fan_in)
+    # position embeddings and the cls token are not Linear layers: same draw either way
+    np.testing.assert_array_equal(official["pos_embed"], lecun["pos_embed"])
+    # the scheme applies while the model is built only, and a bad name is an error naming the field
+    assert layers._LINEAR_INIT.get() == "official"
+    with pytest.raises(ValueError, match="linear_init"):
+        registry.get_config("tiny", linear_init="xavier")

@@ -28,7 +28,7 @@ from internvqa_jax.models.internvideo2 import InternVideo2Config, PretrainIntern
 from weight_conversion import internvideo2_layout as layout
 
 # JAX-only config fields that the official constructor does not take.
-JAX_ONLY_FIELDS = ("gelu_approximate", "dtype", "param_dtype", "attention_impl", "remat", "scan_layers")
+JAX_ONLY_FIELDS = ("gelu_approximate", "dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "linear_init")
 
 
 def internvideo2_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:

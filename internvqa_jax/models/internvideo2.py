@@ -18,6 +18,7 @@ stacked on a leading "layers" axis under `blocks/scanned/...` and the last block
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from internvqa_jax.models.layers import (
+    LINEAR_INITS,
     TRUNC_NORMAL,
     AttentionPool,
     Block,
@@ -32,6 +34,7 @@ from internvqa_jax.models.layers import (
     PatchEmbed,
     dense,
     layer_norm,
+    linear_init,
     ReturnLayers,
     normalise_return_layers,
     param,
@@ -79,6 +82,9 @@ class InternVideo2Config:
     attention_impl: str | None = "auto"  # "auto" (chunked on CPU, xla elsewhere) | "xla" | "cudnn" | "chunked" | None
     remat: bool = False
     scan_layers: bool = False
+    # Weights of the Linear layers when the model is created (not when it is loaded): "official"
+    # (std 0.02, as released) or "lecun" (std 1/sqrt(fan_in), for small networks trained from scratch).
+    linear_init: str = "official"
 
     def __post_init__(self):
         _validate_backbone(self)
@@ -153,6 +159,8 @@ def _validate_backbone(cfg: InternVideo2Config) -> None:
         raise ValueError(f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}")
     if cfg.embed_dim % cfg.attn_pool_num_heads:
         raise ValueError(f"embed_dim {cfg.embed_dim} is not divisible by attn_pool_num_heads {cfg.attn_pool_num_heads}")
+    if cfg.linear_init not in LINEAR_INITS:
+        raise ValueError(f"linear_init must be one of {sorted(LINEAR_INITS)}, got {cfg.linear_init!r}")
     if cfg.attention_impl not in _ATTENTION_IMPLS:
         raise ValueError(f"attention_impl must be one of {_ATTENTION_IMPLS}, got {cfg.attention_impl!r}")
     if cfg.depth < 1:
@@ -160,6 +168,17 @@ def _validate_backbone(cfg: InternVideo2Config) -> None:
     jnp.dtype(cfg.dtype)  # raises on an unknown dtype name
     if cfg.param_dtype != "float32":
         raise ValueError(f"param_dtype must be 'float32' (parameters are kept in fp32), got {cfg.param_dtype!r}")
+
+
+def _with_linear_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Runs a model's `__init__(config, *, rngs)` under its config's `linear_init` scheme."""
+
+    @functools.wraps(init)
+    def wrapped(self, config: InternVideo2Config, *, rngs: nnx.Rngs) -> None:
+        with linear_init(config.linear_init):
+            init(self, config, rngs=rngs)
+
+    return wrapped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +299,7 @@ class _Trunk(nnx.Module):
 class InternVideo2(_Trunk):
     """Single-modality InternVideo2: backbone, `clip_projector`, `fc_norm`, `head`."""
 
+    @_with_linear_init
     def __init__(self, config: InternVideo2Config, *, rngs: nnx.Rngs):
         self.config = config
         cfg = config
@@ -377,6 +397,7 @@ def teacher_trainable_filter(model_or_config: InternVideo2 | InternVideo2Config)
 class PretrainInternVideo2(_Trunk):
     """Multi-modality stage-1/2 vision encoder with CLIP decoders and image mode."""
 
+    @_with_linear_init
     def __init__(self, config: PretrainInternVideo2Config, *, rngs: nnx.Rngs):
         self.config = config
         cfg = config

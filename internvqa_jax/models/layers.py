@@ -16,7 +16,9 @@ Logical axis names used here:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,25 @@ ReturnLayers = None | str | Sequence[int]
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
 # torch's default Linear/Conv init (kaiming_uniform with a = sqrt(5)) is U(+-1/sqrt(fan_in)).
 TORCH_DEFAULT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# Weight schemes for `linear` layers built without an explicit kernel_init. "official" is the
+# released models' std 0.02. "lecun" (std 1/sqrt(fan_in)) is for networks trained from scratch at
+# small widths: at width 48, std 0.02 puts the MLPs' pre-activations at ~0.14, where GELU is nearly
+# linear, and a from-scratch regressor sits at the label mean for thousands of steps before it finds
+# the quadratic (artefact-energy) features; with fan-in scaling it learns from the first hundreds.
+LINEAR_INITS = {"official": TRUNC_NORMAL, "lecun": nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")}
+_LINEAR_INIT: contextvars.ContextVar[str] = contextvars.ContextVar("linear_init", default="official")
+
+
+@contextlib.contextmanager
+def linear_init(scheme: str) -> Iterator[None]:
+    """Within the block, `linear` layers without an explicit `kernel_init` use `LINEAR_INITS[scheme]`."""
+    if scheme not in LINEAR_INITS:
+        raise ValueError(f"linear_init must be one of {sorted(LINEAR_INITS)}, got {scheme!r}")
+    token = _LINEAR_INIT.set(scheme)
+    try:
+        yield
+    finally:
+        _LINEAR_INIT.reset(token)
 
 
 def partitioned(init: Callable[..., Any], axes: Axes) -> Callable[..., Any]:
@@ -49,9 +70,13 @@ def param(init: Init, shape: tuple[int, ...], axes: Axes, rngs: nnx.Rngs) -> nnx
 
 
 def linear(
-    d_in: int, d_out: int, axes: Axes, *, use_bias: bool, dtype: Any, rngs: nnx.Rngs, kernel_init: Init = TRUNC_NORMAL
+    d_in: int, d_out: int, axes: Axes, *, use_bias: bool, dtype: Any, rngs: nnx.Rngs, kernel_init: Init | None = None
 ) -> nnx.Linear:
-    """nnx.Linear with float32 parameters, compute `dtype`, zero bias and logical axis names."""
+    """nnx.Linear with float32 parameters, compute `dtype`, zero bias and logical axis names.
+
+    Without `kernel_init` the weights follow the enclosing `linear_init` scheme (default: official)."""
+    if kernel_init is None:
+        kernel_init = LINEAR_INITS[_LINEAR_INIT.get()]
     return nnx.Linear(
         d_in,
         d_out,
