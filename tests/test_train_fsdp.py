@@ -5,7 +5,10 @@
   single-device value, where lr (1.6e-2 here) is the size of Adam's first update. The sharded
   reductions sum in another order, and Adam divides each gradient element by its own magnitude, so
   the rounding of near-zero gradients (e.g. the attention-pool key bias, whose exact gradient is 0)
-  shows up at a small fraction of lr; a sharding or reduction bug moves parameters by ~lr.
+  shows up at a small fraction of lr; a sharding or reduction bug moves parameters by ~lr. The
+  networks use the released weight scale (`linear_init="official"`): the demo's fan-in scale makes
+  activations ~7x larger, and the rounding of those exactly-zero gradients (norm1_k bias, k_bias:
+  softmax ignores a shift shared by all keys) then reaches ~5% of lr.
 - The paper preset (1B teacher co-trained with a B14 student, 8 x 224 frames) lowers for one step
   under FSDP on 8 devices from abstract shapes alone: no parameter is allocated.
 """
@@ -25,7 +28,8 @@ from internvqa_jax.train import builder_step, plan_jobs
 from internvqa_jax.training import builder
 
 assert jax.device_count() == 8, jax.devices()
-c = tiny_config("unused", optim__batch_size=8, optim__warmup_epochs=0.0, optim__base_lr=0.5)
+c = tiny_config("unused", optim__batch_size=8, optim__warmup_epochs=0.0, optim__base_lr=0.5,
+                teacher__overrides__linear_init="official", student__overrides__linear_init="official")
 job = plan_jobs(c)[0]
 assert job.name == "distill"
 built = builder.build(c, job, total_steps=10)
