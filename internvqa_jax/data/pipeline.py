@@ -176,8 +176,13 @@ def train_dataset(
     prefetch: int = 2,
     process_index: int | None = None,
     process_count: int | None = None,
+    transform: grain.transforms.RandomMap | None = None,
 ) -> grain.IterDataset:
-    """Infinite shuffled training dataset of this process's part of `split` (see module doc)."""
+    """Infinite shuffled training dataset of this process's part of `split` (see module doc).
+
+    `transform` (record index, rng) -> example replaces the default `TrainTransform` (the
+    frozen-teacher cache draws one of its seeded views instead); shuffle, split and seeds stay.
+    """
     indices, process_index, process_count = _split_for_process(shard_dir, split, spatial_mode, size, process_index, process_count)
     part = process_part(indices, process_index, process_count)
     if part.size == 0:
@@ -185,7 +190,9 @@ def train_dataset(
     ds = grain.MapDataset.source(part)
     # Each process shuffles its own part with a process-specific seed; repeat reshuffles every epoch.
     ds = ds.shuffle(seed=seed * 1009 + process_index).repeat()
-    ds = ds.random_map(TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip), seed=seed * 1009 + process_index + 1)
+    if transform is None:
+        transform = TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip)
+    ds = ds.random_map(transform, seed=seed * 1009 + process_index + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
     return _finish(ds, workers, read_threads, prefetch)
 

@@ -104,20 +104,16 @@ def train_iterator(
 ) -> grain.DatasetIterator:
     """Infinite training iterator over cached views; batches as `pipeline.train_iterator` plus `view` (B,).
 
-    Same shuffle and per-process split as the uncached pipeline; only the view draw differs (see
-    module doc). Its state saves and restores through orbax like the uncached iterator's.
+    `pipeline.train_iterator` with the cached-view transform: the same shuffle, per-process split and
+    seeds; only the view draw differs (see module doc). Its state saves and restores through orbax
+    like the uncached iterator's.
     """
-    pipeline.check_store(shard_dir, spatial_mode, size)
-    part = pipeline.process_part(pipeline.split_indices(shard_dir, split), process_index, process_count)
-    if part.size == 0:
-        raise ValueError(f"{shard_dir}: split {split!r} leaves no record for process {process_index} of {process_count}")
-    ds = grain.MapDataset.source(part).shuffle(seed=seed * 1009 + process_index).repeat()
-    ds = ds.random_map(CachedViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed, num_views), seed=seed * 1009 + process_index + 1)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch)))
-    if workers > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
-    return iter(it_ds)
+    views = CachedViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed, num_views)
+    return pipeline.train_iterator(
+        shard_dir, split, batch_size=batch_size, num_frames=num_frames, size=size, spatial_mode=spatial_mode, seed=seed,
+        workers=workers, read_threads=read_threads, prefetch=prefetch, process_index=process_index,
+        process_count=process_count, transform=views,
+    )
 
 
 # ============================================================================ identity
