@@ -17,29 +17,38 @@ from test_train_support import PROJECT_ROOT, build_shards, free_port, subprocess
 LOSS_LINE = re.compile(r"distill step (\d+) loss ([-+0-9.eE]+) lr \S+ \(process (\d)\)")
 
 
-def test_two_processes_agree_on_the_loss(tmp_path):
-    shard_dir = build_shards(tmp_path / "shards")
-    port = free_port()
-    workdir = str(tmp_path / "w")
-    procs = []
-    for pid in range(2):
-        cmd = train_command(
-            workdir, shard_dir,
-            f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
-            f"--config.distributed.process_id={pid}", "--config.run_baseline=False", "--config.optim.max_steps=4",
-            "--config.checkpoint.every_steps=2",
-        )
-        procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+def run_together(cmds: list[list[str]], timeout: float) -> list[str]:
+    """Starts one process per command (1 CPU device each), waits for all, asserts each exited 0; their outputs.
+
+    A timeout kills every process, so a peer stuck in a collective never outlives the test."""
+    procs = [subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in cmds]
     outs = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=900)[0])
+            outs.append(p.communicate(timeout=timeout)[0])
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             raise
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def test_two_processes_agree_on_the_loss(tmp_path):
+    shard_dir = build_shards(tmp_path / "shards")
+    port = free_port()
+    workdir = str(tmp_path / "w")
+    cmds = [
+        train_command(
+            workdir, shard_dir,
+            f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={pid}", "--config.run_baseline=False", "--config.optim.max_steps=4",
+            "--config.checkpoint.every_steps=2",
+        )
+        for pid in range(2)
+    ]
+    outs = run_together(cmds, timeout=900)
     losses = [{int(m[1]): float(m[2]) for m in LOSS_LINE.finditer(out) if int(m[3]) == pid} for pid, out in enumerate(outs)]
     assert sorted(losses[0]) == [1, 2, 3, 4], outs[0][-3000:]
     assert losses[0] == losses[1]
@@ -62,20 +71,7 @@ def test_two_processes_export_one_model_dir_from_fsdp_sharded_params(tmp_path):
 
     port = free_port()
     worker = os.path.join(PROJECT_ROOT, "tests", "multiprocess_export_worker.py")
-    procs = [
-        subprocess.Popen([sys.executable, worker, str(port), str(pid), str(tmp_path)], cwd=PROJECT_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for pid in range(2)
-    ]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+    run_together([[sys.executable, worker, str(port), str(pid), str(tmp_path)] for pid in range(2)], timeout=300)
     reports = [json.loads((tmp_path / f"process{pid}.json").read_text()) for pid in range(2)]
     assert reports[0]["split_leaves"] > 0  # some parameters really were split over the two processes
     assert [r["orbax_saves"] for r in reports] == [1, 0]  # process 1 wrote nothing
