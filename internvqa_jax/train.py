@@ -184,10 +184,11 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     manager = checkpoints.make_manager(os.path.join(jobdir, "checkpoints"), keep_best=int(config.checkpoint.keep_best), async_save=bool(config.checkpoint.async_save))
     writer = writers.MetricWriter(jobdir)
     meta = {"job": job.name, "config": config.to_json()}
+    # Abstract state in its shardings: what a checkpoint restores into (resume, best step).
+    restore_target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
     start = checkpoints.latest_step(manager)
     if start is not None:
-        target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
-        state, _ = checkpoints.restore(manager, start, target, data_iterator=train_iter)
+        state, _ = checkpoints.restore(manager, start, restore_target, data_iterator=train_iter)
         writer.truncate_after(start)
         log.info("%s: resumed from step %d", job.name, start)
     else:
@@ -265,8 +266,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
         test_step, best_val = best
         if test_step != step:
             state = None  # free the final state's buffers before restoring the best one
-            target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
-            state, _ = checkpoints.restore(manager, test_step, target)
+            state, _ = checkpoints.restore(manager, test_step, restore_target)
             log.info("%s: test and export from step %d (best val SRCC %.4f), trained to step %d", job.name, test_step, best_val, step)
     test = run_eval("test", state)
     for net, m in test.items():
