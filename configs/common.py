@@ -84,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 8
 
     c.teacher = model_config("1B")
-    c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (pre-fine-tuned, no gradient)
+    c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (teacher.init, no gradient) | staged (fine-tune here first, then frozen)
+    c.teacher.epochs = 0.0  # staged mode and the teacher job: the teacher's own epochs (0: optim.epochs)
     c.teacher.trainable = "authors"  # authors: last block, embeddings, clip_projector, fc_norm, head | all
     c.teacher.cache_features = False  # frozen mode: run the teacher once per (clip, view), reuse its pooled features
     c.teacher.cache_views = 4  # seeded train views per clip in the cache; training draws one of them each time

@@ -45,24 +45,37 @@ log = logging.getLogger("internvqa_jax.train")
 # ============================================================================ jobs of a run
 
 
+TEACHER_MODES = ("cotrain", "frozen", "staged")
+
+
 def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
-    """The jobs a config asks for, in order (distillation first, then the baseline)."""
+    """The jobs a config asks for, in order: the teacher alone (staged mode or the teacher config),
+    distillation, then the no-distillation baseline.
+
+    Teacher modes: `cotrain` (authors: teacher and student trained together), `frozen` (teacher from
+    `teacher.init`, pre-fine-tuned elsewhere, no gradient) and `staged` (this run fine-tunes the
+    teacher alone for `teacher.epochs` first, then distils from it frozen).
+    """
     w = {k: float(config.loss[k]) for k in ("feature", "student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank", "token")}
     student_only = {k: v for k, v in w.items() if k.startswith("student_")}
-    teacher_only = {k: v for k, v in w.items() if k.startswith("teacher_")}
-    frozen = config.teacher.mode == "frozen"
-    if config.teacher.mode not in ("cotrain", "frozen"):
-        raise ValueError(f"config.teacher.mode: expected 'cotrain' or 'frozen', got '{config.teacher.mode}'")
+    teacher_only = {k: v for k, v in w.items() if k.startswith("teacher_")} or {"teacher_mse": 1.0}
+    mode = str(config.teacher.mode)
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"config.teacher.mode: expected one of {list(TEACHER_MODES)}, got '{mode}'")
+    frozen = mode in ("frozen", "staged")
+    teacher_epochs = float(config.teacher.epochs)
+    if teacher_epochs < 0:
+        raise ValueError(f"config.teacher.epochs: expected >= 0 (0: config.optim.epochs), got {teacher_epochs}")
     if config.job == "teacher":
-        return [builder.JobSpec("teacher", ("teacher",), teacher_only or {"teacher_mse": 1.0})]
+        return [builder.JobSpec("teacher", ("teacher",), teacher_only, epochs=teacher_epochs)]
     if config.job not in ("homologous", "heterogeneous"):
         raise ValueError(f"config.job: expected homologous, heterogeneous or teacher, got '{config.job}'")
     cached = bool(config.teacher.cache_features)
     if cached:
         if not frozen:
             raise ValueError(
-                f"config.teacher.cache_features=True needs config.teacher.mode='frozen' (a co-trained teacher changes every "
-                f"step, so its features cannot be computed once); got mode='{config.teacher.mode}'"
+                f"config.teacher.cache_features=True needs config.teacher.mode='frozen' or 'staged' (a co-trained teacher "
+                f"changes every step, so its features cannot be computed once); got mode='{mode}'"
             )
         if w["token"]:
             raise ValueError(
@@ -76,7 +89,12 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
         weights = dict(w)
         if frozen:  # a frozen teacher has nothing to learn from its own regression terms
             weights = {k: v for k, v in weights.items() if not k.startswith("teacher_")}
-        jobs.append(builder.JobSpec("distill", ("student", "teacher"), weights, teacher_frozen=frozen, teacher_cached=cached))
+        init_exports: tuple[tuple[str, str], ...] = ()
+        if mode == "staged":
+            teacher_job = builder.JobSpec("teacher", ("teacher",), teacher_only, epochs=teacher_epochs)
+            jobs.append(teacher_job)
+            init_exports = (("teacher", export_name(teacher_job, "teacher")),)
+        jobs.append(builder.JobSpec("distill", ("student", "teacher"), weights, teacher_frozen=frozen, teacher_cached=cached, init_exports=init_exports))
     if config.run_baseline or not config.distill:
         jobs.append(builder.JobSpec("baseline", ("student",), student_only or {"student_mse": 1.0}))
     return jobs
@@ -142,7 +160,8 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     # ---------------------------------------------------------------- data
     num_train = len(pipeline.split_indices(shard_dir, "train"))
     steps_per_epoch = max(1, num_train // o.batch_size)
-    total_steps = optim_steps = int(round(o.epochs * steps_per_epoch))
+    epochs = float(job.epochs) or float(o.epochs)
+    total_steps = optim_steps = int(round(epochs * steps_per_epoch))
     if o.max_steps:
         total_steps = min(total_steps, int(o.max_steps))
     d = config.data
@@ -179,6 +198,9 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
         builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,)
     )
     eval_step = jax.jit(eval_fn(built), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
+    # A frozen teacher's validation scores never change: validation scores only the trained networks.
+    val_nets = tuple(n for n in job.nets if not (n == "teacher" and job.teacher_frozen))
+    val_step = eval_step if val_nets == job.nets else jax.jit(eval_fn(built, val_nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
 
     # ---------------------------------------------------------------- checkpoint
     manager = checkpoints.make_manager(os.path.join(jobdir, "checkpoints"), keep_best=int(config.checkpoint.keep_best), async_save=bool(config.checkpoint.async_save))
@@ -186,6 +208,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     meta = {"job": job.name, "config": config.to_json()}
     # Abstract state in its shardings: what a checkpoint restores into (resume, best step).
     restore_target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
+    inits = initial_weights(config, job, workdir)
     start = checkpoints.latest_step(manager)
     if start is not None:
         state, _ = checkpoints.restore(manager, start, restore_target, data_iterator=train_iter)
@@ -193,7 +216,6 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
         log.info("%s: resumed from step %d", job.name, start)
     else:
         state = init()
-        inits = {n: config[n].init for n in job.nets if config[n].init}
         if inits:
             state = jax.device_put(builder.load_initial_weights(state, built, inits), state_sh)
         start = 0
@@ -201,11 +223,11 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     # ---------------------------------------------------------------- teacher cache
     cache = None
     if job.teacher_cached and start < total_steps:
-        cache = teacher_cache(config, built, state, state_sh, batch_sh, shard_dir, workdir, eval_bs)
+        cache = teacher_cache(config, built, state, state_sh, batch_sh, shard_dir, workdir, eval_bs, inits.get("teacher", ""))
 
     # ---------------------------------------------------------------- eval
     def run_eval(split: str, state: dict) -> dict[str, dict[str, Any]]:
-        return loop.evaluate(eval_step, state, eval_iter(split), batch_sh)
+        return loop.evaluate(val_step if split == "val" else eval_step, state, eval_iter(split), batch_sh)
 
     eval_every = int(config.eval_every_steps) or steps_per_epoch
     ckpt_every = int(config.checkpoint.every_steps)
@@ -280,9 +302,21 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     return result
 
 
-def teacher_cache(config, built: builder.Built, state: dict, state_sh, batch_sh, shard_dir: str, workdir: str, local_batch: int):
+def initial_weights(config: ml_collections.ConfigDict, job: builder.JobSpec, workdir: str) -> dict[str, str]:
+    """`{network: model directory}` a fresh job starts from: `config.<net>.init`, or the export of an
+    earlier job of this run (`job.init_exports`, the staged teacher), which must exist."""
+    inits = {n: str(config[n].init) for n in job.nets if config[n].init}
+    for net, folder in job.init_exports:
+        inits[net] = os.path.join(workdir, "export", folder)
+        if not os.path.isdir(inits[net]):
+            raise FileNotFoundError(f"{job.name}: the {net} starts from {inits[net]}, the export of an earlier job of this run, which does not exist")
+    return inits
+
+
+def teacher_cache(config, built: builder.Built, state: dict, state_sh, batch_sh, shard_dir: str, workdir: str, local_batch: int, teacher_init: str):
     """The frozen teacher's features of every (train clip, cached view): reused from
-    `WORKDIR/teacher_cache` when built for this teacher and data, else computed now (see feature_cache.py)."""
+    `WORKDIR/teacher_cache` when built for this teacher (`teacher_init`, its weights' directory) and
+    data, else computed now (see feature_cache.py)."""
     from internvqa_jax.data import pipeline
     from internvqa_jax.training import feature_cache, step as step_lib
 
@@ -291,10 +325,10 @@ def teacher_cache(config, built: builder.Built, state: dict, state_sh, batch_sh,
     pidx, pcount = jax.process_index(), jax.process_count()
     geometry = dict(num_frames=int(d.frames), size=int(d.size), spatial_mode=str(d.spatial_mode), seed=int(config.seed), num_views=views)
     ident = feature_cache.identity(
-        shard_dir=shard_dir, split="train", teacher_config=built.model_configs["teacher"].to_dict(), teacher_init=str(config.teacher.init),
+        shard_dir=shard_dir, split="train", teacher_config=built.model_configs["teacher"].to_dict(), teacher_init=teacher_init,
         compute_dtype=str(config.compute_dtype), **geometry,
     )
-    if not config.teacher.init:
+    if not teacher_init:
         log.warning("teacher cache: the frozen teacher has no config.teacher.init, so its features are those of random weights")
     features = jax.jit(step_lib.make_teacher_features(built.networks, built.compute_dtype), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
 
@@ -344,11 +378,11 @@ def builder_step(built: builder.Built):
     return step_lib.make_train_step(built.networks, built.spec, built.tx, built.schedule, built.compute_dtype)
 
 
-def eval_fn(built: builder.Built):
-    """The job's eval step function (unjitted)."""
+def eval_fn(built: builder.Built, nets: tuple[str, ...] = ("student", "teacher")):
+    """The job's eval step function (unjitted) scoring those of `nets` the job has."""
     from internvqa_jax.training import step as step_lib
 
-    return step_lib.make_eval_step(built.networks, built.compute_dtype)
+    return step_lib.make_eval_step(built.networks, built.compute_dtype, nets)
 
 
 # ============================================================================ export + report
@@ -372,7 +406,11 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
     # collective (every process calls it, process 0 alone writes).
     host_state = {"params": state["params"], "frozen": state["frozen"]}
     out = {}
+    reused = dict(job.init_exports)
     for net in job.nets:
+        if net in reused:  # frozen copy of an earlier job's export: that export stays the one written
+            out[net] = os.path.join(workdir, "export", reused[net])
+            continue
         path = os.path.join(workdir, "export", export_name(job, net))
         model = state_lib.merge(built.networks, net, host_state["params"], host_state["frozen"])
         inference = {
@@ -405,11 +443,14 @@ def _label_kind(manifest: dict) -> str:
 def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrain") -> dict[str, Any]:
     """Rows of the final table (teacher and student of the distillation job, the baseline student) and,
     per job, its steps, the step its test rows and export come from (best validation SRCC) and that SRCC.
-    `teacher_mode` names the distillation job's teacher row: co-trained, or frozen (pre-fine-tuned)."""
+    `teacher_mode` names the distillation job's teacher row: co-trained, or frozen (pre-fine-tuned). In
+    staged mode the teacher job's row stands for the teacher (the distillation job froze those weights)."""
     teacher_row = "teacher (frozen)" if teacher_mode == "frozen" else "teacher (co-trained)"
     rows = {}
     for job_name, res in results.items():
         for net, m in res["test"].items():
+            if teacher_mode == "staged" and job_name == "distill" and net == "teacher":
+                continue
             label = {"distill": f"{net} (distilled)" if net == "student" else teacher_row, "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
             rows[label] = {k: m[k] for k in ("n", "srcc", "plcc", "krcc", "rmse")}
     jobs = {k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"]} for k, v in results.items()}

@@ -34,6 +34,10 @@ class JobSpec:
     weights: Mapping[str, float]
     teacher_frozen: bool = False
     teacher_cached: bool = False  # frozen teacher's outputs read from the feature cache (see feature_cache.py)
+    epochs: float = 0.0  # length of this job in epochs (0: config.optim.epochs)
+    # (network, export folder of an earlier job of the run) pairs: the network starts from those
+    # weights instead of config.<network>.init, and is not exported again (staged teacher)
+    init_exports: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass

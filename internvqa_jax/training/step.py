@@ -20,7 +20,7 @@ compute is saved; that needs a `mask` argument on the fine-tuning model.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -170,8 +170,11 @@ def make_teacher_features(networks: state_lib.Networks, compute_dtype: Any = jnp
     return teacher_features
 
 
-def make_eval_step(networks: state_lib.Networks, compute_dtype: Any = jnp.float32) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """Returns `eval_step(state, batch) -> {net: scores (B,)}`, averaging the logits over test views."""
+def make_eval_step(
+    networks: state_lib.Networks, compute_dtype: Any = jnp.float32, nets: Sequence[str] = ("student", "teacher")
+) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """Returns `eval_step(state, batch) -> {net: scores (B,)}` for those of `nets` the job has,
+    averaging the logits over test views."""
 
     def eval_step(state: dict, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         frames = batch["frames"]  # (B, V, T, H, W, 3)
@@ -179,7 +182,7 @@ def make_eval_step(networks: state_lib.Networks, compute_dtype: Any = jnp.float3
         x = _prepare_input(jnp.reshape(frames, (b * v,) + frames.shape[2:]), compute_dtype)
         scores = {}
         for name in ("student", "teacher"):
-            if name in networks.graphdefs:
+            if name in networks.graphdefs and name in nets:
                 out = state_lib.merge(networks, name, state["params"], state["frozen"])(x)
                 scores[name] = jnp.mean(jnp.reshape(_score(out["logits"]), (b, v)), axis=1)
         return scores
