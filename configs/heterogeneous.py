@@ -17,7 +17,7 @@ def demo_models(c: ml_collections.ConfigDict) -> None:
     """The homologous demo teacher with a small VideoMamba student."""
     homologous.demo_models(c)
     c.student.preset = "videomamba_tiny"
-    c.student.overrides = ml_collections.ConfigDict(dict(patch_size=16, embed_dim=48, depth=4, d_state=8), type_safe=False)
+    c.student.overrides = ml_collections.ConfigDict(dict(patch_size=8, embed_dim=48, depth=4, d_state=8), type_safe=False)
 
 
 def _student_family(c: ml_collections.ConfigDict) -> None:

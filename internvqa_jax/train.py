@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 from internvqa_jax import checkpoints
 from internvqa_jax.io_utils import atomic_write_json, read_json
-from internvqa_jax.training import builder, loop, writers
+from internvqa_jax.training import builder, loop, state as state_lib, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:presets]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs, exports and report.json.")
@@ -142,6 +142,9 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     from internvqa_jax import sharding
     from internvqa_jax.data import pipeline
 
+    test_from = str(config.checkpoint.test_from)
+    if test_from not in ("best_val", "last"):
+        raise ValueError(f"config.checkpoint.test_from: expected 'best_val' or 'last', got '{test_from}'")
     result_path = os.path.join(jobdir, "result.json")
     if os.path.exists(result_path):
         log.info("%s: finished earlier, reusing %s", job.name, result_path)
@@ -227,7 +230,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
 
     # ---------------------------------------------------------------- eval
     def run_eval(split: str, state: dict) -> dict[str, dict[str, Any]]:
-        return loop.evaluate(val_step if split == "val" else eval_step, state, eval_iter(split), batch_sh)
+        return loop.evaluate(val_step if split == "val" else eval_step, state_lib.eval_weights(state), eval_iter(split), batch_sh)
 
     eval_every = int(config.eval_every_steps) or steps_per_epoch
     ckpt_every = int(config.checkpoint.every_steps)
@@ -280,12 +283,15 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     manager.wait_until_finished()
 
     # ---------------------------------------------------------------- test + export (best checkpoint)
-    # The reported and exported networks are those of the kept step with the best validation SRCC,
-    # not the last step's: the test split never picks the weights, the validation split does.
+    # The reported and exported networks are those of the kept step with the best validation SRCC
+    # (checkpoint.test_from="best_val"), or the last step's ("last", for a validation split too small
+    # to rank steps): the test split never picks the weights.
     test_step, best_val = step, None
     best = best_checkpoint(manager)
     if best is not None:
-        test_step, best_val = best
+        best_val = best[1]
+        if test_from == "best_val":
+            test_step = best[0]
         if test_step != step:
             state = None  # free the final state's buffers before restoring the best one
             state, _ = checkpoints.restore(manager, test_step, restore_target)
@@ -293,7 +299,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     test = run_eval("test", state)
     for net, m in test.items():
         writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step})
-    exported = export_networks(config, job, built, state, workdir, shard_dir)
+    exported = export_networks(config, job, built, state_lib.eval_weights(state), workdir, shard_dir)
     result = {"job": job.name, "steps": step, "test_from_step": test_step, "best_val_srcc": best_val, "test": test, "export": exported}
     if pidx == 0:
         atomic_write_json(result_path, result)
@@ -375,7 +381,7 @@ def builder_step(built: builder.Built):
     """The job's train step function (unjitted)."""
     from internvqa_jax.training import step as step_lib
 
-    return step_lib.make_train_step(built.networks, built.spec, built.tx, built.schedule, built.compute_dtype)
+    return step_lib.make_train_step(built.networks, built.spec, built.tx, built.schedule, built.compute_dtype, built.ema_decay)
 
 
 def eval_fn(built: builder.Built, nets: tuple[str, ...] = ("student", "teacher")):
@@ -398,7 +404,6 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
     process calls it, process 0 writes)."""
     from internvqa_jax.data import sampling, shards
     from internvqa_jax.models import saving
-    from internvqa_jax.training import state as state_lib
 
     manifest = shards.load_manifest(shard_dir)
     label_kind = manifest.get("label_kind") or _label_kind(manifest)

@@ -15,6 +15,8 @@ def tiny_heterogeneous():
         "teacher.overrides.patch_size": 16, "teacher.overrides.embed_dim": 32, "teacher.overrides.depth": 2,
         "teacher.overrides.num_heads": 2, "teacher.overrides.clip_embed_dim": 24, "teacher.overrides.attn_pool_num_heads": 2,
         "student.overrides.embed_dim": 16, "student.overrides.depth": 2, "student.overrides.d_state": 4,
+        # the live co-trained teacher (the demo's staged teacher is covered by test_train_staged)
+        "teacher.mode": "cotrain", "teacher.cache_features": False,
     }.items():
         set_field(c, key, value)
     return c

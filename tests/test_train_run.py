@@ -106,6 +106,41 @@ def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, t
     assert any(not np.array_equal(ckpt_best[k], ckpt_last[k]) for k in ckpt_best)
 
 
+def test_test_from_last_exports_the_final_moving_average(shard_dir, tmp_path, monkeypatch):
+    """checkpoint.test_from="last" with optim.ema_decay: the last step is tested, and the export holds
+    that step's moving average of the weights, not its raw weights."""
+    from internvqa_jax import checkpoints, train
+    from internvqa_jax.models import saving
+    from internvqa_jax.training import loop
+
+    real = loop.flat_eval_metrics
+    evals = []
+
+    def falling(result, main):
+        flat = real(result, main)
+        evals.append(1)
+        flat["val_srcc"] = 1.0 / len(evals)
+        return flat
+
+    monkeypatch.setattr(loop, "flat_eval_metrics", falling)
+    workdir = str(tmp_path / "w")
+    train.run(tiny_config(shard_dir, distill=False, checkpoint__async_save=False, checkpoint__test_from="last", optim__ema_decay=0.9), workdir)
+    result = json.load(open(os.path.join(workdir, "baseline", "result.json")))
+    assert result["test_from_step"] == result["steps"] and result["best_val_srcc"] == 1.0
+    mgr = checkpoints.make_manager(os.path.join(workdir, "baseline", "checkpoints"))
+    last, _ = checkpoints.restore(mgr, result["steps"], jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mgr.item_metadata(result["steps"])["state"]))
+    mgr.close()
+    model, _ = saving.load_model_dir(os.path.join(workdir, "export", "baseline_student"))
+    exported = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    ema, raw = _flat(last["ema"]["student"]), _flat(last["params"]["student"])
+    assert exported.keys() == ema.keys()
+    for k, v in exported.items():
+        np.testing.assert_array_equal(v, ema[k], err_msg=k)
+    assert any(not np.array_equal(ema[k], raw[k]) for k in ema)
+    with pytest.raises(ValueError, match="test_from"):
+        train.run(tiny_config(shard_dir, checkpoint__test_from="newest"), str(tmp_path / "bad"))
+
+
 def _flat(tree) -> dict:
     """{'a/0/b': array} of a nested parameter tree (restored dicts and nnx pure dicts alike)."""
     from internvqa_jax.training.optim import path_names

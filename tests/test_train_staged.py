@@ -62,7 +62,9 @@ def test_staged_run_distils_from_the_teacher_jobs_export(shard_dir, tmp_path, mo
 
     monkeypatch.setattr(builder, "load_initial_weights", spy)
     workdir = tmp_path / "w"
-    fields = dict(teacher__mode="staged", teacher__epochs=4.0, teacher__cache_features=True, teacher__cache_views=2, optim__epochs=2.0)
+    # with a moving average of the weights, as the demo: checkpoints, the best-step restore and the
+    # exports carry it (the export the distillation job loads is the teacher's average)
+    fields = dict(teacher__mode="staged", teacher__epochs=4.0, teacher__cache_features=True, teacher__cache_views=2, optim__epochs=2.0, optim__ema_decay=0.9)
     report = train.run(tiny_config(shard_dir, **fields), str(workdir))
 
     teacher_result = json.load(open(workdir / "teacher" / "result.json"))

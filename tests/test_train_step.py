@@ -134,3 +134,26 @@ def test_layer_decay_scanned_layout_matches_list_layout():
     stacked = np.asarray(f_scan["blocks"]["scanned"]["mlp"]["fc1"]["kernel"]).reshape(-1)
     np.testing.assert_allclose(stacked, [float(f_list["blocks"][i]["mlp"]["fc1"]["kernel"]) for i in range(2)])
     assert float(f_scan["blocks"]["last"]["mlp"]["fc1"]["kernel"]) == float(f_list["blocks"][2]["mlp"]["fc1"]["kernel"]) == 0.5
+
+
+def test_ema_follows_its_formula_and_eval_reads_it():
+    models = {"student": tiny(0, embed_dim=32)}
+    networks, params, frozen = state_lib.split_networks(models, {"student": nnx.Param})
+    schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
+    tx = optim.make_optimizer(params, schedule=schedule, weight_decay=0.05, layer_decay={}, grad_clip=1.0)
+    spec = step_lib.LossSpec(weights={"student_mse": 1.0})
+    decay = 0.5
+    step = jax.jit(step_lib.make_train_step(networks, spec, tx, schedule, ema_decay=decay), donate_argnums=(0,))
+    st = state_lib.init_state(params, frozen, tx, 0, ema=True)
+    plain = state_lib.init_state(params, frozen, tx, 0)
+    assert "ema" not in plain and state_lib.eval_weights(plain) is plain
+    leaf = lambda tree: np.asarray(jax.tree.leaves(tree)[0])
+    expected = leaf(st["params"])  # the average starts at the initial weights
+    for k in range(4):
+        st, _ = step(st, batch(k))
+        d = min(decay, (1 + k) / (10 + k))  # warm-up: (1+t)/(10+t) below 0.5 for the first steps
+        expected = d * expected + (1 - d) * leaf(st["params"])
+        np.testing.assert_allclose(leaf(st["ema"]), expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(leaf(st["ema"]), leaf(st["params"])), "the average lags the weights"
+    view = state_lib.eval_weights(st)
+    assert view["params"] is st["ema"] and view["opt"] is st["opt"]

@@ -52,6 +52,7 @@ class Built:
     abstract_state: Any
     model_configs: dict[str, Any]
     compute_dtype: Any
+    ema_decay: float = 0.0  # > 0: the state keeps a moving average of the trained parameters
 
 
 def compute_dtype(name: str) -> Any:
@@ -140,12 +141,16 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
         teacher_frozen=job.teacher_frozen, cached_teacher=job.teacher_cached, token_mask_ratio=mask_ratio,
     )
 
+    ema_decay = float(o.ema_decay)
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"config.optim.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.995; got {ema_decay}")
+
     def init_fn() -> dict:
         _, params, frozen = state_lib.split_networks(make_models(), filters)
-        return state_lib.init_state(params, frozen, tx, int(config.seed))
+        return state_lib.init_state(params, frozen, tx, int(config.seed), ema=ema_decay > 0)
 
     abstract_state = jax.eval_shape(init_fn)
-    return Built(networks, spec, tx, schedule, init_fn, abstract_state, cfgs, dtype)
+    return Built(networks, spec, tx, schedule, init_fn, abstract_state, cfgs, dtype, ema_decay)
 
 
 def copy_matching(dst: nnx.State, src: nnx.State, what: str, allow_none: bool = False) -> tuple[nnx.State, dict[str, Any]]:

@@ -55,9 +55,10 @@ def merge(networks: Networks, name: str, params: Mapping[str, Any], frozen: Mapp
     return nnx.merge(graphdef, frozen[name])
 
 
-def init_state(params: dict, frozen: dict, tx, seed: int) -> dict[str, Any]:
-    """The full training state at step 0 (optimiser moments only for `params`)."""
-    return {
+def init_state(params: dict, frozen: dict, tx, seed: int, ema: bool = False) -> dict[str, Any]:
+    """The full training state at step 0 (optimiser moments only for `params`; with `ema`, an
+    exponential moving average of `params` under "ema", starting at them)."""
+    state = {
         "step": jnp.asarray(0, jnp.int32),
         "rng": jax.random.key_data(jax.random.key(seed)),
         "nonfinite_step": jnp.asarray(-1, jnp.int32),
@@ -65,6 +66,17 @@ def init_state(params: dict, frozen: dict, tx, seed: int) -> dict[str, Any]:
         "frozen": frozen,
         "opt": tx.init(params),
     }
+    if ema:
+        state["ema"] = jax.tree.map(jnp.copy, params)
+    return state
+
+
+def eval_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The state evaluation, testing and export read: "params" replaced by their moving average
+    when the run keeps one (`optim.ema_decay` > 0), else the state itself."""
+    if "ema" not in state:
+        return state
+    return {**state, "params": state["ema"]}
 
 
 def count_params(tree: Any) -> int:

@@ -124,8 +124,14 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: Callable[[jax.Array], jax.Array],
     compute_dtype: Any = jnp.float32,
+    ema_decay: float = 0.0,
 ) -> Callable[[dict, Mapping[str, jax.Array]], tuple[dict, dict[str, jax.Array]]]:
-    """Returns `train_step(state, batch) -> (state, metrics)`; metrics are device scalars."""
+    """Returns `train_step(state, batch) -> (state, metrics)`; metrics are device scalars.
+
+    A state with "ema" also gets `ema = d * ema + (1 - d) * params` after the update, with
+    `d = min(ema_decay, (1 + step) / (10 + step))` so the average does not hold on to the
+    random initial weights for the first thousand steps.
+    """
 
     def loss_fn(params, frozen, batch, rng):
         return forward_losses(networks, spec, params, frozen, batch, compute_dtype, rng)
@@ -149,6 +155,9 @@ def make_train_step(
             opt=keep(new_opt, state["opt"]),
             nonfinite_step=jnp.where((state["nonfinite_step"] < 0) & ~finite, step + 1, state["nonfinite_step"]),
         )
+        if "ema" in state:
+            d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+            new_state["ema"] = jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state["ema"], new_state["params"])
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
         metrics.update({f"loss_{k}": v for k, v in terms.items()})
         return new_state, metrics
