@@ -68,10 +68,8 @@ def test_in_process_run_writes_everything(shard_dir, tmp_path):
     assert again["test"] == report["test"]
 
 
-def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, tmp_path, monkeypatch):
-    """Validation SRCC forced to fall after the first evaluation: that step, not the last, is tested and exported."""
-    from internvqa_jax import checkpoints, train
-    from internvqa_jax.models import saving
+def force_falling_val_srcc(monkeypatch) -> None:
+    """Makes validation SRCC 1, 1/2, 1/3, ... at successive evaluations (the first step is the best)."""
     from internvqa_jax.training import loop
 
     real = loop.flat_eval_metrics
@@ -84,6 +82,13 @@ def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, t
         return flat
 
     monkeypatch.setattr(loop, "flat_eval_metrics", falling)
+
+
+def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, tmp_path, monkeypatch):
+    """Validation SRCC forced to fall after the first evaluation: that step, not the last, is tested and exported."""
+    from internvqa_jax import train
+
+    force_falling_val_srcc(monkeypatch)
     workdir = str(tmp_path / "w")
     report = train.run(tiny_config(shard_dir, distill=False, checkpoint__async_save=False), workdir)
     result = json.load(open(os.path.join(workdir, "baseline", "result.json")))
@@ -92,53 +97,47 @@ def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, t
     assert result["test_from_step"] == val_steps[0] and result["best_val_srcc"] == 1.0
     assert report["jobs"]["baseline"] == {k: result[k] for k in ("steps", "test_from_step", "best_val_srcc", "export")}
     # the exported student holds the best step's weights, which differ from the last step's
-    mgr = checkpoints.make_manager(os.path.join(workdir, "baseline", "checkpoints"))
-    target = lambda step: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mgr.item_metadata(step)["state"])
-    best, _ = checkpoints.restore(mgr, val_steps[0], target(val_steps[0]))
-    last, _ = checkpoints.restore(mgr, result["steps"], target(result["steps"]))
-    mgr.close()
-    model, _ = saving.load_model_dir(os.path.join(workdir, "export", "baseline_student"))
-    exported = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    ckpt_best, ckpt_last = _flat(best["params"]["student"]), _flat(last["params"]["student"])
-    assert exported.keys() == ckpt_best.keys()
-    for k, v in exported.items():
-        np.testing.assert_array_equal(v, ckpt_best[k], err_msg=k)
-    assert any(not np.array_equal(ckpt_best[k], ckpt_last[k]) for k in ckpt_best)
+    best, last = restored_steps(workdir, val_steps[0], result["steps"])
+    assert_export_holds(workdir, _flat(best["params"]["student"]), other=_flat(last["params"]["student"]))
 
 
 def test_test_from_last_exports_the_final_moving_average(shard_dir, tmp_path, monkeypatch):
     """checkpoint.test_from="last" with optim.ema_decay: the last step is tested, and the export holds
     that step's moving average of the weights, not its raw weights."""
-    from internvqa_jax import checkpoints, train
-    from internvqa_jax.models import saving
-    from internvqa_jax.training import loop
+    from internvqa_jax import train
 
-    real = loop.flat_eval_metrics
-    evals = []
-
-    def falling(result, main):
-        flat = real(result, main)
-        evals.append(1)
-        flat["val_srcc"] = 1.0 / len(evals)
-        return flat
-
-    monkeypatch.setattr(loop, "flat_eval_metrics", falling)
+    force_falling_val_srcc(monkeypatch)
     workdir = str(tmp_path / "w")
     train.run(tiny_config(shard_dir, distill=False, checkpoint__async_save=False, checkpoint__test_from="last", optim__ema_decay=0.9), workdir)
     result = json.load(open(os.path.join(workdir, "baseline", "result.json")))
     assert result["test_from_step"] == result["steps"] and result["best_val_srcc"] == 1.0
-    mgr = checkpoints.make_manager(os.path.join(workdir, "baseline", "checkpoints"))
-    last, _ = checkpoints.restore(mgr, result["steps"], jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mgr.item_metadata(result["steps"])["state"]))
-    mgr.close()
-    model, _ = saving.load_model_dir(os.path.join(workdir, "export", "baseline_student"))
-    exported = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    ema, raw = _flat(last["ema"]["student"]), _flat(last["params"]["student"])
-    assert exported.keys() == ema.keys()
-    for k, v in exported.items():
-        np.testing.assert_array_equal(v, ema[k], err_msg=k)
-    assert any(not np.array_equal(ema[k], raw[k]) for k in ema)
+    (last,) = restored_steps(workdir, result["steps"])
+    assert_export_holds(workdir, _flat(last["ema"]["student"]), other=_flat(last["params"]["student"]))
     with pytest.raises(ValueError, match="test_from"):
         train.run(tiny_config(shard_dir, checkpoint__test_from="newest"), str(tmp_path / "bad"))
+
+
+def restored_steps(workdir: str, *steps: int) -> list[dict]:
+    """The baseline job's checkpointed states at `steps`, restored on the host."""
+    from internvqa_jax import checkpoints
+
+    mgr = checkpoints.make_manager(os.path.join(workdir, "baseline", "checkpoints"))
+    target = lambda step: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mgr.item_metadata(step)["state"])
+    states = [checkpoints.restore(mgr, step, target(step))[0] for step in steps]
+    mgr.close()
+    return states
+
+
+def assert_export_holds(workdir: str, expected: dict, other: dict) -> None:
+    """The exported baseline student equals `expected` leaf for leaf, and `other` differs from it."""
+    from internvqa_jax.models import saving
+
+    model, _ = saving.load_model_dir(os.path.join(workdir, "export", "baseline_student"))
+    exported = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    assert exported.keys() == expected.keys()
+    for k, v in exported.items():
+        np.testing.assert_array_equal(v, expected[k], err_msg=k)
+    assert any(not np.array_equal(expected[k], other[k]) for k in expected)
 
 
 def _flat(tree) -> dict:

@@ -53,13 +53,14 @@ def build_shards(out: str | os.PathLike, n: int = 48) -> str:
 
 
 TINY_OVERRIDES = [
-    # the method's defaults rather than the demo's way of training (staged teacher, cache, average),
-    # which tests/test_train_staged.py covers; evaluation once per epoch
+    # the method's defaults rather than the demo's way of training (staged teacher, cache, average,
+    # testing the last step; tests/test_train_staged.py covers it); evaluation once per epoch
     "--config.teacher.mode=cotrain",
     "--config.teacher.cache_features=False",
     "--config.optim.ema_decay=0.0",
     "--config.eval_every_steps=0",
     "--config.checkpoint.every_steps=100",
+    "--config.checkpoint.test_from=best_val",
     "--config.data.frames=2",
     "--config.data.size=28",
     "--config.data.spatial_mode=resize_crop",
