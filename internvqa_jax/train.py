@@ -66,8 +66,9 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
     teacher_epochs = float(config.teacher.epochs)
     if teacher_epochs < 0:
         raise ValueError(f"config.teacher.epochs: expected >= 0 (0: config.optim.epochs), got {teacher_epochs}")
+    teacher_job = builder.JobSpec("teacher", ("teacher",), teacher_only, epochs=teacher_epochs)
     if config.job == "teacher":
-        return [builder.JobSpec("teacher", ("teacher",), teacher_only, epochs=teacher_epochs)]
+        return [teacher_job]
     if config.job not in ("homologous", "heterogeneous"):
         raise ValueError(f"config.job: expected homologous, heterogeneous or teacher, got '{config.job}'")
     cached = bool(config.teacher.cache_features)
@@ -91,7 +92,6 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
             weights = {k: v for k, v in weights.items() if not k.startswith("teacher_")}
         init_exports: tuple[tuple[str, str], ...] = ()
         if mode == "staged":
-            teacher_job = builder.JobSpec("teacher", ("teacher",), teacher_only, epochs=teacher_epochs)
             jobs.append(teacher_job)
             init_exports = (("teacher", export_name(teacher_job, "teacher")),)
         jobs.append(builder.JobSpec("distill", ("student", "teacher"), weights, teacher_frozen=frozen, teacher_cached=cached, init_exports=init_exports))
@@ -200,10 +200,11 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     train_step = jax.jit(
         builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,)
     )
-    eval_step = jax.jit(eval_fn(built), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
-    # A frozen teacher's validation scores never change: validation scores only the trained networks.
+    # Validation scores only the trained networks (a frozen teacher's scores never change); the test
+    # skips a network reused from an earlier job of the run, which that job has tested already.
     val_nets = tuple(n for n in job.nets if not (n == "teacher" and job.teacher_frozen))
-    val_step = eval_step if val_nets == job.nets else jax.jit(eval_fn(built, val_nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
+    test_nets = tuple(n for n in job.nets if n not in dict(job.init_exports))
+    score_steps = {nets: jax.jit(eval_fn(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh) for nets in {val_nets, test_nets}}
 
     # ---------------------------------------------------------------- checkpoint
     manager = checkpoints.make_manager(os.path.join(jobdir, "checkpoints"), keep_best=int(config.checkpoint.keep_best), async_save=bool(config.checkpoint.async_save))
@@ -230,7 +231,7 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
 
     # ---------------------------------------------------------------- eval
     def run_eval(split: str, state: dict) -> dict[str, dict[str, Any]]:
-        return loop.evaluate(val_step if split == "val" else eval_step, state_lib.eval_weights(state), eval_iter(split), batch_sh)
+        return loop.evaluate(score_steps[val_nets if split == "val" else test_nets], state_lib.eval_weights(state), eval_iter(split), batch_sh)
 
     eval_every = int(config.eval_every_steps) or steps_per_epoch
     ckpt_every = int(config.checkpoint.every_steps)
@@ -449,13 +450,12 @@ def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrai
     """Rows of the final table (teacher and student of the distillation job, the baseline student) and,
     per job, its steps, the step its test rows and export come from (best validation SRCC) and that SRCC.
     `teacher_mode` names the distillation job's teacher row: co-trained, or frozen (pre-fine-tuned). In
-    staged mode the teacher job's row stands for the teacher (the distillation job froze those weights)."""
+    staged mode the teacher job's row stands for the teacher (the distillation job does not test the
+    teacher it loaded from that job's export)."""
     teacher_row = "teacher (frozen)" if teacher_mode == "frozen" else "teacher (co-trained)"
     rows = {}
     for job_name, res in results.items():
         for net, m in res["test"].items():
-            if teacher_mode == "staged" and job_name == "distill" and net == "teacher":
-                continue
             label = {"distill": f"{net} (distilled)" if net == "student" else teacher_row, "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
             rows[label] = {k: m[k] for k in ("n", "srcc", "plcc", "krcc", "rmse")}
     jobs = {k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"]} for k, v in results.items()}

@@ -73,6 +73,7 @@ def test_staged_run_distils_from_the_teacher_jobs_export(shard_dir, tmp_path, mo
     export = workdir / "export" / "teacher"
     assert loaded["teacher"] == str(export)
     assert distill_result["export"]["teacher"] == str(export) and teacher_result["export"]["teacher"] == str(export)
+    assert set(distill_result["test"]) == {"student"}, "the reused teacher is tested by the teacher job alone"
     # the frozen teacher of the distillation job is the teacher job's export, leaf for leaf
     exported, _ = saving.load_model_dir(str(export))
     want = {"/".join(map(str, path)): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(nnx.state(exported, nnx.Param))}
