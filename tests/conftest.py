@@ -8,16 +8,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The golden fixtures live in ../shared relative to the project root, as in CI.
-SHARED = PROJECT_ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+# The golden fixtures made from the official implementations ship with the tests.
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     """Folder of the golden fixtures made from the official PyTorch implementations."""
     if not FIXTURES.is_dir():
-        pytest.fail(f"golden fixtures not found at {FIXTURES}: tests expect ../shared/fixtures beside the project root")
+        pytest.fail(f"golden fixtures not found at {FIXTURES}: the repository's tests/fixtures is missing")
     return FIXTURES
 
 

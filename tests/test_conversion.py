@@ -15,7 +15,7 @@ from weight_conversion.torch_to_flax import convert_checkpoint
 
 torch = pytest.importorskip("torch")
 
-FIXTURE_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "internvideo2"
+FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "internvideo2"
 INDEX = json.loads((FIXTURE_DIR / "index.json").read_text()) if (FIXTURE_DIR / "index.json").is_file() else {}
 
 

@@ -1,6 +1,6 @@
 """Parity of the Flax InternVideo2 models (and our PyTorch module) with the official PyTorch outputs.
 
-Every fixture listed in ../shared/fixtures/internvideo2/index.json is loaded through the converter
+Every fixture listed in tests/fixtures/internvideo2/index.json is loaded through the converter
 and must reproduce every recorded output: max abs error <= 1e-4 x the output's scale (max |ref|).
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from weight_conversion.torch_to_flax import convert_checkpoint
 
-FIXTURE_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "internvideo2"
+FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "internvideo2"
 INDEX = json.loads((FIXTURE_DIR / "index.json").read_text()) if (FIXTURE_DIR / "index.json").is_file() else {}
 TOLERANCE = 1e-4
 

@@ -1,6 +1,6 @@
 """VideoMamba in Flax against the official PyTorch model's golden fixtures, and its forward contract.
 
-Every array of ../shared/fixtures/videomamba (embed, per-layer mixer inputs / outputs / residuals,
+Every array of tests/fixtures/videomamba (embed, per-layer mixer inputs / outputs / residuals,
 both scan directions, norm_f, features, logits) at float32 with atol = rtol = 1e-4.
 """
 
