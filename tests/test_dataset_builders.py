@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 import pytest
 
-from internvqa_jax.data import decode, ffmpeg_tools
+from internvqa_jax.data import ffmpeg_tools
 from internvqa_jax.data.datasets import bvi_hd, csv_dataset, get_dataset, waterloo_ivc4k
 from internvqa_jax.data.records import ItemList, VideoItem
 
@@ -197,59 +195,6 @@ def test_waterloo_custom_template(tmp_path):
     (tmp_path / "scores.txt").write_text("AV1 5 1080p 2 66\n")
     items = waterloo_ivc4k.list_items(str(tmp_path), path_template="clips/{encoder}_src{video}_lvl{level}_{height}")
     assert len(items) == 1 and items[0].path.endswith("AV1_src5_lvl2_1080.mkv")
-
-
-# --------------------------------------------------------------------------- TFDS builders
-
-
-def _build(builder_cls, root, data_dir):
-    import tensorflow_datasets as tfds
-
-    builder = builder_cls(config="frames8_native", data_dir=str(data_dir), file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
-    return builder
-
-
-def test_bvi_hd_tfds_build_without_tensorflow(bvi_root, tmp_path):
-    import sys
-
-    builder = _build(bvi_hd.BviHd, bvi_root, tmp_path / "tfds")
-    assert "tensorflow" not in sys.modules  # built and read with no TensorFlow
-    files = sorted(os.listdir(builder.data_dir))
-    assert any(".array_record" in f for f in files), files
-    source = builder.as_data_source()
-    test = [source["test"][i] for i in range(len(source["test"]))]
-    train = [source["train"][i] for i in range(len(source["train"]))]
-    test_sources = {ex["source_id"].decode() if isinstance(ex["source_id"], bytes) else ex["source_id"] for ex in test}
-    train_sources = {ex["source_id"].decode() if isinstance(ex["source_id"], bytes) else ex["source_id"] for ex in train}
-    assert test_sources == {"BallUnderWater", "Bookcase"} and train_sources == {"Campfire", "Lamp"}
-    assert len(test) == 4 and len(train) == 3
-    items = {it.video_id: it for it in bvi_hd.list_items(str(bvi_root))}
-    for ex in test + train:
-        vid = ex["video_id"].decode() if isinstance(ex["video_id"], bytes) else ex["video_id"]
-        assert ex["frames"].shape == (8, H, W, 3) and ex["frames"].dtype == np.uint8
-        np.testing.assert_array_equal(ex["frames"], decode.decode_frames(items[vid].path, ex["frame_indices"]))
-        assert ex["label"] == pytest.approx(items[vid].label)
-    assert len(builder.info.metadata["skipped"]) == 2
-    # The skipped rows are saved with the dataset, not only kept in memory.
-    with open(os.path.join(builder.data_dir, "metadata.json")) as f:
-        saved = json.load(f)["skipped"]
-    assert len(saved) == 2 and "Music_1920x1080_QP32" in saved[0]
-
-
-def test_waterloo_tfds_skips_undecodable_video(waterloo_root, tmp_path):
-    # AVS2 cannot be decoded by PyAV's FFmpeg; here the AVS2 entry is made unreadable on purpose
-    # in a copy of the tree, and the build must leave it out and record why.
-    import shutil
-
-    root = tmp_path / "tree"
-    shutil.copytree(waterloo_root, root)
-    (root / "AVS2" / "540p" / "9_1.mp4").write_bytes(b"not a video")
-    builder = _build(waterloo_ivc4k.WaterlooIvc4k, root, tmp_path / "tfds")
-    source = builder.as_data_source()
-    assert len(source["test"]) == 3 and len(source["train"]) == 1  # sources 1 (x2), 2 test; 7 train; 9 skipped
-    skipped = builder.info.metadata["skipped"]
-    assert any("avs2_540p_src09_level1" in s and "not a readable media file" in s for s in skipped), skipped
 
 
 def test_registry():

@@ -1,6 +1,6 @@
 """Registry of dataset listers: `get_dataset(name)` returns the module, which has `list_items(root, **kw)`.
 
-Modules are imported on demand so that listing a CSV dataset does not import the TFDS builders.
+Modules are imported on demand, so listing one dataset imports no other lister.
 """
 
 from __future__ import annotations

@@ -34,9 +34,6 @@ import math
 import os
 import re
 
-import tensorflow_datasets as tfds
-
-from internvqa_jax.data.datasets import tfds_builder
 from internvqa_jax.data.records import ItemList, SkippedEntry, VideoItem
 
 # The method's test split (six named sources); all others train.
@@ -147,25 +144,3 @@ def list_items(root: str, score_file: str | None = None, strict: bool = False) -
         )
     return items
 
-
-class BviHd(tfds_builder.VideoQualityBuilder):
-    """BVI-HD as a TFDS `array_record` dataset (manual download; no TensorFlow needed)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Download BVI-HD from the University of Bristol data repository (data.bris.ac.uk, "
-        "'BVI-HD'), unpack the videos and the DMOS sheet into the manual directory (any folder "
-        "structure); export the sheet as CSV with columns name,dmos[,qp][,codec]."
-    )
-    DESCRIPTION = "BVI-HD: 1080p HEVC and texture-synthesis compressed sequences with DMOS (label = DMOS/100)."
-    HOMEPAGE = "https://data.bris.ac.uk/"
-    CITATION = "Zhang, Moss, Baddeley, Bull. BVI-HD: A video quality database for HEVC compressed and texture synthesized content. IEEE TMM 2018."
-
-    def list_videos(self, root: str) -> list[VideoItem]:
-        """Items listed by `list_items`."""
-        return list_items(root)  # an ItemList: its .skipped rows land in info.metadata
-
-    def test_sources(self) -> tuple[str, ...]:
-        """The method's named BVI-HD test sources."""
-        return TEST_SOURCES

@@ -29,9 +29,6 @@ import math
 import os
 import re
 
-import tensorflow_datasets as tfds
-
-from internvqa_jax.data.datasets import tfds_builder
 from internvqa_jax.data.records import ItemList, SkippedEntry, VideoItem
 
 # The method's test split: sources 1-4 (source ids are the published video numbers).
@@ -127,26 +124,3 @@ def list_items(root: str, scores_file: str | None = None, path_template: str = D
         )
     return items
 
-
-class WaterlooIvc4k(tfds_builder.VideoQualityBuilder):
-    """Waterloo IVC 4K as a TFDS `array_record` dataset (manual download; no TensorFlow needed)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Download the Waterloo IVC 4K database (https://ivc.uwaterloo.ca/database/4KVQA.html): "
-        "scores.txt and the encoder archives; unpack them into the manual directory so that "
-        "videos sit at <encoder>/<resolution>/<video>_<level>.<ext> beside scores.txt (or build "
-        "the items with list_items(path_template=...))."
-    )
-    DESCRIPTION = "Waterloo IVC 4K: 20 sources x 5 encoders x 3 resolutions x 4 levels with MOS (label = MOS/100)."
-    HOMEPAGE = "https://ivc.uwaterloo.ca/database/4KVQA.html"
-    CITATION = "Li, Duanmu, Liu, Wang. AVC, HEVC, VP9, AVS2 or AV1? A comparative study of state-of-the-art video encoders on 4K videos. ICIAR 2019."
-
-    def list_videos(self, root: str) -> list[VideoItem]:
-        """Items listed by `list_items` with the default layout."""
-        return list_items(root)
-
-    def test_sources(self) -> tuple[str, ...]:
-        """The method's Waterloo test sources (1-4)."""
-        return TEST_SOURCES
