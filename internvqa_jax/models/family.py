@@ -11,6 +11,10 @@ Logical sharding names are shared, not per family: parameters carry the names of
 `internvqa_jax.sharding.LOGICAL_RULES` ("embed", "mlp", "qkv", "heads", "out", "classes"), and a
 family that needs another name adds it there.
 
+A family's config has the fields the trainer sets or reads: `num_frames`, `img_size`, `num_classes`,
+`dtype` (set from the run's data and compute dtype), `depth` (number of blocks: layer decay and
+token distillation) and `embed_dim` (token width: token distillation).
+
 A model built from a family's config is an `nnx.Module` whose `config` attribute is that config and
 whose `__call__(x, return_layers=None)` takes channels-last video `(B, T, H, W, 3)` and returns a
 dict with `pooled` `(B, pooled_dim)`, `logits` `(B, num_classes)` and `blocks` (the residual streams
