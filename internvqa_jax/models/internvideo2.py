@@ -13,6 +13,9 @@ Blocks: with `scan_layers=False`, `model.blocks` is an `nnx.List` of `Block`s (p
 stacked on a leading "layers" axis under `blocks/scanned/...` and the last block stays separate under
 `blocks/last/...`, so the teacher can train the last block alone in both layouts
 (see `teacher_trainable_filter`).
+
+The presets (`PRESETS`, `PRETRAIN_PRESETS`) and the two family records (`FAMILIES`: the fine-tuning
+model and the stage-2 encoder, sharing parameter groups and PyTorch layout) are at the end.
 """
 
 from __future__ import annotations

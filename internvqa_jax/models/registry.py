@@ -13,7 +13,7 @@ only when one of its presets or configs is asked for. `register(family)` adds a 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 from flax import nnx
 
@@ -65,7 +65,7 @@ def _check_new(family: ModelFamily, others: list[ModelFamily]) -> None:
             raise ValueError(f"model family {family.arch!r}: presets {clash} already belong to {other.arch!r}")
 
 
-def _search(found: Any) -> Any:
+def _search(found: Callable[[ModelFamily], Any]) -> Any:
     """The first non-None `found(family)` over the families, importing modules only as needed."""
     for family in _known():
         hit = found(family)

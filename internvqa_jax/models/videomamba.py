@@ -10,7 +10,8 @@ norm_f(r_depth), takes the cls token and applies the head. (The official blocks 
 (hidden, residual) pairs and add them one block later; the arithmetic is the same.)
 
 Inputs are channels-last `(B, T, H, W, 3)`, already normalised; `weight_conversion.videomamba_layout`
-converts official state dicts both ways.
+converts official state dicts both ways. `PRESETS` follows the config; the family record (`FAMILY`,
+registered in `internvqa_jax.models.registry`) is at the end.
 """
 
 from __future__ import annotations
