@@ -133,11 +133,13 @@ def test_identity_follows_teacher_weights_and_views(shard_dir, tmp_path):
 def _frozen_run():
     """Tiny student + frozen teacher (shared with test_train_step), its optimiser and both loss specs."""
     from internvqa_jax.training import optim
-    from test_train_step import make_run
+    from test_train_step import groups_of, make_run, tiny
 
     networks, st, _ = make_run("frozen")
     schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
-    tx = optim.make_optimizer(st["params"], schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75)}, grad_clip=1.0)
+    tx = optim.make_optimizer(
+        st["params"], schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75)}, grad_clip=1.0, param_groups={"student": groups_of(tiny(0))}
+    )
     weights = {"feature": 1.0, "student_mse": 1.0}
     live = step_lib.LossSpec(weights=weights, teacher_frozen=True)
     cached = step_lib.LossSpec(weights=weights, teacher_frozen=True, cached_teacher=True)

@@ -107,7 +107,7 @@ def test_ratio_zero_is_the_unmasked_loss_and_masking_changes_it():
 
 def test_gradients_reach_the_decoders_and_the_rng_stream_is_unchanged():
     from internvqa_jax.training import optim
-    from test_train_step import batch
+    from test_train_step import batch, groups_of, tiny
 
     networks, st = _run()
     b = batch()
@@ -118,7 +118,9 @@ def test_gradients_reach_the_decoders_and_the_rng_stream_is_unchanged():
 
     # the train step draws the mask from state["rng"]; the next step's rng is the same as unmasked
     schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
-    tx = optim.make_optimizer(st["params"], schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75)}, grad_clip=1.0)
+    tx = optim.make_optimizer(
+        st["params"], schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75)}, grad_clip=1.0, param_groups={"student": groups_of(tiny(0))}
+    )
     train_step = jax.jit(step_lib.make_train_step(networks, _spec(0.8), tx, schedule))
     s1, m1 = train_step(st, b)
     _, m2 = train_step(st, b)

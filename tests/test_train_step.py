@@ -20,6 +20,13 @@ def tiny(seed, **overrides):
     return registry.create_model(cfg, nnx.Rngs(seed))
 
 
+def groups_of(model):
+    """The parameter groups of a model's family."""
+    from internvqa_jax.models import registry
+
+    return registry.family_of(model.config).param_groups
+
+
 @functools.lru_cache(maxsize=None)
 def cached_run(teacher_mode="authors"):
     """One built run (and its jitted step) shared by the tests that only read from it."""
@@ -40,7 +47,10 @@ def make_run(teacher_mode="authors", weights=None, token_layers=0, seed=0):
         models["decoders"] = losses.TokenDecoders(token_layers, 32, 64, rngs=nnx.Rngs(seed + 2))
     networks, params, frozen = state_lib.split_networks(models, filters)
     schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
-    tx = optim.make_optimizer(params, schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)}, grad_clip=1.0)
+    tx = optim.make_optimizer(
+        params, schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)}, grad_clip=1.0,
+        param_groups={"student": groups_of(student), "teacher": groups_of(teacher)},
+    )
     weights = weights or {"feature": 1.0, "student_mse": 1.0, "teacher_mse": 0.0 if teacher_mode == "frozen" else 1.0}
     spec = step_lib.LossSpec(weights=weights, token_pairs=pairs, teacher_frozen=teacher_mode == "frozen")
     st = state_lib.init_state(params, frozen, tx, seed)
@@ -115,12 +125,13 @@ def test_layer_decay_and_schedule():
     assert float(sched(10)) == pytest.approx(1e-3 * 64 / 256, rel=1e-5)
     assert float(sched(100)) == pytest.approx(0.0, abs=1e-9)
     _, st, _ = cached_run()
-    f = optim.layer_decay_factors(st["params"]["student"], 2, 0.5)
+    groups = groups_of(tiny(0))
+    f = optim.layer_decay_factors(st["params"]["student"], 2, 0.5, groups)
     assert float(f["head"]["kernel"]) == 1.0
     assert float(f["blocks"][1]["mlp"]["fc1"]["kernel"]) == 0.5
     assert float(f["blocks"][0]["attn"]["qkv"]["kernel"]) == 0.25
     assert float(f["patch_embed"]["proj"]["kernel"]) == 0.125
-    mask = nnx.to_pure_dict(optim.weight_decay_mask(st["params"]["student"]))
+    mask = nnx.to_pure_dict(optim.weight_decay_mask(st["params"]["student"], groups))
     assert mask["head"]["kernel"] and mask["blocks"][0]["mlp"]["fc1"]["kernel"]
     assert not mask["head"]["bias"] and not mask["pos_embed"] and not mask["fc_norm"]["scale"]
     assert not mask["blocks"][0]["ls1"]["gamma"] and not mask["clip_projector"]["cross_attn"]["q_bias"]
@@ -129,8 +140,8 @@ def test_layer_decay_and_schedule():
 def test_layer_decay_scanned_layout_matches_list_layout():
     list_model = tiny(0, depth=3)
     scan_model = tiny(0, depth=3, scan_layers=True)
-    f_list = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(list_model, nnx.Param), 3, 0.5))
-    f_scan = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(scan_model, nnx.Param), 3, 0.5))
+    f_list = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(list_model, nnx.Param), 3, 0.5, groups_of(list_model)))
+    f_scan = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(scan_model, nnx.Param), 3, 0.5, groups_of(scan_model)))
     stacked = np.asarray(f_scan["blocks"]["scanned"]["mlp"]["fc1"]["kernel"]).reshape(-1)
     np.testing.assert_allclose(stacked, [float(f_list["blocks"][i]["mlp"]["fc1"]["kernel"]) for i in range(2)])
     assert float(f_scan["blocks"]["last"]["mlp"]["fc1"]["kernel"]) == float(f_list["blocks"][2]["mlp"]["fc1"]["kernel"]) == 0.5

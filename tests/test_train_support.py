@@ -172,12 +172,13 @@ def test_videomamba_state_matrices_have_no_weight_decay_and_layers_get_lr_decay(
     cfg = registry.get_config("videomamba_test")
     model = nnx.eval_shape(lambda: registry.create_model(cfg, nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
-    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(optim.weight_decay_mask(params)))}
+    groups = registry.family_of(cfg).param_groups
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(optim.weight_decay_mask(params, groups)))}
     a_logs = [k for k in flat if k.endswith("'A_log']") or k.endswith("'A_b_log']")]
     assert a_logs and not any(flat[k] for k in a_logs)
     assert any(v for k, v in flat.items() if "in_proj" in k)  # matrices still decay
     names = optim.path_names((jax.tree_util.DictKey("layers"), jax.tree_util.DictKey(1), jax.tree_util.DictKey("mixer")))
-    assert optim.layer_id(names, cfg.depth) == 2
+    assert groups.layer_id(names, cfg.depth) == 2
 
 
 def test_report_names_the_teacher_by_its_mode():

@@ -12,7 +12,6 @@ class (or `weight_conversion.torch_model.InternVideo2Torch`) loads it with `stri
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import pathlib
@@ -23,9 +22,9 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from internvqa_jax.models import saving
-from internvqa_jax.models.internvideo2 import InternVideo2Config, PretrainInternVideo2Config
+from internvqa_jax.models import registry, saving
 from weight_conversion import internvideo2_layout as layout
+from weight_conversion.torch_to_flax import family_layout
 
 # JAX-only config fields that the official constructor does not take.
 JAX_ONLY_FIELDS = ("gelu_approximate", "dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "linear_init")
@@ -57,20 +56,18 @@ def internvideo2_torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 
 def model_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Official-layout state dict of any supported model (VideoMamba through its layout module)."""
-    arch = model.config.arch
-    if arch in (InternVideo2Config.arch, PretrainInternVideo2Config.arch):
-        return internvideo2_state_dict(model)
-    if arch == "videomamba":
-        return importlib.import_module("weight_conversion.videomamba_layout").flax_to_torch(model)
-    raise ValueError(f"no PyTorch layout for arch {arch!r}")
+    """Official-layout state dict of any model whose family has a PyTorch layout module."""
+    return family_layout(registry.family_of(model.config)).state_dict(model)
+
+
+def internvideo2_official_kwargs(config: Any) -> dict[str, Any]:
+    """What the official InternVideo2 constructor takes: the config without the JAX-only fields."""
+    return {k: v for k, v in config.to_dict().items() if k not in JAX_ONLY_FIELDS}
 
 
 def official_kwargs(config: Any) -> dict[str, Any]:
-    """What the official constructor takes: the config without the JAX-only fields."""
-    if config.arch == "videomamba":
-        return importlib.import_module("weight_conversion.videomamba_layout").official_kwargs(config)
-    return {k: v for k, v in config.to_dict().items() if k not in JAX_ONLY_FIELDS}
+    """The official constructor's kwargs for `config`, from its family's layout module."""
+    return family_layout(registry.family_of(config)).official_kwargs(config)
 
 
 def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:

@@ -312,3 +312,41 @@ def can_adapt(key: str, src_shape: Sequence[int], expected: Sequence[int]) -> bo
     if key == "patch_embed.proj.weight":
         return src_shape[2] == 1 and src_shape[:2] + src_shape[3:] == expected[:2] + expected[3:]
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The conversion protocol of a model family's layout module (`ModelFamily.torch_layout`)
+# ---------------------------------------------------------------------------------------------
+# The InternVideo2 converters themselves live in `weight_conversion.torch_to_flax` and
+# `weight_conversion.flax_to_torch`, which import this module; these entry points import them when
+# called, not at import time.
+
+
+def matches_state_dict(keys: Sequence[str]) -> bool:
+    """Whether `keys` (official names, prefixes removed) are an InternVideo2 state dict (either layout)."""
+    try:
+        detect_layout(keys)
+    except LayoutError:
+        return False
+    return True
+
+
+def convert_checkpoint(source: Any, **request: Any) -> tuple[Any, Any]:
+    """`(model, ConversionReport)` of a checkpoint; see `torch_to_flax.convert_internvideo2_checkpoint`."""
+    from weight_conversion import torch_to_flax
+
+    return torch_to_flax.convert_internvideo2_checkpoint(source, **request)
+
+
+def state_dict(model: Any) -> dict[str, np.ndarray]:
+    """Official-layout numpy state dict of a Flax InternVideo2 / PretrainInternVideo2."""
+    from weight_conversion import flax_to_torch
+
+    return flax_to_torch.internvideo2_state_dict(model)
+
+
+def official_kwargs(config: Any) -> dict[str, Any]:
+    """What the official constructor takes: the config without the JAX-only fields."""
+    from weight_conversion import flax_to_torch
+
+    return flax_to_torch.internvideo2_official_kwargs(config)

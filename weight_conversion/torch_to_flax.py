@@ -19,7 +19,8 @@ import importlib
 import json
 import sys
 import zlib
-from typing import Any, Iterator, Mapping
+from types import ModuleType
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +28,11 @@ import numpy as np
 from flax import nnx
 
 from internvqa_jax.models import registry, saving
+from internvqa_jax.models.family import ModelFamily
 from internvqa_jax.models.internvideo2 import InternVideo2Config, PretrainInternVideo2Config
 from weight_conversion import internvideo2_layout as layout
 from weight_conversion.checkpoint_io import CheckpointError, TensorSource
 
-ARCHES = ("auto", "internvideo2", "internvideo2_pretrain", "videomamba")
 _PRETRAIN_ONLY = {f.name for f in dataclasses.fields(PretrainInternVideo2Config)} - {
     f.name for f in dataclasses.fields(InternVideo2Config)
 }
@@ -58,24 +59,40 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-class _LazyArrays(Mapping[str, np.ndarray]):
-    """Read-on-access mapping over a TensorSource (keeps one tensor in memory at a time)."""
-
-    def __init__(self, source: TensorSource):
-        self._source = source
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self._source.get(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._source.keys())
-
-    def __len__(self) -> int:
-        return len(self._source.keys())
+def arch_choices() -> list[str]:
+    """Values of `--arch`: "auto" (recognised from the keys) and every registered architecture."""
+    return ["auto", *registry.arch_names()]
 
 
-def _videomamba_layout():
-    return importlib.import_module("weight_conversion.videomamba_layout")
+def family_layout(family: ModelFamily) -> ModuleType:
+    """The PyTorch layout module of a model family (`ModelFamily.torch_layout`)."""
+    if family.torch_layout is None:
+        raise ValueError(f"no PyTorch layout for arch {family.arch!r}")
+    return importlib.import_module(family.torch_layout)
+
+
+def family_of_state_dict(keys: Sequence[str]) -> ModelFamily:
+    """The first registered family whose layout module recognises `keys`.
+
+    When none does, the first family with a layout (InternVideo2), whose converter then names the
+    keys it misses. Layout modules that are not installed are skipped.
+    """
+    candidates = []
+    for family in registry.families():
+        if family.torch_layout is None:
+            continue
+        try:
+            layout_module = family_layout(family)
+        except ModuleNotFoundError as err:
+            if err.name != family.torch_layout:
+                raise
+            continue
+        if layout_module.matches_state_dict(keys):
+            return family
+        candidates.append(family)
+    if not candidates:
+        raise ValueError("no registered model family has a PyTorch layout module")
+    return candidates[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +114,7 @@ def resolve_internvideo2_config(
     preset_kwargs = {}
     if preset is not None:
         preset_config = registry.get_config(preset)
-        if preset_config.arch not in (InternVideo2Config.arch, PretrainInternVideo2Config.arch):
+        if not isinstance(preset_config, InternVideo2Config):
             raise ValueError(f"preset {preset!r} is not an InternVideo2 preset")
         preset_kwargs = preset_config.to_dict()
         if not pretrain:
@@ -145,7 +162,7 @@ def convert_internvideo2(
 ) -> tuple[nnx.Module, ConversionReport]:
     """Builds the Flax model of `config` from `source`, checking every key before reading any tensor."""
     source_layout = layout.detect_layout(source.keys())
-    target_layout = layout.STAGE2 if config.arch == PretrainInternVideo2Config.arch else layout.FINETUNE
+    target_layout = layout.STAGE2 if isinstance(config, PretrainInternVideo2Config) else layout.FINETUNE
     dst_grid = (config.grid[0], config.grid[1])
     abstract = nnx.eval_shape(lambda: registry.create_model(config, nnx.Rngs(seed)))
     graphdef, abstract_state = nnx.split(abstract)
@@ -276,20 +293,37 @@ def convert_checkpoint(
     reset_head: bool = False,
     seed: int = 0,
 ) -> tuple[nnx.Module, ConversionReport | None]:
-    """Reads a checkpoint and returns `(flax_model, report)`; see the module docstring."""
-    if arch not in ARCHES:
-        raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")
+    """Reads a checkpoint and returns `(flax_model, report)`; see the module docstring.
+
+    The model family is `arch`, or with "auto" the one whose layout recognises the keys; its layout
+    module (`ModelFamily.torch_layout`) converts.
+    """
+    choices = arch_choices()
+    if arch not in choices:
+        raise ValueError(f"arch must be one of {choices}, got {arch!r}")
     source = TensorSource(path)
+    family = family_of_state_dict(source.keys()) if arch == "auto" else registry.family(arch)
+    return family_layout(family).convert_checkpoint(
+        source, arch=arch, preset=preset, model_kwargs=dict(model_kwargs or {}), num_frames=num_frames,
+        img_size=img_size, reset_head=reset_head, seed=seed,
+    )
+
+
+def convert_internvideo2_checkpoint(
+    source: TensorSource,
+    *,
+    arch: str = "auto",
+    preset: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    reset_head: bool = False,
+    seed: int = 0,
+) -> tuple[nnx.Module, ConversionReport]:
+    """InternVideo2 conversion: the stage-2 encoder when asked for (arch, a *_stage2 preset, or
+    stage-2-only kwargs with arch "auto"), else the fine-tuning model."""
     model_kwargs = dict(model_kwargs or {})
-    if arch == "videomamba" or (arch == "auto" and _looks_like_videomamba(source)):
-        vm = _videomamba_layout()
-        overrides = dict(model_kwargs)
-        if img_size is not None:
-            overrides["img_size"] = img_size
-        config = vm.config_from_state_dict(dict(source.shapes), **overrides)
-        model = vm.torch_to_flax(_LazyArrays(source), config, num_frames=num_frames, reset_head=reset_head, seed=seed)
-        return model, None
-    pretrain = arch == "internvideo2_pretrain" or (arch == "auto" and bool(_PRETRAIN_ONLY & set(model_kwargs)))
+    pretrain = arch == PretrainInternVideo2Config.arch or (arch == "auto" and bool(_PRETRAIN_ONLY & set(model_kwargs)))
     if preset is not None and preset.endswith("_stage2"):
         pretrain = True
     layout.detect_layout(source.keys())
@@ -297,17 +331,6 @@ def convert_checkpoint(
         source.shapes, pretrain=pretrain, preset=preset, model_kwargs=model_kwargs, num_frames=num_frames, img_size=img_size
     )
     return convert_internvideo2(source, config, src_grid, reset_head=reset_head, seed=seed)
-
-
-def _looks_like_videomamba(source: TensorSource) -> bool:
-    """True when the VideoMamba layout module recognises the keys (False when it is not installed)."""
-    if "blocks.0.attn.qkv.weight" in source:
-        return False
-    try:
-        vm = _videomamba_layout()
-    except ModuleNotFoundError:
-        return False
-    return bool(vm.is_videomamba_state_dict(list(source.keys())))
 
 
 def load_torch_checkpoint(path: str, **official_kwargs: Any) -> nnx.Module:
@@ -347,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--preset", default=None, help=f"preset name, one of {registry.preset_names()}")
     parser.add_argument("--num-frames", type=int, default=None, help="target frames (position embeddings interpolated)")
     parser.add_argument("--img-size", type=int, default=None, help="target image size (position embeddings interpolated)")
-    parser.add_argument("--arch", default="auto", choices=ARCHES)
+    parser.add_argument("--arch", default="auto", choices=arch_choices())
     parser.add_argument("--reset-head", action="store_true", help="drop the checkpoint's head and initialise a new one")
     args = parser.parse_args(argv)
     try:

@@ -17,7 +17,7 @@ space, both align_corners=False, cls row kept).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -334,3 +334,55 @@ def official_kwargs(config: VideoMambaConfig) -> dict[str, Any]:
         kernel_size=c.kernel_size,
         num_frames=c.num_frames,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The conversion protocol of a model family's layout module (`ModelFamily.torch_layout`)
+# ---------------------------------------------------------------------------------------------
+
+
+class _SourceArrays(Mapping[str, np.ndarray]):
+    """Read-on-access mapping over a checkpoint's `TensorSource` (one tensor in memory at a time)."""
+
+    def __init__(self, source: Any):
+        self._source = source
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._source.get(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source.keys())
+
+    def __len__(self) -> int:
+        return len(self._source.keys())
+
+
+def matches_state_dict(keys: Sequence[str]) -> bool:
+    """Whether `keys` are a video VideoMamba state dict (see `is_videomamba_state_dict`)."""
+    return is_videomamba_state_dict(keys)
+
+
+def convert_checkpoint(
+    source: Any,
+    *,
+    arch: str = "videomamba",
+    preset: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    reset_head: bool = False,
+    seed: int = 0,
+) -> tuple[VideoMamba, None]:
+    """`(model, None)` of a checkpoint's `TensorSource`: the config is read off its shapes, then
+    `model_kwargs` and `img_size` override it (`preset` is not needed: the shapes say everything)."""
+    del arch, preset
+    overrides = dict(model_kwargs or {})
+    if img_size is not None:
+        overrides["img_size"] = img_size
+    config = config_from_state_dict(dict(source.shapes), **overrides)
+    return torch_to_flax(_SourceArrays(source), config, num_frames=num_frames, reset_head=reset_head, seed=seed), None
+
+
+def state_dict(model: VideoMamba) -> dict[str, np.ndarray]:
+    """The official state dict of `model` (see `flax_to_torch`)."""
+    return flax_to_torch(model)

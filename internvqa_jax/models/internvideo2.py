@@ -13,6 +13,9 @@ Blocks: with `scan_layers=False`, `model.blocks` is an `nnx.List` of `Block`s (p
 stacked on a leading "layers" axis under `blocks/scanned/...` and the last block stays separate under
 `blocks/last/...`, so the teacher can train the last block alone in both layouts
 (see `teacher_trainable_filter`).
+
+The presets (`PRESETS`, `PRETRAIN_PRESETS`) and the two family records (`FAMILIES`: the fine-tuning
+model and the stage-2 encoder, sharing parameter groups and PyTorch layout) are at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from internvqa_jax.models.family import ModelConfig, ModelFamily, ParamGroups
 from internvqa_jax.models.layers import (
     LINEAR_INITS,
     TRUNC_NORMAL,
@@ -45,7 +49,7 @@ _ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", None)
 
 
 @dataclasses.dataclass(frozen=True)
-class InternVideo2Config:
+class InternVideo2Config(ModelConfig):
     """Constructor arguments of the official single-modality InternVideo2, plus JAX options.
 
     Defaults are the 1B model at 8 frames x 224 px with one regression output.
@@ -100,23 +104,6 @@ class InternVideo2Config:
         """Number of patch tokens (cls excluded)."""
         t, h, w = self.grid
         return t * h * w
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        """Builds a config from `to_dict()` output; unknown keys fail with their names."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names - {"arch"})
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown config keys {unknown}; expected a subset of {sorted(names)}")
-        return cls(**{k: v for k, v in d.items() if k != "arch"})
-
-    def replace(self, **changes: Any):
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,3 +464,66 @@ def _kept_indices(mask: jax.Array, num_tokens: int) -> jax.Array:
     kept = int(num_tokens - jnp.sum(mask[0]))
     # A stable argsort puts the kept (False) tokens first, in their original order.
     return jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)[:, :kept]
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and the family records
+# ---------------------------------------------------------------------------------------------
+
+# Sizes of the published InternVideo2 models (patch 14, 224 px, attention pooling to 768).
+_SIZES: dict[str, dict[str, Any]] = {
+    "S14": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
+    "B14": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "L14": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),
+    "1B": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11),
+    "6B": dict(embed_dim=3200, depth=48, num_heads=25, mlp_ratio=4.0),
+}
+
+# A test-sized model: a few milliseconds per forward on one CPU core.
+_TINY = dict(
+    img_size=56,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    mlp_ratio=4.0,
+    attn_pool_num_heads=4,
+    clip_embed_dim=32,
+    num_frames=4,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {"tiny": _TINY, **_SIZES}
+
+# Stage-2 vision encoders (multi-modality PretrainInternVideo2), 4 frames as released.
+PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "1B_stage2": dict(**_SIZES["1B"], clip_teacher_embed_dim=3200, clip_return_layer=6),
+    "6B_stage2": dict(**_SIZES["6B"], clip_teacher_embed_dim=3200, clip_return_layer=6),
+    "tiny_stage2": dict(_TINY, clip_teacher_embed_dim=40, clip_teacher_final_dim=24, clip_return_layer=2),
+}
+
+# As the authors' optimiser factory: the patch embedding, cls token and position embeddings
+# (pos_embed, its separable parts and the stage-2 clip/img variants, all containing "pos_embed")
+# are layer 0; `blocks/<i>` (or, with scan_layers, `blocks/scanned` stacked and `blocks/last`) are
+# the blocks; tokens, position embeddings, biases and 1-D parameters have no weight decay.
+PARAM_GROUPS = ParamGroups(
+    embeddings=("patch_embed", "cls_token", "pos_embed"),
+    blocks=("blocks",),
+    last_block="last",
+    no_decay=("cls_token", "pos_embed", "bias"),
+)
+
+FAMILY = ModelFamily(
+    config_class=InternVideo2Config,
+    model_class=InternVideo2,
+    presets=PRESETS,
+    pooled_dim=lambda cfg: int(cfg.clip_embed_dim),
+    param_groups=PARAM_GROUPS,
+    trainable_filter=teacher_trainable_filter,
+    torch_layout="weight_conversion.internvideo2_layout",
+)
+
+# The stage-2 encoder: same parameter names, groups and layout module as the fine-tuning model.
+PRETRAIN_FAMILY = dataclasses.replace(
+    FAMILY, config_class=PretrainInternVideo2Config, model_class=PretrainInternVideo2, presets=PRETRAIN_PRESETS
+)
+
+FAMILIES = (FAMILY, PRETRAIN_FAMILY)

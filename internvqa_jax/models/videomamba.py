@@ -10,7 +10,8 @@ norm_f(r_depth), takes the cls token and applies the head. (The official blocks 
 (hidden, residual) pairs and add them one block later; the arithmetic is the same.)
 
 Inputs are channels-last `(B, T, H, W, 3)`, already normalised; `weight_conversion.videomamba_layout`
-converts official state dicts both ways.
+converts official state dicts both ways. `PRESETS` follows the config; the family record (`FAMILY`,
+registered in `internvqa_jax.models.registry`) is at the end.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from internvqa_jax.models.family import ModelConfig, ModelFamily, ParamGroups
 from internvqa_jax.models.layers import TORCH_DEFAULT, TRUNC_NORMAL, ReturnLayers, conv_embed, linear, normalise_return_layers, param
 from internvqa_jax.models.mamba_mixer import LayerNorm, MambaMixer, RMSNorm, make_norm
 from internvqa_jax.models.selective_scan import SCAN_IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
-class VideoMambaConfig:
+class VideoMambaConfig(ModelConfig):
     """Constructor arguments of the official video `VisionMamba` (and its Mamba `ssm_cfg`), plus JAX options.
 
     Defaults are VideoMamba-S at 8 frames x 224 px with one regression output.
@@ -112,23 +114,6 @@ class VideoMambaConfig:
         t, h, w = self.grid
         return 1 + t * h * w
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VideoMambaConfig":
-        """Builds a config from `to_dict()` output; unknown keys fail with their names."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names - {"arch"})
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown config keys {unknown}; expected a subset of {sorted(names)}")
-        return cls(**{k: v for k, v in d.items() if k != "arch"})
-
-    def replace(self, **changes: Any) -> "VideoMambaConfig":
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
 
 # Published sizes (videomamba_tiny/small/middle in the official code) at 8 frames x 224 px, and a
 # tiny one for tests and CPU demos.
@@ -142,9 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def get_config(name: str, **overrides: Any) -> VideoMambaConfig:
     """A preset's config with `overrides` applied (unknown preset names fail listing the known ones)."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown VideoMamba preset {name!r}; known: {sorted(PRESETS)}")
-    return VideoMambaConfig(**{**PRESETS[name], **overrides})
+    return FAMILY.config(name, **overrides)
 
 
 class PatchEmbed(nnx.Module):
@@ -259,7 +242,31 @@ class VideoMamba(nnx.Module):
         return out
 
 
+# Layer 0 = patch_embed, cls_token, pos_embed and temporal_pos_embedding (contains "pos_embed");
+# the blocks are `layers/<i>`; the SSM state matrices A_log / A_b_log have no weight decay, as in
+# the official VideoMamba optimiser, beside tokens, position embeddings, biases and 1-D parameters.
+PARAM_GROUPS = ParamGroups(
+    embeddings=("patch_embed", "cls_token", "pos_embed"),
+    blocks=("layers",),
+    no_decay=("cls_token", "pos_embed", "bias", "A_log", "A_b_log"),
+)
+
+# The pooled feature is the cls token after norm_f (embed_dim wide). No partially trainable teacher
+# is defined for VideoMamba (config.teacher.trainable="all" trains it whole).
+FAMILY = ModelFamily(
+    config_class=VideoMambaConfig,
+    model_class=VideoMamba,
+    presets=PRESETS,
+    pooled_dim=lambda cfg: int(cfg.embed_dim),
+    param_groups=PARAM_GROUPS,
+    torch_layout="weight_conversion.videomamba_layout",
+)
+
+FAMILIES = (FAMILY,)
+
+
 __all__ = [
+    "FAMILY",
     "PRESETS",
     "VideoMamba",
     "VideoMambaConfig",

@@ -73,8 +73,10 @@ def model_config(net_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.Co
 
 
 def pooled_dim(cfg: Any) -> int:
-    """Width of a network's `pooled` output: InternVideo2's clip_embed_dim, VideoMamba's embed_dim."""
-    return int(cfg.clip_embed_dim) if hasattr(cfg, "clip_embed_dim") else int(cfg.embed_dim)
+    """Width of a network's `pooled` output, as its model family defines it."""
+    from internvqa_jax.models import registry
+
+    return int(registry.family_of(cfg).pooled_dim(cfg))
 
 
 def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> Built:
@@ -116,9 +118,10 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
         if job.teacher_frozen:
             filters["teacher"] = None
         elif config.teacher.trainable == "authors":
-            from internvqa_jax.models import internvideo2
-
-            filters["teacher"] = internvideo2.teacher_trainable_filter(cfgs["teacher"])
+            partial = registry.family_of(cfgs["teacher"]).trainable_filter
+            if partial is None:
+                raise ValueError(f"config.teacher.trainable='authors': the {cfgs['teacher'].arch} family defines no partially trained teacher; use 'all'")
+            filters["teacher"] = partial(cfgs["teacher"])
         elif config.teacher.trainable != "all":
             raise ValueError(f"config.teacher.trainable: expected 'authors' or 'all', got '{config.teacher.trainable}'")
 
@@ -129,9 +132,11 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     schedule = optim.learning_rate_schedule(
         o.base_lr, o.batch_size * o.grad_accum_steps, total_steps, warmup_steps=int(round(total_steps * o.warmup_epochs / max(o.epochs, 1e-9))), min_lr_ratio=o.min_lr_ratio
     )
-    layer_decay = {name: (cfgs[name].depth, float(o.layer_decay)) for name in abs_params if name in cfgs and hasattr(cfgs[name], "depth")}
+    layer_decay = {name: (cfgs[name].depth, float(o.layer_decay)) for name in abs_params if name in cfgs}
+    param_groups = {name: registry.family_of(cfgs[name]).param_groups for name in cfgs}
     tx = optim.make_optimizer(
-        abs_params, schedule=schedule, weight_decay=o.weight_decay, layer_decay=layer_decay, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2, grad_accum_steps=int(o.grad_accum_steps)
+        abs_params, schedule=schedule, weight_decay=o.weight_decay, layer_decay=layer_decay, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2,
+        grad_accum_steps=int(o.grad_accum_steps), param_groups=param_groups,
     )
     mask_ratio = float(config.loss.token_mask_ratio)
     if not 0.0 <= mask_ratio < 1.0:

@@ -1,5 +1,8 @@
 """AdamW with warm-up + cosine, layer-wise lr decay, weight-decay mask, clipping and accumulation.
 
+Which parameters are which layer, and which are exempt from weight decay, is the network's model
+family's business (`internvqa_jax.models.family.ParamGroups`): no parameter name appears here.
+
 The optimiser only ever sees the trainable parameters: frozen ones (the teacher's blocks 0..depth-2)
 live outside it, so they carry no Adam moments. The per-parameter lr factor of layer-wise decay
 (BEiT / VideoMAE style: layer 0 = embeddings, 1..depth = blocks, depth+1 = everything after) is a
@@ -9,18 +12,13 @@ static tree of multipliers applied after AdamW, which is the same as giving each
 from __future__ import annotations
 
 import math
-import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-# Names that start the network (layer 0) and names exempt from weight decay, as in the
-# authors' optimiser factory: biases, norms and 1-D params, tokens and position embeddings.
-EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
-# A_log/A_b_log: the SSM state matrices, exempt from weight decay as in the official VideoMamba.
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "bias", "A_log", "A_b_log")
+from internvqa_jax.models.family import ParamGroups
 
 
 def path_names(path: tuple) -> tuple:
@@ -36,37 +34,15 @@ def path_names(path: tuple) -> tuple:
     return tuple(x for x in out if x != "value")
 
 
-def layer_id(names: tuple, num_layers: int) -> int | None:
-    """Layer index of a parameter for lr decay; None for a scanned (stacked) blocks parameter.
-
-    Layouts: `blocks/<i>/...` (a list of blocks), or with scan_layers `blocks/scanned/...` (blocks
-    0..n-1 stacked on the leading axis) and `blocks/last/...` (the last block, layer `num_layers`).
-    """
-    text = "/".join(str(n) for n in names)
-    if any(e in text for e in EMBEDDING_NAMES):
-        return 0
-    for i, n in enumerate(names):
-        if n in ("blocks", "layers"):  # InternVideo2 blocks, VideoMamba layers
-            nxt = names[i + 1] if i + 1 < len(names) else None
-            if isinstance(nxt, int) or (isinstance(nxt, str) and nxt.isdigit()):
-                return int(nxt) + 1
-            if nxt == "last":
-                return num_layers
-            return None  # stacked by nnx.scan: the leading axis is the layer
-    m = re.search(r"(?:blocks|layers)[._](\d+)", text)
-    if m:
-        return int(m.group(1)) + 1
-    return num_layers + 1
-
-
-def layer_decay_factors(params: Any, num_layers: int, decay: float) -> Any:
+def layer_decay_factors(params: Any, num_layers: int, decay: float, groups: ParamGroups) -> Any:
     """Tree of lr multipliers decay ** (num_layers + 1 - layer_id), shaped to broadcast on each leaf.
 
-    Stacked (scanned) block parameters get a per-layer vector over their leading axis.
+    Layer ids come from the network's family (`groups.layer_id`). Stacked (scanned) block
+    parameters get a per-layer vector over their leading axis.
     """
 
     def factor(path, leaf):
-        lid = layer_id(path_names(path), num_layers)
+        lid = groups.layer_id(path_names(path), num_layers)
         if lid is None:
             stacked = leaf.shape[0]  # blocks 0..stacked-1 (all of them, or all but a separate last one)
             if stacked > num_layers:
@@ -82,17 +58,9 @@ def layer_decay_factors(params: Any, num_layers: int, decay: float) -> Any:
     return jax.tree_util.tree_map_with_path(factor, params)
 
 
-def weight_decay_mask(params: Any) -> Any:
-    """True where weight decay applies: matrices and kernels, not biases/norms/tokens/pos-embeds."""
-
-    def decays(path, leaf):
-        names = path_names(path)
-        text = "/".join(str(n) for n in names)
-        if leaf.ndim <= 1 or any(n in text for n in NO_DECAY_NAMES):
-            return False
-        return True
-
-    return jax.tree_util.tree_map_with_path(decays, params)
+def weight_decay_mask(params: Any, groups: ParamGroups) -> Any:
+    """True where weight decay applies (`groups.decays`: matrices and kernels, not the family's exempt names)."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: groups.decays(path_names(path), leaf.ndim), params)
 
 
 def scale_by_tree(factors: Any) -> optax.GradientTransformation:
@@ -133,26 +101,35 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     grad_accum_steps: int = 1,
+    param_groups: Mapping[str, ParamGroups] | None = None,
 ) -> optax.GradientTransformation:
     """AdamW over a dict of trainable trees (one per network: 'student', 'teacher', 'decoders').
 
-    `layer_decay[name] = (depth, decay)` applies layer-wise lr decay to that network; networks absent
-    from it get factor 1. Gradient clipping is by global norm over everything trainable; with
-    `grad_accum_steps > 1` updates are applied every k-th call (optax.MultiSteps).
+    `param_groups[name]` is that network's family groups (`registry.family_of(cfg).param_groups`);
+    a network without one (token decoders, projection) has no layers and exempts only biases and
+    1-D parameters from weight decay. `layer_decay[name] = (depth, decay)` applies layer-wise lr
+    decay to that network (it must have groups); networks absent from it get factor 1. Gradient
+    clipping is by global norm over everything trainable; with `grad_accum_steps > 1` updates are
+    applied every k-th call (optax.MultiSteps).
     """
+    param_groups = dict(param_groups or {})
+    groups = {name: param_groups.get(name, ParamGroups()) for name in trainable}
     factors = {}
     for name, tree in trainable.items():
         if name in layer_decay and layer_decay[name][1] != 1.0:
+            if name not in param_groups:
+                raise ValueError(f"layer decay for network {name!r} needs its parameter groups (param_groups[{name!r}])")
             depth, decay = layer_decay[name]
-            factors[name] = layer_decay_factors(tree, depth, decay)
+            factors[name] = layer_decay_factors(tree, depth, decay, groups[name])
         else:
             factors[name] = jax.tree.map(lambda x: jnp.asarray(1.0, jnp.float32), tree)
+    mask = {name: weight_decay_mask(tree, groups[name]) for name, tree in trainable.items()}
     parts = []
     if grad_clip and grad_clip > 0:
         parts.append(optax.clip_by_global_norm(grad_clip))
     parts += [
         optax.scale_by_adam(b1=b1, b2=b2),
-        optax.add_decayed_weights(weight_decay, mask=weight_decay_mask(dict(trainable))),
+        optax.add_decayed_weights(weight_decay, mask=mask),
         optax.scale_by_learning_rate(schedule),
         scale_by_tree(factors),
     ]
