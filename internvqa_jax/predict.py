@@ -23,27 +23,17 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
+
+from internvqa_jax import io_utils  # light: no JAX
 
 MAX_EXIT_FAILED = 100
 EXIT_CANNOT_RUN = 125
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder, then renames."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# The CLIs' outputs are written atomically by io_utils (evaluate calls it under this name too).
+write_atomic = io_utils.atomic_write_text
 
 
 def results_csv(results: Sequence[Any], scale: str) -> str:

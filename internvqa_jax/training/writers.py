@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import jax
 
+from internvqa_jax import io_utils
+
 
 def _plain(value: Any) -> Any:
     try:
@@ -43,10 +45,7 @@ class MetricWriter:
             return
         with open(self.path) as f:
             rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(rows)
-        os.replace(tmp, self.path)
+        io_utils.atomic_write_text(self.path, "".join(rows))
 
     def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
         """Logs scalar `values` of `split` ("train", "val", "test") at `step`."""
