@@ -31,6 +31,8 @@ MANIFEST_FILE = "manifest.json"
 # Training workdir (train.py): one folder per job, exports, the teacher cache, the report.
 REPORT_FILE = "report.json"
 RESULT_FILE = "result.json"  # a finished job's results, in its folder
+METRICS_FILE = "metrics.jsonl"  # every logged value of a job, in its folder
+TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 TEACHER_CACHE_DIR = "teacher_cache"

@@ -32,10 +32,6 @@ MAX_EXIT_FAILED = 100
 EXIT_CANNOT_RUN = 125
 
 
-# The CLIs' outputs are written atomically by io_utils (evaluate calls it under this name too).
-write_atomic = io_utils.atomic_write_text
-
-
 def results_csv(results: Sequence[Any], scale: str) -> str:
     """CSV text: path, score, num_views, scale, error (one row per input, input order)."""
     buf = io.StringIO()
@@ -150,11 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "num_failed": len(failed),
                 "results": [r.to_dict() for r in results],
             }
-            write_atomic(out, json.dumps(payload, indent=2))
+            io_utils.atomic_write_text(out, json.dumps(payload, indent=2))
         else:
-            write_atomic(out, results_csv(results, scale))
+            io_utils.atomic_write_text(out, results_csv(results, scale))
             if args.per_segment:
-                write_atomic(out.with_name(out.stem + "_segments.csv"), segments_csv(results))
+                io_utils.atomic_write_text(out.with_name(out.stem + "_segments.csv"), segments_csv(results))
         print(f"# wrote {out}")
     print(f"# scored {len(results) - len(failed)} of {len(results)} files; {len(failed)} failed")
     for r in failed:

@@ -20,7 +20,7 @@ from internvqa_jax import predict, scorer as scorer_lib
 from internvqa_jax.models import registry, saving
 from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
-# The inference.json that training writes (train.export_networks), for a tiny model.
+# The inference.json that training writes (training/export.py), for a tiny model.
 INFERENCE = tiny_inference()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from internvqa_jax import io_utils
 from internvqa_jax.data import sampling
 
 # Label kinds the datasets use (see data/records.py): display name and what the ends mean.
@@ -140,7 +141,7 @@ class InferenceInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "inference.json") -> "InferenceInfo":
+    def from_dict(cls, d: Any, where: str = io_utils.INFERENCE_FILE) -> "InferenceInfo":
         """Reads the layout `to_dict` writes (and the legacy files of the module doc); errors name `where`."""
         if not isinstance(d, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")

@@ -30,14 +30,14 @@ class MetricWriter:
 
     def __init__(self, logdir: str, *, enabled: bool | None = None, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = os.path.join(logdir, "metrics.jsonl")
+        self.path = os.path.join(logdir, io_utils.METRICS_FILE)
         self._tb = None
         if self.enabled:
             os.makedirs(logdir, exist_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
+                self._tb = SummaryWriter(os.path.join(logdir, io_utils.TENSORBOARD_DIR))
 
     def truncate_after(self, step: int) -> None:
         """Drops logged rows of steps > `step` (a resumed run will log them again)."""
