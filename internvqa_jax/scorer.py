@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,13 +31,14 @@ from flax import nnx
 
 from internvqa_jax.data import sampling
 from internvqa_jax.models import saving
-from internvqa_jax.models.inference_info import LABEL_KINDS, UNTRAINED_HEAD_SCALE, InferenceInfo  # noqa: F401 (re-exported)
-from internvqa_jax.models.saving import INFERENCE_FILE, resolve_model_dir  # noqa: F401 (re-exported)
+from internvqa_jax.models.inference_info import InferenceInfo
+from internvqa_jax.models.inference_info import UNTRAINED_HEAD_SCALE  # noqa: F401 (re-exported)
+from internvqa_jax.models.saving import resolve_model_dir  # noqa: F401 (re-exported: evaluate, predict)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".ivf", ".y4m", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".hevc", ".h264", ".264", ".265", ".obu")
 
-# The test-time protocol is the model directory's `inference.json`, owned by `InferenceInfo`; the
-# scorer reads it under its older name.
+# The test-time protocol is the model directory's `inference.json`, owned by `InferenceInfo`;
+# `InferenceSpec` is its older name here, kept for callers of the scorer.
 InferenceSpec = InferenceInfo
 
 
@@ -98,7 +98,7 @@ def _windows(num_frames: int, fps: float | None, segment_seconds: float) -> list
     return [(int(a), int(max(b, a + 1))) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, spec: InferenceSpec) -> np.ndarray:
+def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, spec: InferenceInfo) -> np.ndarray:
     """The K x crops test views, reading frames through `take(kept positions) -> uint8 frames`.
 
     Same plan and random stream as `sampling.eval_views` on the kept frames (shrinking each clip's
@@ -113,7 +113,7 @@ def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, sp
     return np.stack(views)
 
 
-def clip_views(frames: np.ndarray, spec: InferenceSpec) -> np.ndarray:
+def clip_views(frames: np.ndarray, spec: InferenceInfo) -> np.ndarray:
     """Test views `(V, T, S, S, 3)` of a frame array: stored-frame selection, shrink, K x crops.
 
     Mirrors what evaluation does on prepared shards: keep `spec.stored_frames` evenly spread
@@ -134,7 +134,7 @@ def _shrink(frames: np.ndarray, short_side: int | None) -> np.ndarray:
     return sampling.resize_short_side(frames, short_side)
 
 
-def _window_views(frames: np.ndarray, spec: InferenceSpec, window_index: int) -> np.ndarray:
+def _window_views(frames: np.ndarray, spec: InferenceInfo, window_index: int) -> np.ndarray:
     """Views of one time window: T evenly spread frames, then the spatial test views."""
     idx = sampling.evenly_spaced_indices(frames.shape[0], spec.frames)
     rng = np.random.default_rng((spec.seed, 1 + window_index))
@@ -142,14 +142,14 @@ def _window_views(frames: np.ndarray, spec: InferenceSpec, window_index: int) ->
     return np.stack(sampling.spatial_eval(clip, spec.size, spec.spatial_mode, rng))
 
 
-def _file_clip_indices(num_frames: int, spec: InferenceSpec) -> np.ndarray:
+def _file_clip_indices(num_frames: int, spec: InferenceInfo) -> np.ndarray:
     """Frame numbers of the file that `clip_views` would keep (all of them, or the stored ones)."""
     if spec.stored_frames is None:
         return np.arange(num_frames)
     return sampling.evenly_spaced_indices(num_frames, spec.stored_frames)
 
 
-def prepare_file(path: str, spec: InferenceSpec, per_segment: bool = False, segment_seconds: float = 1.0) -> _Job:
+def prepare_file(path: str, spec: InferenceInfo, per_segment: bool = False, segment_seconds: float = 1.0) -> _Job:
     """Decodes only the frames the protocol needs and builds the views of one file.
 
     Any failure (unreadable, zero frames, too small, decoder error) becomes `_Job.error` naming
@@ -187,7 +187,7 @@ def prepare_file(path: str, spec: InferenceSpec, per_segment: bool = False, segm
     return job
 
 
-def prepare_frames(frames: np.ndarray, spec: InferenceSpec, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None, name: str = "<frames>") -> _Job:
+def prepare_frames(frames: np.ndarray, spec: InferenceInfo, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None, name: str = "<frames>") -> _Job:
     """Views of an in-memory uint8 `(T, H, W, 3)` array (same protocol as for files)."""
     job = _Job(path=name)
     frames = np.asarray(frames)
@@ -235,7 +235,7 @@ def list_videos(inputs: Iterable[str | os.PathLike]) -> list[str]:
 class Scorer:
     """Scores videos with one model under its test-time protocol (see module doc)."""
 
-    def __init__(self, model: nnx.Module, spec: InferenceSpec, batch_size: int = 8, device: Any = None, name: str = "", decode_workers: int = 2):
+    def __init__(self, model: nnx.Module, spec: InferenceInfo, batch_size: int = 8, device: Any = None, name: str = "", decode_workers: int = 2):
         if batch_size < 1:
             raise ValueError(f"Scorer: batch_size must be >= 1, got {batch_size}")
         self.spec = spec
