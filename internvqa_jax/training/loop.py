@@ -194,6 +194,7 @@ class JobSetup:
 
     config: ml_collections.ConfigDict
     job: builder.JobSpec
+    shard_dir: str
     built: builder.Built
     steps_per_epoch: int
     total_steps: int
@@ -215,14 +216,14 @@ class JobSetup:
         """The network whose validation SRCC ranks the checkpoints."""
         return "student" if "student" in self.job.nets else "teacher"
 
-    def evaluate(self, split: str, state: dict, shard_dir: str) -> dict[str, dict[str, Any]]:
+    def evaluate(self, split: str, state: dict) -> dict[str, dict[str, Any]]:
         """Scores `split` ("val": the trained networks; "test": those this job tests) with the eval weights."""
         d, c = self.config.data, self.config
         pidx, pcount = jax.process_index(), jax.process_count()
 
         def batches() -> Iterator[Mapping[str, np.ndarray]]:
             return pipeline.eval_iterator(
-                shard_dir, split, batch_size=self.eval_batch_size, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
+                self.shard_dir, split, batch_size=self.eval_batch_size, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
                 num_segments=int(c.test_views), seed=int(c.seed), workers=0, process_index=pidx, process_count=pcount,
             )
 
@@ -277,7 +278,7 @@ def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     writer = writers.MetricWriter(jobdir)
     restore_target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
     return JobSetup(
-        config, job, built, steps_per_epoch, total_steps, train_iter, eval_bs, batch_sh, state_sh, restore_target, train_step,
+        config, job, shard_dir, built, steps_per_epoch, total_steps, train_iter, eval_bs, batch_sh, state_sh, restore_target, train_step,
         val_nets, test_nets, score_steps, manager, writer, {"job": job.name, "config": config.to_json()},
     )
 
@@ -308,7 +309,7 @@ def _log_train(setup: JobSetup, step: int, m: Mapping[str, jax.Array], state: di
         progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
 
 
-def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.FeatureCache | None, shard_dir: str) -> tuple[dict, int]:
+def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.FeatureCache | None) -> tuple[dict, int]:
     """Trains from step `start` to `setup.total_steps`: log, validate and checkpoint on schedule;
     a stop signal saves and raises `Preempted`. Returns (state, last step)."""
     c, manager = setup.config, setup.manager
@@ -336,7 +337,7 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
             val_metrics = None
             if step % eval_every == 0 or step == setup.total_steps:
                 check_finite(state, manager, f"job {setup.job.name}")
-                val_metrics = flat_eval_metrics(setup.evaluate("val", state, shard_dir), setup.main_net)
+                val_metrics = flat_eval_metrics(setup.evaluate("val", state), setup.main_net)
                 setup.writer.write(step, "val", val_metrics)
             if val_metrics is not None or step % ckpt_every == 0:
                 save_checkpoint(manager, step, state, setup.train_iter, setup.meta, val_metrics)
@@ -353,7 +354,7 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
     return state, step
 
 
-def test_and_export(setup: JobSetup, state: dict, step: int, shard_dir: str, workdir: str) -> dict[str, Any]:
+def test_and_export(setup: JobSetup, state: dict, step: int, workdir: str) -> dict[str, Any]:
     """Tests and exports the networks of the kept step with the best validation SRCC
     (`checkpoint.test_from="best_val"`) or of the last step ("last", for a validation split too
     small to rank steps): the test split never picks the weights. Returns the job's result."""
@@ -367,10 +368,10 @@ def test_and_export(setup: JobSetup, state: dict, step: int, shard_dir: str, wor
             state = None  # free the final state's buffers before restoring the best one
             state, _ = checkpoints.restore(setup.manager, test_step, setup.restore_target)
             log.info("%s: test and export from step %d (best val SRCC %.4f), trained to step %d", setup.job.name, test_step, best_val, step)
-    test = setup.evaluate("test", state, shard_dir)
+    test = setup.evaluate("test", state)
     for net, m in test.items():
         setup.writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step})
-    exported = export.export_networks(setup.config, setup.job, setup.built, state_lib.eval_weights(state), workdir, shard_dir)
+    exported = export.export_networks(setup.config, setup.job, setup.built, state_lib.eval_weights(state), workdir, setup.shard_dir)
     return {"job": setup.job.name, "steps": step, "test_from_step": test_step, "best_val_srcc": best_val, "test": test, "export": exported}
 
 
@@ -390,8 +391,8 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
         cache = feature_cache.teacher_cache(
             config, setup.built, state, setup.state_sh, setup.batch_sh, shard_dir, workdir, setup.eval_batch_size, inits.get("teacher", "")
         )
-    state, step = run_steps(setup, state, start, cache, shard_dir)
-    result = test_and_export(setup, state, step, shard_dir, workdir)
+    state, step = run_steps(setup, state, start, cache)
+    result = test_and_export(setup, state, step, workdir)
     if jax.process_index() == 0:
         io_utils.atomic_write_json(result_path, result)
     setup.manager.close()
