@@ -91,7 +91,7 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
             root = io_utils.DEMO_VIDEOS_DIR if name == "demo" else str(config.data.source_root)
             log.info("building %s shards in %s from %s", name, shard_dir, root)
             # Native frames: the fragment and resize-crop views are cut at training time.
-            built = prepare.prepare_dataset(name, shard_dir, root, prepare.PrepareConfig(short_side=None), workers=2)
+            built = prepare.prepare_dataset(name, shard_dir, root=root, config=prepare.PrepareConfig(short_side=None), workers=2)
             print(prepare.summary(built))
             if not built["counts"]["records"]:
                 raise RuntimeError(f"building the {name} shards in {shard_dir} failed: no video was stored")
