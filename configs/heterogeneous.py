@@ -1,8 +1,8 @@
-"""Heterogeneous distillation: InternVideo2 teacher -> VideoMamba student (plus the no-distillation
-student baseline). The student's cls feature is mapped to the teacher's pooled width by a learned
-linear projection before the plain LayerNorm of the feature loss.
+"""Heterogeneous distillation: an InternVideo2 teacher distilled into a VideoMamba student (the
+student's cls feature is mapped to the teacher's pooled width by a learned linear projection before
+the feature loss), plus the same student trained alone as the no-distillation baseline.
 
-No arg: the CPU demo (tiny teacher as in configs/homologous.py, a small VideoMamba student).
+No arg: the CPU demo (the homologous demo's teacher and recipe, a small VideoMamba student).
 Paper-like: `configs/heterogeneous.py:teacher=1B,student=videomamba_small,data=waterloo_ivc4k,teacher_init=PATH`.
 """
 

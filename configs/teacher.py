@@ -1,6 +1,7 @@
-"""Fine-tune the InternVideo2 teacher alone as a quality regressor (no student).
+"""Fine-tune the InternVideo2 teacher alone as a quality regressor (no student, no distillation).
 
-Its export (`WORKDIR/export/teacher`) can later serve as a frozen teacher:
+No arg: the demo teacher of configs/homologous.py on the demo data. Its export
+(`WORKDIR/export/teacher`) can later serve as a frozen teacher:
 `configs/homologous.py:teacher_mode=frozen,teacher_init=WORKDIR/export/teacher`.
 """
 

@@ -15,16 +15,16 @@ from typing import Any
 
 from absl import app, flags
 
-from internvqa_jax.io_utils import atomic_write_json, read_json
+from internvqa_jax.io_utils import REPORT_FILE, atomic_write_json, read_json
 
 _OUT = flags.DEFINE_string("out", "", "Optional JSON file for the combined table.")
 
 
 def load_report(path: str) -> dict[str, Any]:
     """report.json of a workdir (or the file itself), with a clear error when it is not one."""
-    file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+    file = os.path.join(path, REPORT_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: no report.json; run `python -m internvqa_jax.train` with this workdir first")
+        raise FileNotFoundError(f"{file}: no {REPORT_FILE}; run `python -m internvqa_jax.train` with this workdir first")
     report = read_json(file)
     for key in ("test", "test_split", "config"):
         if key not in report:

@@ -6,7 +6,8 @@
 
 DIR is a model directory or a training workdir (its exported student, or `--which=teacher`). The
 shards come from `--data`, else from the training config (`data.shard_dir`, default
-`data_cache/<name>_shards` as training uses), else from a `shard_dir` recorded in inference.json.
+`data_cache/<name>_shards` as training uses), else the default shard directory of the dataset the
+model was trained on (inference.json's `label.dataset`).
 Every video of the split is scored with the model's test-time protocol from inference.json
 (K temporal segments x 3 crops, or K fragment draws seeded per record, exactly as training's
 evaluation), the views' scores averaged.
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from internvqa_jax import metrics
+from internvqa_jax import io_utils, metrics
 
 GROUP_KEYS = ("codec", "resolution", "source")
 
@@ -54,23 +55,18 @@ def load_config_file(spec: str):
     return module.get_config(arg) if arg else module.get_config()
 
 
-def resolve_shard_dir(data: str, config_spec: str, inference: dict[str, Any] | None) -> str:
-    """Where the prepared shards are: --data, else the config's data section, else inference.json."""
+def resolve_shard_dir(data: str, config_spec: str, dataset: str = "") -> str:
+    """Where the prepared shards are: --data, else the config's data section, else the default shard
+    directory of the model's training dataset (`dataset`, from its inference.json) if it exists."""
     if data:
         return data
     if config_spec:
         config = load_config_file(config_spec)
-        # Same default as training (train.ensure_data).
-        return config.data.shard_dir or os.path.join("data_cache", f"{config.data.name}_shards")
-    if inference:
-        for key in ("shard_dir", "data_dir"):
-            if inference.get(key):
-                return str(inference[key])
-        label = inference.get("label") or {}
-        if isinstance(label, dict) and label.get("dataset"):
-            guess = os.path.join("data_cache", f"{label['dataset']}_shards")
-            if os.path.isfile(os.path.join(guess, "manifest.json")):
-                return guess
+        return config.data.shard_dir or io_utils.default_shard_dir(config.data.name)  # as training
+    if dataset:
+        guess = io_utils.default_shard_dir(dataset)
+        if os.path.isfile(os.path.join(guess, io_utils.MANIFEST_FILE)):
+            return guess
     raise ValueError("no dataset given: pass --data=SHARD_DIR or --config=configs/<file>.py[:data=<name>]")
 
 
@@ -216,15 +212,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the evaluation CLI; returns the exit status."""
     args = parse_args(argv)
-    from internvqa_jax import plots, predict, scorer as scorer_lib
+    from internvqa_jax import plots, scorer as scorer_lib
 
     try:
         model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which)
         spec = scorer_lib.read_inference_spec(model_dir)
-        inference = json.loads((model_dir / scorer_lib.INFERENCE_FILE).read_text())
-        shard_dir = resolve_shard_dir(args.data, args.config, inference)
-        if not os.path.isfile(os.path.join(shard_dir, "manifest.json")):
-            raise FileNotFoundError(f"{shard_dir}: no manifest.json (prepare the dataset first: python -m internvqa_jax.data.prepare)")
+        shard_dir = resolve_shard_dir(args.data, args.config, spec.dataset)
+        if not os.path.isfile(os.path.join(shard_dir, io_utils.MANIFEST_FILE)):
+            raise FileNotFoundError(f"{shard_dir}: no {io_utils.MANIFEST_FILE} (prepare the dataset first: python -m internvqa_jax.data.prepare)")
         scorer = scorer_lib.load(model_dir, batch_size=max(1, args.batch_size) * spec.views_per_clip, device=args.device)
         records, pred = score_split(scorer, shard_dir, args.split, max(1, args.batch_size), progress=not args.no_progress)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
@@ -247,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         **result,
         "predictions": [{"video_id": r.get("video_id"), "label": float(r["label"]), "prediction": float(p)} for r, p in zip(records, pred)],
     }
-    predict.write_atomic(out / "metrics.json", json.dumps(_finite_or_none(payload), indent=2))
-    predict.write_atomic(out / "predictions.csv", predictions_csv(records, pred))
+    io_utils.atomic_write_text(out / "metrics.json", json.dumps(_finite_or_none(payload), indent=2))
+    io_utils.atomic_write_text(out / "predictions.csv", predictions_csv(records, pred))
     fit = metrics.LogisticFit(result["overall"]["logistic_fit"]["method"], tuple(result["overall"]["logistic_fit"]["params"]), result["overall"]["logistic_fit"]["reason"])
     plots.scatter_with_logistic(
         pred, labels, out / "scatter.png", fit=fit, groups=group_values(records)["codec"],

@@ -1,8 +1,13 @@
-"""Small file helpers shared by the writers and readers of the project's JSON and directories.
+"""File helpers shared by every writer and reader of the project, and the names of what it writes.
 
 Every write here is atomic: the content goes to a hidden temp sibling (`.NAME.tmp-...`) that is
 renamed into place, so a reader never sees half a file or a half-built directory, and a killed
-writer leaves only temp names that `shards.remove_stale_temps` recognises.
+writer leaves only temp names that `shards.remove_stale_temps` recognises. The family:
+`atomic_path` (any writer that takes a file name: ArrayRecord, ffmpeg, matplotlib, torch),
+`atomic_write_text` / `atomic_write_json` (text), `atomic_dir` (a whole directory).
+
+The file and folder names of the on-disk layouts are defined here once (model directories,
+shard directories, training workdirs), so writers and readers cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,23 +20,62 @@ import shutil
 import uuid
 from typing import Any, Iterator
 
+# ---------------------------------------------------------------------------- on-disk names
 
-def tmp_sibling(path: str | os.PathLike) -> pathlib.Path:
-    """Hidden temp name next to `path` for this process (`.NAME.tmp-PID`)."""
+# Model directory (models/saving.py): architecture + config, parameters, test-time protocol.
+MODEL_CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+INFERENCE_FILE = "inference.json"  # models/inference_info.py:InferenceInfo
+# Shard directory (data/shards.py), teacher feature cache, demo video folder: contents + identity.
+MANIFEST_FILE = "manifest.json"
+# Training workdir (train.py): one folder per job, exports, the teacher cache, the report.
+REPORT_FILE = "report.json"
+RESULT_FILE = "result.json"  # a finished job's results, in its folder
+METRICS_FILE = "metrics.jsonl"  # every logged value of a job, in its folder
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "export"
+TEACHER_CACHE_DIR = "teacher_cache"
+# Where datasets are prepared when the config names no shard directory, relative to the
+# working directory: the demo's videos and every dataset's shards.
+DATA_CACHE_DIR = "data_cache"
+DEMO_VIDEOS_DIR = os.path.join(DATA_CACHE_DIR, "demo_videos")
+
+
+def default_shard_dir(dataset: str) -> str:
+    """Shard directory of `dataset` when `config.data.shard_dir` is empty: `data_cache/<dataset>_shards`."""
+    return os.path.join(DATA_CACHE_DIR, f"{dataset}_shards")
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[pathlib.Path]:
+    """Yields a temp sibling name of `path` for a writer to create; a clean exit renames it onto `path`.
+
+    On an exception `path` is left as it was and the temp is removed (a writer that created
+    nothing raises FileNotFoundError). `keep_suffix` ends the temp name with `path`'s extension, for writers that pick the
+    format by it (ffmpeg, matplotlib). The parent folder is created if needed.
+    """
     path = pathlib.Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to a temp sibling and renames it onto `path`; the temp is removed on failure."""
-    path = pathlib.Path(path)
-    tmp = tmp_sibling(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A random part rather than the pid: one process may write several files of one name at once.
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix if keep_suffix else ''}")
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to a temp sibling and renames it onto `path`; the temp is removed on failure."""
+    with atomic_path(path) as tmp:
+        # newline="": the text is written as given (a CSV's \r\n stays \r\n on every platform).
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 1, trailing_newline: bool = False, sort_keys: bool = True) -> None:

@@ -191,6 +191,15 @@ def feature_distillation(student_pool: jax.Array, teacher_pool: jax.Array, beta:
     return smooth_l1(layer_norm_plain(student_pool), layer_norm_plain(teacher_pool), beta=beta)
 
 
+# The method's loss terms, in the order they are summed: the weight keys of `total_loss`, the fields
+# of the training config's `loss` section and the terms the jobs of a run choose from.
+#   feature         SmoothL1(LN(student pooled), LN(teacher pooled)), pooled-feature distillation
+#   student_*/teacher_*  regression of that network's score on the label: mse, plcc (1 - PLCC),
+#                   rank (pairwise ranking)
+#   token           multi-layer token distillation through MLP decoders
+LOSS_TERMS = ("feature", "student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank", "token")
+
+
 def total_loss(
     weights: Mapping[str, float],
     label: jax.Array,
@@ -203,14 +212,12 @@ def total_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted sum of the enabled terms; returns (total, per-term values before weighting).
 
-    Weight keys: `feature` (pooled-feature KD), `student_mse`, `teacher_mse`, `student_plcc`,
-    `student_rank`, `teacher_plcc`, `teacher_rank`, `token` (multi-layer token KD). A term whose
-    weight is 0 or missing is not computed; one that needs a missing input is an error.
+    Weight keys: `LOSS_TERMS`. A term whose weight is 0 or missing is not computed; one that needs a
+    missing input is an error.
     """
-    known = {"feature", "student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank", "token"}
-    unknown = set(weights) - known
+    unknown = set(weights) - set(LOSS_TERMS)
     if unknown:
-        raise ValueError(f"loss weights: unknown key(s) {sorted(unknown)}; expected a subset of {sorted(known)}")
+        raise ValueError(f"loss weights: unknown key(s) {sorted(unknown)}; expected a subset of {sorted(LOSS_TERMS)}")
     label = jnp.reshape(label, (-1,)).astype(jnp.float32)
 
     def need(name: str, value):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,22 +17,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from internvqa_jax import metrics
+from internvqa_jax import io_utils, metrics
 
 
 def _save(fig: Figure, out_path: str | os.PathLike, dpi: int = 120) -> pathlib.Path:
     out = pathlib.Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with io_utils.atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return out
 
 

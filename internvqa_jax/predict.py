@@ -23,27 +23,13 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from internvqa_jax import io_utils  # light: no JAX
+
 MAX_EXIT_FAILED = 100
 EXIT_CANNOT_RUN = 125
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder, then renames."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def results_csv(results: Sequence[Any], scale: str) -> str:
@@ -160,11 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "num_failed": len(failed),
                 "results": [r.to_dict() for r in results],
             }
-            write_atomic(out, json.dumps(payload, indent=2))
+            io_utils.atomic_write_text(out, json.dumps(payload, indent=2))
         else:
-            write_atomic(out, results_csv(results, scale))
+            io_utils.atomic_write_text(out, results_csv(results, scale))
             if args.per_segment:
-                write_atomic(out.with_name(out.stem + "_segments.csv"), segments_csv(results))
+                io_utils.atomic_write_text(out.with_name(out.stem + "_segments.csv"), segments_csv(results))
         print(f"# wrote {out}")
     print(f"# scored {len(results) - len(failed)} of {len(results)} files; {len(failed)} failed")
     for r in failed:

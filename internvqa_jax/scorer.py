@@ -1,7 +1,7 @@
 """Scoring videos with a trained model: `load(model_dir_or_workdir)` -> `Scorer`.
 
 A `Scorer` runs the test-time protocol written by training into the model directory's
-`inference.json` (see `InferenceSpec`): frames sampled from the file, K temporal clips x 3 crops
+`inference.json` (see `models/inference_info.py`): frames sampled from the file, K temporal clips x 3 crops
 (resize_crop) or K seeded fragment draws, each view scored by the model, and the video's score =
 the mean over its views, on the training label's scale. Everything that could vary is seeded, so
 the same file gives the same score on every call, alone or in a batch with others.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,155 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from internvqa_jax import io_utils
 from internvqa_jax.data import sampling
+from internvqa_jax.models import saving
+from internvqa_jax.models.inference_info import InferenceInfo
+from internvqa_jax.models.inference_info import UNTRAINED_HEAD_SCALE  # noqa: F401 (re-exported)
+from internvqa_jax.models.saving import resolve_model_dir  # noqa: F401 (re-exported: evaluate, predict)
 
-MODEL_CONFIG = "model_config.json"
-INFERENCE_FILE = "inference.json"
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".ivf", ".y4m", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".hevc", ".h264", ".264", ".265", ".obu")
 
-# Label kinds the datasets use (see data/records.py): display name and what the ends mean.
-LABEL_KINDS = {
-    "vmaf": ("VMAF", "0 = worst, 1 = visually lossless"),
-    "mos": ("MOS", "mean opinion score"),
-    "dmos": ("DMOS", "differential MOS"),
-    "score": ("score", "the training CSV's score"),
-}
-
-# What a score means when the head was never trained on quality labels (a converted checkpoint).
-UNTRAINED_HEAD_SCALE = "none: UNTRAINED head (converted weights, not fine-tuned on quality labels); these scores carry no meaning until the model is fine-tuned"
-
-
-# --------------------------------------------------------------------------- inference spec
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceSpec:
-    """How a model expects to be fed at test time, read from `inference.json`.
-
-    frames, size: clip length and side of the square view. spatial_mode: "resize_crop" or
-    "fragments". num_segments: K temporal clips at test time. seed: fragment draws. mean, std:
-    normalisation in 0..255 units. stored_frames, short_side: how training data were prepared
-    (that many evenly spread frames kept per video, short side shrunk to `short_side`); applying
-    the same here makes `predict` see what `evaluate` saw (None = all frames / native size).
-    label_kind, label_scale: the training label ("vmaf", "mos", "dmos", "score"; a text such as
-    "VMAF/100"); higher_is_better follows from the kind unless given. head_trained: False for a
-    model straight out of weight conversion, whose head was never fitted to quality labels: its
-    scores carry no meaning until it is fine-tuned, and `describe_scale` says so.
-    """
-
-    frames: int = 8
-    size: int = 224
-    spatial_mode: str = "resize_crop"
-    num_segments: int = 4
-    seed: int = 0
-    mean: tuple[float, float, float] = tuple(sampling.MEAN)
-    std: tuple[float, float, float] = tuple(sampling.STD)
-    stored_frames: int | None = None
-    short_side: int | None = None
-    label_kind: str = "score"
-    label_scale: str = ""
-    higher_is_better: bool = True
-    head_trained: bool = True
-
-    def __post_init__(self):
-        sampling.check_spatial_mode(self.spatial_mode)
-        for name in ("frames", "size", "num_segments"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"inference spec: {name} must be >= 1, got {getattr(self, name)}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"inference spec: mean/std must be 3 values (std > 0), got {self.mean}, {self.std}")
-
-    @property
-    def views_per_clip(self) -> int:
-        """Views of one video under the test protocol."""
-        return sampling.num_eval_views(self.spatial_mode, self.num_segments)
-
-    def describe_scale(self) -> str:
-        """One line that says what a score means, printed by the CLIs and stored in outputs.
-
-        A numeric `label_scale` is the divisor applied to the dataset's values (VMAF/100); a text
-        scale is used as written.
-        """
-        if not self.head_trained:
-            return UNTRAINED_HEAD_SCALE
-        kind = str(self.label_kind).lower()
-        name, note = LABEL_KINDS.get(kind, (self.label_kind or "score", ""))
-        try:
-            divisor = float(self.label_scale)
-            text = f"{name}/{divisor:g}"
-        except ValueError:
-            text = self.label_scale or name
-        direction = "higher is better" if self.higher_is_better else "higher is WORSE"
-        details = "; ".join(part for part in (note, direction) if part)
-        return f"{text} ({details})"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the keys `from_dict` reads)."""
-        d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "inference.json") -> "InferenceSpec":
-        """Builds a spec from an inference.json dict; nested sections and a few synonyms accepted.
-
-        Accepted layouts: flat keys named like the fields; `num_frames` for frames,
-        `img_size`/`crop_size` for size, `spatial`/`sampling` for spatial_mode, `test_views`/
-        `num_test_segments` for num_segments; `normalization`/`normalisation` sections with
-        mean/std; a `label` section with kind/scale/higher_is_better; a `prepare` section with
-        frames/short_side. Unknown keys are ignored (the file may carry more than scoring needs).
-        """
-        if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
-        flat: dict[str, Any] = {}
-        synonyms = {
-            "num_frames": "frames", "img_size": "size", "crop_size": "size", "spatial": "spatial_mode",
-            "sampling": "spatial_mode", "test_views": "num_segments", "num_test_segments": "num_segments",
-            "segments": "num_segments", "test_segments": "num_segments", "eval_seed": "seed",
-        }
-        for key, value in d.items():
-            if isinstance(value, dict):
-                continue
-            flat[synonyms.get(key, key)] = value
-        for section in ("normalization", "normalisation", "normalize"):
-            if isinstance(d.get(section), dict):
-                flat.update({k: d[section][k] for k in ("mean", "std") if k in d[section]})
-        if isinstance(d.get("label"), dict):
-            lab = d["label"]
-            for src, dst in (("kind", "label_kind"), ("scale", "label_scale"), ("higher_is_better", "higher_is_better")):
-                if src in lab:
-                    flat[dst] = lab[src]
-        if isinstance(d.get("prepare"), dict):
-            prep = d["prepare"]
-            if "frames" in prep:
-                flat["stored_frames"] = prep["frames"]
-            if "short_side" in prep:
-                flat["short_side"] = prep["short_side"]
-        if isinstance(d.get("test"), dict):
-            for key, value in d["test"].items():
-                flat[synonyms.get(key, key)] = value
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in flat.items() if k in names}
-        if "label_scale" in kwargs and not isinstance(kwargs["label_scale"], str):
-            kwargs["label_scale"] = str(kwargs["label_scale"])
-        if "head_trained" in kwargs and not isinstance(kwargs["head_trained"], bool):
-            raise ValueError(f"{where}: head_trained must be true or false, got {kwargs['head_trained']!r}")
-        if "higher_is_better" not in kwargs and str(kwargs.get("label_kind", "")).lower() == "dmos":
-            kwargs["higher_is_better"] = False
-        try:
-            for key in ("frames", "size", "num_segments", "seed"):
-                if key in kwargs:
-                    kwargs[key] = int(kwargs[key])
-            for key in ("stored_frames", "short_side"):
-                if kwargs.get(key) is not None:
-                    kwargs[key] = int(kwargs[key])
-            for key in ("mean", "std"):
-                if key in kwargs:
-                    kwargs[key] = tuple(float(v) for v in kwargs[key])
-            return cls(**kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: {err}") from err
+# The test-time protocol is the model directory's `inference.json`, owned by `InferenceInfo`;
+# `InferenceSpec` is its older name here, kept for callers of the scorer.
+InferenceSpec = InferenceInfo
 
 
 # --------------------------------------------------------------------------- results
@@ -237,7 +98,7 @@ def _windows(num_frames: int, fps: float | None, segment_seconds: float) -> list
     return [(int(a), int(max(b, a + 1))) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, spec: InferenceSpec) -> np.ndarray:
+def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, spec: InferenceInfo) -> np.ndarray:
     """The K x crops test views, reading frames through `take(kept positions) -> uint8 frames`.
 
     Same plan and random stream as `sampling.eval_views` on the kept frames (shrinking each clip's
@@ -252,7 +113,7 @@ def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, sp
     return np.stack(views)
 
 
-def clip_views(frames: np.ndarray, spec: InferenceSpec) -> np.ndarray:
+def clip_views(frames: np.ndarray, spec: InferenceInfo) -> np.ndarray:
     """Test views `(V, T, S, S, 3)` of a frame array: stored-frame selection, shrink, K x crops.
 
     Mirrors what evaluation does on prepared shards: keep `spec.stored_frames` evenly spread
@@ -273,7 +134,7 @@ def _shrink(frames: np.ndarray, short_side: int | None) -> np.ndarray:
     return sampling.resize_short_side(frames, short_side)
 
 
-def _window_views(frames: np.ndarray, spec: InferenceSpec, window_index: int) -> np.ndarray:
+def _window_views(frames: np.ndarray, spec: InferenceInfo, window_index: int) -> np.ndarray:
     """Views of one time window: T evenly spread frames, then the spatial test views."""
     idx = sampling.evenly_spaced_indices(frames.shape[0], spec.frames)
     rng = np.random.default_rng((spec.seed, 1 + window_index))
@@ -281,14 +142,14 @@ def _window_views(frames: np.ndarray, spec: InferenceSpec, window_index: int) ->
     return np.stack(sampling.spatial_eval(clip, spec.size, spec.spatial_mode, rng))
 
 
-def _file_clip_indices(num_frames: int, spec: InferenceSpec) -> np.ndarray:
+def _file_clip_indices(num_frames: int, spec: InferenceInfo) -> np.ndarray:
     """Frame numbers of the file that `clip_views` would keep (all of them, or the stored ones)."""
     if spec.stored_frames is None:
         return np.arange(num_frames)
     return sampling.evenly_spaced_indices(num_frames, spec.stored_frames)
 
 
-def prepare_file(path: str, spec: InferenceSpec, per_segment: bool = False, segment_seconds: float = 1.0) -> _Job:
+def prepare_file(path: str, spec: InferenceInfo, per_segment: bool = False, segment_seconds: float = 1.0) -> _Job:
     """Decodes only the frames the protocol needs and builds the views of one file.
 
     Any failure (unreadable, zero frames, too small, decoder error) becomes `_Job.error` naming
@@ -326,7 +187,7 @@ def prepare_file(path: str, spec: InferenceSpec, per_segment: bool = False, segm
     return job
 
 
-def prepare_frames(frames: np.ndarray, spec: InferenceSpec, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None, name: str = "<frames>") -> _Job:
+def prepare_frames(frames: np.ndarray, spec: InferenceInfo, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None, name: str = "<frames>") -> _Job:
     """Views of an in-memory uint8 `(T, H, W, 3)` array (same protocol as for files)."""
     job = _Job(path=name)
     frames = np.asarray(frames)
@@ -374,7 +235,7 @@ def list_videos(inputs: Iterable[str | os.PathLike]) -> list[str]:
 class Scorer:
     """Scores videos with one model under its test-time protocol (see module doc)."""
 
-    def __init__(self, model: nnx.Module, spec: InferenceSpec, batch_size: int = 8, device: Any = None, name: str = "", decode_workers: int = 2):
+    def __init__(self, model: nnx.Module, spec: InferenceInfo, batch_size: int = 8, device: Any = None, name: str = "", decode_workers: int = 2):
         if batch_size < 1:
             raise ValueError(f"Scorer: batch_size must be >= 1, got {batch_size}")
         self.spec = spec
@@ -505,33 +366,10 @@ class Scorer:
 # --------------------------------------------------------------------------- loading
 
 
-def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:
-    """A model directory from a model dir or a training workdir (-> `workdir/export/<which>`)."""
-    p = pathlib.Path(path)
-    if (p / MODEL_CONFIG).is_file():
-        return p
-    exported = p / "export" / which
-    if (exported / MODEL_CONFIG).is_file():
-        return exported
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: checkpoint not found (expected a model directory or a training workdir)")
-    raise FileNotFoundError(f"{p}: neither a model directory (no {MODEL_CONFIG}) nor a training workdir (no export/{which}/{MODEL_CONFIG})")
-
-
-def read_inference_spec(model_dir: str | os.PathLike, meta: Any = None) -> InferenceSpec:
-    """The model's `InferenceSpec`, from the loader's metadata or `inference.json` on disk."""
-    model_dir = pathlib.Path(model_dir)
-    data = None
-    if isinstance(meta, dict):
-        data = meta.get("inference", None)
-        if data is None and any(k in meta for k in ("frames", "num_frames", "size", "spatial_mode")):
-            data = meta
-    if data is None:
-        path = model_dir / INFERENCE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; the scorer needs the test-time protocol (frames, size, spatial mode, label scale) that training writes there")
-        data = io_utils.read_json(path)
-    return InferenceSpec.from_dict(data, where=str(model_dir / INFERENCE_FILE))
+def read_inference_spec(model_dir: str | os.PathLike, meta: Any = None) -> InferenceInfo:
+    """The model's `InferenceInfo`, from the loader's metadata (`meta["inference"]`) or `inference.json` on disk."""
+    stored = meta.get("inference") if isinstance(meta, dict) else None
+    return saving.read_inference(model_dir, stored)
 
 
 def load(checkpoint: str | os.PathLike, batch_size: int = 8, device: Any = None, which: str = "student", **spec_overrides: Any) -> Scorer:
@@ -539,8 +377,6 @@ def load(checkpoint: str | os.PathLike, batch_size: int = 8, device: Any = None,
 
     `spec_overrides` replace fields of the stored inference spec (e.g. `num_segments=1` for speed).
     """
-    from internvqa_jax.models import saving  # the model code is only needed here
-
     model_dir = resolve_model_dir(checkpoint, which)
     model, meta = saving.load_model_dir(model_dir)
     spec = read_inference_spec(model_dir, meta)

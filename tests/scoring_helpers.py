@@ -18,7 +18,7 @@ IMAGENET_STD = [58.395, 57.12, 57.375]
 
 
 def tiny_inference(dataset: str = "demo", **normalisation_extra: Any) -> dict[str, Any]:
-    """A fresh copy of the `inference.json` train.export_networks writes for the tiny preset (4 x 56 px)."""
+    """A fresh `inference.json` in the layout training writes (`training/export.py`, `InferenceInfo`) for the tiny preset (4 x 56 px)."""
     return {
         "preset": "tiny",
         "frames": 4,

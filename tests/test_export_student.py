@@ -21,7 +21,7 @@ from internvqa_jax.models import registry, saving  # noqa: E402
 from weight_conversion import flax_to_torch, torch_model  # noqa: E402
 from scoring_helpers import tiny_inference  # noqa: E402
 
-# As train.export_networks writes it.
+# In the layout training writes (training/export.py).
 INFERENCE = tiny_inference(input="uint8 RGB, (x - mean) / std")
 
 STUDENTS = {

@@ -185,15 +185,10 @@ def test_cached_step_never_reads_teacher_parameters():
     assert teacher_inputs_read(step_lib.make_train_step(networks, live, tx, schedule)) > 0
 
 
-def test_plan_jobs_refuses_caching_a_cotrained_teacher_or_token_kd(shard_dir):
+def test_plan_jobs_marks_the_distill_job_cached(shard_dir):
+    """(The rules that refuse a cache are in tests/test_config_rules.py.)"""
     from internvqa_jax import train
 
-    c = tiny_config(shard_dir, teacher__cache_features=True)
-    with pytest.raises(ValueError, match="mode='frozen'"):
-        train.plan_jobs(c)
-    c = tiny_config(shard_dir, teacher__cache_features=True, teacher__mode="frozen", loss__token=0.5)
-    with pytest.raises(ValueError, match="token distillation"):
-        train.plan_jobs(c)
     c = tiny_config(shard_dir, teacher__cache_features=True, teacher__mode="frozen")
     distill = train.plan_jobs(c)[0]
     assert distill.name == "distill" and distill.teacher_cached and distill.teacher_frozen

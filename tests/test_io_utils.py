@@ -54,3 +54,19 @@ def test_atomic_dir_replaces_on_success_and_keeps_old_on_failure(tmp_path: pathl
         (d / "g").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["g"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or moved-aside dirs left
+
+
+def test_atomic_path_renames_on_success_keeps_old_on_failure(tmp_path: pathlib.Path) -> None:
+    target = tmp_path / "sub" / "clip.mp4"
+    with io_utils.atomic_path(target, keep_suffix=True) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".clip.mp4.tmp-") and tmp.suffix == ".mp4"
+        tmp.write_bytes(b"new")
+        assert not target.exists()  # nothing visible until the writer is done
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError):
+        with io_utils.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer died")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["clip.mp4"]  # the temp is gone
+

@@ -5,6 +5,7 @@ trains the tiny demo once through the training CLI (see test_predict_orders_demo
 """
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,7 +21,7 @@ from internvqa_jax import predict, scorer as scorer_lib
 from internvqa_jax.models import registry, saving
 from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
-# The inference.json that training writes (train.export_networks), for a tiny model.
+# The inference.json that training writes (training/export.py), for a tiny model.
 INFERENCE = tiny_inference()
 
 
@@ -110,7 +111,7 @@ def test_predict_warns_when_the_head_is_untrained(folder, tmp_path, capsys):
 
     config = registry.get_config("tiny")
     model = registry.create_model(config, nnx.Rngs(3))
-    inference = {**converted_inference(config, "official.pt"), "size": 56, "test_segments": 1}
+    inference = dataclasses.replace(converted_inference(config, "official.pt"), size=56, num_segments=1)
     converted = saving.save_model_dir(model, tmp_path / "converted", inference=inference)
     video = folder / "a_testsrc2.mp4"
     out = tmp_path / "scores.csv"

@@ -132,9 +132,9 @@ def test_per_segment_from_file_has_windows_in_seconds(videos):
 
 def test_inference_spec_reading(tmp_path):
     spec = scorer_lib.InferenceSpec.from_dict(
-        {"num_frames": 4, "img_size": 112, "spatial_mode": "fragments", "test_views": 2,
-         "normalization": {"mean": [1, 2, 3], "std": [4, 5, 6]}, "label": {"kind": "dmos", "scale": "DMOS/100"},
-         "prepare": {"frames": 16, "short_side": 256}, "something_else": 1}
+        {"frames": 4, "size": 112, "spatial_mode": "fragments", "test_segments": 2,
+         "normalisation": {"mean": [1, 2, 3], "std": [4, 5, 6]}, "label": {"kind": "dmos", "scale": "DMOS/100"},
+         "prepare": {"frames": 16, "short_side": 256}}
     )
     assert (spec.frames, spec.size, spec.num_segments, spec.stored_frames, spec.short_side) == (4, 112, 2, 16, 256)
     assert spec.mean == (1.0, 2.0, 3.0) and spec.std == (4.0, 5.0, 6.0)
@@ -147,6 +147,11 @@ def test_inference_spec_reading(tmp_path):
         scorer_lib.InferenceSpec.from_dict({"spatial_mode": "bogus"})
     with pytest.raises(ValueError, match="frames must be >= 1"):
         scorer_lib.InferenceSpec.from_dict({"frames": 0})
+    # one layout, no synonyms: a key it does not have is named, top level or inside a section
+    with pytest.raises(ValueError, match="unknown key 'num_frames'"):
+        scorer_lib.InferenceSpec.from_dict({"num_frames": 4})
+    with pytest.raises(ValueError, match="unknown key 'label.divisor'"):
+        scorer_lib.InferenceSpec.from_dict({"label": {"divisor": 100}})
     # Reading from disk: a missing or broken inference.json is named.
     with pytest.raises(FileNotFoundError, match="inference.json: missing"):
         scorer_lib.read_inference_spec(tmp_path)
@@ -157,6 +162,53 @@ def test_inference_spec_reading(tmp_path):
     assert scorer_lib.read_inference_spec(tmp_path).frames == 2
 
 
+# inference.json files as the code before InferenceInfo wrote them (train.export_networks and
+# weight_conversion/torch_to_flax.py): they must keep loading.
+OLD_TRAIN_INFERENCE = {
+    "preset": "tiny", "frames": 2, "size": 64, "spatial_mode": "fragments", "test_segments": 16,
+    "normalisation": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "input": "uint8 RGB, (x - mean) / std"},
+    "label": {"dataset": "demo", "kind": "vmaf", "scale": "VMAF/100"},
+    "prepare": {"frames": 16, "short_side": None}, "seed": 0, "head_trained": True,
+}
+OLD_CONVERTED_INFERENCE = {
+    "frames": 8, "size": 224, "source_checkpoint": "official.pt", "head_trained": False, "label_kind": "none",
+    "note": "converted from a PyTorch checkpoint; the head is untrained for quality, scores carry no meaning until fine-tuned",
+}
+
+
+def test_inference_files_written_before_inference_info_still_load():
+    trained = scorer_lib.InferenceSpec.from_dict(OLD_TRAIN_INFERENCE)
+    assert (trained.frames, trained.size, trained.spatial_mode, trained.num_segments, trained.seed) == (2, 64, "fragments", 16, 0)
+    assert (trained.stored_frames, trained.short_side, trained.preset, trained.dataset) == (16, None, "tiny", "demo")
+    assert trained.describe_scale() == "VMAF/100 (0 = worst, 1 = visually lossless; higher is better)"
+    converted = scorer_lib.InferenceSpec.from_dict(OLD_CONVERTED_INFERENCE)
+    assert (converted.frames, converted.size, converted.head_trained, converted.label_kind) == (8, 224, False, "none")
+    assert converted.source_checkpoint == "official.pt" and converted.describe_scale() == scorer_lib.UNTRAINED_HEAD_SCALE
+    for spec in (trained, converted):  # and they come back unchanged from the current layout
+        assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_both_writers_produce_inference_info():
+    """Training's export and weight conversion write the same class's layout, which reads back whole."""
+    from configs import homologous
+    from internvqa_jax.models.inference_info import InferenceInfo
+    from internvqa_jax.training import export
+    from weight_conversion.torch_to_flax import converted_inference
+
+    class _Config:
+        num_frames, img_size = 4, 56
+
+    manifest = {"label_kind": "dmos", "config": {"frames": 16, "short_side": None}, "records": []}
+    written = export.inference_info(homologous.get_config(), "student", manifest)
+    converted = converted_inference(_Config(), "official.pt")
+    for info in (written, converted):
+        assert isinstance(info, InferenceInfo)
+        assert InferenceInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    assert (written.frames, written.size, written.num_segments, written.stored_frames) == (2, 64, 16, 16)
+    assert written.label_scale == "DMOS/100" and written.higher_is_better is False and written.head_trained
+    assert (converted.frames, converted.size, converted.head_trained) == (4, 56, False)
+
+
 def test_untrained_head_is_stated_instead_of_a_label_scale():
     """A converted model's inference.json (head_trained: false) makes every score say it means nothing yet."""
     from weight_conversion.torch_to_flax import converted_inference
@@ -164,7 +216,7 @@ def test_untrained_head_is_stated_instead_of_a_label_scale():
     class _Config:
         num_frames, img_size = 4, 56
 
-    spec = scorer_lib.InferenceSpec.from_dict(converted_inference(_Config(), "official.pt"))
+    spec = scorer_lib.InferenceSpec.from_dict(converted_inference(_Config(), "official.pt").to_dict())
     assert spec.head_trained is False and spec.frames == 4 and spec.size == 56
     assert spec.describe_scale() == scorer_lib.UNTRAINED_HEAD_SCALE and "no meaning" in spec.describe_scale()
     assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec

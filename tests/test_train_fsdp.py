@@ -24,7 +24,8 @@ from flax import nnx
 sys.path.insert(0, "tests")
 from test_train_support import tiny_config
 from internvqa_jax import sharding
-from internvqa_jax.train import builder_step, plan_jobs
+from internvqa_jax.train import plan_jobs
+from internvqa_jax.training.loop import builder_step
 from internvqa_jax.training import builder
 
 assert jax.device_count() == 8, jax.devices()
@@ -77,7 +78,8 @@ import jax, jax.numpy as jnp
 sys.path.insert(0, "tests")
 from configs import homologous
 from internvqa_jax import sharding
-from internvqa_jax.train import builder_step, plan_jobs
+from internvqa_jax.train import plan_jobs
+from internvqa_jax.training.loop import builder_step
 from internvqa_jax.training import builder, state as state_lib
 
 c = homologous.get_config("teacher=1B,student=B14,data=waterloo_ivc4k")

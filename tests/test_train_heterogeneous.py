@@ -23,7 +23,8 @@ def tiny_heterogeneous():
 
 
 def test_videomamba_student_trains_against_the_teacher_feature():
-    from internvqa_jax.train import builder_step, plan_jobs
+    from internvqa_jax.train import plan_jobs
+    from internvqa_jax.training.loop import builder_step
     from internvqa_jax.training import builder
 
     c = tiny_heterogeneous()

@@ -20,7 +20,7 @@ def shard_dir(tmp_path_factory):
     return build_shards(tmp_path_factory.mktemp("staged_shards"), n=24)
 
 
-def test_plan_jobs_staged_order_lengths_and_errors(shard_dir):
+def test_plan_jobs_staged_order_and_lengths(shard_dir):
     from internvqa_jax import train
 
     jobs = train.plan_jobs(tiny_config(shard_dir, teacher__mode="staged", teacher__epochs=3.0, teacher__cache_features=True))
@@ -32,10 +32,6 @@ def test_plan_jobs_staged_order_lengths_and_errors(shard_dir):
     assert baseline.init_exports == () and baseline.epochs == 0.0
     # without distillation there is nothing to fine-tune the teacher for
     assert [j.name for j in train.plan_jobs(tiny_config(shard_dir, teacher__mode="staged", distill=False))] == ["baseline"]
-    with pytest.raises(ValueError, match="teacher.mode"):
-        train.plan_jobs(tiny_config(shard_dir, teacher__mode="pretrained"))
-    with pytest.raises(ValueError, match="teacher.epochs"):
-        train.plan_jobs(tiny_config(shard_dir, teacher__mode="staged", teacher__epochs=-1.0))
 
 
 @pytest.mark.slow

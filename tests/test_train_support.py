@@ -153,12 +153,12 @@ def test_synthetic_labels_are_learnable_from_noise_energy(tmp_path):
 def test_csv_preset_and_label_scale_words():
     """A CSV-trained model states its scores as given, not divided by 100 as VMAF/MOS/DMOS are."""
     from configs import homologous
-    from internvqa_jax.train import _label_scale
+    from internvqa_jax.training.export import label_scale
 
     c = homologous.get_config("data=csv")
     assert (c.data.name, c.data.frames, c.data.size, c.data.spatial_mode) == ("csv", 8, 224, "resize_crop")
-    assert _label_scale("vmaf") == "VMAF/100" and _label_scale("dmos") == "DMOS/100"
-    assert "/100" not in _label_scale("score")
+    assert label_scale("vmaf") == "VMAF/100" and label_scale("dmos") == "DMOS/100"
+    assert "/100" not in label_scale("score")
 
 
 def test_videomamba_state_matrices_have_no_weight_decay_and_layers_get_lr_decay():
@@ -183,14 +183,14 @@ def test_videomamba_state_matrices_have_no_weight_decay_and_layers_get_lr_decay(
 
 def test_report_names_the_teacher_by_its_mode():
     """A frozen (pre-fine-tuned) teacher is not reported as co-trained; rows keep their metrics."""
-    from internvqa_jax import train
+    from internvqa_jax.training import report
 
     metrics = {"n": 4, "srcc": 0.5, "plcc": 0.4, "krcc": 0.3, "rmse": 0.2}
     results = {
         "distill": {"steps": 10, "test": {"student": dict(metrics), "teacher": dict(metrics, srcc=0.9)}, "export": {}},
         "baseline": {"steps": 10, "test": {"student": dict(metrics, srcc=0.1)}, "export": {}},
     }
-    frozen = train.build_report(results, "frozen")["test"]
+    frozen = report.build_report(results, "frozen")["test"]
     assert sorted(frozen) == ["student (distilled)", "student (no distillation)", "teacher (frozen)"]
     assert frozen["teacher (frozen)"]["srcc"] == 0.9 and frozen["student (no distillation)"]["srcc"] == 0.1
-    assert "teacher (co-trained)" in train.build_report(results, "cotrain")["test"]
+    assert "teacher (co-trained)" in report.build_report(results, "cotrain")["test"]

@@ -12,16 +12,15 @@ class (or `weight_conversion.torch_model.InternVideo2Torch`) loads it with `stri
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
-import uuid
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
+from internvqa_jax import io_utils
 from internvqa_jax.models import registry, saving
 from weight_conversion import internvideo2_layout as layout
 from weight_conversion.torch_to_flax import family_layout
@@ -70,41 +69,25 @@ def official_kwargs(config: Any) -> dict[str, Any]:
     return family_layout(registry.family_of(config)).official_kwargs(config)
 
 
-def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:
-    """A model directory itself, or `<workdir>/export/<which>` of a training workdir."""
-    path = pathlib.Path(path)
-    if (path / saving.CONFIG_FILE).is_file():
-        return path
-    exported = path / "export" / which
-    if (exported / saving.CONFIG_FILE).is_file():
-        return exported
-    raise FileNotFoundError(f"{path}: neither a model directory ({saving.CONFIG_FILE}) nor a workdir with export/{which}/")
-
-
 def write_state_dict(state: dict[str, np.ndarray], out: pathlib.Path) -> None:
     """Writes `.safetensors` or `.pt` atomically (temp name, then rename)."""
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    if out.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+        raise ValueError(f"{out}: output must end in .safetensors, .pt, .pth or .bin")
+    with io_utils.atomic_path(out) as tmp:
         if out.suffix == ".safetensors":
             from safetensors.numpy import save_file
 
             save_file(state, str(tmp))
-        elif out.suffix in (".pt", ".pth", ".bin"):
+        else:
             import torch
 
             # torch wants writable buffers; arrays viewed from JAX are read-only.
             torch.save({k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in state.items()}, str(tmp))
-        else:
-            raise ValueError(f"{out}: output must end in .safetensors, .pt, .pth or .bin")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def export(model_dir: str | os.PathLike, out: str | os.PathLike, which: str = "student") -> tuple[pathlib.Path, pathlib.Path]:
     """Converts a model directory (or workdir) to `out` and its JSON sidecar; returns both paths."""
-    source = resolve_model_dir(model_dir, which)
+    source = saving.resolve_model_dir(model_dir, which)
     model, meta = saving.load_model_dir(source)
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,9 +99,7 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, which: str = "s
         "inference": meta["inference"],
         "source": str(source),
     }
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, sidecar)
+    io_utils.atomic_write_json(sidecar, payload, indent=2, trailing_newline=True)
     return out, sidecar
 
 

@@ -29,6 +29,7 @@ from flax import nnx
 
 from internvqa_jax.models import registry, saving
 from internvqa_jax.models.family import ModelFamily
+from internvqa_jax.models.inference_info import InferenceInfo
 from internvqa_jax.models.internvideo2 import InternVideo2Config, PretrainInternVideo2Config
 from weight_conversion import internvideo2_layout as layout
 from weight_conversion.checkpoint_io import CheckpointError, TensorSource
@@ -343,21 +344,21 @@ def load_torch_checkpoint(path: str, **official_kwargs: Any) -> nnx.Module:
     return model
 
 
-def converted_inference(config: Any, checkpoint: str) -> dict[str, Any]:
+def converted_inference(config: Any, checkpoint: str) -> InferenceInfo:
     """`inference.json` of a freshly converted model: its head was never fitted to quality labels.
 
     The official checkpoints are pre-trained (or fine-tuned for action classes), so whatever the head
-    outputs is not a quality score; `head_trained: false` makes the scorer and `predict` say so
-    instead of naming a label scale.
+    outputs is not a quality score; `head_trained=False` makes the scorer and `predict` say so
+    instead of naming a label scale. The other fields keep `InferenceInfo`'s defaults.
     """
-    return {
-        "frames": config.num_frames,
-        "size": getattr(config, "img_size", None),
-        "source_checkpoint": str(checkpoint),
-        "head_trained": False,
-        "label_kind": "none",
-        "note": "converted from a PyTorch checkpoint; the head is untrained for quality, scores carry no meaning until fine-tuned",
-    }
+    return InferenceInfo(
+        frames=int(config.num_frames),
+        size=int(config.img_size),
+        head_trained=False,
+        label_kind="none",
+        source_checkpoint=str(checkpoint),
+        note="converted from a PyTorch checkpoint; the head is untrained for quality, scores carry no meaning until fine-tuned",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

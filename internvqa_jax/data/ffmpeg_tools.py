@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import imageio_ffmpeg
 
+from internvqa_jax import io_utils
+
 
 class FFmpegError(RuntimeError):
     """An ffmpeg command failed; the message says what was being done and ffmpeg's own error."""
@@ -103,28 +105,13 @@ def has_filter(name: str) -> bool:
     return any(line.split()[1:2] == [name] for line in _listing("filters").splitlines() if line.strip())
 
 
-def temp_path_for(dst: str) -> str:
-    """A unique temporary file name beside `dst` keeping its extension (ffmpeg picks muxers by it)."""
-    folder = os.path.dirname(os.path.abspath(dst)) or "."
-    base, ext = os.path.splitext(os.path.basename(dst))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    return tmp
-
-
 def _atomic_ffmpeg(args_before_output: Sequence[str], dst: str, what: str) -> str:
     """Runs ffmpeg writing to a temporary file, then renames it to `dst`."""
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = temp_path_for(dst)
-    try:
-        run_ffmpeg([*args_before_output, "-y", tmp], what)
+    # keep_suffix: ffmpeg picks the muxer by the output's extension.
+    with io_utils.atomic_path(dst, keep_suffix=True) as tmp:
+        run_ffmpeg([*args_before_output, "-y", str(tmp)], what)
         if os.path.getsize(tmp) == 0:
             raise FFmpegError(f"{what}: ffmpeg wrote an empty file")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary shared files
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dst
 
 

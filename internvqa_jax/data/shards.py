@@ -31,7 +31,7 @@ import numpy as np
 from internvqa_jax import io_utils
 
 MAGIC = b"IVQR"
-MANIFEST = "manifest.json"
+MANIFEST = io_utils.MANIFEST_FILE
 MANIFEST_FORMAT = "internvqa_jax.shards/2"
 COMPRESSIONS = {"none": "uncompressed", "zstd": "zstd:3"}
 _HEADER_LEN = struct.Struct("<I")
@@ -94,17 +94,11 @@ def writer_options(compression: str) -> str:
     return f"group_size:1,{COMPRESSIONS[compression]}"
 
 
-# Kept under its old name: prepare and tests refer to shard temp files through it.
-tmp_name = io_utils.tmp_sibling
-
-
 def write_shard(path: str | os.PathLike, records: Iterable[bytes], compression: str = "none") -> str:
     """Writes records to an ArrayRecord file atomically (temp name, then rename); returns its sha256."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    path = pathlib.Path(path)
-    tmp = tmp_name(path)
-    try:
+    with io_utils.atomic_path(path) as tmp:
         writer = ArrayRecordWriter(str(tmp), writer_options(compression))
         try:
             for rec in records:
@@ -112,10 +106,6 @@ def write_shard(path: str | os.PathLike, records: Iterable[bytes], compression: 
         finally:
             writer.close()
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return digest
 
 

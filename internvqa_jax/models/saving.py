@@ -3,7 +3,9 @@
 Layout of a model directory:
   model_config.json   {"arch": "internvideo2" | "internvideo2_pretrain" | "videomamba", "config": {...}}
   params/             orbax checkpoint of the model's nnx state (parameters; no RNG state)
-  inference.json      optional: frames, size, sampling, normalisation, score scale, ...
+  inference.json      optional: the test-time protocol and score scale (`inference_info.InferenceInfo`)
+
+`resolve_model_dir` finds one from a model directory or a training workdir (`export/<which>`).
 
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into place.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -29,10 +31,12 @@ from jax.experimental import multihost_utils
 
 from internvqa_jax import io_utils
 from internvqa_jax.models import registry
+from internvqa_jax.models.inference_info import InferenceInfo
 
-CONFIG_FILE = "model_config.json"
-INFERENCE_FILE = "inference.json"
-PARAMS_DIR = "params"
+# The names are io_utils' (one set for the whole project); kept here under the names callers use.
+CONFIG_FILE = io_utils.MODEL_CONFIG_FILE
+INFERENCE_FILE = io_utils.INFERENCE_FILE
+PARAMS_DIR = io_utils.PARAMS_DIR
 
 # The process that writes model directories in a multi-process run (orbax's default primary host).
 PRIMARY_PROCESS = 0
@@ -111,8 +115,11 @@ def _write_model_dir(state: Any, out_dir: pathlib.Path, texts: dict[str, str]) -
             checkpointer.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(state))
 
 
-def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: dict | None = None) -> pathlib.Path:
+def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: InferenceInfo | Mapping[str, Any] | None = None) -> pathlib.Path:
     """Writes `model` (config + parameters) and optional `inference` metadata to `out_dir`.
+
+    `inference` is the model's `InferenceInfo` (what training and conversion write); a plain
+    mapping is written as given (tests and hand-made metadata).
 
     An existing `out_dir` is replaced only after the new one is complete. In a multi-process run
     every process must call this with the same arguments (it is collective): process 0 writes,
@@ -126,7 +133,8 @@ def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: dic
     # Serialised on every process before any collective, so bad metadata fails everywhere alike.
     texts = {CONFIG_FILE: _json_text({"arch": config.arch, "config": _config_dict(config)}, CONFIG_FILE)}
     if inference is not None:
-        texts[INFERENCE_FILE] = _json_text(dict(inference), INFERENCE_FILE)
+        payload = inference.to_dict() if isinstance(inference, InferenceInfo) else dict(inference)
+        texts[INFERENCE_FILE] = _json_text(payload, INFERENCE_FILE)
     state = _host_local(nnx.state(model, _SAVED))
     error: BaseException | None = None
     if jax.process_index() == PRIMARY_PROCESS:
@@ -155,8 +163,32 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         if key not in stored:
             raise KeyError(f"{config_path}: missing key {key!r} (expected {{'arch': ..., 'config': {{...}}}})")
     inference_path = path / INFERENCE_FILE
-    inference = json.loads(inference_path.read_text()) if inference_path.is_file() else None
+    inference = io_utils.read_json(inference_path) if inference_path.is_file() else None
     return {"arch": stored["arch"], "config": stored["config"], "inference": inference}
+
+
+def read_inference(path: str | os.PathLike, stored: Mapping[str, Any] | None = None) -> InferenceInfo:
+    """The `InferenceInfo` of model directory `path`: from `stored` (the `inference` entry of
+    `read_meta`/`load_model_dir`, already read) or from its `inference.json`."""
+    file = pathlib.Path(path) / INFERENCE_FILE
+    if stored is None:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: missing; the scorer needs the test-time protocol (frames, size, spatial mode, label scale) that training writes there")
+        stored = io_utils.read_json(file)
+    return InferenceInfo.from_dict(stored, where=str(file))
+
+
+def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:
+    """A model directory from a model dir or a training workdir (-> `workdir/export/<which>`)."""
+    p = pathlib.Path(path)
+    if (p / CONFIG_FILE).is_file():
+        return p
+    exported = p / io_utils.EXPORT_DIR / which
+    if (exported / CONFIG_FILE).is_file():
+        return exported
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: checkpoint not found (expected a model directory or a training workdir)")
+    raise FileNotFoundError(f"{p}: neither a model directory (no {CONFIG_FILE}) nor a training workdir (no {io_utils.EXPORT_DIR}/{which}/{CONFIG_FILE})")
 
 
 def load_model_dir(path: str | os.PathLike, **config_overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:

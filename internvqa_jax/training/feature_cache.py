@@ -18,6 +18,7 @@ killed build leaves no half cache under the real name):
 
 `load` returns None for a missing, partial or stale cache (the manifest's identity differs: other
 teacher checkpoint, shards, clip geometry, seed or K), and `ensure` then rebuilds it.
+`teacher_cache` is what a training job calls: the cache of its frozen teacher, reused or built.
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ import shutil
 from typing import Any, Callable, Mapping
 
 import grain
+import jax
+import ml_collections
 import numpy as np
 
-from internvqa_jax.data import pipeline
+from internvqa_jax import io_utils
+from internvqa_jax.data import pipeline, shards
 from internvqa_jax.io_utils import atomic_dir, atomic_write_json, read_json
+from internvqa_jax.training import multihost, step as step_lib
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = io_utils.MANIFEST_FILE
 ARRAYS = ("index", "pool", "score")
 
 
@@ -76,8 +81,6 @@ class CachedViewTransform(grain.transforms.RandomMap):
     """Record index -> one of its K cached views, `v` drawn from the element's random stream."""
 
     def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, seed: int, num_views: int, flip: bool = True):
-        if num_views < 1:
-            raise ValueError(f"config.teacher.cache_views: expected >= 1, got {num_views}")
         self.views = ViewTransform(shard_dir, num_frames, size, spatial_mode, seed, flip)
         self.num_views = int(num_views)
 
@@ -154,7 +157,7 @@ def identity(
     random initialisation) and its model config; the data by the shard manifest's hash, the split's
     record indices and the view geometry and seed.
     """
-    manifest_path = pathlib.Path(shard_dir) / "manifest.json"
+    manifest_path = pathlib.Path(shard_dir) / shards.MANIFEST
     indices = pipeline.split_indices(shard_dir, split)
     teacher = {"config": dict(teacher_config)}
     if teacher_init:
@@ -348,3 +351,43 @@ def ensure(
     if barrier is not None:
         barrier("teacher cache written")
     return cache, True
+
+
+# ============================================================================ a training job's cache
+
+
+def teacher_cache(
+    config: ml_collections.ConfigDict, built: Any, state: dict, state_sh: Any, batch_sh: Any, shard_dir: str, workdir: str, local_batch: int, teacher_init: str
+) -> FeatureCache:
+    """The frozen teacher's features of every (train clip, cached view) for a job built as `built`
+    (`builder.Built`): reused from `WORKDIR/teacher_cache` when built for this teacher
+    (`teacher_init`, its weights' directory) and data, else computed now with the teacher of
+    `state` (collective: every process calls it; process 0 writes)."""
+    d = config.data
+    views = int(config.teacher.cache_views)
+    pidx, pcount = jax.process_index(), jax.process_count()
+    geometry = dict(num_frames=int(d.frames), size=int(d.size), spatial_mode=str(d.spatial_mode), seed=int(config.seed), num_views=views)
+    ident = identity(
+        shard_dir=shard_dir, split="train", teacher_config=built.model_configs["teacher"].to_dict(), teacher_init=teacher_init,
+        compute_dtype=str(config.compute_dtype), **geometry,
+    )
+    if not teacher_init:
+        log.warning("teacher cache: the frozen teacher has no config.teacher.init, so its features are those of random weights")
+    features = jax.jit(step_lib.make_teacher_features(built.networks, built.compute_dtype), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
+
+    def teacher_fn(local: dict) -> dict:
+        batch = multihost.global_batch(local, batch_sh, ("frames", "row"))
+        out = features(state, {"frames": batch["frames"]})
+        return {name: multihost.gather(v) for name, v in (("teacher_pool", out["teacher_pool"]), ("teacher_score", out["teacher_score"]), ("row", batch["row"]))}
+
+    def build() -> FeatureCache:
+        return compute(
+            teacher_fn, shard_dir=shard_dir, indices=pipeline.split_indices(shard_dir, "train"), global_batch=local_batch * pcount,
+            process_index=pidx, process_count=pcount, **geometry,
+        )
+
+    cache, _ = ensure(
+        os.path.join(workdir, io_utils.TEACHER_CACHE_DIR), ident, build, process_index=pidx,
+        all_processes=multihost.all_processes, barrier=multihost.barrier,
+    )
+    return cache

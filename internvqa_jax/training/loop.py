@@ -1,4 +1,9 @@
-"""The step loop of one training job: batches in, checkpoints out, evaluation, clean stops.
+"""The training loop of one job: batches in, checkpoints out, evaluation, test, export, clean stops.
+
+`train_job` runs the stages of a job: setup (mesh, data, models, shardings, jitted steps,
+checkpoint manager) -> restore or initialise the state -> (the frozen teacher's feature cache) ->
+the step loop with periodic logging, validation and checkpoints -> test and export from the kept
+checkpoint with the best validation SRCC (or the last step) -> `result.json`.
 
 Stops: SIGTERM/SIGINT save a checkpoint first, then the job raises `Preempted`; a non-finite loss
 raises `NonFiniteLoss` naming the first bad step, after waiting for in-flight saves and without
@@ -8,16 +13,22 @@ stop flag is combined over processes before it is acted on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
-from internvqa_jax import checkpoints, metrics as metrics_lib
+from internvqa_jax import checkpoints, io_utils, metrics as metrics_lib, sharding
+from internvqa_jax.data import pipeline
+from internvqa_jax.training import builder, export, feature_cache, multihost, state as state_lib, step as step_lib, writers
+from internvqa_jax.training.multihost import gather, global_batch  # the loop's names for them (tests patch these)
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +65,7 @@ class StopFlag:
 
     def any_process(self) -> bool:
         """True if any process got a stop signal (collective when there are several processes)."""
-        mine = self.signum is not None
-        if jax.process_count() == 1:
-            return mine
-        return bool(np.any(multihost_utils.process_allgather(np.asarray([mine]))))
-
-
-def global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding, keys: tuple[str, ...]) -> dict[str, jax.Array]:
-    """Assembles the processes' local batches into global arrays sharded over the batch axis."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys}
-
-
-def gather(x: jax.Array) -> np.ndarray:
-    """Full value of a (possibly multi-process) global array on every host."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return multihost.any_process(self.signum is not None)
 
 
 def evaluate(
@@ -157,3 +153,248 @@ def save_checkpoint(manager, step: int, state: dict, data_iterator, meta: dict, 
     """Saves (asynchronously) after checking the state is finite: a NaN state is never written."""
     check_finite(state, manager, f"before saving step {step}")
     checkpoints.save(manager, step, state, data_iterator=data_iterator, meta=meta, metrics=metrics)
+
+
+# ============================================================================ one job
+
+
+def builder_step(built: builder.Built) -> Callable:
+    """The job's train step function (unjitted)."""
+    return step_lib.make_train_step(built.networks, built.spec, built.tx, built.schedule, built.compute_dtype, built.ema_decay)
+
+
+def eval_fn(built: builder.Built, nets: tuple[str, ...] = ("student", "teacher")) -> Callable:
+    """The job's eval step function (unjitted) scoring those of `nets` the job has."""
+    return step_lib.make_eval_step(built.networks, built.compute_dtype, nets)
+
+
+def best_checkpoint(manager) -> tuple[int, float] | None:
+    """(step, validation SRCC) of the kept checkpoint with the best validation SRCC, or None."""
+    best = checkpoints.best_step(manager)
+    if best is None:
+        return None
+    metrics = manager.metrics(best) or {}
+    return int(best), float(metrics[checkpoints.BEST_METRIC])
+
+
+def initial_weights(config: ml_collections.ConfigDict, job: builder.JobSpec, workdir: str) -> dict[str, str]:
+    """`{network: model directory}` a fresh job starts from: `config.<net>.init`, or the export of an
+    earlier job of this run (`job.init_exports`, the staged teacher), which must exist."""
+    inits = {n: str(config[n].init) for n in job.nets if config[n].init}
+    for net, folder in job.init_exports:
+        inits[net] = export.export_path(workdir, folder)
+        if not os.path.isdir(inits[net]):
+            raise FileNotFoundError(f"{job.name}: the {net} starts from {inits[net]}, the export of an earlier job of this run, which does not exist")
+    return inits
+
+
+@dataclasses.dataclass
+class JobSetup:
+    """Everything a job's loop needs besides its state: schedule, data, jitted steps, sinks."""
+
+    config: ml_collections.ConfigDict
+    job: builder.JobSpec
+    shard_dir: str
+    built: builder.Built
+    steps_per_epoch: int
+    total_steps: int
+    train_iter: Any
+    eval_batch_size: int
+    batch_sh: Any
+    state_sh: Any
+    restore_target: Any  # abstract state in its shardings: what a checkpoint restores into
+    train_step: Callable
+    val_nets: tuple[str, ...]
+    test_nets: tuple[str, ...]
+    score_steps: dict[tuple[str, ...], Callable]
+    manager: Any
+    writer: writers.MetricWriter
+    meta: dict[str, Any]
+
+    @property
+    def main_net(self) -> str:
+        """The network whose validation SRCC ranks the checkpoints."""
+        return "student" if "student" in self.job.nets else "teacher"
+
+    def evaluate(self, split: str, state: dict) -> dict[str, dict[str, Any]]:
+        """Scores `split` ("val": the trained networks; "test": those this job tests) with the eval weights."""
+        d, c = self.config.data, self.config
+        pidx, pcount = jax.process_index(), jax.process_count()
+
+        def batches() -> Iterator[Mapping[str, np.ndarray]]:
+            return pipeline.eval_iterator(
+                self.shard_dir, split, batch_size=self.eval_batch_size, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
+                num_segments=int(c.test_views), seed=int(c.seed), workers=0, process_index=pidx, process_count=pcount,
+            )
+
+        nets = self.val_nets if split == "val" else self.test_nets
+        return evaluate(self.score_steps[nets], state_lib.eval_weights(state), batches, self.batch_sh)
+
+
+def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> tuple[int, int, int]:
+    """(steps per epoch, steps this run trains, steps the learning-rate schedule spans)."""
+    o = config.optim
+    num_train = len(pipeline.split_indices(shard_dir, "train"))
+    steps_per_epoch = max(1, num_train // o.batch_size)
+    epochs = float(job.epochs) or float(o.epochs)
+    total_steps = optim_steps = int(round(epochs * steps_per_epoch))
+    if o.max_steps:
+        total_steps = min(total_steps, int(o.max_steps))
+    return steps_per_epoch, total_steps, optim_steps
+
+
+def _train_iterator(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> Any:
+    """This process's part of the shuffled training batches (of the cached views for a cached teacher)."""
+    d, pcount = config.data, jax.process_count()
+    args = dict(
+        batch_size=config.optim.batch_size // pcount, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
+        seed=int(config.seed), workers=int(d.workers), process_index=jax.process_index(), process_count=pcount,
+    )
+    if job.teacher_cached:  # one of K seeded views per clip, the views the teacher cache holds
+        return feature_cache.train_iterator(shard_dir, "train", num_views=int(config.teacher.cache_views), **args)
+    return pipeline.train_iterator(shard_dir, "train", **args)
+
+
+def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str) -> JobSetup:
+    """Mesh -> data -> models + optimiser -> shardings -> jitted steps -> checkpoint manager and writer."""
+    mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
+    batch_sh = sharding.batch_sharding(mesh)
+    steps_per_epoch, total_steps, optim_steps = _schedule(config, job, shard_dir)
+    train_iter = _train_iterator(config, job, shard_dir)
+    local_devices = max(1, mesh.devices.size // jax.process_count())
+    eval_bs = max(local_devices, (int(config.data.eval_batch_size) // local_devices) * local_devices)
+    built = builder.build(config, job, optim_steps)
+    state_sh = sharding.state_shardings(built.abstract_state, mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_step = jax.jit(builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    # Validation scores only the trained networks (a frozen teacher's scores never change); the test
+    # skips a network reused from an earlier job of the run, which that job has tested already.
+    val_nets = tuple(n for n in job.nets if not (n == "teacher" and job.teacher_frozen))
+    test_nets = tuple(n for n in job.nets if n not in dict(job.init_exports))
+    score_steps = {nets: jax.jit(eval_fn(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh) for nets in {val_nets, test_nets}}
+    manager = checkpoints.make_manager(
+        os.path.join(jobdir, io_utils.CHECKPOINT_DIR), keep_best=int(config.checkpoint.keep_best), async_save=bool(config.checkpoint.async_save)
+    )
+    writer = writers.MetricWriter(jobdir)
+    restore_target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
+    return JobSetup(
+        config, job, shard_dir, built, steps_per_epoch, total_steps, train_iter, eval_bs, batch_sh, state_sh, restore_target, train_step,
+        val_nets, test_nets, score_steps, manager, writer, {"job": job.name, "config": config.to_json()},
+    )
+
+
+def restore_or_init(setup: JobSetup, inits: Mapping[str, str]) -> tuple[dict, int]:
+    """(state, step): the latest checkpoint's when there is one (resume), else step 0 from `inits`."""
+    start = checkpoints.latest_step(setup.manager)
+    if start is not None:
+        state, _ = checkpoints.restore(setup.manager, start, setup.restore_target, data_iterator=setup.train_iter)
+        setup.writer.truncate_after(start)
+        log.info("%s: resumed from step %d", setup.job.name, start)
+        return state, start
+    state = jax.jit(setup.built.init_fn, out_shardings=setup.state_sh)()
+    if inits:
+        state = jax.device_put(builder.load_initial_weights(state, setup.built, inits), setup.state_sh)
+    return state, 0
+
+
+def _log_train(setup: JobSetup, step: int, m: Mapping[str, jax.Array], state: dict, rate: Throughput, progress: Any) -> None:
+    """One train row: host metrics, throughput and epoch to metrics.jsonl, the log and the bar."""
+    check_finite(state, setup.manager, f"job {setup.job.name}")
+    values = host_metrics(m)
+    values["clips_per_s"] = rate(step)
+    values["epoch"] = step / setup.steps_per_epoch
+    setup.writer.write(step, "train", values)
+    log.info("%s step %d loss %.7f lr %.3e (process %d)", setup.job.name, step, values["loss"], values["lr"], jax.process_index())
+    if progress is not None:
+        progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
+
+
+def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.FeatureCache | None) -> tuple[dict, int]:
+    """Trains from step `start` to `setup.total_steps`: log, validate and checkpoint on schedule;
+    a stop signal saves and raises `Preempted`. Returns (state, last step)."""
+    c, manager = setup.config, setup.manager
+    eval_every = int(c.eval_every_steps) or setup.steps_per_epoch
+    ckpt_every = int(c.checkpoint.every_steps)
+    progress = None
+    if c.progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=setup.total_steps, initial=start, desc=setup.job.name, dynamic_ncols=True, file=sys.stdout)
+    rate = Throughput(c.optim.batch_size)
+    keys = ("frames", "label") if cache is None else ("frames", "label", "teacher_pool", "teacher_score")
+    step = start
+    with StopFlag() as stop:
+        while step < setup.total_steps:
+            local = next(setup.train_iter)
+            if cache is not None:
+                local = cache.attach(local)
+            state, m = setup.train_step(state, global_batch(local, setup.batch_sh, keys))
+            step += 1
+            if progress is not None:
+                progress.update(1)
+            if step % int(c.log_every_steps) == 0 or step == setup.total_steps:
+                _log_train(setup, step, m, state, rate, progress)
+            val_metrics = None
+            if step % eval_every == 0 or step == setup.total_steps:
+                check_finite(state, manager, f"job {setup.job.name}")
+                val_metrics = flat_eval_metrics(setup.evaluate("val", state), setup.main_net)
+                setup.writer.write(step, "val", val_metrics)
+            if val_metrics is not None or step % ckpt_every == 0:
+                save_checkpoint(manager, step, state, setup.train_iter, setup.meta, val_metrics)
+            if stop.any_process():
+                if step % ckpt_every and val_metrics is None:
+                    save_checkpoint(manager, step, state, setup.train_iter, setup.meta)
+                manager.wait_until_finished()
+                manager.close()
+                raise Preempted(f"stop signal received: saved step {step} in {manager.directory}; rerun the same command to resume")
+    if progress is not None:
+        progress.close()
+    check_finite(state, manager, f"job {setup.job.name}")
+    manager.wait_until_finished()
+    return state, step
+
+
+def test_and_export(setup: JobSetup, state: dict, step: int, workdir: str) -> dict[str, Any]:
+    """Tests and exports the networks of the kept step with the best validation SRCC
+    (`checkpoint.test_from="best_val"`) or of the last step ("last", for a validation split too
+    small to rank steps): the test split never picks the weights. Returns the job's result."""
+    test_step, best_val = step, None
+    best = best_checkpoint(setup.manager)
+    if best is not None:
+        best_val = best[1]
+        if str(setup.config.checkpoint.test_from) == "best_val":
+            test_step = best[0]
+        if test_step != step:
+            state = None  # free the final state's buffers before restoring the best one
+            state, _ = checkpoints.restore(setup.manager, test_step, setup.restore_target)
+            log.info("%s: test and export from step %d (best val SRCC %.4f), trained to step %d", setup.job.name, test_step, best_val, step)
+    test = setup.evaluate("test", state)
+    for net, m in test.items():
+        setup.writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step})
+    exported = export.export_networks(setup.config, setup.job, setup.built, state_lib.eval_weights(state), workdir, setup.shard_dir)
+    return {"job": setup.job.name, "steps": step, "test_from_step": test_step, "best_val_srcc": best_val, "test": test, "export": exported}
+
+
+def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str, workdir: str) -> dict[str, Any]:
+    """Trains one job to the end (resuming if it has checkpoints) and returns its test results;
+    a job that finished earlier (its `result.json` exists) is not run again."""
+    result_path = os.path.join(jobdir, io_utils.RESULT_FILE)
+    if os.path.exists(result_path):
+        log.info("%s: finished earlier, reusing %s", job.name, result_path)
+        return io_utils.read_json(result_path)
+    os.makedirs(jobdir, exist_ok=True)
+    setup = setup_job(config, job, shard_dir, jobdir)
+    inits = initial_weights(config, job, workdir)
+    state, start = restore_or_init(setup, inits)
+    cache = None
+    if job.teacher_cached and start < setup.total_steps:
+        cache = feature_cache.teacher_cache(
+            config, setup.built, state, setup.state_sh, setup.batch_sh, shard_dir, workdir, setup.eval_batch_size, inits.get("teacher", "")
+        )
+    state, step = run_steps(setup, state, start, cache)
+    result = test_and_export(setup, state, step, workdir)
+    if jax.process_index() == 0:
+        io_utils.atomic_write_json(result_path, result)
+    setup.manager.close()
+    setup.writer.close()
+    return result

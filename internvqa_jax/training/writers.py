@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import jax
 
+from internvqa_jax import io_utils
+
 
 def _plain(value: Any) -> Any:
     try:
@@ -28,14 +30,14 @@ class MetricWriter:
 
     def __init__(self, logdir: str, *, enabled: bool | None = None, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = os.path.join(logdir, "metrics.jsonl")
+        self.path = os.path.join(logdir, io_utils.METRICS_FILE)
         self._tb = None
         if self.enabled:
             os.makedirs(logdir, exist_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
+                self._tb = SummaryWriter(os.path.join(logdir, io_utils.TENSORBOARD_DIR))
 
     def truncate_after(self, step: int) -> None:
         """Drops logged rows of steps > `step` (a resumed run will log them again)."""
@@ -43,10 +45,7 @@ class MetricWriter:
             return
         with open(self.path) as f:
             rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(rows)
-        os.replace(tmp, self.path)
+        io_utils.atomic_write_text(self.path, "".join(rows))
 
     def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
         """Logs scalar `values` of `split` ("train", "val", "test") at `step`."""

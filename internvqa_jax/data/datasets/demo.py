@@ -51,10 +51,10 @@ from typing import Any
 
 from internvqa_jax.data import ffmpeg_tools
 from internvqa_jax.data.records import VideoItem
-from internvqa_jax.io_utils import atomic_write_json
+from internvqa_jax.io_utils import MANIFEST_FILE, atomic_write_json
 
 WIDTH, HEIGHT, FPS, NUM_FRAMES = 448, 256, 25, 50
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 FORMAT_VERSION = 1
 VMAF_MODEL = "vmaf_v0.6.1"
 
