@@ -34,6 +34,8 @@ def _load(module_name: str) -> tuple[ModelFamily, ...]:
     """The families of `module_name`, importing it on first use; () when the module is absent."""
     if module_name in _loaded:
         return _loaded[module_name]
+    if module_name in _unavailable:
+        return ()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
@@ -72,7 +74,7 @@ def _search(found: Callable[[ModelFamily], Any]) -> Any:
         if hit is not None:
             return hit
     for name in FAMILY_MODULES:
-        if name not in _loaded:
+        if name not in _loaded and name not in _unavailable:
             for family in _load(name):
                 hit = found(family)
                 if hit is not None:
