@@ -130,7 +130,10 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("data prepared")
-    shards.load_manifest(shard_dir)  # clear error if unreadable
+    from internvqa_jax.data import splits
+
+    # Clear errors before any step: an unreadable manifest, or a val/test split too small to score.
+    splits.check_sizes(shards.load_manifest(shard_dir)["counts"]["per_split"], shard_dir)
     return shard_dir
 
 
@@ -231,7 +234,8 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
 
     # ---------------------------------------------------------------- eval
     def run_eval(split: str, state: dict) -> dict[str, dict[str, Any]]:
-        return loop.evaluate(score_steps[val_nets if split == "val" else test_nets], state_lib.eval_weights(state), eval_iter(split), batch_sh)
+        result = loop.evaluate(score_steps[val_nets if split == "val" else test_nets], state_lib.eval_weights(state), eval_iter(split), batch_sh)
+        return loop.check_finite_predictions(result, manager, f"job {job.name}, {split} split")
 
     eval_every = int(config.eval_every_steps) or steps_per_epoch
     ckpt_every = int(config.checkpoint.every_steps)
