@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which)
         scorer = scorer_lib.load(model_dir, batch_size=args.batch_size, device=args.device)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:
+        # saving.ModelDirError (a ValueError) already names the file and what is wrong, in one line.
         print(f"predict: cannot load checkpoint: {err}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     scale = scorer.spec.describe_scale()
