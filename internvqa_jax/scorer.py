@@ -45,6 +45,19 @@ LABEL_KINDS = {
     "score": ("score", "the training CSV's score"),
 }
 
+# The range note for scores: the head is a linear regression, never clipped, so a clip better (or
+# worse) than any training label scores past the scale's end (VMAF/100 above 1 for near-lossless).
+RAW_OUTPUT_NOTE = "raw regression output, not clipped: scores can fall a little outside {range} (clip or rank them if you need the range)"
+LABEL_RANGES = {"vmaf": "0..1", "mos": "the training MOS range", "dmos": "the training DMOS range", "score": "the training CSV's score range"}
+
+
+def describe_values(spec: "InferenceSpec") -> str:
+    """One line saying which values a score can take (the stated scale's ends are not bounds)."""
+    if not spec.head_trained:
+        return "meaningless until the model is fine-tuned (untrained head)"
+    return RAW_OUTPUT_NOTE.format(range=LABEL_RANGES.get(str(spec.label_kind).lower(), "the training labels' range"))
+
+
 # What a score means when the head was never trained on quality labels (a converted checkpoint).
 UNTRAINED_HEAD_SCALE = "none: UNTRAINED head (converted weights, not fine-tuned on quality labels); these scores carry no meaning until the model is fine-tuned"
 
