@@ -289,10 +289,12 @@ def convert_checkpoint(
         config = vm.config_from_state_dict(dict(source.shapes), **overrides)
         model = vm.torch_to_flax(_LazyArrays(source), config, num_frames=num_frames, reset_head=reset_head, seed=seed)
         return model, None
-    pretrain = arch == "internvideo2_pretrain" or (arch == "auto" and bool(_PRETRAIN_ONLY & set(model_kwargs)))
+    # auto: stage-2 by its keys (clip decoders, clip position embeddings) unless a fine-tuning preset
+    # says otherwise; `arch="internvideo2"` turns a stage-2 checkpoint into a fine-tuning model.
+    stage2_keys = layout.detect_layout(source.keys()) == layout.STAGE2
+    pretrain = arch == "internvideo2_pretrain" or (arch == "auto" and (bool(_PRETRAIN_ONLY & set(model_kwargs)) or (stage2_keys and preset is None)))
     if preset is not None and preset.endswith("_stage2"):
         pretrain = True
-    layout.detect_layout(source.keys())
     config, src_grid = resolve_internvideo2_config(
         source.shapes, pretrain=pretrain, preset=preset, model_kwargs=model_kwargs, num_frames=num_frames, img_size=img_size
     )
@@ -310,14 +312,19 @@ def _looks_like_videomamba(source: TensorSource) -> bool:
     return bool(vm.is_videomamba_state_dict(list(source.keys())))
 
 
-def load_torch_checkpoint(path: str, **official_kwargs: Any) -> nnx.Module:
+def load_torch_checkpoint(path: str, *, return_report: bool = False, **official_kwargs: Any) -> nnx.Module | tuple[nnx.Module, ConversionReport | None]:
     """Flax model from an official checkpoint; kwargs are the official constructor's (plus JAX options).
 
-    Stage-2-only kwargs (clip_teacher_embed_dim, ...) select `PretrainInternVideo2`; `arch=` forces one.
+    A stage-2 checkpoint (its keys, or stage-2-only kwargs such as clip_teacher_embed_dim) gives
+    `PretrainInternVideo2`; `arch=` forces one. Sizes the tensors determine are read from them; a
+    size they do not determine and that would otherwise be a guess (num_heads, attn_pool_num_heads
+    of unpublished sizes) must be given, or the conversion fails naming it. `return_report=True`
+    returns `(model, report)`: the `ConversionReport` of what was consumed, dropped, newly
+    initialised and interpolated (None for VideoMamba).
     """
     arch = official_kwargs.pop("arch", "auto")
-    model, _ = convert_checkpoint(path, arch=arch, model_kwargs=official_kwargs)
-    return model
+    model, report = convert_checkpoint(path, arch=arch, model_kwargs=official_kwargs)
+    return (model, report) if return_report else model
 
 
 def converted_inference(config: Any, checkpoint: str) -> dict[str, Any]:
