@@ -424,7 +424,7 @@ def export_networks(config, job: builder.JobSpec, built: builder.Built, state: d
         path = os.path.join(workdir, "export", export_name(job, net))
         model = state_lib.merge(built.networks, net, host_state["params"], host_state["frozen"])
         inference = {
-            "preset": str(config[net].preset),
+            **saving.preset_fields(model.config, str(config[net].preset)),  # "custom" + overrides when not the preset's network
             "frames": int(config.data.frames),
             "size": int(config.data.size),
             "spatial_mode": str(config.data.spatial_mode),

@@ -58,6 +58,32 @@ IN_FLIGHT_BOUNDS_GB = (0.05, 1.0)
 _SAVED = nnx.Not(nnx.RngState)
 
 
+# Config fields that do not make a network another one: compute choices, the clip geometry (position
+# embeddings are resampled to it), the head width training sets, regularisation and init ranges.
+NOT_ARCHITECTURE = frozenset({
+    "dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "scan_impl", "scan_chunk", "linear_init",
+    "gelu_approximate", "fused_add_norm", "num_frames", "img_size", "num_classes", "dt_min", "dt_max", "dt_init_floor", "dt_scale",
+})
+
+
+def preset_fields(config: Any, preset: str) -> dict[str, Any]:
+    """The `preset` entry of an inference.json: the preset's name when `config` is that network,
+    else `"custom"` with `based_on_preset` and the `preset_overrides` that make it another one."""
+    from internvqa_jax.models import registry
+
+    try:
+        reference = registry.get_config(preset).to_dict()
+    except (KeyError, ValueError):
+        reference = {}
+    changed = {
+        k: v for k, v in _config_dict(config).items()
+        if k not in NOT_ARCHITECTURE and "drop" not in k and reference.get(k, object()) != v
+    }
+    if not changed and reference:
+        return {"preset": preset}
+    return {"preset": "custom", "based_on_preset": preset, "preset_overrides": changed}
+
+
 def _config_dict(config: Any) -> dict[str, Any]:
     """The config's fields as a plain dict (dataclass or any object with `to_dict`)."""
     if hasattr(config, "to_dict"):
