@@ -162,3 +162,9 @@ def test_split_too_small_to_validate_is_flagged_then_refused_by_training(tmp_pat
 
     with pytest.raises(ValueError, match=r"split 'val' has 1 video\(s\); training needs at least 2"):
         train.ensure_data(tiny_config(str(tmp_path)))
+
+
+def test_cli_unusable_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert prepare.main(["--dataset=csv", f"--root={tmp_path / 'missing.csv'}", f"--out={tmp_path / 'out'}"]) == prepare.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"prepare: error: {tmp_path / 'missing.csv'}: CSV file not found"]

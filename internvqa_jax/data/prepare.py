@@ -44,6 +44,10 @@ from internvqa_jax.data.records import VideoItem
 
 log = logging.getLogger(__name__)
 
+# Exit statuses of the CLI besides 0 (README, "Exit statuses and errors"); SIGTERM exits 143.
+EXIT_NOTHING_STORED = 1  # every listed video was skipped (the reasons are printed)
+EXIT_BAD_INPUT = 2  # the dataset could not be listed or split (as argparse's usage errors)
+
 # A loader maps a VideoItem to (frames uint8 (T, H, W, 3), extra stored metadata).
 Loader = Callable[[VideoItem, "PrepareConfig"], tuple[np.ndarray, dict[str, Any]]]
 
@@ -657,12 +661,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = PrepareConfig(args.frames, args.short_side, args.compression, args.records_per_shard, args.fragment_draws, args.fragment_size, args.seed)
     except ValueError as e:
         p.error(str(e))
-    manifest = prepare_dataset(
-        args.dataset, args.out, args.root, config, workers=args.workers, folds=args.folds,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-    )
+    try:
+        manifest = prepare_dataset(
+            args.dataset, args.out, args.root, config, workers=args.workers, folds=args.folds,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        )
+    except (ValueError, OSError) as err:
+        # Unusable input (unknown dataset, unreadable CSV, no usable row, bad split settings): the
+        # message names the file and the problem; the previous dataset in --out is untouched.
+        print(f"prepare: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(summary(manifest))
-    return 0 if manifest["counts"]["records"] else 1
+    return 0 if manifest["counts"]["records"] else EXIT_NOTHING_STORED
 
 
 if __name__ == "__main__":
