@@ -1,15 +1,34 @@
-"""internvqa_jax: compressed-video quality assessment with InternVideo2 teachers and distilled students."""
+"""internvqa_jax: compressed-video quality assessment with InternVideo2 teachers and distilled students.
+
+Public entry points (imported on first use, so `import internvqa_jax` stays light, no JAX):
+
+- `internvqa_jax.load(model_dir_or_workdir, which="student")` -> `Scorer`: scores video files or
+  frame arrays under the model's test protocol (`scorer.load`).
+- `internvqa_jax.load_model_dir(model_dir, **config_overrides)` -> `(model, meta)`: the Flax model
+  of a model directory and its metadata (`arch`, `config`, `inference`), for feature extraction or
+  fine-tuning (`models.saving.load_model_dir`). Every model returns a dict (`pooled`, `tokens`, ...).
+"""
 
 from typing import Any
 
+_PUBLIC = {
+    "load": ("internvqa_jax.scorer", "load"),
+    "load_model_dir": ("internvqa_jax.models.saving", "load_model_dir"),
+}
+
 
 def __getattr__(name: str) -> Any:
-    # `internvqa_jax.load` is resolved on first use, so `import internvqa_jax` stays light (no JAX).
-    if name == "load":
-        from internvqa_jax.scorer import load
+    # Resolved on first use, so `import internvqa_jax` stays light (no JAX).
+    if name in _PUBLIC:
+        import importlib
 
-        return load
+        module, attr = _PUBLIC[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'internvqa_jax' has no attribute {name!r}")
 
 
-__all__ = ["load"]
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_PUBLIC))
+
+
+__all__ = ["load", "load_model_dir"]

@@ -96,7 +96,10 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
             if not built["counts"]["records"]:
                 raise RuntimeError(f"building the {name} shards in {shard_dir} failed: no video was stored")
         multihost.barrier("data prepared")
-    shards.load_manifest(shard_dir)  # clear error if unreadable
+    from internvqa_jax.data import splits
+
+    # Clear errors before any step: an unreadable manifest, or a val/test split too small to score.
+    splits.check_sizes(shards.load_manifest(shard_dir)["counts"]["per_split"], shard_dir)
     return shard_dir
 
 

@@ -123,7 +123,7 @@ def test_stage2_into_finetune_drops_clip_parts_and_initialises_head(tmp_path):
     # The backbone and clip_projector are the stage-2 encoder's: same pooled output.
     pretrain, _ = convert_checkpoint(fixture(name), arch="internvideo2_pretrain", model_kwargs=INDEX[name]["constructor_kwargs"])
     x = video(name)
-    np.testing.assert_allclose(np.asarray(model(x)["pooled"]), np.asarray(pretrain(x)[1]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(x)["pooled"]), np.asarray(pretrain(x)["pooled"]), atol=1e-6)
 
 
 def test_numpy_interpolation_matches_torch():
@@ -278,3 +278,64 @@ def test_stage2_to_teacher_at_more_frames():
     assert model.config.num_frames == 8 and model.config.img_size == 42 and model.config.num_classes == 1
     assert report.adapted["pos_embed"] == "interpolated (4, 3) -> (8, 3)"
     assert model(jnp.zeros((1, 8, 42, 42, 3)))["logits"].shape == (1, 1)
+
+
+# --------------------------------------------------------------------------- defaults that would be guesses (issue 13)
+
+
+def test_pooling_heads_are_not_guessed_for_an_unpublished_size():
+    """num_heads given, attn_pool_num_heads not: the pooler's shapes do not tell its heads, and 16
+    (the published sizes' value) gave pooled outputs far off the official model's."""
+    name = "sm_tiny_joint"
+    kwargs = {k: v for k, v in INDEX[name]["constructor_kwargs"].items() if k != "attn_pool_num_heads"}
+    with pytest.raises(internvideo2_layout.LayoutError, match="pass attn_pool_num_heads"):
+        load_torch_checkpoint(fixture(name), **kwargs)
+    # Given, it loads and matches the official outputs recorded with the fixture.
+    model = load_torch_checkpoint(fixture(name), **INDEX[name]["constructor_kwargs"])
+    recorded = np.load(FIXTURE_DIR / f"{name}.npz")["pooled"]
+    np.testing.assert_allclose(np.asarray(model(video(name))["pooled"]), recorded, atol=2e-4)
+    # A published size still needs nothing: embed_dim 1408 with its 16 heads means the pooler's 16.
+    shapes = dict(TensorSource(fixture(name)).shapes)
+    assert internvideo2_layout.infer_kwargs({**shapes, "cls_token": (1, 1, 1408)}, pretrain=False)["attn_pool_num_heads"] == 16
+
+
+def test_stage2_checkpoint_is_recognised_by_its_keys_and_the_report_is_returned():
+    name = "mm_tiny_stage2"
+    kwargs = {k: INDEX[name]["constructor_kwargs"][k] for k in ("num_heads", "attn_pool_num_heads", "img_size", "num_frames")}
+    model, report = load_torch_checkpoint(fixture(name), return_report=True, **kwargs)  # no stage-2 kwargs
+    assert model.config.arch == "internvideo2_pretrain"
+    assert not report.initialised and not report.dropped  # nothing made up, nothing lost
+    assert set(report.consumed) == set(TensorSource(fixture(name)).keys())
+    # The same output kind as the fine-tuning model: a dict with the pooled feature.
+    out = model(video(name))
+    recorded = np.load(FIXTURE_DIR / f"{name}.npz")
+    np.testing.assert_allclose(np.asarray(out["pooled"]), recorded["video_x_pool_vis"], atol=2e-4)
+    assert set(out) == {"tokens", "pooled", "clip_align", "align"}
+    # Asked for explicitly, the fine-tuning model: the report names what was dropped and created.
+    finetune, report = load_torch_checkpoint(fixture(name), arch="internvideo2", return_report=True, **kwargs)
+    assert finetune.config.arch == "internvideo2" and "head/kernel" in report.initialised
+    assert any(k.startswith("clip_decoder.") for k in report.dropped)
+
+
+@pytest.mark.parametrize("kind", ["cut", "plain_pickle", "foreign_object"])
+def test_legacy_pickles_fail_in_one_line(tmp_path, kind):
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in load_file(fixture("sm_tiny_joint")).items()}
+    path = tmp_path / f"{kind}.pt"
+    if kind == "cut":
+        torch.save(tensors, path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "plain_pickle":
+        import pickle
+
+        path.write_bytes(pickle.dumps({k: v.numpy() for k, v in tensors.items()}, protocol=2))
+    else:
+        torch.save({"model": tensors, "args": pathlib.PurePosixPath("x")}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as err:
+        TensorSource(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot read") and "\n" not in message and len(message) < 600
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained page of torch advice
+    # A whole legacy pickle of tensors still converts.
+    good = tmp_path / "legacy.pt"
+    torch.save(tensors, good, _use_new_zipfile_serialization=False)
+    assert len(TensorSource(good).keys()) == len(tensors)

@@ -145,7 +145,8 @@ def test_stage2_mask_drops_tokens():
     model = registry.create_model(registry.get_config("tiny_stage2"), nnx.Rngs(0))
     mask = np.zeros((2, 65), bool)
     mask[:, 1::2] = True  # drop every other patch token, keep cls
-    x_vis, pooled, clip_align, align = model(X, mask=jnp.asarray(mask))
+    out = model(X, mask=jnp.asarray(mask))
+    x_vis, clip_align, align = out["tokens"], out["clip_align"], out["align"]
     assert x_vis.shape == (2, 33, 64) and clip_align.shape == (2, 2, 33, 40)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(clip_align), axis=-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(align), axis=-1), 1.0, atol=1e-5)

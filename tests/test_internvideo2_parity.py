@@ -64,10 +64,11 @@ def test_flax_matches_official(name, variant):
     with jax.default_matmul_precision("highest"):
         video = channels_last(data["input_video_bcthw"])
         if is_stage2(INDEX[name]):
-            outputs = dict(zip(("video_x_vis", "video_x_pool_vis", "video_x_clip_align", "video_x_align"), model(video)))
+            out = model(video)
+            outputs = {f"video_x_{k}": out[name] for k, name in (("vis", "tokens"), ("pool_vis", "pooled"), ("clip_align", "clip_align"), ("align", "align"))}
             image = model(channels_last(data["input_image_bcthw"]), use_image=True)
-            outputs.update(image_x_vis=image[0], image_x_pool_vis=image[1])
-            outputs["video_x_vis_only"] = model(video, x_vis_only=True)
+            outputs.update(image_x_vis=image["tokens"], image_x_pool_vis=image["pooled"])
+            outputs["video_x_vis_only"] = model(video, x_vis_only=True)["tokens"]
         else:
             out = model(video, return_layers="all")
             outputs = {"output_head": out["logits"], "pooled": out["pooled"], "fc_norm": out["fc_norm"]}

@@ -9,8 +9,10 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -202,3 +204,151 @@ def test_predict_orders_held_out_demo_encodes_by_quality(tmp_path_factory, capsy
             print(f"\n{which}, held-out source {DEMO_HELD_OUT} (x264): " + ", ".join(f"CRF {c}: {s:.4f} (VMAF/100 {v:.3f})" for c, s, v in sorted(zip(crf, scores, vmaf))))
             print(f"{which}: SRCC(score, -CRF) = {srcc[which]:.3f}; SRCC(score, VMAF) = {stats.spearmanr(scores, vmaf).statistic:.3f}; scale: {outs[0]['scale']}")
     assert srcc["student"] >= 0.8
+
+
+# --------------------------------------------------------------------------- interruption, resume, value range
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """Twenty short clips (a folder big enough to interrupt in the middle)."""
+    root = tmp_path_factory.mktemp("many")
+    sources = ("testsrc2", "mandelbrot", "smptebars", "rgbtestsrc")
+    for i in range(20):
+        make_lavfi_video(root / f"clip{i:02d}.mp4", sources[i % len(sources)], seconds=0.5 + 0.1 * (i % 5), size="64x48")
+    return root
+
+
+def test_sigterm_mid_folder_keeps_the_rows_and_resume_finishes(model_dir, many, tmp_path):
+    out = tmp_path / "scores.csv"
+    cmd = [sys.executable, "-m", "internvqa_jax.predict", str(many), f"--checkpoint={model_dir}", f"--output={out}", "--no-progress", "--batch-size=2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and (not out.exists() or len(_read_csv(out)) < 3):
+        time.sleep(0.01)
+    assert proc.poll() is None, "predict finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "rerun with --resume" in err
+    kept = _read_csv(out)
+    assert 3 <= len(kept) < 20
+    assert all(np.isfinite(float(r["score"])) for r in kept)
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"# resuming: {len(kept)} file(s) already scored" in resumed.stdout
+    rows = _read_csv(out)
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in many.glob("*.mp4"))  # each file once
+    assert rows[: len(kept)] == kept  # the earlier rows are kept as they were
+    # the resumed scores equal a fresh run's (same seeded protocol)
+    fresh = tmp_path / "fresh.csv"
+    assert predict.main([str(many), f"--checkpoint={model_dir}", f"--output={fresh}", "--no-progress", "--batch-size=2"]) == 0
+    assert {r["path"]: r["score"] for r in _read_csv(fresh)} == {r["path"]: r["score"] for r in rows}
+
+
+def test_json_output_is_finalised_at_the_end_and_resumes(model_dir, many, tmp_path, monkeypatch):
+    out = tmp_path / "scores.json"
+    args = [str(many), f"--checkpoint={model_dir}", f"--output={out}", "--no-progress", "--batch-size=2"]
+    real = predict._report
+    seen = []
+
+    def interrupt_after_four(result, no_progress):
+        real(result, no_progress)
+        seen.append(result.path)
+        if len(seen) == 4:
+            raise KeyboardInterrupt  # Ctrl-C after the fourth file
+
+    monkeypatch.setattr(predict, "_report", interrupt_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        predict.main(args)
+    assert not out.exists()  # no half-written JSON ...
+    partial = [json.loads(line) for line in predict.partial_path(out).read_text().splitlines()]
+    assert [r["path"] for r in partial] == seen  # ... but every finished row, on disk
+    monkeypatch.setattr(predict, "_report", real)
+    assert predict.main(args + ["--resume"]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["num_scored"] == 20 and len({r["path"] for r in payload["results"]}) == 20
+    assert [r["path"] for r in payload["results"][:4]] == seen
+    assert not predict.partial_path(out).exists()
+
+
+def test_header_says_scores_are_raw_and_can_leave_the_scale(folder, tmp_path, capsys):
+    # A head whose bias puts every VMAF/100 score past 1 (as a near-lossless clip can).
+    model = registry.create_model(registry.get_config("tiny"), nnx.Rngs(3))
+    model.head.bias[...] = model.head.bias[...] + 5.0
+    high = saving.save_model_dir(model, tmp_path / "high", inference=INFERENCE)
+    out = tmp_path / "scores.json"
+    assert predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={high}", f"--output={out}", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    values = next(line for line in printed.splitlines() if line.startswith("# values:"))
+    assert "not clipped" in values and "outside 0..1" in values
+    payload = json.loads(out.read_text())
+    assert payload["values"] == values[len("# values: "):]
+    score = payload["results"][0]["score"]
+    assert score > 1.0  # the raw value is kept, not clipped to the scale
+    assert score == internvqa_jax.load(high).score(folder / "a_testsrc2.mp4").score
+
+
+def _damaged_copy(model_dir, tmp_path, how: str):
+    """A copy of `model_dir` with its largest parameter data file (or config) damaged as `how` says."""
+    import shutil
+
+    copy = tmp_path / how
+    shutil.copytree(model_dir, copy)
+    data = max((p for p in (copy / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = data.read_bytes()
+    if how == "truncated":
+        data.write_bytes(raw[: len(raw) // 3])
+    elif how == "empty":
+        data.write_bytes(b"")
+    elif how == "corrupted":
+        data.write_bytes(raw[:100] + bytes(b ^ 0xFF for b in raw[100:110]) + raw[110:])
+    elif how == "missing":
+        data.unlink()
+    elif how == "wrong_shapes":
+        config = json.loads((copy / "model_config.json").read_text())
+        config["config"]["depth"] += 1
+        (copy / "model_config.json").write_text(json.dumps(config))
+    return copy, data
+
+
+@pytest.mark.parametrize("how,expected", [
+    ("truncated", "corrupted or truncated"), ("empty", "corrupted or truncated"), ("corrupted", "corrupted"),
+    ("missing", "corrupted or truncated"), ("wrong_shapes", "parameters do not match the model"),
+])
+def test_damaged_checkpoint_is_one_line_and_cannot_run(model_dir, folder, tmp_path, capsys, how, expected):
+    damaged, data = _damaged_copy(model_dir, tmp_path, how)
+    status = predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={damaged}", "--no-progress"])
+    assert status == predict.EXIT_CANNOT_RUN
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert str(data if how != "wrong_shapes" else damaged / "params") in err[0]
+
+
+def test_truncated_params_from_the_command_line_no_traceback(model_dir, folder, tmp_path):
+    damaged, data = _damaged_copy(model_dir, tmp_path, "truncated")
+    (damaged / saving.PARAMS_CHECKSUMS).unlink()  # a model dir from before the checksums: orbax's error, classified
+    proc = subprocess.run(
+        [sys.executable, "-m", "internvqa_jax.predict", str(folder / "a_testsrc2.mp4"), f"--checkpoint={damaged}", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == predict.EXIT_CANNOT_RUN, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "corrupted or truncated" in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+
+
+def test_predict_reports_truncated_matroska_and_transport_stream(model_dir, tmp_path, capsys):
+    paths = []
+    for ext in ("mkv", "ts"):
+        full = make_lavfi_video(tmp_path / f"clip.{ext}", "testsrc2", seconds=4.0, fps=25)
+        data = full.read_bytes()
+        short = tmp_path / f"cut.{ext}"
+        short.write_bytes(data[: int(len(data) * 0.3) + 101])
+        paths += [str(full), str(short)]
+    assert predict.main(paths + [f"--checkpoint={model_dir}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'cut.mkv'}: truncated:" in err and "of ~100 frames" in err
+    assert f"{tmp_path / 'cut.ts'}: truncated:" in err

@@ -230,3 +230,23 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(shard_dir, tmp_pat
     rows = [json.loads(line) for line in open(os.path.join(workdir, "baseline", "metrics.jsonl"))]
     train_steps = [r["step"] for r in rows if r["split"] == "train"]
     assert train_steps == list(range(1, total + 1))
+
+
+def test_diverged_predictions_stop_like_a_nan_loss_and_keep_the_last_checkpoint(shard_dir, tmp_path):
+    """lr=1e30: the loss of the logged steps is still finite, but validation predictions are not.
+    The run stops with NonFinitePredictions (a NonFiniteLoss: same exit status), saving nothing after
+    the last good checkpoint."""
+    from internvqa_jax import train
+    from internvqa_jax.training import loop
+
+    workdir = str(tmp_path / "w")
+    c = tiny_config(shard_dir, optim__base_lr=1e30, checkpoint__every_steps=1, eval_every_steps=1,
+                    log_every_steps=100, distill=False, checkpoint__async_save=False)
+    with pytest.raises(loop.NonFinitePredictions, match=r"non-finite predictions \(job baseline, val split\): student: \d+ of \d+") as err:
+        train.run(c, workdir)
+    assert isinstance(err.value, loop.NonFiniteLoss)  # train.main maps it to the NaN guard's exit status
+    ckpt = os.path.join(workdir, "baseline", "checkpoints")
+    saved = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit())
+    assert saved == [1], saved  # step 1 saved; nothing written at or after the evaluation that diverged
+    assert f"(step 1) in {ckpt}" in str(err.value)
+    assert not os.path.exists(os.path.join(workdir, "baseline", "result.json"))

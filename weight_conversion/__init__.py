@@ -11,7 +11,8 @@ from typing import Any
 
 
 def load_torch_checkpoint(path: str, **official_kwargs: Any):
-    """Flax model from an official PyTorch checkpoint (see `weight_conversion.torch_to_flax`)."""
+    """Flax model from an official PyTorch checkpoint (see `weight_conversion.torch_to_flax`);
+    `return_report=True` gives `(model, conversion report)`."""
     from weight_conversion.torch_to_flax import load_torch_checkpoint as _load
 
     return _load(path, **official_kwargs)

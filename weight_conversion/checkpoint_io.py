@@ -35,6 +35,14 @@ def _torch():
     return torch
 
 
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """The telling line of an error message, cut to `limit` characters: torch's weights_only refusal
+    is a page of advice whose one useful line names the unsupported global."""
+    text = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    telling = [line for line in text if line.startswith("WeightsUnpickler error:")]
+    return (telling or text or [type(err).__name__])[0][:limit]
+
+
 def _to_numpy(tensor: Any) -> np.ndarray:
     """A float32 (or integer) numpy array from a torch tensor or numpy array; bf16/fp16 widen to fp32."""
     if isinstance(tensor, np.ndarray):
@@ -86,14 +94,24 @@ class TensorSource:
             obj = torch.load(str(self.path), map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError as err:
             if "mmap" not in str(err):
-                raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({err}); is it truncated or corrupt?") from err
-            # Legacy (non-zip) pickles cannot be memory-mapped; read them whole.
-            obj = torch.load(str(self.path), map_location="cpu", weights_only=True)
+                raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({_first_line(err)}); is it truncated or corrupt?") from None
+            obj = self._load_legacy(torch)
         except Exception as err:
-            raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({type(err).__name__}: {err}); is it truncated or corrupt?") from err
+            raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({type(err).__name__}: {_first_line(err)}); is it truncated or corrupt?") from None
         obj = unwrap_state_dict(obj, self.path)
         self._tensors = obj
         return {k: tuple(v.shape) for k, v in obj.items()}
+
+    def _load_legacy(self, torch: Any) -> Any:
+        """A legacy (non-zip) pickle, read whole (it cannot be memory-mapped); errors in one line."""
+        try:
+            return torch.load(str(self.path), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError ... all mean the same here
+            # `from None`: torch's own message runs to a page of advice about weights_only.
+            raise CheckpointError(
+                f"{self.path}: cannot read legacy (non-zip) torch checkpoint ({type(err).__name__}: {_first_line(err)}); "
+                f"it is truncated, corrupt, or holds objects other than tensors (re-save it with torch.save of a state dict)"
+            ) from None
 
     def keys(self) -> list[str]:
         """Stripped key names inside the vision encoder."""

@@ -146,9 +146,16 @@ def infer_kwargs(shapes: Mapping[str, Sequence[int]], *, pretrain: bool, hints: 
     num_heads = hints.get("num_heads", KNOWN_NUM_HEADS.get(dim))
     if num_heads is None:
         raise LayoutError(f"cannot infer num_heads for embed_dim {dim}; pass it (--model-kwargs '{{\"num_heads\": ...}}')")
-    pool_heads = hints.get("attn_pool_num_heads", DEFAULT_ATTN_POOL_HEADS if dim % DEFAULT_ATTN_POOL_HEADS == 0 else None)
+    # The pooler's q/k/v/proj are (D, D) whatever its head count, so shapes never tell it. Every
+    # published size uses 16; for any other network (another embed_dim, or num_heads other than the
+    # published size's) 16 would be a guess that silently changes the pooled output: refuse it.
+    published = dim in KNOWN_NUM_HEADS and num_heads == KNOWN_NUM_HEADS[dim]
+    pool_heads = hints.get("attn_pool_num_heads", DEFAULT_ATTN_POOL_HEADS if published else None)
     if pool_heads is None:
-        raise LayoutError(f"cannot infer attn_pool_num_heads for embed_dim {dim}; pass it in the model kwargs")
+        raise LayoutError(
+            f"cannot infer attn_pool_num_heads (embed_dim {dim}, num_heads {num_heads} is not a published size, and the "
+            f"pooler's shapes do not determine its heads); pass attn_pool_num_heads in the model kwargs"
+        )
     t_src, side_src = source_grid(shapes, patch=patch, img_size_hint=hints.get("img_size"), frames_hint=hints.get("num_frames"), tubelet=tubelet)
     kwargs: dict[str, Any] = dict(
         img_size=side_src * patch,

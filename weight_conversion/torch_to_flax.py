@@ -324,24 +324,31 @@ def convert_internvideo2_checkpoint(
     """InternVideo2 conversion: the stage-2 encoder when asked for (arch, a *_stage2 preset, or
     stage-2-only kwargs with arch "auto"), else the fine-tuning model."""
     model_kwargs = dict(model_kwargs or {})
-    pretrain = arch == PretrainInternVideo2Config.arch or (arch == "auto" and bool(_PRETRAIN_ONLY & set(model_kwargs)))
+    # auto: stage-2 by its keys (clip decoders, clip position embeddings) unless a fine-tuning preset
+    # says otherwise; `arch="internvideo2"` turns a stage-2 checkpoint into a fine-tuning model.
+    stage2_keys = layout.detect_layout(source.keys()) == layout.STAGE2
+    pretrain = arch == PretrainInternVideo2Config.arch or (arch == "auto" and (bool(_PRETRAIN_ONLY & set(model_kwargs)) or (stage2_keys and preset is None)))
     if preset is not None and preset.endswith("_stage2"):
         pretrain = True
-    layout.detect_layout(source.keys())
     config, src_grid = resolve_internvideo2_config(
         source.shapes, pretrain=pretrain, preset=preset, model_kwargs=model_kwargs, num_frames=num_frames, img_size=img_size
     )
     return convert_internvideo2(source, config, src_grid, reset_head=reset_head, seed=seed)
 
 
-def load_torch_checkpoint(path: str, **official_kwargs: Any) -> nnx.Module:
+def load_torch_checkpoint(path: str, *, return_report: bool = False, **official_kwargs: Any) -> nnx.Module | tuple[nnx.Module, ConversionReport | None]:
     """Flax model from an official checkpoint; kwargs are the official constructor's (plus JAX options).
 
-    Stage-2-only kwargs (clip_teacher_embed_dim, ...) select `PretrainInternVideo2`; `arch=` forces one.
+    A stage-2 checkpoint (its keys, or stage-2-only kwargs such as clip_teacher_embed_dim) gives
+    `PretrainInternVideo2`; `arch=` forces one. Sizes the tensors determine are read from them; a
+    size they do not determine and that would otherwise be a guess (num_heads, attn_pool_num_heads
+    of unpublished sizes) must be given, or the conversion fails naming it. `return_report=True`
+    returns `(model, report)`: the `ConversionReport` of what was consumed, dropped, newly
+    initialised and interpolated (None for VideoMamba).
     """
     arch = official_kwargs.pop("arch", "auto")
-    model, _ = convert_checkpoint(path, arch=arch, model_kwargs=official_kwargs)
-    return model
+    model, report = convert_checkpoint(path, arch=arch, model_kwargs=official_kwargs)
+    return (model, report) if return_report else model
 
 
 def converted_inference(config: Any, checkpoint: str) -> InferenceInfo:

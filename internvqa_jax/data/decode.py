@@ -183,17 +183,84 @@ def _scan_packets(path: str, container: Any, stream: Any) -> _FrameIndex:
         # A truncated tail: keep the frames before the damage; decoding verifies them.
     if not pts:
         raise VideoDecodeError(path, "video stream has zero frames")
-    # Containers with a sample table (mp4/mov) declare their frame count; fewer packets on disk
-    # means the file was cut short and its last frames would decode as garbage or not at all.
-    declared = int(stream.frames or 0)
-    if declared > packets:
-        raise VideoDecodeError(path, f"file is truncated: the container lists {declared} frames but only {packets} are present")
+    _check_complete(path, container, stream, packets)
     ordered = sorted(pts)
     has_timestamps = not any_missing and len(set(ordered)) == len(ordered)
     positions = sorted(bisect.bisect_left(ordered, p) for p in keyframe_pts) if has_timestamps else [0]
     if not positions or positions[0] != 0:
         positions = [0] + positions  # decoding from the very start is always a valid fallback
     return _FrameIndex(ordered, positions, total_bytes, has_timestamps)
+
+
+# Demuxers that read the duration from the file's header (written when the file was finished), so a
+# file cut short still declares its full length. Others (MPEG-TS, Ogg, raw streams) estimate it from
+# what is on disk or from the bitrate, which says nothing about a missing tail.
+HEADER_DURATION_FORMATS = ("matroska", "webm", "avi", "asf", "flv", "nut", "mov", "mp4")
+# A header duration x frame rate is an estimate (rounded timestamps, variable frame rate, B-frame
+# delay at the start): a file counts as truncated only when this fraction or more is missing.
+TRUNCATION_TOLERANCE = 0.05
+# ... and only when more than this many seconds are missing: the container's duration is its
+# longest stream's, and an audio track may outlast the video a little.
+TRUNCATION_MIN_SECONDS = 0.25
+# MPEG-TS packet sizes (plain, M2TS with timecode, with Reed-Solomon parity).
+TS_PACKET_SIZES = (188, 192, 204)
+
+
+def _declared_seconds(container: Any, stream: Any) -> float:
+    """The video's length as the file's headers state it (0.0 when they do not).
+
+    The stream's own duration first, then Matroska's per-track DURATION tag, then the container's
+    duration (the longest stream's)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION", "")
+    match = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", tag.strip())
+    if match:
+        h, m, sec = match.groups()
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    return container.duration / 1_000_000 if container.duration else 0.0  # in av.time_base units
+
+
+def _check_complete(path: str, container: Any, stream: Any, packets: int) -> None:
+    """Raises VideoDecodeError "truncated: N of ~M frames" when the file lacks frames it declares.
+
+    Three signals, in order of trust: the frame count of a sample table (mp4/mov/avi), the header
+    duration x frame rate (matroska/webm/avi/...), and for MPEG-TS (no duration in any header)
+    a file size that is no whole number of transport packets (cut mid-packet).
+    """
+    declared = int(stream.frames or 0)
+    # One frame of slack: AVI with interleaved audio counts an empty video chunk as a frame.
+    if declared > packets + 1:
+        raise VideoDecodeError(path, f"truncated: {packets} of {declared} frames present (the container lists {declared})")
+    fmt = (container.format.name or "") if container.format is not None else ""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    seconds = _declared_seconds(container, stream)
+    if seconds > 0 and fps > 0 and any(name in fmt.split(",") for name in HEADER_DURATION_FORMATS):
+        expected = int(round(seconds * fps))
+        missing = expected - packets
+        if missing > expected * TRUNCATION_TOLERANCE + 1 and missing / fps > TRUNCATION_MIN_SECONDS:
+            raise VideoDecodeError(
+                path, f"truncated: {packets} of ~{expected} frames present (the header declares {seconds:.2f} s at {fps:g} fps)"
+            )
+    if "mpegts" in fmt.split(","):
+        size, packet = os.path.getsize(path), _ts_packet_size(path)
+        if size % packet:
+            raise VideoDecodeError(
+                path, f"truncated: {packets} frames present, then the file ends inside a transport packet "
+                f"({size} bytes is no multiple of its {packet}-byte packets); its full length is unknown"
+            )
+
+
+def _ts_packet_size(path: str) -> int:
+    """The transport packet size of an MPEG-TS file, from where its sync bytes (0x47) recur (188 if unclear)."""
+    with open(path, "rb") as f:
+        head = f.read(4 * max(TS_PACKET_SIZES) + 8)
+    for size in TS_PACKET_SIZES:
+        start = 4 if size == 192 else 0  # M2TS puts a 4-byte timecode before each packet
+        if all(start + k * size < len(head) and head[start + k * size] == 0x47 for k in range(4)):
+            return size
+    return TS_PACKET_SIZES[0]
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:

@@ -11,6 +11,14 @@ shards. A shard becomes visible only by an atomic rename, followed by its sideca
 every shard whose sidecar checksum still matches, so an interrupted run resumes. A video that
 fails to decode is skipped, named with its reason in the manifest and the printed summary, and
 the rest finish.
+
+A shard is reused only when what made it is unchanged: its file name carries a key over the
+settings and, per video, the listed row (path, label, source, codec, extra fields, ...) and the
+file's identity (size, mtime, a hash of its first and last 64 KiB). A changed label, a replaced
+file or a renamed source gives the shard a new key, so it is rebuilt under a new name and the
+summary says which video changed and how. The previous `manifest.json` and the shards it names
+stay in place until the new manifest is complete and renamed over it; only then are the shards
+no manifest names any more deleted. A crash mid-run therefore leaves the old dataset usable.
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ from internvqa_jax.data import sampling, shards, splits
 from internvqa_jax.data.records import VideoItem
 
 log = logging.getLogger(__name__)
+
+# Exit statuses of the CLI besides 0 (README, "Exit statuses and errors"); SIGTERM exits 143.
+EXIT_NOTHING_STORED = 1  # every listed video was skipped (the reasons are printed)
+EXIT_BAD_INPUT = 2  # the dataset could not be listed or split (as argparse's usage errors)
 
 # A loader maps a VideoItem to (frames uint8 (T, H, W, 3), extra stored metadata).
 Loader = Callable[[VideoItem, "PrepareConfig"], tuple[np.ndarray, dict[str, Any]]]
@@ -147,12 +159,39 @@ def resize_for_storage(frames: np.ndarray, short_side: int | None) -> np.ndarray
 # --------------------------------------------------------------------------- one shard (worker)
 
 
+# Bytes hashed at each end of a video file for its identity: a replaced file of the same size and
+# mtime (cp -p, a re-encode restored from backup) is still told apart, at ~0.1 ms per video.
+IDENTITY_SAMPLE_BYTES = 64 * 1024
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last `IDENTITY_SAMPLE_BYTES` of a file (or `exists: False`)."""
+    try:
+        st = os.stat(path)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            h.update(f.read(IDENTITY_SAMPLE_BYTES))
+            if st.st_size > IDENTITY_SAMPLE_BYTES:
+                f.seek(max(IDENTITY_SAMPLE_BYTES, st.st_size - IDENTITY_SAMPLE_BYTES))
+                h.update(f.read(IDENTITY_SAMPLE_BYTES))
+    except OSError:
+        return {"exists": False}  # the loader reports the missing file; the key still changes when it appears
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sample_sha256": h.hexdigest()[:16]}
+
+
+def item_identity(item: VideoItem) -> dict[str, Any]:
+    """What one video's stored records are made from: its listed row and its file's identity."""
+    return {"row": item.to_dict(), "file": file_identity(item.path)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardTask:
-    """One shard to write: its file name and the items it holds."""
+    """One shard to write: its file name (which carries `key`), the items it holds and their identities."""
 
     file: str
     items: tuple[VideoItem, ...]
+    key: str = ""
+    identities: tuple[dict[str, Any], ...] = ()
 
 
 def sidecar_name(shard_file: str) -> str:
@@ -204,7 +243,9 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
         sha, size = None, 0
     sidecar = {
         "file": task.file,
+        "key": task.key,
         "fingerprint": config.fingerprint(),
+        "identities": {it.video_id: ident for it, ident in zip(task.items, task.identities)},
         "video_ids": [it.video_id for it in task.items],
         "sha256": sha,
         "bytes": size,
@@ -230,7 +271,7 @@ def finished_sidecar(out_dir: pathlib.Path, task: ShardTask, config: PrepareConf
         side = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if side.get("fingerprint") != config.fingerprint() or side.get("video_ids") != [it.video_id for it in task.items]:
+    if side.get("key") != task.key or side.get("fingerprint") != config.fingerprint() or side.get("video_ids") != [it.video_id for it in task.items]:
         return None
     if side["num_records"] == 0:
         return side
@@ -243,16 +284,81 @@ def finished_sidecar(out_dir: pathlib.Path, task: ShardTask, config: PrepareConf
 # --------------------------------------------------------------------------- the whole dataset
 
 
-def plan_shards(items: Sequence[VideoItem], records_per_shard: int) -> list[ShardTask]:
-    """Items sorted by video id, cut into shards of `records_per_shard`."""
+def plan_shards(items: Sequence[VideoItem], records_per_shard: int, fingerprint: str = "") -> list[ShardTask]:
+    """Items sorted by video id, cut into shards of `records_per_shard`.
+
+    Each shard's name ends in a key over `fingerprint` (the stored settings) and its items'
+    identities, so a shard made from other inputs never has the name of the one to make now.
+    """
     if records_per_shard < 1:
         raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
     ordered = sorted(items, key=lambda it: it.video_id)
     n = max(1, -(-len(ordered) // records_per_shard))
-    return [
-        ShardTask(f"shard-{i:05d}-of-{n:05d}.array_record", tuple(ordered[i * records_per_shard : (i + 1) * records_per_shard]))
-        for i in range(n)
-    ]
+    tasks = []
+    for i in range(n):
+        chunk = tuple(ordered[i * records_per_shard : (i + 1) * records_per_shard])
+        identities = tuple(item_identity(it) for it in chunk)
+        payload = json.dumps({"settings": fingerprint, "videos": identities}, sort_keys=True, default=str)
+        key = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        tasks.append(ShardTask(f"shard-{i:05d}-of-{n:05d}-{key}.array_record", chunk, key, identities))
+    return tasks
+
+
+def _previous_identities(out: pathlib.Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """video id -> (settings fingerprint, identity) from the sidecars an earlier run left in `out`.
+
+    The sidecars of the current manifest's shards are read last, so they win over those of an
+    interrupted run that never got its manifest.
+    """
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    try:
+        named = {sidecar_name(s["file"]) for s in json.loads((out / shards.MANIFEST).read_text())["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        named = set()
+    for path in sorted(out.glob("shard-*-of-*.json"), key=lambda p: p.name in named):
+        try:
+            side = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for vid, ident in (side.get("identities") or {}).items():
+            found[vid] = (side.get("fingerprint", ""), ident)
+    return found
+
+
+def change_reason(previous: tuple[str, dict[str, Any]] | None, fingerprint: str, identity: dict[str, Any]) -> str | None:
+    """Why a video's stored records must be made again (None: unchanged since the earlier run)."""
+    if previous is None:
+        return "new video"
+    old_fingerprint, old = previous
+    if old_fingerprint != fingerprint:
+        return "prepare settings changed"
+    reasons = []
+    old_row, new_row = old.get("row", {}), identity["row"]
+    for field in sorted(set(old_row) | set(new_row)):
+        if old_row.get(field) != new_row.get(field):
+            reasons.append(f"{field} {old_row.get(field)!r} -> {new_row.get(field)!r}")
+    old_file, new_file = old.get("file", {}), identity["file"]
+    if old_file != new_file:
+        what = [k for k in ("exists", "size", "mtime_ns", "sample_sha256") if old_file.get(k) != new_file.get(k)]
+        reasons.append(f"video file changed ({', '.join(what)})")
+    return "; ".join(reasons) or None
+
+
+def explain_rebuilds(pending: Sequence[ShardTask], previous: dict[str, tuple[str, dict[str, Any]]], fingerprint: str) -> list[dict[str, Any]]:
+    """One row per shard to (re)write after an earlier run: the shard and each changed video with why."""
+    if not previous:
+        return []  # a first run builds everything; nothing to explain
+    rows = []
+    for task in pending:
+        changed = {}
+        for item, ident in zip(task.items, task.identities):
+            reason = change_reason(previous.get(item.video_id), fingerprint, ident)
+            if reason is not None:
+                changed[item.video_id] = reason
+        if not changed:
+            changed = {"*": "inputs unchanged, but the shard was missing, incomplete or corrupt"}
+        rows.append({"shard": task.file, "videos": changed})
+    return rows
 
 
 def assign_splits(items: Sequence[VideoItem], split_config: SplitConfig) -> tuple[dict[str, str], dict[str, int] | None, list[str]]:
@@ -309,11 +415,10 @@ def prepare_items(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards.remove_stale_temps(out)
-    # An old manifest would describe shards this run may rewrite: readers must see none until
-    # the new one is complete.
-    (out / shards.MANIFEST).unlink(missing_ok=True)
-    tasks = plan_shards(items, config.records_per_shard)
-    _remove_foreign_shards(out, tasks)
+    # The old manifest stays: the shards it names keep their (keyed) names, and this run writes
+    # changed shards under new names, so a crash before the new manifest leaves it valid.
+    tasks = plan_shards(items, config.records_per_shard, config.fingerprint())
+    previous = _previous_identities(out)
 
     sidecars: dict[str, dict[str, Any]] = {}
     pending = []
@@ -323,6 +428,9 @@ def prepare_items(
             pending.append(task)
         else:
             sidecars[task.file] = side
+    rebuilt = explain_rebuilds(pending, previous, config.fingerprint())
+    for row in rebuilt:
+        log.info("rebuilding %s: %s", row["shard"], "; ".join(f"{v}: {r}" for v, r in row["videos"].items()))
     bar = tqdm(total=len(items), desc=f"prepare {dataset}", unit="video", disable=not progress)
     bar.update(sum(len(t.items) for t in tasks if t.file in sidecars))
     jobs = [(str(out), task, config, loader) for task in pending]
@@ -331,7 +439,10 @@ def prepare_items(
     bar.close()
 
     manifest = build_manifest(items, tasks, sidecars, config, split_config, dataset, resumed=len(tasks) - len(pending), listing_skipped=listing_skipped)
+    manifest["rebuilt"] = rebuilt
     shards.write_json_atomic(out / shards.MANIFEST, manifest)
+    # Only now, with the new manifest in place, are shards that no manifest names removed.
+    _remove_foreign_shards(out, tasks)
     return manifest
 
 
@@ -415,6 +526,7 @@ def build_manifest(
     split_sources = {name: sorted(s for s, v in assignment.items() if v == name) for name in splits.SPLITS}
     per_split = {name: sum(r["split"] == name for r in records) for name in splits.SPLITS}
     return {
+        "warnings": splits.size_problems(per_split),
         "format": shards.MANIFEST_FORMAT,
         "dataset": dataset,
         "config": dataclasses.asdict(config),
@@ -438,6 +550,12 @@ def summary(manifest: dict[str, Any]) -> str:
     ]
     if manifest["missing_test_sources"]:
         lines.append(f"warning: named test sources not found: {manifest['missing_test_sources']}")
+    lines.extend(f"warning: {w}" for w in manifest.get("warnings", []))
+    rebuilt = manifest.get("rebuilt") or []
+    if rebuilt:
+        lines.append(f"rebuilt {len(rebuilt)} shard(s) whose inputs changed since the earlier run:")
+        for row in rebuilt:
+            lines.extend(f"  {vid}: {reason}" for vid, reason in row["videos"].items())
     if manifest["skipped"]:
         lines.append(f"skipped {len(manifest['skipped'])} video(s):")
         lines.extend(f"  {s['video_id'] or '-'} ({s['path']}): {s['reason']}" for s in manifest["skipped"])
@@ -543,12 +661,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = PrepareConfig(args.frames, args.short_side, args.compression, args.records_per_shard, args.fragment_draws, args.fragment_size, args.seed)
     except ValueError as e:
         p.error(str(e))
-    manifest = prepare_dataset(
-        args.dataset, args.out, args.root, config, workers=args.workers, folds=args.folds,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-    )
+    try:
+        manifest = prepare_dataset(
+            args.dataset, args.out, args.root, config, workers=args.workers, folds=args.folds,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        )
+    except (ValueError, OSError) as err:
+        # Unusable input (unknown dataset, unreadable CSV, no usable row, bad split settings): the
+        # message names the file and the problem; the previous dataset in --out is untouched.
+        print(f"prepare: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(summary(manifest))
-    return 0 if manifest["counts"]["records"] else 1
+    return 0 if manifest["counts"]["records"] else EXIT_NOTHING_STORED
 
 
 if __name__ == "__main__":

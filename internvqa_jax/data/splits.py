@@ -13,6 +13,28 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 
+# Videos a split needs to be scored: correlation metrics need at least 2 (pred, label) pairs
+# (metrics.py), so a validation or test split of fewer videos fails the run at its first evaluation.
+MIN_EVAL_VIDEOS = 2
+EVAL_SPLITS = ("val", "test")
+
+
+def size_problems(per_split: Mapping[str, int], minimum: int = MIN_EVAL_VIDEOS) -> list[str]:
+    """One sentence per evaluation split with fewer than `minimum` videos (none when all are usable)."""
+    return [
+        f"split {name!r} has {int(per_split.get(name, 0))} video(s); training needs at least {minimum} to compute its "
+        f"correlation metrics (change --val-fraction/--test-fraction or add sources)"
+        for name in EVAL_SPLITS
+        if int(per_split.get(name, 0)) < minimum
+    ]
+
+
+def check_sizes(per_split: Mapping[str, int], where: str, minimum: int = MIN_EVAL_VIDEOS) -> None:
+    """Raises ValueError naming every evaluation split of `where` with fewer than `minimum` videos."""
+    problems = size_problems(per_split, minimum)
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+
 
 def _unique_sorted(source_ids: Iterable[str]) -> list[str]:
     return sorted({str(s) for s in source_ids})

@@ -37,13 +37,19 @@ LABEL_KINDS = {
 # What a score means when the head was never trained on quality labels (a converted checkpoint).
 UNTRAINED_HEAD_SCALE = "none: UNTRAINED head (converted weights, not fine-tuned on quality labels); these scores carry no meaning until the model is fine-tuned"
 
+# Scores are the head's raw regression output, never clipped: a clip better (or worse) than any
+# training label scores past the scale's end (VMAF/100 above 1 for near-lossless video).
+RAW_OUTPUT_NOTE = "raw regression output, not clipped: scores can fall a little outside {range} (clip or rank them if you need the range)"
+LABEL_RANGES = {"vmaf": "0..1", "mos": "the training MOS range", "dmos": "the training DMOS range", "score": "the training CSV's score range"}
+
 NORMALISATION_INPUT = "uint8 RGB, (x - mean) / std"
 
 # Top-level keys of files written before InferenceInfo, mapped to their field.
 LEGACY_KEYS = {"label_kind": "label_kind"}  # weight conversion wrote the label kind flat
 _TOP_LEVEL = {"preset": "preset", "frames": "frames", "size": "size", "spatial_mode": "spatial_mode",
               "test_segments": "num_segments", "seed": "seed", "head_trained": "head_trained",
-              "source_checkpoint": "source_checkpoint", "note": "note"}
+              "source_checkpoint": "source_checkpoint", "note": "note",
+              "based_on_preset": "based_on_preset", "preset_overrides": "preset_overrides"}
 _SECTIONS = {
     "normalisation": {"mean": "mean", "std": "std", "input": None},
     "label": {"dataset": "dataset", "kind": "label_kind", "scale": "label_scale", "higher_is_better": "higher_is_better"},
@@ -69,7 +75,9 @@ class InferenceInfo:
     as "VMAF/100" or a divisor); higher_is_better follows from the kind unless given.
     head_trained: False for a model straight out of weight conversion, whose head was never fitted
     to quality labels: its scores carry no meaning until it is fine-tuned, and `describe_scale`
-    says so. preset, dataset, source_checkpoint, note: provenance, not read by scoring.
+    says so. preset, dataset, source_checkpoint, note: provenance, not read by scoring; a network
+    that is not its preset's has preset "custom", `based_on_preset` and `preset_overrides`
+    (`saving.preset_fields`).
     """
 
     frames: int = 8
@@ -89,6 +97,8 @@ class InferenceInfo:
     dataset: str = ""
     source_checkpoint: str = ""
     note: str = ""
+    based_on_preset: str = ""
+    preset_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         sampling.check_spatial_mode(self.spatial_mode)
@@ -123,10 +133,18 @@ class InferenceInfo:
         details = "; ".join(part for part in (note, direction) if part)
         return f"{text} ({details})"
 
+    def describe_values(self) -> str:
+        """One line saying which values a score can take (the stated scale's ends are not bounds)."""
+        if not self.head_trained:
+            return "meaningless until the model is fine-tuned (untrained head)"
+        return RAW_OUTPUT_NOTE.format(range=LABEL_RANGES.get(str(self.label_kind).lower(), "the training labels' range"))
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of `inference.json` (module doc); `from_dict` reads it back."""
+        custom = {"based_on_preset": self.based_on_preset, "preset_overrides": dict(self.preset_overrides)} if self.based_on_preset else {}
         return {
             "preset": self.preset,
+            **custom,
             "frames": int(self.frames),
             "size": int(self.size),
             "spatial_mode": self.spatial_mode,
@@ -177,7 +195,9 @@ def _typed(fields: dict[str, Any]) -> dict[str, Any]:
     for key in ("mean", "std"):
         if key in out:
             out[key] = tuple(float(v) for v in out[key])
-    for key in ("label_scale", "preset", "dataset", "source_checkpoint", "note"):
+    if "preset_overrides" in out and not isinstance(out["preset_overrides"], dict):
+        raise ValueError(f"preset_overrides must be an object of config fields, got {out['preset_overrides']!r}")
+    for key in ("label_scale", "preset", "dataset", "source_checkpoint", "note", "based_on_preset"):
         if key in out and not isinstance(out[key], str):
             out[key] = "" if out[key] is None else str(out[key])
     if "higher_is_better" not in out and "label_kind" in out:

@@ -431,8 +431,10 @@ class PretrainInternVideo2(_Trunk):
         """Official `forward(x, mask, use_image, x_vis_only)`.
 
         `x` is `(B, T, H, W, 3)` (T = 1 when `use_image`). `mask` `(B, 1 + N)` bool marks tokens to
-        drop (True = masked), the same count in every row. Returns `x_vis` when `x_vis_only`, else
-        `(x_vis, x_pool_vis, x_clip_align, x_align)` with `x_clip_align` `(K, B, N_kept, C_teacher)`.
+        drop (True = masked), the same count in every row. Returns a dict, as the fine-tuning model
+        does: `tokens` (official `x_vis`, the last residual stream of the kept tokens) and, unless
+        `x_vis_only`, `pooled` (`x_pool_vis`, the `clip_projector` output), `clip_align`
+        (`x_clip_align`, `(K, B, N_kept, C_teacher)`) and `align` (`x_align`).
         """
         cfg = self.config
         self._check_input(x, 1 if use_image else cfg.num_frames)
@@ -446,7 +448,7 @@ class PretrainInternVideo2(_Trunk):
         return_layers = sorted(cfg.return_index)
         x_vis, kept = self._run_blocks(tokens, return_layers)
         if x_vis_only:
-            return x_vis
+            return dict(tokens=x_vis)
         x_pool_vis = self.clip_projector(x_vis)
         x_align = self.final_clip_decoder(x_pool_vis) if self.final_clip_decoder is not None else x_pool_vis
         clip_pos = self._image_pos(self.clip_pos_embed[...], "clip_img_pos_embed") if use_image else self.clip_pos_embed[...]
@@ -454,7 +456,7 @@ class PretrainInternVideo2(_Trunk):
         if keep_index is not None:
             clip_pos = jnp.take_along_axis(clip_pos, keep_index[..., None], axis=1)
         x_clip_align = jnp.stack([dec(kept[i] + clip_pos) for dec, i in zip(self.clip_decoder, return_layers)])
-        return x_vis, x_pool_vis, x_clip_align, x_align
+        return dict(tokens=x_vis, pooled=x_pool_vis, clip_align=x_clip_align, align=x_align)
 
 
 def _kept_indices(mask: jax.Array, num_tokens: int) -> jax.Array:

@@ -37,6 +37,17 @@ from internvqa_jax.models.inference_info import InferenceInfo
 CONFIG_FILE = io_utils.MODEL_CONFIG_FILE
 INFERENCE_FILE = io_utils.INFERENCE_FILE
 PARAMS_DIR = io_utils.PARAMS_DIR
+# Size and sha256 of every file under params/, written after orbax: OCDBT data files carry no
+# checksum of their own, so flipped bytes would otherwise load silently as other weights.
+PARAMS_CHECKSUMS = "params_sha256.json"
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be loaded; the one-line message names the file and what is wrong."""
+
+
+# Orbax / TensorStore status codes that mean the bytes on disk are damaged, not the model different.
+_DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND", "Truncated", "Error reading", "Error decoding", "Expecting value", "Unterminated")
 
 # The process that writes model directories in a multi-process run (orbax's default primary host).
 PRIMARY_PROCESS = 0
@@ -49,6 +60,32 @@ IN_FLIGHT_BOUNDS_GB = (0.05, 1.0)
 
 # Everything but RNG streams is saved; RNG state is recreated at load time.
 _SAVED = nnx.Not(nnx.RngState)
+
+
+# Config fields that do not make a network another one: compute choices, the clip geometry (position
+# embeddings are resampled to it), the head width training sets, regularisation and init ranges.
+NOT_ARCHITECTURE = frozenset({
+    "dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "scan_impl", "scan_chunk", "linear_init",
+    "gelu_approximate", "fused_add_norm", "num_frames", "img_size", "num_classes", "dt_min", "dt_max", "dt_init_floor", "dt_scale",
+})
+
+
+def preset_fields(config: Any, preset: str) -> dict[str, Any]:
+    """The `preset` entry of an inference.json: the preset's name when `config` is that network,
+    else `"custom"` with `based_on_preset` and the `preset_overrides` that make it another one."""
+    from internvqa_jax.models import registry
+
+    try:
+        reference = registry.get_config(preset).to_dict()
+    except (KeyError, ValueError):
+        reference = {}
+    changed = {
+        k: v for k, v in _config_dict(config).items()
+        if k not in NOT_ARCHITECTURE and "drop" not in k and reference.get(k, object()) != v
+    }
+    if not changed and reference:
+        return {"preset": preset}
+    return {"preset": "custom", "based_on_preset": preset, "preset_overrides": changed}
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -113,6 +150,56 @@ def _write_model_dir(state: Any, out_dir: pathlib.Path, texts: dict[str, str]) -
         )
         with ocp.Checkpointer(handler, multiprocessing_options=_PRIMARY_ONLY) as checkpointer:
             checkpointer.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(state))
+        (tmp / PARAMS_CHECKSUMS).write_text(_json_text(params_checksums(tmp / PARAMS_DIR), PARAMS_CHECKSUMS))
+
+
+def params_checksums(params_dir: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"bytes", "sha256"}}` of every file of a parameter checkpoint."""
+    from internvqa_jax.data.shards import sha256_file
+
+    return {
+        str(f.relative_to(params_dir)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        for f in sorted(params_dir.rglob("*"))
+        if f.is_file()
+    }
+
+
+def verify_params(path: pathlib.Path) -> None:
+    """Raises ModelDirError naming the first file of `path/params` that is missing, cut or changed.
+
+    Model directories written before the checksums existed have no listing: orbax's own checks
+    (manifest CRCs, sizes) are then all there is.
+    """
+    listing_path = path / PARAMS_CHECKSUMS
+    if not listing_path.is_file():
+        return
+    listing = io_utils.read_json(listing_path, error=ModelDirError)
+    from internvqa_jax.data.shards import sha256_file
+
+    for rel, want in listing.items():
+        f = path / PARAMS_DIR / rel
+        if not f.is_file():
+            raise ModelDirError(f"{f}: missing: the parameter checkpoint is incomplete (corrupted or truncated)")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise ModelDirError(f"{f}: {size} bytes, {want['bytes']} were written: the parameter checkpoint is corrupted or truncated")
+        if sha256_file(f) != want["sha256"]:
+            raise ModelDirError(f"{f}: sha256 differs from the one written: the parameter checkpoint is corrupted")
+
+
+def _restore_error(params_path: pathlib.Path, err: BaseException) -> ModelDirError:
+    """One line for an orbax restore failure: damaged bytes, or parameters of another model."""
+    chain, e = [], err
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " | ".join(str(x) for x in chain)
+    # The innermost message names the tensor; TensorStore appends a long JSON spec to it.
+    detail = str(chain[-1]).split(" [tensorstore_spec")[0].split("See full TensorStore")[0].strip().splitlines()
+    detail = (detail[0] if detail else type(chain[-1]).__name__)[:240]
+    if any(code in text for code in _DAMAGE_CODES) or isinstance(chain[-1], (EOFError, UnicodeDecodeError)):
+        return ModelDirError(f"{params_path}: parameter checkpoint is corrupted or truncated ({detail})")
+    return ModelDirError(f"{params_path}: parameters do not match the model of {CONFIG_FILE} ({detail})")
 
 
 def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: InferenceInfo | Mapping[str, Any] | None = None) -> pathlib.Path:
@@ -158,12 +245,12 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{path} is not a model directory: {CONFIG_FILE} is missing")
-    stored = io_utils.read_json(config_path)
+    stored = io_utils.read_json(config_path, error=ModelDirError)
     for key in ("arch", "config"):
-        if key not in stored:
-            raise KeyError(f"{config_path}: missing key {key!r} (expected {{'arch': ..., 'config': {{...}}}})")
+        if not isinstance(stored, dict) or key not in stored:
+            raise ModelDirError(f"{config_path}: missing key {key!r} (expected {{'arch': ..., 'config': {{...}}}})")
     inference_path = path / INFERENCE_FILE
-    inference = io_utils.read_json(inference_path) if inference_path.is_file() else None
+    inference = io_utils.read_json(inference_path, error=ModelDirError) if inference_path.is_file() else None
     return {"arch": stored["arch"], "config": stored["config"], "inference": inference}
 
 
@@ -174,7 +261,7 @@ def read_inference(path: str | os.PathLike, stored: Mapping[str, Any] | None = N
     if stored is None:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: missing; the scorer needs the test-time protocol (frames, size, spatial mode, label scale) that training writes there")
-        stored = io_utils.read_json(file)
+        stored = io_utils.read_json(file, error=ModelDirError)
     return InferenceInfo.from_dict(stored, where=str(file))
 
 
@@ -191,6 +278,17 @@ def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathli
     raise FileNotFoundError(f"{p}: neither a model directory (no {CONFIG_FILE}) nor a training workdir (no {io_utils.EXPORT_DIR}/{which}/{CONFIG_FILE})")
 
 
+def _restore(params_path: pathlib.Path, abstract_state: Any) -> Any:
+    """Orbax restore of the parameters; any failure becomes one ModelDirError line."""
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        return checkpointer.restore(params_path, abstract_state)
+    except Exception as err:  # noqa: BLE001 - orbax/TensorStore raise bare Exceptions for damaged files
+        raise _restore_error(params_path, err) from None  # `from None`: the chain is hundreds of lines
+    finally:
+        checkpointer.close()
+
+
 def load_model_dir(path: str | os.PathLike, **config_overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:
     """Loads a model directory; returns `(model, meta)` with meta = {arch, config, inference}.
 
@@ -199,19 +297,19 @@ def load_model_dir(path: str | os.PathLike, **config_overrides: Any) -> tuple[nn
     """
     path = pathlib.Path(path).absolute()
     meta = read_meta(path)
-    config = registry.config_from_dict({"arch": meta["arch"], **meta["config"], **config_overrides})
+    try:
+        config = registry.config_from_dict({"arch": meta["arch"], **meta["config"], **config_overrides})
+    except (TypeError, ValueError, KeyError) as err:
+        raise ModelDirError(f"{path / CONFIG_FILE}: not a usable model config ({err})") from err
     abstract = nnx.eval_shape(lambda: registry.create_model(config, nnx.Rngs(0)))
     graphdef, abstract_state, rest = nnx.split(abstract, _SAVED, ...)
     params_path = path / PARAMS_DIR
     if not params_path.is_dir():
         raise FileNotFoundError(f"{path}: parameter checkpoint {PARAMS_DIR}/ is missing")
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-        restored = checkpointer.restore(params_path, abstract_state)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{params_path}: parameters do not match the model of {CONFIG_FILE}: {err}") from err
-    finally:
-        checkpointer.close()
+    if not any(params_path.iterdir()):
+        raise ModelDirError(f"{params_path}: parameter checkpoint is empty (corrupted or truncated)")
+    verify_params(path)
+    restored = _restore(params_path, abstract_state)
     if jax.tree.leaves(rest):
         # RNG streams (e.g. dropout) cannot come from eval_shape: take them from a real build.
         _, _, rest = nnx.split(registry.create_model(config, nnx.Rngs(0)), _SAVED, ...)

@@ -42,12 +42,16 @@ def label_kind(manifest: dict[str, Any]) -> str:
     return kinds.pop() if len(kinds) == 1 else "score"
 
 
-def inference_info(config: ml_collections.ConfigDict, net: str, manifest: dict[str, Any]) -> InferenceInfo:
-    """The test-time protocol of network `net` trained by `config` on the shards of `manifest`."""
+def inference_info(config: ml_collections.ConfigDict, net: str, manifest: dict[str, Any], model_config: Any = None) -> InferenceInfo:
+    """The test-time protocol of network `net` trained by `config` on the shards of `manifest`.
+
+    With the trained network's `model_config`, the preset is named only when the network is that
+    preset's ("custom" with the overrides otherwise)."""
     kind = label_kind(manifest)
     prepared = manifest.get("config", {})
+    preset = str(config[net].preset)
     return InferenceInfo(
-        preset=str(config[net].preset),
+        **(saving.preset_fields(model_config, preset) if model_config is not None else {"preset": preset}),
         frames=int(config.data.frames),
         size=int(config.data.size),
         spatial_mode=str(config.data.spatial_mode),
@@ -82,6 +86,6 @@ def export_networks(config: ml_collections.ConfigDict, job: builder.JobSpec, bui
             continue
         path = export_path(workdir, export_name(job, net))
         model = state_lib.merge(built.networks, net, state["params"], state["frozen"])
-        saving.save_model_dir(model, path, inference=inference_info(config, net, manifest))
+        saving.save_model_dir(model, path, inference=inference_info(config, net, manifest, model.config))
         out[net] = path
     return out

@@ -7,7 +7,8 @@ checkpoint with the best validation SRCC (or the last step) -> `result.json`.
 
 Stops: SIGTERM/SIGINT save a checkpoint first, then the job raises `Preempted`; a non-finite loss
 raises `NonFiniteLoss` naming the first bad step, after waiting for in-flight saves and without
-saving (the last good checkpoint stays as it was). Every process takes the same decisions: the
+saving (the last good checkpoint stays as it was); non-finite validation or test predictions raise
+its subclass `NonFinitePredictions` the same way (`check_finite_predictions`). Every process takes the same decisions: the
 stop flag is combined over processes before it is acted on.
 """
 
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf loss."""
+
+
+class NonFinitePredictions(NonFiniteLoss):
+    """A validation or test split got NaN/inf predictions (weights blown up while the loss looked finite).
+
+    A NonFiniteLoss, so the run stops the same way, with the same exit status."""
 
 
 class Preempted(RuntimeError):
@@ -93,6 +100,11 @@ def evaluate(
     out = {}
     for name, chunks in preds.items():
         p = np.concatenate(chunks)[mask]
+        bad = ~np.isfinite(p)
+        if bad.any():
+            # No metrics from NaN/inf: check_finite_predictions stops the run with this record.
+            out[name] = {"n": int(p.size), "nonfinite": int(bad.sum()), "first_nonfinite_index": int(idx[bad][0]), "example": float(p[bad][0])}
+            continue
         out[name] = {
             "n": int(p.size),
             "srcc": metrics_lib.srcc(p, y),
@@ -125,6 +137,24 @@ def check_finite(state: dict, manager, where: str) -> None:
             f"non-finite loss at step {bad} ({where}); training stopped. The last good checkpoint "
             f"(step {last}) in {manager.directory} is unchanged; lower the learning rate or check the data."
         )
+
+
+def check_finite_predictions(result: Mapping[str, Mapping[str, Any]], manager, where: str) -> Mapping[str, Mapping[str, Any]]:
+    """Returns `result` (of `evaluate`) if every network's predictions are finite; else raises
+    NonFinitePredictions after in-flight saves finish, without saving (the last good checkpoint stays)."""
+    bad = {name: m for name, m in result.items() if m.get("nonfinite")}
+    if not bad:
+        return result
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    details = "; ".join(
+        f"{name}: {m['nonfinite']} of {m['n']} predictions non-finite (first: video index {m['first_nonfinite_index']} = {m['example']})"
+        for name, m in bad.items()
+    )
+    raise NonFinitePredictions(
+        f"non-finite predictions ({where}): {details}; training stopped. The last good checkpoint (step {last}) in "
+        f"{manager.directory} is unchanged; the weights diverged: lower the learning rate or check the data."
+    )
 
 
 def host_metrics(m: Mapping[str, jax.Array]) -> dict[str, float]:
@@ -228,7 +258,8 @@ class JobSetup:
             )
 
         nets = self.val_nets if split == "val" else self.test_nets
-        return evaluate(self.score_steps[nets], state_lib.eval_weights(state), batches, self.batch_sh)
+        result = evaluate(self.score_steps[nets], state_lib.eval_weights(state), batches, self.batch_sh)
+        return check_finite_predictions(result, self.manager, f"job {self.job.name}, {split} split")
 
 
 def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> tuple[int, int, int]:
