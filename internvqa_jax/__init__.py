@@ -11,19 +11,19 @@ Public entry points (imported on first use, so `import internvqa_jax` stays ligh
 
 from typing import Any
 
-_PUBLIC = {
-    "load": ("internvqa_jax.scorer", "load"),
-    "load_model_dir": ("internvqa_jax.models.saving", "load_model_dir"),
-}
+_PUBLIC = ("load", "load_model_dir")
 
 
 def __getattr__(name: str) -> Any:
     # Resolved on first use, so `import internvqa_jax` stays light (no JAX).
-    if name in _PUBLIC:
-        import importlib
+    if name == "load":
+        from internvqa_jax.scorer import load
 
-        module, attr = _PUBLIC[name]
-        return getattr(importlib.import_module(module), attr)
+        return load
+    if name == "load_model_dir":
+        from internvqa_jax.models.saving import load_model_dir
+
+        return load_model_dir
     raise AttributeError(f"module 'internvqa_jax' has no attribute {name!r}")
 
 
