@@ -51,8 +51,8 @@ def merge(networks: Networks, name: str, params: Mapping[str, Any], frozen: Mapp
     """Rebuilds network `name` from the state pytree (inside or outside jit)."""
     graphdef = networks.graphdefs[name]
     if name in params:
-        return nnx.merge(graphdef, params[name], frozen[name])
-    return nnx.merge(graphdef, frozen[name])
+        return nnx.merge(graphdef, params[name], frozen[name], copy=True)
+    return nnx.merge(graphdef, frozen[name], copy=True)
 
 
 def init_state(params: dict, frozen: dict, tx, seed: int, ema: bool = False) -> dict[str, Any]:
