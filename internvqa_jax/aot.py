@@ -29,8 +29,8 @@ around the estimate (bisection when the estimate is off).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 import re
 import sys
 import time
@@ -46,6 +46,10 @@ from internvqa_jax import sharding, tpu_chips
 from internvqa_jax import train as train_lib
 from internvqa_jax.io_utils import atomic_write_json
 from internvqa_jax.training import builder
+
+# libtpu takes a machine-wide lock when it loads, so a second planner (or a test) on the same host
+# would abort; compiling for a described topology never touches a TPU, so several may share libtpu.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology libtpu accepts: v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4, ...")
 _BATCH = flags.DEFINE_list("batch", [], "global training batch(es) to compile (default: config.optim.batch_size)")

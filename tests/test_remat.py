@@ -76,3 +76,14 @@ def test_remat_with_authors_teacher_equals_plain_step(scan_layers):
     assert moved > 0.5 * lr, (moved, lr)
     for x, y in zip(jax.tree.leaves(remat["state"]["frozen"]["teacher"]), jax.tree.leaves(remat["initial"]["frozen"]["teacher"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_full_size_presets_train_with_remat():
+    """The paper presets turn remat on (they do not fit a 16 GiB chip without it); tiny ones do not."""
+    from configs import common, homologous
+
+    paper = homologous.get_config("teacher=1B,student=B14,data=waterloo_ivc4k")
+    assert paper.teacher.overrides.remat is True and paper.student.overrides.remat is True
+    assert set(common.REMAT_PRESETS) >= {"1B", "B14"}
+    demo = homologous.get_config()
+    assert "remat" not in demo.teacher.overrides and "remat" not in demo.student.overrides
