@@ -4,12 +4,9 @@
     python benchmarks/train_step.py --config_arg=teacher=1B,student=B14,data=waterloo_ivc4k \
         --batch=32 --dtype=bfloat16 --fsdp=1 --peak_tflops=989   # H100 SXM bf16 dense peak
 
-FLOPs are counted per clip from the architecture (a multiply-add = 2 FLOPs): patch embedding,
-per block the fused qkv, both attention matmuls (N^2 terms included), the output projection and the
-MLP, then the attention pooling and the head. Training = forward + activation gradients + weight
-gradients, where the weight-gradient pass is skipped for frozen parts (the teacher's blocks
-0..depth-2 in the authors' recipe still pass activation gradients on, since the patch embedding
-below them trains). MFU = counted FLOPs per second / `--peak_tflops`.
+FLOPs are the analytic model count of `internvqa_jax.flops` (the same count the compile-ahead
+planner `python -m internvqa_jax.aot` reports): forward + activation gradients + weight gradients
+of the trained parts, remat recompute excluded. MFU = counted FLOPs per second / `--peak_tflops`.
 """
 
 from __future__ import annotations
@@ -25,51 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def internvideo2_flops(cfg, trainable_blocks: int | None = None) -> dict[str, float]:
-    """Forward FLOPs of one clip, and of the part whose weights get gradients.
-
-    `trainable_blocks`: how many of the last blocks train (None = all of them).
-    """
-    t, h, w = cfg.grid
-    n = 1 + t * h * w
-    d = cfg.embed_dim
-    hidden = int(d * cfg.mlp_ratio)
-    patch = 2 * t * h * w * (3 * cfg.patch_size**2 * cfg.tubelet_size) * d
-    block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-    c = cfg.clip_embed_dim
-    pool = 2 * d * d + 2 * 2 * n * d * d + 2 * 2 * n * d + 2 * d * c  # q on the mean token; k, v over all tokens
-    head = 2 * c * cfg.num_classes
-    forward = patch + cfg.depth * block + pool + head
-    train_blocks = cfg.depth if trainable_blocks is None else trainable_blocks
-    weight_grad = patch + train_blocks * block + pool + head
-    return {"forward": float(forward), "weight_grad": float(weight_grad), "tokens": n}
-
-
-def train_flops_per_clip(built, job) -> float:
-    """Forward + activation-gradient + weight-gradient FLOPs of one training clip for the job."""
-    total = 0.0
-    for name, cfg in built.model_configs.items():
-        if not hasattr(cfg, "grid"):
-            raise ValueError(f"FLOP count: {name} ({type(cfg).__name__}) is not an InternVideo2 config")
-        frozen_teacher = name == "teacher" and job.teacher_frozen
-        trainable = None if name != "teacher" else (1 if built_trainable_is_authors(built) else None)
-        f = internvideo2_flops(cfg, trainable)
-        if frozen_teacher:
-            total += f["forward"]  # no gradient at all
-        else:
-            total += f["forward"] + f["forward"] + f["weight_grad"]
-    return total
-
-
-def built_trainable_is_authors(built) -> bool:
-    """True when the teacher trains only the authors' parts (frozen blocks below the last)."""
-    params = built.abstract_state["params"].get("teacher")
-    if params is None:
-        return False
-    n_train = sum(x.size for x in jax.tree.leaves(params))
-    n_frozen = sum(x.size for x in jax.tree.leaves(built.abstract_state["frozen"]["teacher"]))
-    return n_frozen > n_train
+from internvqa_jax.flops import train_flops_per_clip  # noqa: E402
 
 
 def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[str, float]:
@@ -103,7 +56,7 @@ def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[s
         state, m = step(state, data)
     jax.block_until_ready(m["loss"])
     dt = (time.perf_counter() - t0) / steps
-    flops = train_flops_per_clip(built, job) * batch
+    flops = train_flops_per_clip(built.model_configs, job, config) * batch
     return {"step_s": dt, "clips_per_s": batch / dt, "tflops": flops / dt / 1e12, "flops_per_step": flops, "first_step_s": compile_s}
 
 

@@ -48,11 +48,18 @@ def split_networks(models: Mapping[str, nnx.Module], trainable_filters: Mapping[
 
 
 def merge(networks: Networks, name: str, params: Mapping[str, Any], frozen: Mapping[str, Any]) -> nnx.Module:
-    """Rebuilds network `name` from the state pytree (inside or outside jit)."""
+    """Rebuilds network `name` from the state pytree (inside or outside jit).
+
+    The module gets its own Variable objects (`copy=True`; the arrays are shared, not copied). Without
+    the copy it would reuse the Variables of `frozen`, which `jax.jit` created at its own trace level;
+    inside `jax.value_and_grad` (a deeper level) `nnx.remat` writes each block's Variables back after
+    the rematerialised call, and writing to those raises `TraceContextError` (remat + a partly frozen
+    network, e.g. the authors' teacher). Trainable params are fresh at the gradient's level anyway.
+    """
     graphdef = networks.graphdefs[name]
     if name in params:
-        return nnx.merge(graphdef, params[name], frozen[name])
-    return nnx.merge(graphdef, frozen[name])
+        return nnx.merge(graphdef, params[name], frozen[name], copy=True)
+    return nnx.merge(graphdef, frozen[name], copy=True)
 
 
 def init_state(params: dict, frozen: dict, tx, seed: int, ema: bool = False) -> dict[str, Any]:
