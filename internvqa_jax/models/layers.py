@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+log = logging.getLogger(__name__)
 
 Axes = tuple[str | None, ...]
 
@@ -224,30 +227,165 @@ class Attention(nnx.Module):
 # Queries per step of the chunked attention: small enough that a chunk's scores stay in cache.
 ATTENTION_CHUNK = 256
 
+# Every `attention_impl` a config may name (InternVideo2Config validates against this tuple).
+# "auto" resolves when the model is traced (`select_attention_impl`); the others force a path.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", "splash", None)
 
-def resolve_attention_impl(impl: str | None) -> str | None:
-    """The concrete attention path for `impl`: "auto" becomes "chunked" on CPU, "xla" elsewhere.
+# cuDNN flash attention (`jax.nn.dot_product_attention(implementation="cudnn")`) takes half
+# precision only, and a head dim that is a multiple of 8 and at most 128 (256 from Hopper on; 128
+# is what every supported card accepts). Students have 64, the 1B teacher 88: both qualify in bf16.
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128
 
-    Called while tracing, so the backend that compiles the model decides (a config saved on a
-    CPU machine still runs the XLA kernel on a GPU/TPU); other values pass through unchanged.
+# The splash kernel tiles the sequence in blocks that are multiples of 128 (the TPU lane width);
+# the token count (1 + T*H*W/p^2, e.g. 2049) is padded up to a multiple of this.
+SPLASH_PAD = 128
+# Largest tile first: bigger tiles amortise the per-step overhead when the padded length allows.
+SPLASH_BLOCKS = (512, 256, 128)
+
+# (requested, backend, dtype, head_dim) -> already logged, so each choice is logged once.
+_LOGGED_CHOICES: set[tuple[Any, ...]] = set()
+
+
+def cudnn_unsupported_reason(dtype: Any, head_dim: int) -> str | None:
+    """Why cuDNN flash attention cannot run these inputs, or None when it can."""
+    name = jnp.dtype(dtype).name
+    if name not in CUDNN_DTYPES:
+        return f"cudnn needs {'/'.join(CUDNN_DTYPES)} inputs, got {name}"
+    if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+        return f"cudnn needs a head dim that is a multiple of 8 and <= {CUDNN_MAX_HEAD_DIM}, got {head_dim}"
+    return None
+
+
+def select_attention_impl(
+    impl: str | None, backend: str, dtype: Any, head_dim: int, *, unpartitionable: bool = False
+) -> tuple[str | None, str]:
+    """The attention path for a requested `impl` on `backend` with inputs of `dtype` and `head_dim`.
+
+    Returns `(path, reason)`. Pure (no device queries), so the choice is testable anywhere:
+    "auto" -> "splash" on TPU, "cudnn" on GPU when `cudnn_unsupported_reason` is None (else "xla"),
+    "chunked" on CPU, "xla" on any other backend. A forced "cudnn" whose constraints fail (wrong
+    dtype, head dim or a non-GPU backend) falls back to "xla"; a forced "splash" off TPU runs in
+    Pallas interpret mode (exact but slow, for checks); other values pass through.
+    `unpartitionable`: the program may span several devices but no mesh is set, so a Pallas kernel
+    could not be wrapped in `shard_map` (XLA refuses to partition it): "auto" on TPU then takes "xla".
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "chunked" if jax.default_backend() == "cpu" else "xla"
-    return impl
+        if backend == "tpu" and unpartitionable:
+            return "xla", "auto on TPU with several devices and no mesh set (jax.set_mesh): XLA attention"
+        if backend == "tpu":
+            return "splash", "auto on TPU: Pallas splash attention"
+        if backend == "gpu":
+            why = cudnn_unsupported_reason(dtype, head_dim)
+            return ("xla", f"auto on GPU, {why}: XLA attention") if why else ("cudnn", "auto on GPU: cuDNN flash attention")
+        if backend == "cpu":
+            return "chunked", "auto on CPU: exact query-chunked attention"
+        return "xla", f"auto on {backend}: XLA attention"
+    if impl == "cudnn":
+        why = cudnn_unsupported_reason(dtype, head_dim) if backend == "gpu" else f"cudnn needs a GPU, backend is {backend}"
+        return ("xla", f"cudnn requested but {why}: XLA attention") if why else ("cudnn", "cudnn requested")
+    if impl == "splash" and backend != "tpu":
+        return "splash", f"splash requested on {backend}: Pallas interpret mode (slow, for checks)"
+    return impl, f"{impl} requested"
+
+
+def attention_target() -> tuple[str, bool]:
+    """`(platform, mesh_set)` of the program being traced.
+
+    The platform of the mesh set with `jax.set_mesh` when there is one (so a TPU topology compiled
+    ahead of time from a CPU host gets the TPU kernel), else the default backend's.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform, True
+    return jax.default_backend(), False
+
+
+def resolve_attention_impl(impl: str | None, dtype: Any = jnp.float32, head_dim: int = 64) -> str | None:
+    """The concrete attention path for `impl` on the platform that traces the model; logged once.
+
+    Called while tracing, so the target that compiles the model decides (a config saved on a CPU
+    machine still runs the fast kernel on a GPU/TPU).
+    """
+    backend, mesh_set = attention_target()
+    unpartitionable = not mesh_set and jax.device_count() > 1
+    path, reason = select_attention_impl(impl, backend, dtype, head_dim, unpartitionable=unpartitionable)
+    key = (impl, backend, jnp.dtype(dtype).name, head_dim)
+    if key not in _LOGGED_CHOICES:
+        _LOGGED_CHOICES.add(key)
+        log.info("attention_impl=%r, %s, head dim %d -> %s (%s)", impl, jnp.dtype(dtype).name, head_dim, path, reason)
+    return path
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None) -> jax.Array:
-    """Softmax attention of `(B, N, H, D)` q/k/v with scale 1/sqrt(D).
+    """Softmax attention of `(B, N, H, D)` q/k/v with scale 1/sqrt(D); every path is exact.
 
     `impl` "xla" / "cudnn" / None go to `jax.nn.dot_product_attention`; "chunked" runs query
     chunks in a loop (`chunked_attention`), which never materialises the full score matrix and is
-    about 3x faster than the "xla" path on CPU at 2049 tokens; "auto" picks one of the two by
-    backend (`resolve_attention_impl`).
+    about 3x faster than the "xla" path on CPU at 2049 tokens; "splash" runs the Pallas TPU kernel
+    (`splash_attention`); "auto" picks by backend, dtype and head dim (`select_attention_impl`).
     """
-    impl = resolve_attention_impl(impl)
+    impl = resolve_attention_impl(impl, q.dtype, q.shape[-1])
     if impl == "chunked":
         return chunked_attention(q, k, v)
+    if impl == "splash":
+        return splash_attention(q, k, v, interpret=attention_target()[0] != "tpu")
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+
+def _splash_kernel(heads: int, padded: int, interpret: bool) -> Any:
+    """A multi-head splash kernel over `padded` tokens, full (non-causal) mask, forward + backward tiles."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    block = next(b for b in SPLASH_BLOCKS if padded % b == 0)
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )
+    mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Exact softmax attention of `(B, N, H, D)` q/k/v with the Pallas TPU splash kernel.
+
+    The kernel tiles the sequence in multiples of 128, so tokens are padded to `SPLASH_PAD`; the
+    padding gets segment id 1 and the real tokens 0, so no real query sees a padded key (padded
+    queries see only padded keys, which keeps their rows finite; they are dropped). The kernel
+    applies no softmax scale: q is scaled by 1/sqrt(D) of the true head dim first (in float32).
+    Any head dim is accepted as is (the kernel's tiles span the whole head dim; 64 and 88 compile
+    for TPU v5e). `interpret=True` runs the kernel's Pallas program on any backend (tests).
+
+    Under a mesh set with `jax.set_mesh` the kernel runs per shard (`shard_map` over the batch,
+    which every mesh axis of this project splits), since XLA cannot partition a Pallas call itself.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+
+    batch, tokens, heads, head_dim = q.shape
+    padded = -(-tokens // SPLASH_PAD) * SPLASH_PAD
+    pad = padded - tokens
+
+    def heads_major(x: jax.Array, scale: float = 1.0) -> jax.Array:
+        x = x if scale == 1.0 else (x.astype(jnp.float32) * scale).astype(x.dtype)
+        return jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, pad), (0, 0)))
+
+    is_pad = (jnp.arange(padded) >= tokens).astype(jnp.int32)
+    segments = SegmentIds(q=is_pad, kv=is_pad) if pad else None
+
+    def run(qh: jax.Array, kh: jax.Array, vh: jax.Array) -> jax.Array:
+        kernel = _splash_kernel(heads, padded, interpret)
+        return jax.vmap(lambda a, b, c: kernel(a, b, c, segment_ids=segments))(qh, kh, vh)
+
+    args = (heads_major(q, head_dim**-0.5), heads_major(k), heads_major(v))
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and batch % mesh.size == 0:
+        spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+        run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    out = run(*args)
+    return out[:, :, :tokens].transpose(0, 2, 1, 3)
 
 
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = ATTENTION_CHUNK) -> jax.Array:
