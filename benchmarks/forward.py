@@ -25,6 +25,22 @@ from weight_conversion.flax_to_torch import internvideo2_state_dict, official_kw
 from weight_conversion.torch_model import InternVideo2Torch  # noqa: E402
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matmul rate (GFLOP/s, best of `repeats`) for a jitted jnp n^3 product.
+
+    The upper bound a dense forward can reach on this machine with this JAX build.
+    """
+    a = jax.numpy.asarray(np.random.default_rng(0).normal(size=(n, n)), jax.numpy.float32)
+    product = jax.jit(lambda a: a @ a)
+    product(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def interleaved_times(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
     """Wall times of each function, run alternately (so machine load hits both alike)."""
     for _ in range(warmup):
