@@ -181,13 +181,13 @@ def tpu_mesh(topology: str = "v5e:2x2") -> jax.sharding.Mesh:
     # aborts on its single-process lockfile.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
-    return jax.sharding.Mesh(np.asarray(devices), ("fsdp",))
+    return jax.sharding.Mesh(np.asarray(devices).reshape(2, -1), ("data", "fsdp"))
 
 
 @pytest.mark.parametrize("head_dim", [64, 88])
 def test_auto_attention_compiles_the_splash_kernel_for_tpu(head_dim):
     mesh = tpu_mesh()
-    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))  # batch over both axes
     shape = jax.ShapeDtypeStruct((mesh.size, 257, 4, head_dim), jnp.bfloat16, sharding=spec)
 
     def loss(q, k, v):
@@ -200,3 +200,12 @@ def test_auto_attention_compiles_the_splash_kernel_for_tpu(head_dim):
     assert text.count("tpu_custom_call") >= 3
     assert "all-gather" not in text
     assert compiled.memory_analysis() is not None
+
+
+def test_auto_attention_on_tpu_with_an_indivisible_batch_compiles_xla():
+    # One clip on four chips: the kernel cannot be split over the batch, so XLA attention is used.
+    mesh = tpu_mesh()
+    shape = jax.ShapeDtypeStruct((1, 257, 4, 64), jnp.bfloat16, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(lambda q, k, v: layers.attend(q, k, v, "auto")).lower(shape, shape, shape).compile()
+    assert "tpu_custom_call" not in compiled.as_text()

@@ -268,14 +268,15 @@ def select_attention_impl(
     "chunked" on CPU, "xla" on any other backend. A forced "cudnn" whose constraints fail (wrong
     dtype, head dim or a non-GPU backend) falls back to "xla"; a forced "splash" off TPU runs in
     Pallas interpret mode (exact but slow, for checks); other values pass through.
-    `unpartitionable`: the program may span several devices but no mesh is set, so a Pallas kernel
-    could not be wrapped in `shard_map` (XLA refuses to partition it): "auto" on TPU then takes "xla".
+    `unpartitionable`: the program may span several devices but the Pallas kernel could not be
+    wrapped in `shard_map` over the batch (no mesh set, or a batch the mesh does not divide), and
+    XLA refuses to partition a Pallas call itself: "auto" on TPU then takes "xla".
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     if impl == "auto":
         if backend == "tpu" and unpartitionable:
-            return "xla", "auto on TPU with several devices and no mesh set (jax.set_mesh): XLA attention"
+            return "xla", "auto on TPU, kernel not shardable (no mesh set with jax.set_mesh, or a batch the mesh does not divide): XLA attention"
         if backend == "tpu":
             return "splash", "auto on TPU: Pallas splash attention"
         if backend == "gpu":
@@ -292,28 +293,33 @@ def select_attention_impl(
     return impl, f"{impl} requested"
 
 
-def attention_target() -> tuple[str, bool]:
-    """`(platform, mesh_set)` of the program being traced.
+def attention_target() -> tuple[str, int | None]:
+    """`(platform, mesh size)` of the program being traced (size None when no mesh is set).
 
     The platform of the mesh set with `jax.set_mesh` when there is one (so a TPU topology compiled
     ahead of time from a CPU host gets the TPU kernel), else the default backend's.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and mesh.abstract_device is not None:
-        return mesh.abstract_device.platform, True
-    return jax.default_backend(), False
+        return mesh.abstract_device.platform, mesh.size
+    return jax.default_backend(), None
 
 
-def resolve_attention_impl(impl: str | None, dtype: Any = jnp.float32, head_dim: int = 64) -> str | None:
+def resolve_attention_impl(impl: str | None, dtype: Any = jnp.float32, head_dim: int = 64, batch: int = 1) -> str | None:
     """The concrete attention path for `impl` on the platform that traces the model; logged once.
 
     Called while tracing, so the target that compiles the model decides (a config saved on a CPU
-    machine still runs the fast kernel on a GPU/TPU).
+    machine still runs the fast kernel on a GPU/TPU). A Pallas kernel needs `shard_map` to run on
+    several devices: with no mesh set on a multi-device host, or a `batch` the mesh does not
+    divide, "auto" takes XLA attention there.
     """
-    backend, mesh_set = attention_target()
-    unpartitionable = not mesh_set and jax.device_count() > 1
+    backend, mesh_size = attention_target()
+    if mesh_size is None:
+        unpartitionable = jax.device_count() > 1
+    else:
+        unpartitionable = batch % mesh_size != 0
     path, reason = select_attention_impl(impl, backend, dtype, head_dim, unpartitionable=unpartitionable)
-    key = (impl, backend, jnp.dtype(dtype).name, head_dim)
+    key = (impl, backend, jnp.dtype(dtype).name, head_dim, unpartitionable)
     if key not in _LOGGED_CHOICES:
         _LOGGED_CHOICES.add(key)
         log.info("attention_impl=%r, %s, head dim %d -> %s (%s)", impl, jnp.dtype(dtype).name, head_dim, path, reason)
@@ -328,7 +334,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None) -> jax.Ar
     matrix and is about 10x faster than the "xla" path on CPU at 2049 tokens; "splash" runs the Pallas TPU kernel
     (`splash_attention`); "auto" picks by backend, dtype and head dim (`select_attention_impl`).
     """
-    impl = resolve_attention_impl(impl, q.dtype, q.shape[-1])
+    impl = resolve_attention_impl(impl, q.dtype, q.shape[-1], q.shape[0])
     if impl == "chunked":
         return chunked_attention(q, k, v)
     if impl == "splash":
