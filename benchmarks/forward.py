@@ -3,7 +3,10 @@
     python benchmarks/forward.py --preset B14 --frames 8 --size 224 --batch 1 --repeats 3
 
 Prints the median seconds per forward of each and the ratio (torch / flax; > 1 means Flax is faster),
-plus the largest output difference as a sanity check. fp32 on CPU by default.
+the largest output difference as a sanity check, and each contender's achieved GFLOP/s (analytic
+forward FLOPs of `benchmarks/train_step.internvideo2_flops`) against the machine's own jnp 2048^3
+float32 matmul rate, measured before and after the timed runs (the limit; the two figures also show
+how much the load on a shared machine moved meanwhile). fp32 on CPU by default.
 """
 
 from __future__ import annotations
@@ -11,18 +14,37 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.train_step import internvideo2_flops  # noqa: E402
 from internvqa_jax.models import registry  # noqa: E402
 from weight_conversion.flax_to_torch import internvideo2_state_dict, official_kwargs  # noqa: E402
 from weight_conversion.torch_model import InternVideo2Torch  # noqa: E402
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matmul rate (GFLOP/s, best of `repeats`) for a jitted jnp n^3 product.
+
+    The upper bound a dense forward can reach on this machine with this JAX build.
+    """
+    a = jax.numpy.asarray(np.random.default_rng(0).normal(size=(n, n)), jax.numpy.float32)
+    product = jax.jit(lambda a: a @ a)
+    product(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def interleaved_times(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -53,8 +75,13 @@ def main() -> None:
 
     config = registry.get_config(args.preset, num_frames=args.frames, img_size=args.size, dtype=args.dtype)
     model = registry.create_model(config, nnx.Rngs(0))
-    torch_model = InternVideo2Torch(**official_kwargs(config))
-    torch_model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in internvideo2_state_dict(model).items()}, strict=True)
+    # Built on the meta device and given the exported arrays themselves (assign=True): no random
+    # init and no second copy (the 1B is 4 GiB a copy, on a machine shared with other jobs).
+    with torch.device("meta"):
+        torch_model = InternVideo2Torch(**official_kwargs(config))
+    weights = {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in internvideo2_state_dict(model).items()}
+    torch_model.load_state_dict(weights, strict=True, assign=True)
+    del weights
     torch_model.eval()
 
     video = np.random.default_rng(0).normal(size=(args.batch, args.frames, args.size, args.size, 3)).astype(np.float32)
@@ -63,9 +90,10 @@ def main() -> None:
 
     def compiled_forward(impl: str):
         """A jitted logits function of the model with attention implementation `impl`."""
-        variant = registry.create_model(config.replace(attention_impl=impl), nnx.Rngs(0))
-        nnx.update(variant, nnx.state(model))
-        graphdef, state = nnx.split(variant)
+        # The variant's structure only (no weights allocated); the weights are the model's own.
+        variant = nnx.eval_shape(lambda: registry.create_model(config.replace(attention_impl=impl), nnx.Rngs(0)))
+        graphdef = nnx.split(variant)[0]
+        state = nnx.state(model)
         fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)["logits"])
         start = time.perf_counter()
         out = np.asarray(fn(state, x_flax).block_until_ready())
@@ -83,20 +111,30 @@ def main() -> None:
     with torch.inference_mode():
         torch_out = torch_model(x_torch).numpy()
     runners["torch"] = run_torch
+    matmul_before = matmul_gflops()
     times = interleaved_times(runners, args.repeats, args.warmup)
+    matmul_after = matmul_gflops()
     medians = {name: statistics.median(t) for name, t in times.items()}
+    flops = internvideo2_flops(config)["forward"] * args.batch
 
     print(f"model {args.preset}: {args.batch}x{args.frames}x{args.size}x{args.size}, {config.num_patches + 1} tokens, "
           f"flax dtype {args.dtype}, torch float32")
-    print(f"devices: jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    print(f"devices: jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"jnp 2048^3 float32 matmul: {matmul_before:.1f} GFLOP/s before, {matmul_after:.1f} after; "
+          f"forward {flops / 1e9:.0f} GFLOP per call")
     for impl in impls:
         print(f"flax[{impl}] first call (compile + run): {compile_times[impl]:.2f} s")
     for name, t in times.items():
-        print(f"{name:16s} median {medians[name]:.3f} s  runs {[round(x, 3) for x in t]}")
+        achieved = flops / medians[name] / 1e9
+        print(f"{name:16s} median {medians[name]:.3f} s  {achieved:6.1f} GFLOP/s "
+              f"({achieved / max(matmul_before, matmul_after):.0%} of the matmul rate)  runs {[round(x, 3) for x in t]}")
     for impl in impls:
         name = f"flax[{impl}]"
         print(f"ratio torch/{name}: {medians['torch'] / medians[name]:.2f}x   "
               f"max |logit difference| vs torch: {float(np.abs(outputs[impl] - torch_out).max()):.3g}")
+
+
 
 if __name__ == "__main__":
     main()

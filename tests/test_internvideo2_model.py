@@ -166,7 +166,7 @@ def test_chunked_attention_equals_dot_product_attention():
 
 
 def test_auto_attention_resolves_by_backend_and_old_model_dirs_load(tmp_path, monkeypatch):
-    """Default "auto": chunked attention when traced on CPU, xla elsewhere; configs with "xla" still load."""
+    """Default "auto": chunked attention when traced on CPU, not on GPU; configs with "xla" still load."""
     from internvqa_jax.models import layers
 
     config = tiny()
@@ -174,7 +174,8 @@ def test_auto_attention_resolves_by_backend_and_old_model_dirs_load(tmp_path, mo
     assert InternVideo2Config.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert layers.resolve_attention_impl("auto") == ("chunked" if jax.default_backend() == "cpu" else "xla")
     monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
-    assert layers.resolve_attention_impl("auto") == "xla" and layers.resolve_attention_impl("cudnn") == "cudnn"
+    # GPU: cuDNN for half precision, XLA for float32 (test_attention_kernels checks the whole table).
+    assert layers.resolve_attention_impl("auto") == "xla" and layers.resolve_attention_impl("cudnn", jnp.bfloat16, 64) == "cudnn"
     monkeypatch.undo()
 
     # On this (CPU) backend, tracing an "auto" model goes through the chunked kernel.

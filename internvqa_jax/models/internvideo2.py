@@ -30,6 +30,7 @@ from flax import nnx
 
 from internvqa_jax.models.family import ModelConfig, ModelFamily, ParamGroups
 from internvqa_jax.models.layers import (
+    ATTENTION_IMPLS,
     LINEAR_INITS,
     TRUNC_NORMAL,
     AttentionPool,
@@ -45,7 +46,7 @@ from internvqa_jax.models.layers import (
     partitioned,
 )
 
-_ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", None)
+_ATTENTION_IMPLS = ATTENTION_IMPLS  # owned by layers (the code that dispatches on them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +57,10 @@ class InternVideo2Config(ModelConfig):
 
     `attention_impl` picks the self-attention kernel: "auto" (default) resolves when the model is
     traced, to "chunked" on the CPU backend (exact, query chunks in a loop, about 3x faster there
-    than XLA's kernel and without the full score matrix) and to "xla" on GPU/TPU; "xla", "cudnn"
-    (GPU, bf16/fp16) and "chunked" force one path; None lets `jax.nn.dot_product_attention`
-    choose. All are the same function, so saved model dirs with any value load and run anywhere
+    than XLA's kernel and without the full score matrix), to "splash" (Pallas kernel) on TPU and to
+    "cudnn" on GPU when dtype and head dim allow it, else "xla" (`layers.select_attention_impl`,
+    logged once); "xla", "cudnn" (GPU, bf16/fp16, else falls back to "xla"), "chunked" and "splash"
+    force one path; None lets `jax.nn.dot_product_attention` choose. All are the same function, so saved model dirs with any value load and run anywhere
     their kernel exists.
     """
 
@@ -83,7 +85,7 @@ class InternVideo2Config(ModelConfig):
     gelu_approximate: bool = False  # False = exact erf GELU (fixtures); True = tanh (flash-attn fused MLP)
     dtype: str = "float32"  # compute dtype; parameters are always float32
     param_dtype: str = "float32"
-    attention_impl: str | None = "auto"  # "auto" (chunked on CPU, xla elsewhere) | "xla" | "cudnn" | "chunked" | None
+    attention_impl: str | None = "auto"  # "auto" (chunked CPU, splash TPU, cudnn GPU) | "xla" | "cudnn" | "chunked" | "splash" | None
     remat: bool = False
     scan_layers: bool = False
     # Weights of the Linear layers when the model is created (not when it is loaded): "official"

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+log = logging.getLogger(__name__)
 
 Axes = tuple[str | None, ...]
 
@@ -221,54 +224,211 @@ class Attention(nnx.Module):
         return self.proj(out.reshape(batch, tokens, dim))
 
 
-# Queries per step of the chunked attention: small enough that a chunk's scores stay in cache.
-ATTENTION_CHUNK = 256
+# Queries per step of the chunked attention: a chunk's scores (128 x 2049 float32, 1 MiB) stay in
+# cache; 128 was the fastest of 64-256 for B14 and 1B on a 2-core VM.
+ATTENTION_CHUNK = 128
+
+# Every `attention_impl` a config may name (InternVideo2Config validates against this tuple).
+# "auto" resolves when the model is traced (`select_attention_impl`); the others force a path.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", "splash", None)
+
+# cuDNN flash attention (`jax.nn.dot_product_attention(implementation="cudnn")`) takes half
+# precision only, and a head dim that is a multiple of 8 and at most 128 (256 from Hopper on; 128
+# is what every supported card accepts). Students have 64, the 1B teacher 88: both qualify in bf16.
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128
+
+# The splash kernel tiles the sequence in blocks that are multiples of 128 (the TPU lane width);
+# the token count (1 + T*H*W/p^2, e.g. 2049) is padded up to a multiple of this.
+SPLASH_PAD = 128
+# Largest tile first: bigger tiles amortise the per-step overhead when the padded length allows.
+SPLASH_BLOCKS = (512, 256, 128)
+
+# (requested, backend, dtype, head_dim) -> already logged, so each choice is logged once.
+_LOGGED_CHOICES: set[tuple[Any, ...]] = set()
 
 
-def resolve_attention_impl(impl: str | None) -> str | None:
-    """The concrete attention path for `impl`: "auto" becomes "chunked" on CPU, "xla" elsewhere.
+def cudnn_unsupported_reason(dtype: Any, head_dim: int) -> str | None:
+    """Why cuDNN flash attention cannot run these inputs, or None when it can."""
+    name = jnp.dtype(dtype).name
+    if name not in CUDNN_DTYPES:
+        return f"cudnn needs {'/'.join(CUDNN_DTYPES)} inputs, got {name}"
+    if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+        return f"cudnn needs a head dim that is a multiple of 8 and <= {CUDNN_MAX_HEAD_DIM}, got {head_dim}"
+    return None
 
-    Called while tracing, so the backend that compiles the model decides (a config saved on a
-    CPU machine still runs the XLA kernel on a GPU/TPU); other values pass through unchanged.
+
+def select_attention_impl(
+    impl: str | None, backend: str, dtype: Any, head_dim: int, *, unpartitionable: bool = False
+) -> tuple[str | None, str]:
+    """The attention path for a requested `impl` on `backend` with inputs of `dtype` and `head_dim`.
+
+    Returns `(path, reason)`. Pure (no device queries), so the choice is testable anywhere:
+    "auto" -> "splash" on TPU, "cudnn" on GPU when `cudnn_unsupported_reason` is None (else "xla"),
+    "chunked" on CPU, "xla" on any other backend. A forced "cudnn" whose constraints fail (wrong
+    dtype, head dim or a non-GPU backend) falls back to "xla"; a forced "splash" off TPU runs in
+    Pallas interpret mode (exact but slow, for checks); other values pass through.
+    `unpartitionable`: the program may span several devices but the Pallas kernel could not be
+    wrapped in `shard_map` over the batch (no mesh set, or a batch the mesh does not divide), and
+    XLA refuses to partition a Pallas call itself: "auto" on TPU then takes "xla".
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "chunked" if jax.default_backend() == "cpu" else "xla"
-    return impl
+        if backend == "tpu" and unpartitionable:
+            return "xla", "auto on TPU, kernel not shardable (no mesh set with jax.set_mesh, or a batch the mesh does not divide): XLA attention"
+        if backend == "tpu":
+            return "splash", "auto on TPU: Pallas splash attention"
+        if backend == "gpu":
+            why = cudnn_unsupported_reason(dtype, head_dim)
+            return ("xla", f"auto on GPU, {why}: XLA attention") if why else ("cudnn", "auto on GPU: cuDNN flash attention")
+        if backend == "cpu":
+            return "chunked", "auto on CPU: exact query-chunked attention"
+        return "xla", f"auto on {backend}: XLA attention"
+    if impl == "cudnn":
+        why = cudnn_unsupported_reason(dtype, head_dim) if backend == "gpu" else f"cudnn needs a GPU, backend is {backend}"
+        return ("xla", f"cudnn requested but {why}: XLA attention") if why else ("cudnn", "cudnn requested")
+    if impl == "splash" and backend != "tpu":
+        return "splash", f"splash requested on {backend}: Pallas interpret mode (slow, for checks)"
+    return impl, f"{impl} requested"
+
+
+def attention_target() -> tuple[str, int | None]:
+    """`(platform, mesh size)` of the program being traced (size None when no mesh is set).
+
+    The platform of the mesh set with `jax.set_mesh` when there is one (so a TPU topology compiled
+    ahead of time from a CPU host gets the TPU kernel), else the default backend's.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform, mesh.size
+    return jax.default_backend(), None
+
+
+def resolve_attention_impl(impl: str | None, dtype: Any = jnp.float32, head_dim: int = 64, batch: int = 1) -> str | None:
+    """The concrete attention path for `impl` on the platform that traces the model; logged once.
+
+    Called while tracing, so the target that compiles the model decides (a config saved on a CPU
+    machine still runs the fast kernel on a GPU/TPU). A Pallas kernel needs `shard_map` to run on
+    several devices: with no mesh set on a multi-device host, or a `batch` the mesh does not
+    divide, "auto" takes XLA attention there.
+    """
+    backend, mesh_size = attention_target()
+    if mesh_size is None:
+        unpartitionable = jax.device_count() > 1
+    else:
+        unpartitionable = batch % mesh_size != 0
+    path, reason = select_attention_impl(impl, backend, dtype, head_dim, unpartitionable=unpartitionable)
+    key = (impl, backend, jnp.dtype(dtype).name, head_dim, unpartitionable)
+    if key not in _LOGGED_CHOICES:
+        _LOGGED_CHOICES.add(key)
+        log.info("attention_impl=%r, %s, head dim %d -> %s (%s)", impl, jnp.dtype(dtype).name, head_dim, path, reason)
+    return path
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None) -> jax.Array:
-    """Softmax attention of `(B, N, H, D)` q/k/v with scale 1/sqrt(D).
+    """Softmax attention of `(B, N, H, D)` q/k/v with scale 1/sqrt(D); every path is exact.
 
     `impl` "xla" / "cudnn" / None go to `jax.nn.dot_product_attention`; "chunked" runs query
-    chunks in a loop (`chunked_attention`), which never materialises the full score matrix and is
-    about 3x faster than the "xla" path on CPU at 2049 tokens; "auto" picks one of the two by
-    backend (`resolve_attention_impl`).
+    chunks of one head at a time (`chunked_attention`), which never materialises the full score
+    matrix and is about 10x faster than the "xla" path on CPU at 2049 tokens; "splash" runs the Pallas TPU kernel
+    (`splash_attention`); "auto" picks by backend, dtype and head dim (`select_attention_impl`).
     """
-    impl = resolve_attention_impl(impl)
+    impl = resolve_attention_impl(impl, q.dtype, q.shape[-1], q.shape[0])
     if impl == "chunked":
         return chunked_attention(q, k, v)
+    if impl == "splash":
+        return splash_attention(q, k, v, interpret=attention_target()[0] != "tpu")
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
 
 
+def _splash_kernel(heads: int, padded: int, interpret: bool) -> Any:
+    """A multi-head splash kernel over `padded` tokens, full (non-causal) mask, forward + backward tiles."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    block = next(b for b in SPLASH_BLOCKS if padded % b == 0)
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )
+    mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Exact softmax attention of `(B, N, H, D)` q/k/v with the Pallas TPU splash kernel.
+
+    The kernel tiles the sequence in multiples of 128, so tokens are padded to `SPLASH_PAD`; the
+    padding gets segment id 1 and the real tokens 0, so no real query sees a padded key (padded
+    queries see only padded keys, which keeps their rows finite; they are dropped). The kernel
+    applies no softmax scale: q is scaled by 1/sqrt(D) of the true head dim first (in float32).
+    Any head dim is accepted as is (the kernel's tiles span the whole head dim; 64 and 88 compile
+    for TPU v5e). `interpret=True` runs the kernel's Pallas program on any backend (tests).
+
+    Under a mesh set with `jax.set_mesh` the kernel runs per shard (`shard_map` over the batch,
+    which every mesh axis of this project splits), since XLA cannot partition a Pallas call itself.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+
+    batch, tokens, heads, head_dim = q.shape
+    padded = -(-tokens // SPLASH_PAD) * SPLASH_PAD
+    pad = padded - tokens
+
+    def heads_major(x: jax.Array, scale: float = 1.0) -> jax.Array:
+        x = x if scale == 1.0 else (x.astype(jnp.float32) * scale).astype(x.dtype)
+        return jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, pad), (0, 0)))
+
+    is_pad = (jnp.arange(padded) >= tokens).astype(jnp.int32)
+    segments = SegmentIds(q=is_pad, kv=is_pad) if pad else None
+
+    def run(qh: jax.Array, kh: jax.Array, vh: jax.Array) -> jax.Array:
+        kernel = _splash_kernel(heads, padded, interpret)
+        return jax.vmap(lambda a, b, c: kernel(a, b, c, segment_ids=segments))(qh, kh, vh)
+
+    args = (heads_major(q, head_dim**-0.5), heads_major(k), heads_major(v))
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and batch % mesh.size == 0:
+        spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+        run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    out = run(*args)
+    return out[:, :, :tokens].transpose(0, 2, 1, 3)
+
+
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = ATTENTION_CHUNK) -> jax.Array:
-    """Exact attention computed `chunk` queries at a time; scores and softmax in float32."""
+    """Exact attention computed `chunk` queries of one head at a time; scores and softmax in float32.
+
+    Loops over (batch x head), and within a head over query chunks, so every product is a plain
+    2-D matmul: XLA:CPU runs those at close to its matmul rate, while the batched (per-head)
+    products of the same sizes ran at about a third of it (benchmarks/README.md, forward). The
+    softmax scale is applied to q (N x D multiplies instead of N x N) and the normalisation to the
+    output (the unnormalised probabilities times v, divided by their row sums), which is the same
+    function up to float rounding.
+    """
     batch, tokens, heads, head_dim = q.shape
     pad = (-tokens) % chunk
-    # (chunks, B, H, chunk, D): queries padded to whole chunks; padded rows are dropped at the end.
-    q_chunks = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(batch, -1, chunk, heads, head_dim)
-    q_chunks = q_chunks.transpose(1, 0, 3, 2, 4)
-    keys = k.transpose(0, 2, 1, 3)
-    values = v.transpose(0, 2, 1, 3)
-    scale = head_dim**-0.5
+    chunks = (tokens + pad) // chunk
+    scaled = (q.astype(jnp.float32) * head_dim**-0.5).astype(q.dtype)
+    # (B*H, chunks, chunk, D): queries padded to whole chunks; padded rows are dropped at the end.
+    q_chunks = jnp.pad(scaled, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(batch, chunks, chunk, heads, head_dim)
+    q_chunks = q_chunks.transpose(0, 3, 1, 2, 4).reshape(batch * heads, chunks, chunk, head_dim)
+    keys = k.transpose(0, 2, 1, 3).reshape(batch * heads, tokens, head_dim)
+    values = v.transpose(0, 2, 1, 3).reshape(batch * heads, tokens, head_dim)
 
-    def one_chunk(q_chunk: jax.Array) -> jax.Array:
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q_chunk, keys, preferred_element_type=jnp.float32) * scale
-        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        return jnp.einsum("bhqk,bhkd->bhqd", probs, values)
+    def one_head(operands: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        head_queries, head_keys, head_values = operands
 
-    out = jax.lax.map(one_chunk, q_chunks)  # (chunks, B, H, chunk, D)
-    out = out.transpose(1, 0, 3, 2, 4).reshape(batch, -1, heads, head_dim)
-    return out[:, :tokens]
+        def one_chunk(q_chunk: jax.Array) -> jax.Array:
+            scores = jnp.einsum("qd,kd->qk", q_chunk, head_keys, preferred_element_type=jnp.float32)
+            probs = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+            out = jnp.einsum("qk,kd->qd", probs.astype(head_values.dtype), head_values, preferred_element_type=jnp.float32)
+            return (out / jnp.sum(probs, axis=-1, keepdims=True)).astype(head_values.dtype)
+
+        return jax.lax.map(one_chunk, head_queries)
+
+    out = jax.lax.map(one_head, (q_chunks, keys, values))  # (B*H, chunks, chunk, D)
+    out = out.reshape(batch, heads, chunks * chunk, head_dim)[:, :, :tokens]
+    return out.transpose(0, 2, 1, 3)
 
 
 class Mlp(nnx.Module):
