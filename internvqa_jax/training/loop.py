@@ -415,15 +415,18 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
         return io_utils.read_json(result_path)
     os.makedirs(jobdir, exist_ok=True)
     setup = setup_job(config, job, shard_dir, jobdir)
-    inits = initial_weights(config, job, workdir)
-    state, start = restore_or_init(setup, inits)
-    cache = None
-    if job.teacher_cached and start < setup.total_steps:
-        cache = feature_cache.teacher_cache(
-            config, setup.built, state, setup.state_sh, setup.batch_sh, shard_dir, workdir, setup.eval_batch_size, inits.get("teacher", "")
-        )
-    state, step = run_steps(setup, state, start, cache)
-    result = test_and_export(setup, state, step, workdir)
+    # The steps trace under the job's mesh, so attention "auto" sees the platform and mesh it runs
+    # on (a Pallas kernel is wrapped per device) and plans as `internvqa_jax.aot` compiled it.
+    with jax.set_mesh(setup.batch_sh.mesh):
+        inits = initial_weights(config, job, workdir)
+        state, start = restore_or_init(setup, inits)
+        cache = None
+        if job.teacher_cached and start < setup.total_steps:
+            cache = feature_cache.teacher_cache(
+                config, setup.built, state, setup.state_sh, setup.batch_sh, shard_dir, workdir, setup.eval_batch_size, inits.get("teacher", "")
+            )
+        state, step = run_steps(setup, state, start, cache)
+        result = test_and_export(setup, state, step, workdir)
     if jax.process_index() == 0:
         io_utils.atomic_write_json(result_path, result)
     setup.manager.close()
