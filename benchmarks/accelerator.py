@@ -15,7 +15,7 @@ Prints, for the card it runs on, and writes to `--json`:
 - `data`: the Grain training pipeline's clips/s from 224-px frame shards with one worker per host
   core, against the distillation step's appetite (its clips/s).
 
-FLOPs are the analytic counts of `benchmarks/train_step.py` (a multiply-add = 2 FLOPs). MFU divides
+FLOPs are the analytic counts of `internvqa_jax/flops.py` (a multiply-add = 2 FLOPs). MFU divides
 by the card's dense bf16 peak (`PEAK_TFLOPS`, or `--peak_tflops`); on a CPU the peak is the
 machine's own float32 2048^3 matmul rate, measured here (`benchmarks/forward.matmul_gflops`).
 `--tiny` swaps in test-sized networks and data so the whole script runs in a unit test
@@ -152,7 +152,7 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
     """The teacher's jitted forward (logits) on a random batch: time, TFLOP/s, MFU."""
     from flax import nnx
 
-    from benchmarks.train_step import internvideo2_flops
+    from internvqa_jax.flops import internvideo2_flops
     from internvqa_jax.models import registry
 
     preset = load_config(sizes, sizes.teacher_batch, dtype).teacher.preset

@@ -4,7 +4,7 @@
 
 Prints the median seconds per forward of each and the ratio (torch / flax; > 1 means Flax is faster),
 the largest output difference as a sanity check, and each contender's achieved GFLOP/s (analytic
-forward FLOPs of `benchmarks/train_step.internvideo2_flops`) against the machine's own jnp 2048^3
+forward FLOPs of `internvqa_jax/flops.internvideo2_flops`) against the machine's own jnp 2048^3
 float32 matmul rate, measured before and after the timed runs (the limit; the two figures also show
 how much the load on a shared machine moved meanwhile). fp32 on CPU by default.
 """
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.train_step import internvideo2_flops  # noqa: E402
+from internvqa_jax.flops import internvideo2_flops  # noqa: E402
 from internvqa_jax.models import registry  # noqa: E402
 from weight_conversion.flax_to_torch import internvideo2_state_dict, official_kwargs  # noqa: E402
 from weight_conversion.torch_model import InternVideo2Torch  # noqa: E402

@@ -58,21 +58,10 @@ def videomamba_flops(cfg: Any) -> float:
 
 
 def internvideo2_flops(cfg: Any) -> float:
-    """Forward FLOPs of an InternVideo2 config: patch embed, blocks, attention pooling, head."""
-    t, h, w = cfg.grid
-    patches = t * h * w
-    tokens = patches + 1
-    dim = cfg.embed_dim
-    hidden = int(dim * cfg.mlp_ratio)
-    flops = 2.0 * patches * 3 * cfg.tubelet_size * cfg.patch_size**2 * dim
-    per_block = (
-        2.0 * tokens * dim * 3 * dim  # qkv
-        + 2.0 * 2.0 * tokens * tokens * dim  # q.k and attn.v
-        + 2.0 * tokens * dim * dim  # proj
-        + 2.0 * 2.0 * tokens * dim * hidden  # MLP
-    )
-    pool = 2.0 * tokens * dim * 2 * dim + 2.0 * dim * dim + 2.0 * 2.0 * tokens * dim + 2.0 * dim * cfg.clip_embed_dim
-    return flops + cfg.depth * per_block + pool + 2.0 * cfg.clip_embed_dim * cfg.num_classes
+    """Forward FLOPs of an InternVideo2 config (the package's count, `internvqa_jax.flops`)."""
+    from internvqa_jax.flops import internvideo2_flops as count
+
+    return count(cfg)["forward"]
 
 
 # ---------------------------------------------------------------------------------------------
