@@ -299,8 +299,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return min(len(failed), MAX_EXIT_FAILED)
 
 
+def exit_now(status: int) -> None:
+    """Ends the process with `status` once stdout/stderr are flushed, skipping interpreter shutdown.
+
+    After a failed orbax restore, TensorStore callbacks may still be queued for orbax's asyncio
+    loop, which is already closed; at shutdown each would print a 'RuntimeError: Event loop is
+    closed' traceback after the one-line error. Every output is written and flushed by then.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        status = main()
     except KeyboardInterrupt:
-        sys.exit(130)
+        status = 130
+    if status == EXIT_CANNOT_RUN:
+        exit_now(status)
+    sys.exit(status)

@@ -72,6 +72,9 @@ def test_authors_teacher_with_remat_compiles_at_two_batches():
     c.mesh.fsdp = 4
     for net in ("teacher", "student"):
         c[net].overrides.remat = True
+        # XLA attention keeps activation memory growing with the batch at these tiny sizes; the
+        # splash path's compile is tests/test_attention_kernels.py's.
+        c[net].overrides.attention_impl = "xla"
     plan = aot.plan(c, TOPOLOGY, [8, 16], find=False, jobs=["distill"], score=False, max_batch=64)
     rows = plan["programs"]
     assert [r["global_batch"] for r in rows] == [8, 16]

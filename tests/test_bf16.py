@@ -86,7 +86,10 @@ def distillation(dtype: str):
     filters = {"student": nnx.Param, "teacher": internvideo2.teacher_trainable_filter(teacher)}
     networks, params, frozen = state_lib.split_networks({"student": student, "teacher": teacher}, filters)
     schedule = optim.learning_rate_schedule(1e-3, 2, 10, 1)
-    tx = optim.make_optimizer(params, schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)}, grad_clip=1.0)
+    groups = {name: registry.family_of(net.config).param_groups for name, net in (("student", student), ("teacher", teacher))}
+    tx = optim.make_optimizer(
+        params, schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)}, grad_clip=1.0, param_groups=groups
+    )
     spec = step_lib.LossSpec(weights={"feature": 1.0, "student_mse": 1.0, "teacher_mse": 1.0})
     labels = jnp.asarray([0.2, 0.7], jnp.float32)
     batch = {"frames": uint8_clip(video), "label": labels}

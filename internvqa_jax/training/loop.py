@@ -286,6 +286,18 @@ def _train_iterator(config: ml_collections.ConfigDict, job: builder.JobSpec, sha
     return pipeline.train_iterator(shard_dir, "train", **args)
 
 
+def under_mesh(mesh: jax.sharding.Mesh, step: Callable) -> Callable:
+    """`step` called (and so traced) under `mesh`: attention "auto" then sees the platform and mesh
+    the step runs on and wraps a Pallas kernel per device, as `internvqa_jax.aot` compiles it.
+    Only the jitted steps: models are built and restored outside, where no mesh is set."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with jax.set_mesh(mesh):
+            return step(*args, **kwargs)
+
+    return call
+
+
 def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str) -> JobSetup:
     """Mesh -> data -> models + optimiser -> shardings -> jitted steps -> checkpoint manager and writer."""
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
@@ -297,12 +309,12 @@ def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     built = builder.build(config, job, optim_steps)
     state_sh = sharding.state_shardings(built.abstract_state, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_step = jax.jit(builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    train_step = under_mesh(mesh, jax.jit(builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,)))
     # Validation scores only the trained networks (a frozen teacher's scores never change); the test
     # skips a network reused from an earlier job of the run, which that job has tested already.
     val_nets = tuple(n for n in job.nets if not (n == "teacher" and job.teacher_frozen))
     test_nets = tuple(n for n in job.nets if n not in dict(job.init_exports))
-    score_steps = {nets: jax.jit(eval_fn(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh) for nets in {val_nets, test_nets}}
+    score_steps = {nets: under_mesh(mesh, jax.jit(eval_fn(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)) for nets in {val_nets, test_nets}}
     manager = checkpoints.make_manager(
         os.path.join(jobdir, io_utils.CHECKPOINT_DIR), keep_best=int(config.checkpoint.keep_best), async_save=bool(config.checkpoint.async_save)
     )
@@ -415,18 +427,15 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
         return io_utils.read_json(result_path)
     os.makedirs(jobdir, exist_ok=True)
     setup = setup_job(config, job, shard_dir, jobdir)
-    # The steps trace under the job's mesh, so attention "auto" sees the platform and mesh it runs
-    # on (a Pallas kernel is wrapped per device) and plans as `internvqa_jax.aot` compiled it.
-    with jax.set_mesh(setup.batch_sh.mesh):
-        inits = initial_weights(config, job, workdir)
-        state, start = restore_or_init(setup, inits)
-        cache = None
-        if job.teacher_cached and start < setup.total_steps:
-            cache = feature_cache.teacher_cache(
-                config, setup.built, state, setup.state_sh, setup.batch_sh, shard_dir, workdir, setup.eval_batch_size, inits.get("teacher", "")
-            )
-        state, step = run_steps(setup, state, start, cache)
-        result = test_and_export(setup, state, step, workdir)
+    inits = initial_weights(config, job, workdir)
+    state, start = restore_or_init(setup, inits)
+    cache = None
+    if job.teacher_cached and start < setup.total_steps:
+        cache = feature_cache.teacher_cache(
+            config, setup.built, state, setup.state_sh, setup.batch_sh, shard_dir, workdir, setup.eval_batch_size, inits.get("teacher", "")
+        )
+    state, step = run_steps(setup, state, start, cache)
+    result = test_and_export(setup, state, step, workdir)
     if jax.process_index() == 0:
         io_utils.atomic_write_json(result_path, result)
     setup.manager.close()
