@@ -138,11 +138,7 @@ def target_attention_impl(impl: str | None, platform: str, dtype: Any, head_dim:
     """
     from internvqa_jax.models import layers
 
-    select = getattr(layers, "select_attention_impl", None)
-    if select is not None:
-        return select(impl, platform, dtype, head_dim)[0]
-    # Before the per-platform selection existed, "auto" meant "chunked" on CPU and "xla" elsewhere.
-    return ("chunked" if platform == "cpu" else "xla") if impl == "auto" else impl
+    return layers.select_attention_impl(impl, platform, dtype, head_dim)[0]
 
 
 def pin_attention(config: ml_collections.ConfigDict, nets: tuple[str, ...], platform: str) -> dict[str, Any]:
