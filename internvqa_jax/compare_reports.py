@@ -5,16 +5,21 @@
 Each argument is a training workdir (or its report.json). Rows are only compared when every run
 scored the same test clips: the reports' `test_split` fingerprints (clip count and a hash of the
 sorted video ids) must agree, otherwise the command fails and names the runs that differ.
+Columns: SRCC/PLCC/KRCC/RMSE over all test encodes pooled (the cross-source figures), the
+within-source SRCC mean and min over test sources, and SRCC per codec (reports written before these
+figures show '-').
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any
 
 from absl import app, flags
 
+from internvqa_jax import metrics
 from internvqa_jax.io_utils import REPORT_FILE, atomic_write_json, read_json
 
 _OUT = flags.DEFINE_string("out", "", "Optional JSON file for the combined table.")
@@ -54,13 +59,36 @@ def combine(paths: list[str]) -> dict[str, Any]:
     return {"test_split": first, "rows": rows}
 
 
+# The legend printed under every table: what each column is pooled over.
+LEGEND = (
+    "SRCC, PLCC, KRCC, RMSE: all test encodes pooled, i.e. across sources (srcc_cross_source); "
+    "in-src mean/min: mean and min over test sources of the SRCC among one source's encodes "
+    f"(sources with < {metrics.MIN_ENCODES_PER_SOURCE} encodes skipped); '-': not in this report (older run)"
+)
+
+
+def _cell(value: Any) -> str:
+    """A 7-wide number, or '-' where the report has no such figure (older reports, undefined)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return f"{'-':>7s}"
+    return f"{float(value):7.4f}"
+
+
 def format_rows(rows: dict[str, dict[str, Any]], min_width: int = 7) -> str:
-    """Fixed-width table of metric rows (n, SRCC, PLCC, KRCC, RMSE), one line per network."""
+    """Fixed-width table of metric rows, one line per network: n, SRCC, PLCC, KRCC, RMSE (pooled over
+    all test encodes: the cross-source figures) and the within-source SRCC mean and min; then each
+    row's SRCC per codec where the report has it, and the legend."""
     width = max([len(k) for k in rows] + [min_width])
-    head = f"{'network':{width}s} {'n':>4s} {'SRCC':>7s} {'PLCC':>7s} {'KRCC':>7s} {'RMSE':>7s}"
-    lines = [head, "-" * len(head)]
+    head = f"{'network':{width}s} {'n':>4s} {'SRCC':>7s} {'PLCC':>7s} {'KRCC':>7s} {'RMSE':>7s} {'in-src':>7s} {'in-src':>7s}"
+    sub = f"{'':{width}s} {'':>4s} {'':>7s} {'':>7s} {'':>7s} {'':>7s} {'mean':>7s} {'min':>7s}"
+    lines = [head, sub, "-" * len(head)]
     for name, m in rows.items():
-        lines.append(f"{name:{width}s} {m['n']:4d} {m['srcc']:7.4f} {m['plcc']:7.4f} {m['krcc']:7.4f} {m['rmse']:7.4f}")
+        cells = " ".join(_cell(m.get(k)) for k in ("srcc", "plcc", "krcc", "rmse", "srcc_within_source_mean", "srcc_within_source_min"))
+        lines.append(f"{name:{width}s} {m['n']:4d} {cells}")
+    for name, m in rows.items():
+        if m.get("srcc_per_codec"):
+            lines.append(f"{name}: SRCC per codec " + ", ".join(f"{c} {_cell(v).strip()}" for c, v in m["srcc_per_codec"].items()))
+    lines.append(LEGEND)
     return "\n".join(lines)
 
 

@@ -12,8 +12,9 @@ Every video of the split is scored with the model's test-time protocol from infe
 (K temporal segments x 3 crops, or K fragment draws seeded per record, exactly as training's
 evaluation), the views' scores averaged.
 
-Printed: the overall metrics table (raw, rescaled, logistic) with bootstrap confidence intervals,
-then per-group tables (codec, resolution, source). Written to `--out` (default `DIR/eval_<split>`):
+Printed: the overall metrics table (raw, rescaled, logistic; all encodes pooled, so across sources)
+with bootstrap confidence intervals, the cross-source / within-source / per-codec SRCC line
+(`metrics.source_metrics`: SRCC among one source's encodes, mean and min over sources), then per-group tables (codec, resolution, source). Written to `--out` (default `DIR/eval_<split>`):
 `metrics.json` (everything, including per-video predictions), `predictions.csv`, `scatter.png`
 (prediction vs label with the fitted logistic). Exit status 0 on success, 1 when it cannot run.
 """
@@ -164,12 +165,15 @@ def predictions_csv(records: Sequence[dict[str, Any]], pred: np.ndarray) -> str:
 
 
 def evaluate_predictions(records: Sequence[dict[str, Any]], pred: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Overall metrics, bootstrap CIs and per-group tables of predictions against record labels."""
+    """Overall metrics, bootstrap CIs, cross-source / within-source / per-codec SRCC
+    (`metrics.source_metrics`, under "sources") and per-group tables of predictions against record labels."""
     labels = np.asarray([float(r["label"]) for r in records])
+    groups = group_values(records)
     result: dict[str, Any] = {"overall": metrics.compute_metrics(pred, labels)}
+    result["sources"] = metrics.source_metrics(pred, labels, groups["source"], [str(r.get("codec") or "") for r in records])
     if bootstrap > 0:
         result["bootstrap"] = metrics.bootstrap_ci(pred, labels, num_resamples=bootstrap, seed=seed)
-    result["groups"] = metrics.group_metrics(pred, labels, group_values(records))
+    result["groups"] = metrics.group_metrics(pred, labels, groups)
     return result
 
 
@@ -179,6 +183,9 @@ def format_report(result: dict[str, Any], title: str) -> str:
     fit = result["overall"]["logistic_fit"]
     if fit["method"] != "logistic":
         lines.append(f"note: logistic fit fell back to {fit['method']}: {fit['reason']}")
+    if "sources" in result:
+        # The overall row pools every encode of every source: it is the cross-source figure.
+        lines.append(metrics.format_source_metrics(result["sources"]))
     if "bootstrap" in result:
         ci = result["bootstrap"]
         level = "95%"

@@ -348,3 +348,90 @@ def format_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] =
                 cells.append(f"{value!s:>13}")
         lines.append(f"{key!s:<{name_width}}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- across and within sources
+
+# A source's encodes need at least this many items for its own SRCC to say anything (2 points
+# always rank perfectly or perfectly wrong).
+MIN_ENCODES_PER_SOURCE = 3
+# The fields `source_metrics` returns, in the order tables show them (one owner of the names).
+SOURCE_FIELDS = (
+    "srcc_cross_source", "plcc_cross_source", "srcc_within_source_mean", "srcc_within_source_min",
+    "within_source_sources", "within_source_skipped",
+)
+
+
+def _finite_srcc(p: np.ndarray, y: np.ndarray) -> float:
+    """SRCC, NaN where undefined (a constant side)."""
+    return srcc(p, y) if p.size >= 2 else math.nan
+
+
+def source_metrics(
+    pred: Any, label: Any, sources: Sequence[Any], codecs: Sequence[Any] | None = None, min_per_source: int = MIN_ENCODES_PER_SOURCE
+) -> dict[str, Any]:
+    """Cross-source and within-source figures of one prediction set (the held-out test encodes).
+
+    - `srcc_cross_source`, `plcc_cross_source`: over all items pooled, whatever their source: how
+      well scores compare across contents (equal to the plain `srcc`/`plcc` of the same items; the
+      names say what the pooled figure means);
+    - `srcc_within_source_mean`, `srcc_within_source_min`: the mean and the minimum, over sources,
+      of the SRCC among that source's encodes: how well the model orders encodes of one content.
+      Sources with fewer than `min_per_source` items, or whose SRCC is undefined (constant labels
+      or scores), are skipped and counted in `within_source_skipped`; `within_source_sources` is
+      how many were used (the two figures are None when none could be);
+    - `srcc_per_codec`: `{codec: SRCC over that codec's items, all sources pooled}` when `codecs`
+      is given (codecs with fewer than 2 items or an undefined SRCC get None); items without a
+      codec ("" or None) are left out of it.
+    """
+    p, y = _as_pair(pred, label)
+    sources = [str(s) for s in sources]
+    if len(sources) != p.size:
+        raise ValueError(f"source_metrics: {len(sources)} source ids for {p.size} predictions; expected one per item")
+    within: list[float] = []
+    skipped = 0
+    keys = np.asarray(sources)
+    for source in sorted(set(sources)):
+        sel = keys == source
+        value = _finite_srcc(p[sel], y[sel]) if int(sel.sum()) >= min_per_source else math.nan
+        if math.isfinite(value):
+            within.append(value)
+        else:
+            skipped += 1
+    out: dict[str, Any] = {
+        "n": int(p.size),
+        "srcc_cross_source": srcc(p, y),
+        "plcc_cross_source": plcc(p, y),
+        "srcc_within_source_mean": float(np.mean(within)) if within else None,
+        "srcc_within_source_min": float(np.min(within)) if within else None,
+        "within_source_sources": len(within),
+        "within_source_skipped": skipped,
+    }
+    if codecs is not None:
+        codecs = ["" if c is None else str(c) for c in codecs]
+        if len(codecs) != p.size:
+            raise ValueError(f"source_metrics: {len(codecs)} codecs for {p.size} predictions; expected one per item")
+        per_codec: dict[str, float | None] = {}
+        ckeys = np.asarray(codecs)
+        for codec in sorted(set(codecs) - {""}):
+            sel = ckeys == codec
+            value = _finite_srcc(p[sel], y[sel])
+            per_codec[codec] = value if math.isfinite(value) else None
+        out["srcc_per_codec"] = per_codec
+    return out
+
+
+def format_source_metrics(m: Mapping[str, Any]) -> str:
+    """One line: cross-source SRCC/PLCC, within-source SRCC mean/min (sources used, skipped), per codec."""
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.4f}"
+
+    text = (
+        f"cross-source SRCC {num(m.get('srcc_cross_source'))} PLCC {num(m.get('plcc_cross_source'))}; "
+        f"within-source SRCC mean {num(m.get('srcc_within_source_mean'))} min {num(m.get('srcc_within_source_min'))} "
+        f"({m.get('within_source_sources', 0)} sources, {m.get('within_source_skipped', 0)} skipped: < {MIN_ENCODES_PER_SOURCE} encodes or undefined)"
+    )
+    if m.get("srcc_per_codec"):
+        text += "; SRCC per codec: " + ", ".join(f"{c} {num(v)}" for c, v in m["srcc_per_codec"].items())
+    return text

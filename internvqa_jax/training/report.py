@@ -1,6 +1,7 @@
 """The run's report: the test table of every trained network, and `WORKDIR/report.json`.
 
-`report.json` holds `test` (one row per network: n, SRCC, PLCC, KRCC, RMSE), `jobs` (per job: the
+`report.json` holds `test` (one row per network: n, SRCC, PLCC, KRCC, RMSE over all test encodes
+pooled, and `metrics.source_metrics`' cross-source / within-source / per-codec figures), `jobs` (per job: the
 step training ended at, the step its test rows and export come from and that step's validation
 SRCC, the export paths), `test_split` (which clips were scored, so `compare_reports` only compares
 runs that scored the same ones) and the run's `config`.
@@ -15,24 +16,35 @@ from typing import Any
 
 import ml_collections
 
-from internvqa_jax import io_utils
+from internvqa_jax import io_utils, metrics
 from internvqa_jax.data import pipeline, shards
 
 ROW_METRICS = ("n", "srcc", "plcc", "krcc", "rmse")
 
 
-def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrain") -> dict[str, Any]:
+def source_rows(result: dict[str, Any], records: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """`metrics.source_metrics` of one network's test result (its per-clip `predictions`), with the
+    source and codec of each clip from the shard manifest's `records` (by index); {} without predictions."""
+    pred = result.get("predictions")
+    if not pred or len(pred.get("pred", ())) < 2:
+        return {}
+    rows = [records[int(i)] for i in pred["index"]]
+    return metrics.source_metrics(pred["pred"], pred["label"], [r.get("source_id", "") for r in rows], [r.get("codec") or "" for r in rows])
+
+
+def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrain", records: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Rows of the final table (teacher and student of the distillation job, the baseline student) and,
     per job, its steps, the step its test rows and export come from (best validation SRCC) and that SRCC.
     `teacher_mode` names the distillation job's teacher row: co-trained, or frozen (pre-fine-tuned). In
     staged mode the teacher job's row stands for the teacher (the distillation job does not test the
-    teacher it loaded from that job's export)."""
+    teacher it loaded from that job's export). With the shard manifest's `records` (by index) each
+    row also gets the cross-source, within-source and per-codec figures (`source_rows`)."""
     teacher_row = "teacher (frozen)" if teacher_mode == "frozen" else "teacher (co-trained)"
     rows = {}
     for job_name, res in results.items():
         for net, m in res["test"].items():
             label = {"distill": f"{net} (distilled)" if net == "student" else teacher_row, "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
-            rows[label] = {k: m[k] for k in ROW_METRICS}
+            rows[label] = {k: m[k] for k in ROW_METRICS} | (source_rows(m, records) if records else {})
     jobs = {k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"]} for k, v in results.items()}
     return {"test": rows, "jobs": jobs}
 
@@ -47,7 +59,7 @@ def test_split_fingerprint(shard_dir: str) -> dict[str, Any]:
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
-    """Fixed-width text table of the report rows."""
+    """Fixed-width text table of the report rows, then each row's per-codec SRCC."""
     from internvqa_jax.compare_reports import format_rows
 
     return format_rows(rows, min_width=28)
@@ -55,7 +67,8 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
 
 def make_report(results: dict[str, dict[str, Any]], config: ml_collections.ConfigDict, shard_dir: str) -> dict[str, Any]:
     """The whole report of a run: `build_report` + the test-split fingerprint + the config."""
-    report = build_report(results, str(config.teacher.mode))
+    records = {int(r["index"]): r for r in shards.load_manifest(shard_dir)["records"]}
+    report = build_report(results, str(config.teacher.mode), records)
     report["test_split"] = test_split_fingerprint(shard_dir)
     report["config"] = json.loads(config.to_json())
     return report
