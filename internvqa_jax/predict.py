@@ -1,10 +1,13 @@
 """Score video files or folders straight from the video, no prepare step.
 
-    python -m internvqa_jax.predict VIDEO_OR_DIR... --checkpoint=DIR [--output=scores.csv|scores.json [--resume]]
+    python -m internvqa_jax.predict VIDEO_OR_DIR... [--checkpoint=DIR] [--output=scores.csv|scores.json [--resume]]
         [--per-segment [--segment-seconds=1.0] [--plot-dir=DIR]] [--batch-size=8] [--device=cpu|gpu|tpu]
         [--which=student|teacher] [--no-progress]
 
-DIR is a model directory or a training workdir (its exported student, or `--which=teacher`).
+DIR is a model directory or a training workdir (its exported student, or `--which=teacher`). Without
+`--checkpoint` the bundled model scores (`internvqa_jax/pretrained/vmaf_demo/`, a no-reference estimate
+of VMAF/100 for compressed video); the header then says what its score is and what it can be compared
+across, read from the bundle's `figures.json`.
 Folders are searched recursively for video files. Every score is on the training label's scale,
 printed in the header and stored in the output file; scores are the model's raw regression output,
 not clipped, so they can fall a little outside the scale's ends (the header's `# values:` line).
@@ -35,7 +38,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from internvqa_jax import io_utils  # light: no JAX
+from internvqa_jax import io_utils, pretrained  # light: no JAX
 
 MAX_EXIT_FAILED = 100
 EXIT_CANNOT_RUN = 125
@@ -183,7 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments (see module doc)."""
     p = argparse.ArgumentParser(prog="python -m internvqa_jax.predict", description="Score videos with a trained InternVQA model (no reference needed).")
     p.add_argument("inputs", nargs="+", help="video files and/or folders (searched recursively)")
-    p.add_argument("--checkpoint", required=True, help="model directory, or training workdir (uses export/<which>)")
+    p.add_argument("--checkpoint", default="", help="model directory, or training workdir (uses export/<which>); default: the bundled model")
     p.add_argument("--which", default="student", help="network of a training workdir: student, teacher, baseline_student")
     p.add_argument("--output", default="", help="write results to this .csv or .json file (as they come)")
     p.add_argument("--resume", action="store_true", help="keep the files already scored in --output and score only the others")
@@ -203,11 +206,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _print_header(scorer: Any, model_dir: Any) -> None:
-    """The `# model`, `# score scale`, `# values` and `# protocol` lines (and the untrained-head warning)."""
-    from internvqa_jax import scorer as scorer_lib
+def _bundled_header(model_dir: Any) -> list[str]:
+    """`# score:` and `# compare:` lines of the bundled model, from its figures.json (a warning line if unreadable)."""
+    from internvqa_jax import pretrained
 
-    print(f"# model: {model_dir}")
+    try:
+        return pretrained.header_lines(pretrained.read_figures(model_dir))
+    except (OSError, ValueError) as err:
+        return [f"# WARNING: the bundled model's figures are unreadable ({err}): what its score compares across is unknown"]
+
+
+def _print_header(scorer: Any, model_dir: Any, bundled: bool = False) -> None:
+    """The `# model`, `# score scale`, `# values` and `# protocol` lines (and the untrained-head warning);
+    for the bundled model also what the score is and what it compares across (`_bundled_header`)."""
+    print(f"# model: bundled default ({model_dir}); pass --checkpoint to score with another" if bundled else f"# model: {model_dir}")
+    for line in _bundled_header(model_dir) if bundled else []:
+        print(line)
     print(f"# score scale: {scorer.spec.describe_scale()}")
     print(f"# values: {scorer.spec.describe_values()}")
     if not scorer.spec.head_trained:
@@ -253,14 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"predict: no video files found in {args.inputs} (extensions: {', '.join(scorer_lib.VIDEO_EXTENSIONS)})", file=sys.stderr)
         return EXIT_CANNOT_RUN
     try:
-        model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which)
+        model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which) if args.checkpoint else pretrained.bundled_model_dir()
         scorer = scorer_lib.load(model_dir, batch_size=args.batch_size, device=args.device)
     except (OSError, ValueError, KeyError) as err:
         # saving.ModelDirError (a ValueError) already names the file and what is wrong, in one line.
-        print(f"predict: cannot load checkpoint: {err}", file=sys.stderr)
+        print(f"predict: cannot load {'checkpoint' if args.checkpoint else 'the bundled model'}: {err}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     scale = scorer.spec.describe_scale()
-    _print_header(scorer, model_dir)
+    _print_header(scorer, model_dir, bundled=not args.checkpoint)
     try:
         writer = ResultWriter(pathlib.Path(args.output), scale, args.per_segment, args.resume) if args.output else None
     except (OSError, ValueError) as err:
@@ -291,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_segment:
         _plot_segments(args, results, todo, scale)
     if writer is not None:
-        writer.finish({"checkpoint": str(model_dir), "scale": scale, "values": scorer.spec.describe_values(), "inference": scorer.spec.to_dict()})
+        writer.finish({"checkpoint": str(model_dir), "bundled": not args.checkpoint, "scale": scale, "values": scorer.spec.describe_values(), "inference": scorer.spec.to_dict()})
         print(f"# wrote {args.output}")
     print(f"# scored {len(results) - len(failed)} of {len(results)} files; {len(failed)} failed" + (f" ({len(paths) - len(todo)} scored earlier)" if len(todo) < len(paths) else ""))
     for r in failed:
