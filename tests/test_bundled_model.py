@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import shutil
 import time
-import tomllib
+
 
 import pytest
 
@@ -126,9 +127,82 @@ def test_missing_bundle_is_a_clear_error(monkeypatch, tmp_path, capsys):
 def test_bundle_is_small_and_packaged():
     bundle = pretrained.bundled_model_dir()
     assert install.check_size(bundle) < 8.0
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     config = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     patterns = config["tool"]["setuptools"]["package-data"]["internvqa_jax.pretrained"]
     package = bundle.parent
     shipped = {f for pattern in patterns for f in package.glob(pattern) if f.is_file()}
     files = {f for f in bundle.rglob("*") if f.is_file()}
     assert files and files == shipped, f"bundle files not in the wheel's package data: {sorted(map(str, files - shipped))[:5]}"
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> dict:
+    """A finished-looking training workdir whose test split is 2 demo sources x 3 H.264 CRFs: the
+    bundled model as its export, report.json and a shard manifest (records only) naming the split."""
+    from internvqa_jax.data import shards
+
+    root = tmp_path_factory.mktemp("small_run")
+    levels = {"h264": [20, 37, 51]}
+    items = demo.build(str(root / "videos"), source_ids=["sk_grass", "sk_rocket"], levels=levels)
+    records = [
+        {"index": i, "video_id": it.video_id, "source_id": it.source_id, "codec": it.codec, "quality_param": it.quality_param, "label": it.label, "split": "test", "fold": None}
+        for i, it in enumerate(items)
+    ]
+    shard_dir = root / "shards"
+    shard_dir.mkdir()
+    manifest = {"format": shards.MANIFEST_FORMAT, "shards": [], "records": records, "config": {}, "counts": {}, "splits": {"train": ["sk_moon"], "test": ["sk_grass", "sk_rocket"]}, "split_config": {"seed": 0}}
+    (shard_dir / "manifest.json").write_text(json.dumps(manifest))
+    workdir = root / "work"
+    shutil.copytree(pretrained.bundled_model_dir(), workdir / "export" / "student", ignore=shutil.ignore_patterns(pretrained.FIGURES_FILE))
+    config = {"job": "homologous", "seed": 3, "student": {"preset": "tiny"}, "optim": {"max_steps": 7}, "data": {"name": "demo", "shard_dir": str(shard_dir)}}
+    (workdir / "report.json").write_text(json.dumps({"config": config, "jobs": {"distill": {"steps": 7, "test_from_step": 7}}, "test": {}}))
+    return {"root": root, "workdir": workdir, "items": items, "levels": levels}
+
+
+def test_install_scores_the_test_split_with_the_users_scorer(small_run):
+    dest = small_run["root"] / "bundle"
+    figures = install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "videos"), dest=dest, command="python -m internvqa_jax.train --seed=3")
+    assert figures == pretrained.read_figures(dest)
+    assert [e["source_id"] for e in figures["test_sources"]] == ["sk_grass", "sk_rocket"]
+    assert all(e["levels"] == small_run["levels"] for e in figures["test_sources"])
+    assert figures["train"]["seed"] == 3 and figures["train"]["steps"] == 7 and figures["train"]["command"].endswith("--seed=3")
+    scorer = internvqa_jax.load(dest)
+    by_id = {v["video_id"]: v for v in figures["videos"]}
+    for item in small_run["items"]:
+        row = by_id[item.video_id]
+        assert row["score"] == pytest.approx(float(scorer.score(item.path)), abs=1e-7)
+        assert row["label"] == pytest.approx(item.label) and row["content_group"] == item.extra["content_group"]
+    v = figures["videos"]
+    expected = install.held_out_figures([r["score"] for r in v], [r["label"] for r in v], [r["source_id"] for r in v], [r["codec"] for r in v])
+    for key in FIGURE_KEYS:
+        assert figures["held_out"][key] == pytest.approx(expected[key]), key
+    assert figures["held_out"]["srcc_per_codec"] == pytest.approx(expected["srcc_per_codec"]) and figures["held_out"]["within_source_sources"] == 2
+    # the package ships the folder: no writer's path inside, and the checksums still verify (it loaded)
+    assert str(small_run["root"]) not in (dest / "params" / "commit_success.txt").read_text()
+    assert "| all codecs | 6 |" in install.markdown_table(figures)
+
+
+def test_install_rebuilds_missing_videos_identically_and_keeps_the_old_bundle_on_failure(small_run, monkeypatch):
+    dest = small_run["root"] / "bundle2"
+    first = install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "videos"), dest=dest)
+    rebuilt = install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "no_videos"), dest=dest)
+    assert [r["label"] for r in rebuilt["videos"]] == [r["label"] for r in first["videos"]]  # encodes and VMAF are deterministic
+    assert [r["score"] for r in rebuilt["videos"]] == pytest.approx([r["score"] for r in first["videos"]], abs=1e-6)
+    before = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    monkeypatch.setattr(install, "rebuild_test_videos", lambda *a, **k: {})
+    with pytest.raises(FileNotFoundError, match="test videos not found"):
+        install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "no_videos"), dest=dest)
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == before
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".bundle2")]  # no temp left
+
+
+def test_show_prints_the_readme_table(capsys):
+    from internvqa_jax.pretrained import __main__ as cli
+
+    assert cli.main(["show"]) == 0
+    out = capsys.readouterr().out
+    held = pretrained.read_figures()["held_out"]
+    assert f"| all codecs | {held['n']} | {held['srcc_cross_source']:.3f} | {held['plcc_cross_source']:.3f} |" in out
+    assert cli.main(["install", "--workdir=/nonexistent/run"]) == 1
+    assert "/nonexistent/run" in capsys.readouterr().err

@@ -47,3 +47,17 @@ def test_missing_or_old_report_is_named(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"test": {}}))
     with pytest.raises(ValueError, match="test_split"):
         compare_reports.load_report(str(tmp_path))
+
+
+def test_within_source_columns_and_old_reports(tmp_path):
+    new = _write_report(tmp_path / "new", "homologous", "tiny", 0.3, SPLIT)
+    report = json.loads((tmp_path / "new" / "report.json").read_text())
+    report["test"]["student (distilled)"] |= {"srcc_cross_source": 0.3, "plcc_cross_source": 0.5, "srcc_within_source_mean": 0.9712,
+                                              "srcc_within_source_min": 0.8123, "srcc_per_codec": {"vp9": 0.4321}}
+    (tmp_path / "new" / "report.json").write_text(json.dumps(report))
+    old = _write_report(tmp_path / "old", "heterogeneous", "videomamba_tiny", 0.4, SPLIT)
+    text = compare_reports.format_rows(compare_reports.combine([new, old])["rows"])
+    new_line = next(line for line in text.splitlines() if line.startswith("homologous/tiny (new)"))
+    old_line = next(line for line in text.splitlines() if line.startswith("heterogeneous/videomamba_tiny (old)"))
+    assert new_line.split()[-2:] == ["0.9712", "0.8123"] and old_line.split()[-2:] == ["-", "-"]
+    assert "SRCC per codec vp9 0.4321" in text and "in-src" in text

@@ -69,6 +69,13 @@ def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):
     from internvqa_jax import metrics
 
     assert payload["overall"]["srcc"] == pytest.approx(metrics.srcc(pred, label), abs=1e-12)
+    # Cross-source and within-source figures (issue 16), from the same rows.
+    sources = [r["source"] for r in rows]
+    expected = metrics.source_metrics(pred, label, sources, [r["codec"] for r in rows])
+    assert payload["sources"]["srcc_cross_source"] == pytest.approx(metrics.srcc(pred, label), abs=1e-12)
+    assert payload["sources"]["within_source_sources"] + payload["sources"]["within_source_skipped"] == len(set(sources))
+    assert payload["sources"]["srcc_per_codec"].keys() == expected["srcc_per_codec"].keys()
+    assert "cross-source SRCC" in printed and "within-source SRCC" in printed
 
     # Protocol check: each prediction is the scorer's score of that record's stored frames
     # (resize_crop has no random draw, so the Grain pipeline and the scorer must agree).

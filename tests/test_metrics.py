@@ -227,3 +227,34 @@ def test_format_table_lists_rows():
     assert text.splitlines()[2].split()[-1] == "logistic"
     small = metrics.format_table({"g": metrics.compute_metrics([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])})
     assert small.splitlines()[2].split()[-1] == "linear"  # too few points: the fallback is shown
+
+
+def test_source_metrics_by_hand():
+    # Source a orders its 3 encodes perfectly, b perfectly wrong, c has 2 encodes (skipped). Across
+    # sources b's scores sit above a's: the pooled (cross-source) SRCC is what spearmanr of all says.
+    pred = [0.1, 0.2, 0.3, 0.9, 0.8, 0.7, 0.5, 0.6]
+    label = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    sources = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    codecs = ["h264", "vp9", "h264", "vp9", "h264", "vp9", "h264", ""]
+    m = metrics.source_metrics(pred, label, sources, codecs)
+    assert m["srcc_within_source_mean"] == pytest.approx(0.0) and m["srcc_within_source_min"] == pytest.approx(-1.0)
+    assert m["within_source_sources"] == 2 and m["within_source_skipped"] == 1
+    assert m["srcc_cross_source"] == pytest.approx(stats.spearmanr(pred, label).statistic)
+    assert m["plcc_cross_source"] == pytest.approx(stats.pearsonr(pred, label).statistic)
+    h264 = [i for i, c in enumerate(codecs) if c == "h264"]
+    assert set(m["srcc_per_codec"]) == {"h264", "vp9"}  # no codec: left out
+    assert m["srcc_per_codec"]["h264"] == pytest.approx(stats.spearmanr(np.take(pred, h264), np.take(label, h264)).statistic)
+    line = metrics.format_source_metrics(m)
+    assert "within-source SRCC mean 0.0000 min -1.0000 (2 sources, 1 skipped" in line and "h264" in line
+
+
+def test_source_metrics_constant_source_is_skipped_and_lengths_checked():
+    m = metrics.source_metrics([0.5, 0.5, 0.5, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.1, 0.2, 0.3], ["a"] * 3 + ["b"] * 3)
+    assert m["within_source_sources"] == 1 and m["within_source_skipped"] == 1 and m["srcc_within_source_min"] == pytest.approx(1.0)
+    assert "srcc_per_codec" not in m
+    none = metrics.source_metrics([0.1, 0.2], [0.1, 0.2], ["a", "b"])
+    assert none["srcc_within_source_mean"] is None and none["within_source_skipped"] == 2
+    with pytest.raises(ValueError, match="3 source ids for 2 predictions"):
+        metrics.source_metrics([0.1, 0.2], [0.1, 0.2], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="1 codecs for 2 predictions"):
+        metrics.source_metrics([0.1, 0.2], [0.1, 0.2], ["a", "b"], ["h264"])

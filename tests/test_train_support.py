@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from internvqa_jax.data import prepare
 from internvqa_jax.data.records import VideoItem
@@ -194,3 +195,23 @@ def test_report_names_the_teacher_by_its_mode():
     assert sorted(frozen) == ["student (distilled)", "student (no distillation)", "teacher (frozen)"]
     assert frozen["teacher (frozen)"]["srcc"] == 0.9 and frozen["student (no distillation)"]["srcc"] == 0.1
     assert "teacher (co-trained)" in report.build_report(results, "cotrain")["test"]
+
+
+def test_report_rows_carry_cross_and_within_source_figures():
+    """With the manifest's records, every row gets metrics.source_metrics of its per-clip predictions."""
+    from internvqa_jax import metrics as metrics_lib
+    from internvqa_jax.training import report
+
+    records = {i: {"index": i, "source_id": "ab"[i // 3], "codec": ["h264", "vp9", "av1"][i % 3]} for i in range(6)}
+    pred = [0.1, 0.3, 0.2, 0.6, 0.5, 0.4]
+    label = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    row = {"n": 6, "srcc": 0.5, "plcc": 0.4, "krcc": 0.3, "rmse": 0.2, "predictions": {"index": [5, 4, 3, 2, 1, 0], "pred": pred[::-1], "label": label[::-1]}}
+    results = {"distill": {"steps": 10, "test": {"student": row}, "export": {}}}
+    got = report.build_report(results, "staged", records)["test"]["student (distilled)"]
+    want = metrics_lib.source_metrics(pred, label, ["a", "a", "a", "b", "b", "b"], ["h264", "vp9", "av1"] * 2)
+    for key in metrics_lib.SOURCE_FIELDS:
+        assert got[key] == pytest.approx(want[key]), key
+    assert got["srcc_within_source_min"] == pytest.approx(-1.0) and got["srcc_per_codec"] == pytest.approx(want["srcc_per_codec"])
+    assert "predictions" not in got and got["srcc"] == 0.5  # the pooled row stays as training measured it
+    table = report.format_table({"student (distilled)": got})
+    assert "in-src" in table and "SRCC per codec" in table and "across sources" in table

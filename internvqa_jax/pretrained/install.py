@@ -6,8 +6,8 @@
 Steps, in order: copy the exported model directory (`WORKDIR/export/<which>`) into a temp folder
 beside the package's `vmaf_demo/`; find the run's test split in its shard manifest; get those demo
 videos (from `--videos` when it holds every one of them, else rebuilt with `demo.build` into a temp
-folder: `rebuild_test_videos`); score each with `internvqa_jax.load(<the copy>)`, the scorer users
-get; write `figures.json` (see `make_figures`); rename the folder onto `vmaf_demo/` (the old one is
+folder: `rebuild_test_videos`); score each with `scorer.load(<the copy>)`, the call behind
+`internvqa_jax.load(path)`; write `figures.json` (see `make_figures`); rename the folder onto `vmaf_demo/` (the old one is
 replaced only once the new one is complete).
 
 The test (`tests/test_bundled_model.py`) rebuilds the same videos from `figures.json` alone
@@ -207,10 +207,11 @@ def scrub_paths(model_dir: pathlib.Path) -> None:
 
 
 def score_videos(model_dir: str | os.PathLike, paths: Sequence[str]) -> list[float]:
-    """Scores of `paths` with `internvqa_jax.load(model_dir)`, the scorer users get; any failure is an error."""
-    import internvqa_jax
+    """Scores of `paths` with `scorer.load(model_dir)`, the scorer users get (`internvqa_jax.load(path)` is
+    that call; `internvqa_jax` itself sits a layer above, see docs/architecture.md); any failure is an error."""
+    from internvqa_jax import scorer
 
-    results = internvqa_jax.load(model_dir).score_many(list(paths))
+    results = scorer.load(model_dir).score_many(list(paths))
     failed = [r for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"could not score {len(failed)} test video(s), first {failed[0].path}: {failed[0].error}")
