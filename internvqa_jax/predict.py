@@ -20,7 +20,7 @@ an interruption (SIGTERM, Ctrl-C, a crash) `--resume` keeps the files already sc
 and scores only the others (files that failed are tried again).
 
 Exit status: the number of files that failed (capped at 100); 0 = all scored. 125 = nothing could be
-run (checkpoint missing, unreadable, corrupted or truncated; no input files). 130 / 143 = stopped by
+run (checkpoint, or the bundled model without --checkpoint, missing, unreadable, corrupted or truncated; no input files). 130 / 143 = stopped by
 Ctrl-C / SIGTERM (the results so far are in the output).
 """
 
