@@ -85,6 +85,24 @@ def test_still_sizes_are_the_files_sizes():
         assert (width, height) == still.size, name
 
 
+def test_still_moves_keep_native_or_downscaled_pixels():
+    import re
+
+    small = {"chelsea.png", "coins.png", "luispedro.jpg"}  # narrower or lower than the frame (+ path)
+    for name, still in demo.STILLS.items():
+        moves = demo.still_moves(name)
+        assert len({sid for sid, _ in moves}) == len(moves) >= 2
+        for sid, chain in moves:
+            # The only resampling before the final crop is the cover scale at the head of the chain.
+            cover = re.match(r"scale=(\d+):(\d+):force_original_aspect_ratio=increase", chain)
+            factor = max(int(cover.group(1)) / still.size[0], int(cover.group(2)) / still.size[1]) if cover else 1.0
+            assert factor <= (1.5 if name in small else 1.0), (sid, factor)
+            assert cover or "_region" in sid, sid
+        # Pans run 1-2 px/frame, and the two pans of an image go different ways.
+        pans = [tuple(int(v) for v in re.findall(r"([+-]\d)\*n", chain)) for sid, chain in moves if "zoom" not in sid]
+        assert all(1 <= np.hypot(*v) <= 2.3 for v in pans) and pans[0] != pans[1], (name, pans)
+
+
 def test_seeded_level_subsets_span_the_ladder_and_use_levels_evenly():
     specs = demo.source_specs()
     plan = demo.plan_levels(specs)

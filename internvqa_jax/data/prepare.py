@@ -675,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fragment-draws", type=int, default=0, help="store this many pre-drawn fragment mosaics per video instead of native frames (needs --short-side=native)")
     p.add_argument("--fragment-size", type=int, default=PrepareConfig.fragment_size, help="side of a pre-drawn mosaic (multiple of 32)")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (each writes whole shards)")
-    p.add_argument("--folds", type=int, default=0, help="k for seeded k-fold by source (0 = none)")
+    p.add_argument("--folds", type=int, default=0, help="k for seeded k-fold by content group (else source) (0 = none)")
     p.add_argument("--val-fraction", type=float, default=SplitConfig.val_fraction)
     p.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction, help="ignored where the dataset names its test sources")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, folds and fragment draws")

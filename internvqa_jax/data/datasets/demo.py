@@ -278,6 +278,22 @@ def _zoom(z0: float, z1: float, anchor: tuple[float, float]) -> str:
     )
 
 
+def _pan_upscale(size: tuple[int, int], v: tuple[int, int]) -> float:
+    """Scale factor `_pan` applies to an image of `size` for the pan `v` (> 1: upscaled)."""
+    need = (WIDTH + abs(v[0]) * (NUM_FRAMES - 1) + 2, HEIGHT + abs(v[1]) * (NUM_FRAMES - 1) + 2)
+    return max(need[0] / size[0], need[1] / size[1])
+
+
+def _slow_to_fit(size: tuple[int, int], v: tuple[int, int]) -> tuple[int, int]:
+    """`v` with each component cut to 1 px/frame (keeping its sign) where that avoids upscaling."""
+    out = list(v)
+    for axis in (0, 1):
+        slower = tuple(1 if k == axis and out[k] > 0 else -1 if k == axis and out[k] < 0 else out[k] for k in (0, 1))
+        if _pan_upscale(size, tuple(out)) > 1.0 and _pan_upscale(size, slower) < _pan_upscale(size, tuple(out)):
+            out = list(slower)
+    return out[0], out[1]
+
+
 # Fixed points of the zooms, cycled over the stills so they do not all zoom into the centre.
 ZOOM_ANCHORS = ((0.5, 0.5), (0.35, 0.4), (0.65, 0.6), (0.4, 0.65), (0.6, 0.35))
 MAX_ZOOM = 1.3
@@ -286,8 +302,9 @@ MAX_ZOOM = 1.3
 def still_moves(name: str) -> list[tuple[str, str]]:
     """(source id, filter chain) of every camera move over still `name` (a key of STILLS).
 
-    Every still: its declared pan, and a perpendicular pan (`(vy, -vx)`, or the opposite direction
-    at the same speed for a portrait image too narrow to cover the frame). Images at least 1.1x the
+    Every still: its declared pan, and a second pan, perpendicular (`(vy, -vx)`) or, where that
+    needs more upscaling, opposite, slowed per axis to 1 px/frame where the faster one would not
+    fit in the image's native pixels. Images at least 1.1x the
     frame (native cover factor): a slow zoom in, up to the factor (never upscaling), at most
     `MAX_ZOOM`; >= 1.3x: a zoom out too; >= 1.4x: a pan over a native-pixel region in the
     opposite direction; >= 2.9x: a second native region.
@@ -296,7 +313,9 @@ def still_moves(name: str) -> list[tuple[str, str]]:
     index = list(STILLS).index(name)
     vx, vy = still.pan
     factor = min(still.size[0] / WIDTH, still.size[1] / HEIGHT)
-    second = (vy, -vx) if still.size[0] >= WIDTH else (-vx, -2 * vy)
+    # max(1, .): the perpendicular wins unless it alone would upscale.
+    second = min(((vy, -vx), (-vx, -vy)), key=lambda v: max(1.0, _pan_upscale(still.size, _slow_to_fit(still.size, v))))
+    second = _slow_to_fit(still.size, second)
     moves = [(still.source_id, _pan(vx, vy)), (f"{still.source_id}_pan2", _pan(*second))]
     zoom = round(min(MAX_ZOOM, 0.98 * factor), 2)
     if factor >= 1.1:
