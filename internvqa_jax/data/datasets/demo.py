@@ -15,9 +15,11 @@ out whole contents: no window, tile, crop, zoom or pan of a test file reaches tr
   coffee, rocket, retina, brick, grass, moon, ...), scikit-learn (china.jpg, flower.jpg),
   PyWavelets (aero, ascent: grayscale photographs stored as arrays, written once into
   `inputs/` of the dataset as PGM), mahotas (DepartmentStore.jpg, nuclear.png, luispedro.jpg)
-  and matplotlib (grace_hopper.jpg). Grayscale images stay grayscale (neutral chroma). Three small
-  files (chelsea 451x300, coins 384x303, luispedro 300x377) are upscaled by at most 1.7x to cover
-  the frame; every other still move keeps native or downscaled pixels.
+  and matplotlib (grace_hopper.jpg). Grayscale images stay grayscale (neutral chroma). Three files
+  smaller than the frame plus its path are upscaled to cover it (chelsea 451x300 by up to 1.11x,
+  coins 384x303 by up to 1.43x, luispedro 300x377 by 1.5x); every other still move keeps native
+  or downscaled pixels. DepartmentStore.jpg is a scanned drawing (a crowd scene), the one
+  non-photograph, kept for its dense natural-looking texture.
 Each source is a lossless FFV1 reference of `NUM_FRAMES` frames at `WIDTH`x`HEIGHT`, `FPS` fps,
 then encoded with x264, x265, VP9 and AV1 (SVT-AV1). Each codec has a ladder of six CRF values
 (`LEVELS`, visually lossless to heavily blocked); each source gets `LEVELS_PER_SOURCE` of them
