@@ -361,16 +361,32 @@ def explain_rebuilds(pending: Sequence[ShardTask], previous: dict[str, tuple[str
     return rows
 
 
+def content_groups(items: Sequence[VideoItem]) -> dict[str, str]:
+    """source id -> content group: `extra["content_group"]` where an item carries one, else the source
+    id itself. Raises ValueError naming the source when its items disagree on the group."""
+    groups: dict[str, str] = {}
+    for it in items:
+        group = str(it.extra.get("content_group") or it.source_id)
+        if groups.setdefault(it.source_id, group) != group:
+            raise ValueError(f"source {it.source_id!r}: its items name content groups {groups[it.source_id]!r} and {group!r} ({it.video_id})")
+    return groups
+
+
 def assign_splits(items: Sequence[VideoItem], split_config: SplitConfig) -> tuple[dict[str, str], dict[str, int] | None, list[str]]:
-    """(source -> split, source -> fold or None, named test sources that no item carries)."""
+    """(source -> split, source -> fold or None, named test sources that no item carries).
+
+    Whole content groups (`content_groups`) are assigned, so no cut of a held-out file reaches
+    training; items without a group split by source as before.
+    """
     sources = [it.source_id for it in items]
+    groups = content_groups(items)
     missing: list[str] = []
     if split_config.test_sources is not None:
-        assignment = splits.named_test_split(sources, split_config.test_sources, split_config.val_fraction, split_config.seed)
+        assignment = splits.named_test_split(sources, split_config.test_sources, split_config.val_fraction, split_config.seed, groups=groups)
         missing = splits.missing_sources(sources, split_config.test_sources)
     else:
-        assignment = splits.seeded_split(sources, split_config.val_fraction, split_config.test_fraction, split_config.seed)
-    folds = splits.kfold(sources, split_config.folds, split_config.seed) if split_config.folds else None
+        assignment = splits.seeded_split(sources, split_config.val_fraction, split_config.test_fraction, split_config.seed, groups=groups)
+    folds = splits.kfold(sources, split_config.folds, split_config.seed, groups=groups) if split_config.folds else None
     return assignment, folds, missing
 
 
@@ -493,6 +509,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Joins the shard sidecars into the manifest: video indices and record keys follow shard order."""
     assignment, folds, missing = assign_splits(items, split_config)
+    groups = content_groups(items)
     records, shard_rows, skipped = [], [], list(listing_skipped)
     offset = 0  # global record key of the shard's first record (shards concatenated in order)
     for task in tasks:
@@ -507,6 +524,7 @@ def build_manifest(
                     "first_record": offset + meta["position"],
                     "video_id": meta["video_id"],
                     "source_id": meta["source_id"],
+                    "content_group": groups[meta["source_id"]],
                     "label": meta["label"],
                     "label_kind": meta["label_kind"],
                     "codec": meta["codec"],
@@ -524,6 +542,7 @@ def build_manifest(
             )
         offset += side["num_records"]
     split_sources = {name: sorted(s for s, v in assignment.items() if v == name) for name in splits.SPLITS}
+    split_groups = {name: sorted({groups[s] for s in split_sources[name]}) for name in splits.SPLITS}
     per_split = {name: sum(r["split"] == name for r in records) for name in splits.SPLITS}
     return {
         "warnings": splits.size_problems(per_split),
@@ -531,9 +550,11 @@ def build_manifest(
         "dataset": dataset,
         "config": dataclasses.asdict(config),
         "split_config": {**dataclasses.asdict(split_config), "test_sources": None if split_config.test_sources is None else list(split_config.test_sources)},
-        "counts": {"listed": len(items) + len(listing_skipped), "records": len(records), "frame_records": offset, "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split},
+        "counts": {"listed": len(items) + len(listing_skipped), "records": len(records), "frame_records": offset, "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split,
+                   "sources_per_split": {k: len(v) for k, v in split_sources.items()}, "groups_per_split": {k: len(v) for k, v in split_groups.items()}},
         "shards": shard_rows,
         "splits": split_sources,
+        "split_groups": split_groups,
         "folds": folds,
         "missing_test_sources": missing,
         "skipped": skipped,
@@ -548,6 +569,8 @@ def summary(manifest: dict[str, Any]) -> str:
         f"{manifest['dataset']}: {c['records']} of {c['listed']} videos in {c['shards']} shards "
         f"({c['resumed_shards']} reused from an earlier run); splits {c['per_split']}",
     ]
+    if "groups_per_split" in c:
+        lines.append(f"sources per split {c['sources_per_split']}; content groups per split {c['groups_per_split']}")
     if manifest["missing_test_sources"]:
         lines.append(f"warning: named test sources not found: {manifest['missing_test_sources']}")
     lines.extend(f"warning: {w}" for w in manifest.get("warnings", []))
@@ -652,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fragment-draws", type=int, default=0, help="store this many pre-drawn fragment mosaics per video instead of native frames (needs --short-side=native)")
     p.add_argument("--fragment-size", type=int, default=PrepareConfig.fragment_size, help="side of a pre-drawn mosaic (multiple of 32)")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (each writes whole shards)")
-    p.add_argument("--folds", type=int, default=0, help="k for seeded k-fold by source (0 = none)")
+    p.add_argument("--folds", type=int, default=0, help="k for seeded k-fold by content group (else source) (0 = none)")
     p.add_argument("--val-fraction", type=float, default=SplitConfig.val_fraction)
     p.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction, help="ignored where the dataset names its test sources")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, folds and fragment draws")

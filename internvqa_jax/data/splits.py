@@ -1,13 +1,17 @@
-"""Content-separated splits: every source content lands in exactly one split (or fold).
+"""Content-separated splits: every content group lands in exactly one split (or fold).
 
 Compressed-VQA datasets hold many encodes of each source; splitting by clip would put the same
-content in train and test and inflate every correlation. All functions here therefore assign
-*source ids* and are seeded, so the same listing always gives the same split.
+content in train and test and inflate every correlation. Several sources may also be cut from one
+original file (time windows, tiles, pans or zooms of one clip or photograph): those share a
+*content group*, and a split that separated them would still test on content seen in training.
+All functions here therefore assign *source ids* whole, and with `groups` (source id -> content
+group) whole groups; they are seeded, so the same listing always gives the same split. Without
+`groups` every source is its own group.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +44,16 @@ def _unique_sorted(source_ids: Iterable[str]) -> list[str]:
     return sorted({str(s) for s in source_ids})
 
 
+def _group_map(source_ids: Iterable[str], groups: Mapping[str, str] | None) -> dict[str, str]:
+    """source -> group for every source (itself where `groups` has no entry or is None)."""
+    groups = groups or {}
+    return {s: str(groups.get(s, s)) for s in _unique_sorted(source_ids)}
+
+
+def _per_source(group_of: Mapping[str, str], by_group: Mapping[str, Any]) -> dict[str, Any]:
+    return {s: by_group[g] for s, g in group_of.items()}
+
+
 def _take_count(num: int, fraction: float, keep_rest: int) -> int:
     """Sources for a split of `fraction`: at least 1 when there is room, leaving `keep_rest` behind."""
     if fraction <= 0 or num <= keep_rest:
@@ -47,20 +61,24 @@ def _take_count(num: int, fraction: float, keep_rest: int) -> int:
     return int(min(max(1, round(num * fraction)), num - keep_rest))
 
 
-def named_test_split(source_ids: Iterable[str], test_sources: Sequence[str], val_fraction: float = 0.1, seed: int = 0) -> dict[str, str]:
+def named_test_split(
+    source_ids: Iterable[str], test_sources: Sequence[str], val_fraction: float = 0.1, seed: int = 0, groups: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Named `test_sources` form the test split; a seeded `val_fraction` of the rest is validation.
 
-    Sources named in `test_sources` but absent from `source_ids` are simply not assigned (a partial
-    download still splits); see `missing_sources` to report them.
+    With `groups`, every source sharing a content group with a named test source is test too, and
+    validation takes whole groups. Sources named in `test_sources` but absent from `source_ids` are
+    simply not assigned (a partial download still splits); see `missing_sources` to report them.
     """
-    sources = _unique_sorted(source_ids)
-    test = {str(s) for s in test_sources}
-    rest = [s for s in sources if s not in test]
+    group_of = _group_map(source_ids, groups)
+    test_groups = {group_of[str(s)] for s in test_sources if str(s) in group_of}
+    rest = sorted(set(group_of.values()) - test_groups)
     rng = np.random.default_rng(seed)
     order = [rest[i] for i in rng.permutation(len(rest))]
     n_val = _take_count(len(rest), val_fraction, keep_rest=1)
     val = set(order[:n_val])
-    return {s: "test" if s in test else "val" if s in val else "train" for s in sources}
+    by_group = {g: "test" if g in test_groups else "val" if g in val else "train" for g in set(group_of.values())}
+    return _per_source(group_of, by_group)
 
 
 def missing_sources(source_ids: Iterable[str], named: Sequence[str]) -> list[str]:
@@ -69,31 +87,39 @@ def missing_sources(source_ids: Iterable[str], named: Sequence[str]) -> list[str
     return sorted(str(s) for s in named if str(s) not in present)
 
 
-def seeded_split(source_ids: Iterable[str], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
-    """Seeded train/val/test assignment of sources; each non-empty fraction gets >= 1 source when possible."""
+def seeded_split(
+    source_ids: Iterable[str], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, groups: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Seeded train/val/test assignment of sources, by whole content group when `groups` is given.
+
+    The fractions count groups (sources without `groups`); each non-empty fraction gets >= 1 group
+    when possible. Returns source -> split.
+    """
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise ValueError(f"seeded_split: need val_fraction, test_fraction >= 0 with sum < 1, got {val_fraction}, {test_fraction}")
-    sources = _unique_sorted(source_ids)
+    group_of = _group_map(source_ids, groups)
+    names = _unique_sorted(group_of.values())
     rng = np.random.default_rng(seed)
-    order = [sources[i] for i in rng.permutation(len(sources))]
+    order = [names[i] for i in rng.permutation(len(names))]
     n_test = _take_count(len(order), test_fraction, keep_rest=1)
     n_val = _take_count(len(order) - n_test, val_fraction, keep_rest=1)
-    assignment = {}
-    for pos, s in enumerate(order):
-        assignment[s] = "test" if pos < n_test else "val" if pos < n_test + n_val else "train"
-    return assignment
+    by_group = {g: "test" if pos < n_test else "val" if pos < n_test + n_val else "train" for pos, g in enumerate(order)}
+    return _per_source(group_of, by_group)
 
 
-def kfold(source_ids: Iterable[str], num_folds: int, seed: int = 0) -> dict[str, int]:
-    """Seeded k-fold over sources: fold sizes differ by at most one source."""
-    sources = _unique_sorted(source_ids)
+def kfold(source_ids: Iterable[str], num_folds: int, seed: int = 0, groups: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Seeded k-fold over sources, by whole content group when `groups` is given: fold sizes differ
+    by at most one group (source). Returns source -> fold."""
+    group_of = _group_map(source_ids, groups)
+    names = _unique_sorted(group_of.values())
+    what = "content groups" if groups else "sources"
     if num_folds < 2:
         raise ValueError(f"kfold: num_folds must be >= 2, got {num_folds}")
-    if num_folds > len(sources):
-        raise ValueError(f"kfold: {num_folds} folds need at least as many sources, got {len(sources)}")
+    if num_folds > len(names):
+        raise ValueError(f"kfold: {num_folds} folds need at least as many {what}, got {len(names)}")
     rng = np.random.default_rng(seed)
-    order = [sources[i] for i in rng.permutation(len(sources))]
-    return {s: pos % num_folds for pos, s in enumerate(order)}
+    order = [names[i] for i in rng.permutation(len(names))]
+    return _per_source(group_of, {g: pos % num_folds for pos, g in enumerate(order)})
 
 
 def parse_split_name(name: str) -> tuple[str, int | None]:
@@ -128,9 +154,14 @@ def select(records: Sequence[Mapping], name: str) -> list[int]:
 
 
 def check_separation(records: Sequence[Mapping], key: str = "split") -> None:
-    """Raises if any source appears under two values of `key` (a split or a fold)."""
-    seen: dict[str, object] = {}
-    for r in records:
-        src, val = r["source_id"], r[key]
-        if seen.setdefault(src, val) != val:
-            raise ValueError(f"source {src!r} appears in {key} {seen[src]!r} and {val!r}")
+    """Raises if any source, or any content group (records with "content_group"), appears under two
+    values of `key` (a split or a fold)."""
+    for field in ("source_id", "content_group"):
+        seen: dict[str, object] = {}
+        for r in records:
+            if r.get(field) is None:
+                continue
+            name, val = r[field], r[key]
+            if seen.setdefault(name, val) != val:
+                what = "source" if field == "source_id" else "content group"
+                raise ValueError(f"{what} {name!r} appears in {key} {seen[name]!r} and {val!r}")
