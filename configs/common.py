@@ -17,8 +17,9 @@ from internvqa_jax.losses import LOSS_TERMS
 # Dataset presets: clip geometry and schedule (labels are VMAF/100, MOS/100 or DMOS/100 as in the
 # method; see data/records.py).
 DATASETS = {
-    # Embedded demo: 2 x 2 native 32-px fragments per frame (64 px), 3,000 steps of batch 16.
-    "demo": dict(frames=2, size=64, spatial_mode="fragments", epochs=100, warmup_epochs=2, batch_size=16),
+    # Embedded demo: 2 x 2 native 32-px fragments per frame (64 px), about 3,000 steps of batch 16
+    # (56 epochs of its 852 training encodes: 53 steps each).
+    "demo": dict(frames=2, size=64, spatial_mode="fragments", epochs=56, warmup_epochs=1, batch_size=16),
     "bvi_hd": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     "waterloo_ivc4k": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     # Any `path,score[,source]` CSV (--config.data.source_root=labels.csv); scores are used as given.
