@@ -74,16 +74,18 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
 
 
 def ensure_data(config: ml_collections.ConfigDict) -> str:
-    """Shard directory of the run's dataset, prepared by process 0: the demo on every run (finished
-    files are reused, changed ones rebuilt), a dataset with `data.source_root` on first use."""
+    """Shard directory of the run's dataset, prepared by process 0: the demo's own shards on every run
+    (finished files are reused, changed ones rebuilt), other shards on first use."""
     from internvqa_jax.data import prepare, shards
 
     name = str(config.data.name)
     shard_dir = config.data.shard_dir or io_utils.default_shard_dir(name)
     manifest = os.path.join(shard_dir, shards.MANIFEST)
-    # The demo is re-checked on every run (its build and the keyed shards reuse every finished file,
-    # a few seconds): shards from an older demo recipe must never be trained on silently.
-    if name == "demo" or not os.path.exists(manifest):
+    # The demo's own shards are re-checked on every run (its build and the keyed shards reuse every
+    # finished file, a few seconds): shards of an older demo recipe must never be trained on silently.
+    # Shards given by `data.shard_dir` are the user's, used as they are.
+    own_demo = name == "demo" and not config.data.shard_dir
+    if own_demo or not os.path.exists(manifest):
         if name != "demo" and not config.data.source_root:
             raise FileNotFoundError(
                 f"{manifest} not found: build the shards first (python -m internvqa_jax.data.prepare "
