@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from internvqa_jax.data import decode, prepare, shards
+from internvqa_jax import io_utils
 from internvqa_jax.data.records import VideoItem
 
 CONFIG = prepare.PrepareConfig(frames=2, short_side=None, records_per_shard=2)
@@ -168,3 +169,35 @@ def test_cli_unusable_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert prepare.main(["--dataset=csv", f"--root={tmp_path / 'missing.csv'}", f"--out={tmp_path / 'out'}"]) == prepare.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"prepare: error: {tmp_path / 'missing.csv'}: CSV file not found"]
+
+
+def test_demo_own_shards_are_rechecked_on_every_run_given_ones_are_not(tmp_path, monkeypatch):
+    # A shard manifest from an older demo recipe must not be trained on silently: the demo's own
+    # shard directory goes through prepare (which reuses what still matches) even when it exists.
+    from internvqa_jax import train
+    from internvqa_jax.data import shards as shards_lib
+    from test_train_support import tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def fake_prepare(name, out_dir, root=None, config=None, workers=1):
+        calls.append((name, str(out_dir), root))
+        return {"counts": {"records": 1}}
+
+    monkeypatch.setattr(prepare, "prepare_dataset", fake_prepare)
+    monkeypatch.setattr(prepare, "summary", lambda manifest: "")
+    monkeypatch.setattr(shards_lib, "load_manifest", lambda d: {"counts": {"per_split": {"train": 4, "val": 2, "test": 2}}})
+    own = io_utils.default_shard_dir("demo")
+    os.makedirs(own)
+    with open(os.path.join(own, shards_lib.MANIFEST), "w") as f:
+        f.write("{}")  # an existing (stale) manifest
+    config = tiny_config("")
+    assert train.ensure_data(config) == own
+    assert calls == [("demo", own, io_utils.DEMO_VIDEOS_DIR)]
+
+    given = tmp_path / "mine"
+    given.mkdir()
+    (given / shards_lib.MANIFEST).write_text("{}")
+    assert train.ensure_data(tiny_config(str(given))) == str(given)
+    assert len(calls) == 1  # a given shard directory is used as it is
