@@ -362,15 +362,24 @@ def explain_rebuilds(pending: Sequence[ShardTask], previous: dict[str, tuple[str
 
 
 def assign_splits(items: Sequence[VideoItem], split_config: SplitConfig) -> tuple[dict[str, str], dict[str, int] | None, list[str]]:
-    """(source -> split, source -> fold or None, named test sources that no item carries)."""
-    sources = [it.source_id for it in items]
+    """(source -> split, source -> fold or None, named test sources that no item carries).
+
+    A source with an unlabelled video (CSV row with an empty score) goes to train, where
+    distillation can use it; the val/test fractions apply to the fully labelled sources."""
+    all_sources = [it.source_id for it in items]
+    unlabelled = sorted({it.source_id for it in items if not it.is_labelled})
+    named_unlabelled = sorted(set(unlabelled) & set(split_config.test_sources or ()))
+    if named_unlabelled:
+        raise ValueError(f"test sources {named_unlabelled} have videos without a label; a test source needs every label")
+    sources = [s for s in all_sources if s not in set(unlabelled)]
     missing: list[str] = []
     if split_config.test_sources is not None:
         assignment = splits.named_test_split(sources, split_config.test_sources, split_config.val_fraction, split_config.seed)
         missing = splits.missing_sources(sources, split_config.test_sources)
     else:
         assignment = splits.seeded_split(sources, split_config.val_fraction, split_config.test_fraction, split_config.seed)
-    folds = splits.kfold(sources, split_config.folds, split_config.seed) if split_config.folds else None
+    assignment.update({s: "train" for s in unlabelled})
+    folds = splits.kfold(all_sources, split_config.folds, split_config.seed) if split_config.folds else None
     return assignment, folds, missing
 
 
