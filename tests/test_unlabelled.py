@@ -314,3 +314,28 @@ def test_report_records_the_labels():
     line = report.labels_line(built["jobs"])
     assert line.startswith("Labels: fraction 0.25 of train sources (seed 0): 2 sources / 8 videos labelled, 5 / 20 unlabelled")
     assert "distill: all train clips" in line and "baseline: labelled only" in line
+
+
+@pytest.mark.slow
+def test_label_scarce_run_end_to_end(shard_dir, tmp_path, capsys):
+    """A staged, cached run with half the training sources labelled: every job trains as many steps,
+    the cache covers the unlabelled clips, the report and the table record the labels."""
+    import json
+
+    from internvqa_jax import train
+    from internvqa_jax.training import feature_cache
+
+    fields = dict(data__labeled_fraction=0.5, loss__distill_score=1.0, teacher__mode="staged", teacher__cache_features=True, teacher__cache_views=2, optim__epochs=1.0)
+    report = train.run(tiny_config(shard_dir, **fields), str(tmp_path))
+    jobs = report["jobs"]
+    assert {name: j["labels"]["reads"] for name, j in jobs.items()} == {"teacher": "labeled", "distill": "all", "baseline": "labeled"}
+    assert len({j["steps"] for j in jobs.values()}) == 1
+    labels = jobs["distill"]["labels"]
+    assert labels["train_videos_unlabeled"] > 0 and labels["train_sources_labeled"] >= 1
+    cache = np.load(tmp_path / "teacher_cache" / "index.npy")
+    np.testing.assert_array_equal(cache, pipeline.split_indices(shard_dir, "train"))
+    assert feature_cache.ARRAYS == ("index", "pool", "score")
+    metrics = [json.loads(line) for line in open(tmp_path / "distill" / "metrics.jsonl")]
+    assert any("loss_distill_score" in m for m in metrics if m["split"] == "train")
+    assert "Labels: fraction 0.5 of train sources" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "report.json"))["jobs"]["baseline"]["labels"]["reads"] == "labeled"
