@@ -46,7 +46,28 @@ ARG_KEYS = {
     "teacher_mode": "teacher.mode",
     "distill": "distill",
     "baseline": "run_baseline",
+    "labeled_fraction": "data.labeled_fraction",
 }
+
+# The label-scarce demo (`scarce=true`): a quarter of the training sources labelled, the teacher's
+# score as the student's target on every clip. The weight is the student's label MSE weight, chosen
+# before any run (not tuned): on an unlabelled clip the teacher's score stands in for the missing
+# label at the same scale, and on a labelled clip it weighs as much as the label.
+SCARCE = {"labeled_fraction": 0.25, "distill_score": 1.0}
+
+
+def label_scarce(c: ml_collections.ConfigDict) -> None:
+    """`scarce=true`: `SCARCE`'s labelled fraction and `distill_score` weight. The step count stays the
+    full-label run's: an epoch is a pass over the whole training split in every job
+    (`training/loop.py:_schedule`), so the teacher and the baseline, which read only the labelled
+    quarter, see it 4 times per epoch rather than training 4 times fewer steps."""
+    c.data.labeled_fraction = SCARCE["labeled_fraction"]
+    c.loss.distill_score = SCARCE["distill_score"]
+
+
+# Preset keys that switch several fields at once (true/false): key -> what `true` applies. They act
+# before the ARG_KEYS presets, so `scarce=true,labeled_fraction=0.5` keeps the explicit fraction.
+SWITCH_KEYS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {"scarce": label_scarce}
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -59,11 +80,11 @@ def parse_arg(arg: str | None) -> dict[str, str]:
         if not part:
             continue
         if "=" not in part:
-            raise ValueError(f"config arg: '{part}' is not key=value (known keys: {sorted(ARG_KEYS)})")
+            raise ValueError(f"config arg: '{part}' is not key=value (known keys: {sorted(ARG_KEYS) + sorted(SWITCH_KEYS)})")
         key, value = part.split("=", 1)
         key = key.strip()
-        if key not in ARG_KEYS:
-            raise ValueError(f"config arg: unknown key '{key}'; expected one of {sorted(ARG_KEYS)}")
+        if key not in ARG_KEYS and key not in SWITCH_KEYS:
+            raise ValueError(f"config arg: unknown key '{key}'; expected one of {sorted(ARG_KEYS) + sorted(SWITCH_KEYS)}")
         out[key] = value.strip()
     return out
 
@@ -96,6 +117,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.spatial_mode = "resize_crop"  # or "fragments" (FAST-VQA grid mini-patches)
     c.data.workers = 0  # Grain worker processes (0 = in the main process)
     c.data.eval_batch_size = 8
+    # Labelled part of the training split: a seeded fraction of its sources keeps its labels, the rest
+    # is unlabelled (the teacher and the baseline never read it; the distilled student learns from
+    # the teacher alone there). Val and test keep every label. pipeline.label_partition owns the rule.
+    c.data.labeled_fraction = 1.0
+    c.data.labeled_seed = -1  # seed of that draw; -1: the run's `seed`
 
     c.teacher = model_config("1B")
     c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (teacher.init, no gradient) | staged (fine-tune here first, then frozen)
@@ -163,18 +189,34 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, name: str) -> None:
     c.optim.batch_size = p["batch_size"]
 
 
-def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> None:
-    """Writes parsed preset args into their fields (booleans accept true/false/1/0)."""
+def _parse_bool(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config arg: {key} must be true/false, got '{value}'")
+    return value.lower() in ("true", "1")
+
+
+def apply_switches(c: ml_collections.ConfigDict, args: dict[str, str]) -> None:
+    """Applies the SWITCH_KEYS presets of `args` set to true."""
     for key, value in args.items():
-        if key == "data":
-            continue  # handled first by apply_dataset_preset
+        if key in SWITCH_KEYS and _parse_bool(key, value):
+            SWITCH_KEYS[key](c)
+
+
+def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> None:
+    """Writes parsed preset args into their fields (booleans accept true/false/1/0, floats a number)."""
+    for key, value in args.items():
+        if key == "data" or key in SWITCH_KEYS:
+            continue  # handled first by apply_dataset_preset / apply_switches
         section, _, field = ARG_KEYS[key].rpartition(".")
         target = c if not section else c[section]
         current = target[field]
         if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"config arg: {key} must be true/false, got '{value}'")
-            value = value.lower() in ("true", "1")
+            value = _parse_bool(key, value)
+        elif isinstance(current, float):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"config arg: {key} must be a number, got '{value}'") from None
         target[field] = value
 
 
@@ -186,8 +228,8 @@ def build_config(
     demo_unless: tuple[str, ...] = ("teacher", "student"),
 ) -> ml_collections.ConfigDict:
     """The steps every config file shares: parse `arg`, base fields, the job, the dataset preset,
-    the job's own settings, the CPU demo networks (data=demo and none of `demo_unless` given), then
-    the explicit presets of `arg`, which win over everything before them."""
+    the job's own settings, the CPU demo networks (data=demo and none of `demo_unless` given), the
+    switches of `arg` (SWITCH_KEYS), then its explicit presets, which win over everything before them."""
     args = parse_arg(arg)
     c = base_config()
     c.job = job
@@ -197,6 +239,7 @@ def build_config(
         job_settings(c)
     if data == "demo" and not any(key in args for key in demo_unless):
         demo_models(c)
+    apply_switches(c, args)
     apply_args(c, args)
     for net in ("teacher", "student"):
         if c[net].preset in REMAT_PRESETS and "remat" not in c[net].overrides:

@@ -6,6 +6,15 @@ No arg: the embedded CPU demo (tiny teacher and student on the demo data; the te
 alone first, then distilled from frozen through a feature cache). Why each demo setting is what it
 is: benchmarks/README.md, "The demo recipe".
 Paper setup: `configs/homologous.py:teacher=1B,student=B14,data=waterloo_ivc4k,teacher_init=PATH`.
+
+Label-scarce demo: `configs/homologous.py:scarce=true` (`common.label_scarce`): the demo with a
+seeded quarter of the training sources labelled (`data.labeled_fraction=0.25`, by source; val and
+test, and so the test split, are the full demo's), the teacher fine-tuned on that quarter, the
+baseline student trained on it alone, and the distilled student on every training clip (labels on
+the quarter; the cached teacher's pooled feature and score, `loss.distill_score=1.0`, on all).
+Every network trains the full demo's number of steps: an epoch is a pass over the whole training
+split in every job, so the labelled-only networks see their quarter 4x per epoch (a choice, not an
+accident: fewer steps would confound less data with less training).
 """
 
 from __future__ import annotations

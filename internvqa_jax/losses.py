@@ -6,7 +6,8 @@ Default objective (the authors' code):
     SmoothL1(beta=2)(LN(s_pool), LN(t_pool)) + MSE(s, y) + MSE(t, y)
 
 with `LN` a LayerNorm without scale or bias, `*_pool` the `clip_projector` outputs and `s`, `t`
-the predicted scores. Options: the PLCC and pairwise rank losses of FAST-VQA, and a multi-layer
+the predicted scores. Label terms are averaged over the clips that have a label (`labeled`).
+Options: the teacher's score as the student's target (`distill_score`), the PLCC and pairwise rank losses of FAST-VQA, and a multi-layer
 token distillation (`2 - 2 cos` of l2-normalised tokens, student tokens mapped to the teacher width
 by small MLP decoders, InternVideo2's own distillation), optionally on a random visible subset of the
 token positions (`visible_token_indices`, UMT-style 80 % masking).
@@ -46,44 +47,72 @@ def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
-def _standardise(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """(x - mean) / (population std + eps), as FAST-VQA normalises a batch of scores."""
+def _weights(x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Per-example weights (1 = counts, 0 = masked out) of a `(B,)` batch and how many count."""
+    w = jnp.ones(x.shape, jnp.float32) if mask is None else jnp.reshape(mask, x.shape).astype(jnp.float32)
+    return w, jnp.sum(w)
+
+
+def masked_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Mean of `(B,)` values over the examples `mask` keeps (all without one); 0 when none is kept.
+
+    Masked values are replaced, not multiplied, so a NaN there cannot leak into the result or its gradient."""
+    w, n = _weights(values, mask)
+    return jnp.sum(jnp.where(w > 0, values, 0.0) * w) / jnp.maximum(n, 1.0)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """`mse` over the examples `mask` keeps (`(B,)` bool, None: all); 0 when none is kept."""
+    if pred.shape != target.shape:
+        raise ValueError(f"mse: shapes differ, prediction {pred.shape} vs target {target.shape}")
+    w, _ = _weights(pred, mask)
+    target = jnp.where(w > 0, target.astype(jnp.float32), 0.0)
+    return masked_mean(jnp.square(pred.astype(jnp.float32) - target), mask)
+
+
+def _standardise(x: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8) -> jax.Array:
+    """(x - mean) / (population std + eps) over the kept examples, as FAST-VQA normalises a batch of scores."""
     x = x.astype(jnp.float32)
-    mean = jnp.mean(x)
-    std = jnp.sqrt(jnp.mean(jnp.square(x - mean)))
-    return (x - mean) / (std + eps)
+    w, _ = _weights(x, mask)
+    x = jnp.where(w > 0, x, 0.0)
+    mean = masked_mean(x, mask)
+    std = jnp.sqrt(masked_mean(jnp.square(x - mean), mask))
+    return (x - mean) / (std + eps) * w
 
 
-def plcc_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """FAST-VQA's PLCC loss on a batch of scores `(B,)`.
+def plcc_loss(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """FAST-VQA's PLCC loss on a batch of scores `(B,)` (over the examples `mask` keeps).
 
     Both vectors are standardised; the loss averages MSE(p, y)/4 and MSE(rho p, y)/4 with rho their
     correlation, so it is 0 for perfectly correlated scores and needs batch size >= 2.
     """
     pred = jnp.reshape(pred, (-1,))
     target = jnp.reshape(target, (-1,))
-    p = _standardise(pred)
-    y = _standardise(target)
-    loss_shift = jnp.mean(jnp.square(p - y)) / 4.0
-    rho = jnp.mean(p * y)
-    loss_corr = jnp.mean(jnp.square(rho * p - y)) / 4.0
+    p = _standardise(pred, mask)
+    y = _standardise(target, mask)
+    loss_shift = masked_mean(jnp.square(p - y), mask) / 4.0
+    rho = masked_mean(p * y, mask)
+    loss_corr = masked_mean(jnp.square(rho * p - y), mask) / 4.0
     return (loss_shift + loss_corr) / 2.0
 
 
-def rank_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+def rank_loss(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """FAST-VQA's pairwise rank loss on `(B,)` scores: hinge on every mis-ordered pair.
 
     For each pair (i, j) the penalty is relu((p_i - p_j) * sign(y_j - y_i)), summed, divided by
-    B (B - 1) and by (1 + largest penalty) to keep its scale bounded.
+    B (B - 1) and by (1 + largest penalty) to keep its scale bounded. With `mask` only pairs of two
+    kept examples count, and B is the number kept (0 when fewer than 2 are).
     """
     p = jnp.reshape(pred, (-1,)).astype(jnp.float32)
     y = jnp.reshape(target, (-1,)).astype(jnp.float32)
     b = p.shape[0]
     if b < 2:
         raise ValueError(f"rank_loss: needs a batch of at least 2 scores, got {b}")
-    pair = jax.nn.relu((p[:, None] - p[None, :]) * jnp.sign(y[None, :] - y[:, None]))
+    w, n = _weights(p, mask)
+    p, y = jnp.where(w > 0, p, 0.0), jnp.where(w > 0, y, 0.0)
+    pair = jax.nn.relu((p[:, None] - p[None, :]) * jnp.sign(y[None, :] - y[:, None])) * (w[:, None] * w[None, :])
     scale = 1.0 + jnp.max(pair)
-    return jnp.sum(pair) / b / (b - 1) / scale
+    return jnp.sum(pair) / jnp.maximum(n * (n - 1.0), 1.0) / scale
 
 
 def cosine_distillation(student_tokens: jax.Array, teacher_tokens: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -197,7 +226,13 @@ def feature_distillation(student_pool: jax.Array, teacher_pool: jax.Array, beta:
 #   student_*/teacher_*  regression of that network's score on the label: mse, plcc (1 - PLCC),
 #                   rank (pairwise ranking)
 #   token           multi-layer token distillation through MLP decoders
-LOSS_TERMS = ("feature", "student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank", "token")
+#   distill_score   MSE(student score, teacher score): the teacher's score as the student's target
+#                   (the teacher side gets no gradient); with `feature` and `token` the only terms an
+#                   unlabelled clip (data.labeled_fraction < 1, a CSV row without a score) reaches
+# Label terms (student_*/teacher_*) are masked per example by the batch's `labeled` flag; the
+# teacher terms (LABEL_FREE_TERMS) use every clip.
+LOSS_TERMS = ("feature", "student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank", "token", "distill_score")
+LABEL_FREE_TERMS = ("feature", "token", "distill_score")
 
 
 def total_loss(
@@ -209,11 +244,14 @@ def total_loss(
     teacher_pool: jax.Array | None = None,
     token_loss: jax.Array | None = None,
     smooth_l1_beta: float = 2.0,
+    labeled: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted sum of the enabled terms; returns (total, per-term values before weighting).
 
     Weight keys: `LOSS_TERMS`. A term whose weight is 0 or missing is not computed; one that needs a
-    missing input is an error.
+    missing input is an error. `labeled` `(B,)` bool (None: every clip has a label): the label terms
+    average over the labelled clips only (an unlabelled clip's label, whatever it holds, changes
+    neither their value nor any gradient); the teacher terms use every clip.
     """
     unknown = set(weights) - set(LOSS_TERMS)
     if unknown:
@@ -233,12 +271,15 @@ def total_loss(
             terms[name] = feature_distillation(need(name, student_pool), need(name, teacher_pool), smooth_l1_beta)
         elif name == "token":
             terms[name] = need(name, token_loss)
+        elif name == "distill_score":
+            target = jax.lax.stop_gradient(jnp.reshape(need(name, teacher_score), (-1,)))
+            terms[name] = mse(jnp.reshape(need(name, student_score), (-1,)), target)
         else:
             who, kind = name.split("_")
             score = need(name, student_score if who == "student" else teacher_score)
             score = jnp.reshape(score, (-1,))
-            fn = {"mse": mse, "plcc": plcc_loss, "rank": rank_loss}[kind]
-            terms[name] = fn(score, label)
+            fn = {"mse": masked_mse, "plcc": plcc_loss, "rank": rank_loss}[kind]
+            terms[name] = fn(score, label, labeled)
     if not terms:
         raise ValueError("loss weights: every weight is 0, nothing to optimise")
     total = sum(float(weights[k]) * v for k, v in terms.items())

@@ -48,6 +48,8 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
     Teacher modes: `cotrain` (authors: teacher and student trained together), `frozen` (teacher from
     `teacher.init`, pre-fine-tuned elsewhere, no gradient) and `staged` (this run fine-tunes the
     teacher alone for `teacher.epochs` first, then distils from it frozen).
+    With `data.labeled_fraction` < 1 the teacher and baseline jobs read the labelled training clips
+    only; the distillation job reads them all, unlabelled ones reaching the teacher terms only.
     """
     w = {k: float(config.loss[k]) for k in losses.LOSS_TERMS}
     student_only = {k: v for k, v in w.items() if k.startswith("student_")}
@@ -67,7 +69,11 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
             jobs.append(teacher_job)
             init_exports = (("teacher", export.export_name(teacher_job, "teacher")),)
         cached = bool(config.teacher.cache_features)
-        jobs.append(builder.JobSpec("distill", ("student", "teacher"), weights, teacher_frozen=frozen, teacher_cached=cached, init_exports=init_exports))
+        jobs.append(
+            builder.JobSpec(
+                "distill", ("student", "teacher"), weights, teacher_frozen=frozen, teacher_cached=cached, init_exports=init_exports, unlabelled_clips=True
+            )
+        )
     if config.run_baseline or not config.distill:
         jobs.append(builder.JobSpec("baseline", ("student",), student_only or {"student_mse": 1.0}))
     return jobs

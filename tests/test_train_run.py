@@ -95,7 +95,7 @@ def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, t
     val_steps = [r["step"] for r in map(json.loads, open(os.path.join(workdir, "baseline", "metrics.jsonl"))) if r["split"] == "val"]
     assert len(val_steps) >= 2 and result["steps"] == val_steps[-1]
     assert result["test_from_step"] == val_steps[0] and result["best_val_srcc"] == 1.0
-    assert report["jobs"]["baseline"] == {k: result[k] for k in ("steps", "test_from_step", "best_val_srcc", "export")}
+    assert report["jobs"]["baseline"] == {k: result[k] for k in ("steps", "test_from_step", "best_val_srcc", "export", "labels")}
     # the exported student holds the best step's weights, which differ from the last step's
     best, last = restored_steps(workdir, val_steps[0], result["steps"])
     assert_export_holds(workdir, _flat(best["params"]["student"]), other=_flat(last["params"]["student"]))
@@ -156,7 +156,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(shard_dir, tmp
 
     def poisoned(local, sharding, keys):
         """The 6th training batch (step 6) carries NaN labels; everything else is untouched."""
-        if keys == ("frames", "label"):
+        if keys == ("frames", "label", "labeled"):
             calls["train"] += 1
             if calls["train"] == 6:
                 local = dict(local, label=np.full_like(local["label"], np.nan))

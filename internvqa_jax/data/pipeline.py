@@ -9,9 +9,14 @@ picks a random draw, eval takes draw k mod D for segment k.
 
 Batches are dicts of numpy arrays:
 - train: `frames` uint8 (B, T, H, W, 3), `label` float32 (B,), `index` int64 (B,) (the video's row
-  in the manifest's `records`, see `record_table`);
+  in the manifest's `records`, see `record_table`), `labeled` bool (B,) (False: an unlabelled clip,
+  whose `label` is 0 and must not reach a label loss);
 - eval: `frames` uint8 (B, V, T, H, W, 3), `label`, `index`, `mask` bool (B,) (False = padding).
 Normalisation (`sampling.normalize`) runs on the device.
+
+Labelled and unlabelled training clips: `label_partition` is the one owner of which training
+records keep their label (`data.labeled_fraction`, by source, seeded; a NaN label is always
+unlabelled); `train_dataset(indices=..., labelled=...)` takes its answer.
 
 Iterator state: `it.get_state()` / `it.set_state(state)` (JSON-able dicts), saved by
 `save_iterator_state` or through orbax with Grain's handler:
@@ -22,6 +27,7 @@ A restored iterator yields exactly the batches the uninterrupted one would have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -31,6 +37,7 @@ import grain
 import numpy as np
 
 from internvqa_jax.data import sampling, shards, splits
+from internvqa_jax.data.records import is_label
 
 
 def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -51,6 +58,56 @@ def split_indices(shard_dir: str | os.PathLike, split: str) -> np.ndarray:
     if idx.size == 0:
         raise ValueError(f"{shard_dir}: split {split!r} has no records (per split: {manifest['counts']['per_split']})")
     return idx
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelPartition:
+    """Which training records keep their label: sorted record indices of each part, and the
+    fraction of label-bearing training sources that was asked to keep it."""
+
+    fraction: float
+    seed: int
+    labelled: np.ndarray  # (L,) int64 record indices, sorted
+    unlabelled: np.ndarray  # (U,) int64
+    labelled_sources: int
+    unlabelled_sources: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able counts for results and the report."""
+        return {
+            "labeled_fraction": self.fraction, "labeled_seed": self.seed,
+            "train_sources_labeled": self.labelled_sources, "train_sources_unlabeled": self.unlabelled_sources,
+            "train_videos_labeled": int(self.labelled.size), "train_videos_unlabeled": int(self.unlabelled.size),
+        }
+
+
+def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: int = 0, split: str = "train") -> LabelPartition:
+    """Splits the records of the training `split` into labelled and unlabelled, for every job of a run.
+
+    Sources, not videos, are drawn: a seeded `round(fraction * S)` (at least 1) of the S training
+    sources with a label keep their labels, so all encodes of a source fall on the same side. A
+    record whose stored label is NaN (CSV row with an empty score) is unlabelled wherever its source
+    falls. The evaluation splits keep every label: an unlabelled record there is an error.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.labeled_fraction: expected a fraction in (0, 1], got {fraction}")
+    records = {int(r["index"]): r for r in record_table(shard_dir)}
+    for name in splits.EVAL_SPLITS:
+        bad = [records[i]["video_id"] for i in splits.select(list(records.values()), name) if not is_label(records[i]["label"])]
+        if bad:
+            raise ValueError(f"{shard_dir}: split {name!r} holds {len(bad)} video(s) without a label (first: {bad[:3]}); evaluation needs every label")
+    indices = split_indices(shard_dir, split)
+    has_label = {int(i): is_label(records[int(i)]["label"]) for i in indices}
+    sources = sorted({str(records[i]["source_id"]) for i, ok in has_label.items() if ok})
+    keep = sources
+    if fraction < 1.0 and sources:
+        order = np.random.default_rng(seed).permutation(len(sources))
+        keep = [sources[k] for k in order[: max(1, int(round(fraction * len(sources))))]]
+    keep_set = set(keep)
+    labelled = np.asarray([i for i, ok in has_label.items() if ok and str(records[i]["source_id"]) in keep_set], np.int64)
+    unlabelled = np.setdiff1d(indices, labelled)
+    all_sources = {str(records[int(i)]["source_id"]) for i in indices}
+    return LabelPartition(float(fraction), int(seed), np.sort(labelled), unlabelled, len(keep_set), len(all_sources - keep_set))
 
 
 def process_part(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
@@ -83,13 +140,15 @@ class TrainTransform(grain.transforms.RandomMap):
     fragment positions, then flip.
     """
 
-    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, flip: bool = True):
+    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, flip: bool = True, unlabelled: np.ndarray | None = None):
         self.store = _Records(shard_dir)
         self.num_frames, self.size, self.flip = num_frames, size, flip
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
+        # Records whose label is withheld (`label_partition`): their examples carry label 0, labeled False.
+        self.unlabelled = frozenset(int(i) for i in (() if unlabelled is None else unlabelled))
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One training example `{"frames", "label", "index"}` of video `index`."""
+        """One training example `{"frames", "label", "index", "labeled"}` of video `index`."""
         records, index = self.store.records, int(index)
         draws = records.fragment_draws(index)
         if draws:  # pre-drawn mosaics: pick a draw, then frames within it; no spatial sampling
@@ -102,7 +161,10 @@ class TrainTransform(grain.transforms.RandomMap):
             idx = sampling.train_segment_indices(records.num_frames(index), self.num_frames, rng)
             frames, meta = records.read_views(index, idx)  # fragments gather from the views directly
             clip = sampling.spatial_train(frames, self.size, self.spatial_mode, rng, self.flip)
-        return {"frames": clip, "label": np.float32(meta["label"]), "index": np.int64(index)}
+        labeled = index not in self.unlabelled and is_label(meta["label"])
+        # A withheld label never leaves the pipeline: the step masks the clip out of the label losses.
+        label = np.float32(meta["label"]) if labeled else np.float32(0.0)
+        return {"frames": clip, "label": label, "index": np.int64(index), "labeled": np.bool_(labeled)}
 
 
 class EvalTransform(grain.transforms.Map):
@@ -177,13 +239,25 @@ def train_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     transform: grain.transforms.RandomMap | None = None,
+    indices: np.ndarray | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> grain.IterDataset:
     """Infinite shuffled training dataset of this process's part of `split` (see module doc).
 
     `transform` (record index, rng) -> example replaces the default `TrainTransform` (the
     frozen-teacher cache draws one of its seeded views instead); shuffle, split and seeds stay.
+    `indices` (records of `split`, e.g. `label_partition(...).labelled`) restricts the records read;
+    `unlabelled` names those whose label is withheld (the default transform marks them `labeled`
+    False; a custom transform takes them itself).
     """
-    indices, process_index, process_count = _split_for_process(shard_dir, split, spatial_mode, size, process_index, process_count)
+    all_indices, process_index, process_count = _split_for_process(shard_dir, split, spatial_mode, size, process_index, process_count)
+    if indices is None:
+        indices = all_indices
+    else:
+        indices = np.sort(np.asarray(indices, np.int64))
+        foreign = np.setdiff1d(indices, all_indices)
+        if foreign.size:
+            raise ValueError(f"{shard_dir}: records {foreign[:5].tolist()} are not in split {split!r}")
     part = process_part(indices, process_index, process_count)
     if part.size == 0:
         raise ValueError(f"{shard_dir}: split {split!r} leaves no record for process {process_index} of {process_count}")
@@ -191,7 +265,7 @@ def train_dataset(
     # Each process shuffles its own part with a process-specific seed; repeat reshuffles every epoch.
     ds = ds.shuffle(seed=seed * 1009 + process_index).repeat()
     if transform is None:
-        transform = TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip)
+        transform = TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip, unlabelled=unlabelled)
     ds = ds.random_map(transform, seed=seed * 1009 + process_index + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
     return _finish(ds, workers, read_threads, prefetch)

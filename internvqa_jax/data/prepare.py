@@ -376,17 +376,26 @@ def assign_splits(items: Sequence[VideoItem], split_config: SplitConfig) -> tupl
     """(source -> split, source -> fold or None, named test sources that no item carries).
 
     Whole content groups (`content_groups`) are assigned, so no cut of a held-out file reaches
-    training; items without a group split by source as before.
-    """
-    sources = [it.source_id for it in items]
+    training; items without a group split by source as before. A source with an unlabelled video
+    (CSV row with an empty score) goes to train with its whole group, where distillation can use it;
+    the val/test fractions apply to the fully labelled groups."""
+    all_sources = [it.source_id for it in items]
     groups = content_groups(items)
+    # A group with an unlabelled video trains whole, so no cut of it is held out while another trains.
+    unlabelled_groups = {groups.get(it.source_id, it.source_id) for it in items if not it.is_labelled}
+    unlabelled = sorted({s for s in all_sources if groups.get(s, s) in unlabelled_groups})
+    named_unlabelled = sorted(set(unlabelled) & set(split_config.test_sources or ()))
+    if named_unlabelled:
+        raise ValueError(f"test sources {named_unlabelled} have videos without a label; a test source needs every label")
+    sources = [s for s in all_sources if s not in set(unlabelled)]
     missing: list[str] = []
     if split_config.test_sources is not None:
         assignment = splits.named_test_split(sources, split_config.test_sources, split_config.val_fraction, split_config.seed, groups=groups)
         missing = splits.missing_sources(sources, split_config.test_sources)
     else:
         assignment = splits.seeded_split(sources, split_config.val_fraction, split_config.test_fraction, split_config.seed, groups=groups)
-    folds = splits.kfold(sources, split_config.folds, split_config.seed, groups=groups) if split_config.folds else None
+    assignment.update({s: "train" for s in unlabelled})
+    folds = splits.kfold(all_sources, split_config.folds, split_config.seed, groups=groups) if split_config.folds else None
     return assignment, folds, missing
 
 

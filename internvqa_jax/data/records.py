@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -12,7 +13,8 @@ class VideoItem:
 
     `label` is on the dataset's published scale divided as in the method (BVI-HD DMOS/100, Waterloo
     MOS/100, demo VMAF/100), so higher is always better except for `label_kind == "dmos"`, where the
-    dataset's own convention (higher = worse) is kept and recorded.
+    dataset's own convention (higher = worse) is kept and recorded. An unlabelled video (a CSV row
+    with an empty score) has `label` NaN; `is_labelled` says which.
     """
 
     path: str
@@ -27,6 +29,11 @@ class VideoItem:
     quality_param: str = ""  # e.g. "crf=28", "qp=37", "level=2"
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def is_labelled(self) -> bool:
+        """False for a video without a quality label (`label` NaN: usable only by distillation)."""
+        return is_label(self.label)
+
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-serialisable dict."""
         return dataclasses.asdict(self)
@@ -39,6 +46,11 @@ class VideoItem:
         if unknown:
             raise ValueError(f"VideoItem: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
         return cls(**d)
+
+
+def is_label(value: Any) -> bool:
+    """True if `value` (a stored or listed label) is a quality label; NaN or None mark an unlabelled video."""
+    return value is not None and math.isfinite(float(value))
 
 
 @dataclasses.dataclass(frozen=True)

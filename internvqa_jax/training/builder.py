@@ -38,6 +38,9 @@ class JobSpec:
     # (network, export folder of an earlier job of the run) pairs: the network starts from those
     # weights instead of config.<network>.init, and is not exported again (staged teacher)
     init_exports: tuple[tuple[str, str], ...] = ()
+    # True: the job reads every training clip, the unlabelled ones (data.labeled_fraction < 1, NaN
+    # labels) reaching only the teacher terms; False: only the labelled part, never loading the rest
+    unlabelled_clips: bool = False
 
 
 @dataclasses.dataclass

@@ -28,7 +28,20 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     _check_jobs(config)
     _check_teacher_cache(config)
     _check_optim(config, num_devices)
+    _check_labels(config)
     _check_rest(config)
+
+
+def _check_labels(config: ml_collections.ConfigDict) -> None:
+    """The labelled part of the training split (`pipeline.label_partition`): a fraction in (0, 1]."""
+    fraction = float(config.data.labeled_fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(
+            f"config.data.labeled_fraction: expected a fraction of the training sources in (0, 1] (1 = every label), got {fraction}"
+        )
+    seed = config.data.labeled_seed
+    if not isinstance(seed, int) or seed < -1:
+        raise ValueError(f"config.data.labeled_seed: expected an integer seed >= 0, or -1 for the run's seed, got {seed!r}")
 
 
 def _check_jobs(config: ml_collections.ConfigDict) -> None:

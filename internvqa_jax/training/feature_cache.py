@@ -13,12 +13,14 @@ On disk (`WORKDIR/teacher_cache/`, written by process 0 as a temp folder renamed
 killed build leaves no half cache under the real name):
   index.npy     (N,) int64 record indices of the train split, sorted
   pool.npy      (N, K, D) float32 pooled teacher features (`clip_projector` output)
-  score.npy     (N, K) float32 teacher scores
+  score.npy     (N, K) float32 teacher scores (the target of the `distill_score` loss term)
   manifest.json the identity the cache was built for (teacher weights, data, views) + shapes
 
 `load` returns None for a missing, partial or stale cache (the manifest's identity differs: other
 teacher checkpoint, shards, clip geometry, seed or K), and `ensure` then rebuilds it.
 `teacher_cache` is what a training job calls: the cache of its frozen teacher, reused or built.
+It covers every record of the training split, labelled or not (`pipeline.label_partition`): on an
+unlabelled clip the teacher's cached outputs are all the student learns from.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def view_rng(seed: int, index: int, view: int) -> np.random.Generator:
 class ViewTransform(grain.transforms.Map):
     """(record index, view) -> that seeded training view: `frames`, `label`, `index`, `view`."""
 
-    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, seed: int, flip: bool = True):
-        self.clip = pipeline.TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip)
+    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, seed: int, flip: bool = True, unlabelled: np.ndarray | None = None):
+        self.clip = pipeline.TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip, unlabelled=unlabelled)
         self.seed = int(seed)
 
     def view(self, index: int, view: int) -> dict[str, np.ndarray]:
@@ -80,8 +82,10 @@ class ViewTransform(grain.transforms.Map):
 class CachedViewTransform(grain.transforms.RandomMap):
     """Record index -> one of its K cached views, `v` drawn from the element's random stream."""
 
-    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, seed: int, num_views: int, flip: bool = True):
-        self.views = ViewTransform(shard_dir, num_frames, size, spatial_mode, seed, flip)
+    def __init__(
+        self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, seed: int, num_views: int, flip: bool = True, unlabelled: np.ndarray | None = None
+    ):
+        self.views = ViewTransform(shard_dir, num_frames, size, spatial_mode, seed, flip, unlabelled=unlabelled)
         self.num_views = int(num_views)
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -104,18 +108,21 @@ def train_iterator(
     prefetch: int = 2,
     process_index: int = 0,
     process_count: int = 1,
+    indices: np.ndarray | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> grain.DatasetIterator:
     """Infinite training iterator over cached views; batches as `pipeline.train_iterator` plus `view` (B,).
 
     `pipeline.train_iterator` with the cached-view transform: the same shuffle, per-process split and
     seeds; only the view draw differs (see module doc). Its state saves and restores through orbax
-    like the uncached iterator's.
+    like the uncached iterator's. `indices` and `unlabelled` as in `pipeline.train_dataset` (the
+    cache covers every training record, labelled or not).
     """
-    views = CachedViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed, num_views)
+    views = CachedViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed, num_views, unlabelled=unlabelled)
     return pipeline.train_iterator(
         shard_dir, split, batch_size=batch_size, num_frames=num_frames, size=size, spatial_mode=spatial_mode, seed=seed,
         workers=workers, read_threads=read_threads, prefetch=prefetch, process_index=process_index,
-        process_count=process_count, transform=views,
+        process_count=process_count, transform=views, indices=indices,
     )
 
 

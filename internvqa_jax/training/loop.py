@@ -240,6 +240,7 @@ class JobSetup:
     manager: Any
     writer: writers.MetricWriter
     meta: dict[str, Any]
+    labels: pipeline.LabelPartition | None = None  # which training clips have a label (label_partition)
 
     @property
     def main_net(self) -> str:
@@ -262,8 +263,20 @@ class JobSetup:
         return check_finite_predictions(result, self.manager, f"job {self.job.name}, {split} split")
 
 
+def label_partition(config: ml_collections.ConfigDict, shard_dir: str) -> pipeline.LabelPartition:
+    """The run's labelled and unlabelled training records (`pipeline.label_partition`, the one owner),
+    from `data.labeled_fraction` and `data.labeled_seed` (-1: the run's `seed`)."""
+    d = config.data
+    seed = int(d.labeled_seed) if int(d.labeled_seed) >= 0 else int(config.seed)
+    return pipeline.label_partition(shard_dir, float(d.labeled_fraction), seed)
+
+
 def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> tuple[int, int, int]:
-    """(steps per epoch, steps this run trains, steps the learning-rate schedule spans)."""
+    """(steps per epoch, steps this run trains, steps the learning-rate schedule spans).
+
+    An epoch is a pass over the whole training split, labelled or not, in every job: a job that reads
+    only the labelled part (`data.labeled_fraction` < 1) trains as many steps as the others, so it
+    sees its own clips 1 / fraction times per epoch instead of getting fewer steps."""
     o = config.optim
     num_train = len(pipeline.split_indices(shard_dir, "train"))
     steps_per_epoch = max(1, num_train // o.batch_size)
@@ -274,12 +287,14 @@ def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     return steps_per_epoch, total_steps, optim_steps
 
 
-def _train_iterator(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> Any:
-    """This process's part of the shuffled training batches (of the cached views for a cached teacher)."""
+def _train_iterator(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, labels: pipeline.LabelPartition) -> Any:
+    """This process's part of the shuffled training batches (of the cached views for a cached teacher):
+    every training clip, the unlabelled ones flagged (`job.unlabelled_clips`), or the labelled ones only."""
     d, pcount = config.data, jax.process_count()
+    records = dict(indices=None, unlabelled=labels.unlabelled) if job.unlabelled_clips else dict(indices=labels.labelled, unlabelled=None)
     args = dict(
         batch_size=config.optim.batch_size // pcount, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
-        seed=int(config.seed), workers=int(d.workers), process_index=jax.process_index(), process_count=pcount,
+        seed=int(config.seed), workers=int(d.workers), process_index=jax.process_index(), process_count=pcount, **records,
     )
     if job.teacher_cached:  # one of K seeded views per clip, the views the teacher cache holds
         return feature_cache.train_iterator(shard_dir, "train", num_views=int(config.teacher.cache_views), **args)
@@ -303,7 +318,8 @@ def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     batch_sh = sharding.batch_sharding(mesh)
     steps_per_epoch, total_steps, optim_steps = _schedule(config, job, shard_dir)
-    train_iter = _train_iterator(config, job, shard_dir)
+    labels = label_partition(config, shard_dir)
+    train_iter = _train_iterator(config, job, shard_dir, labels)
     local_devices = max(1, mesh.devices.size // jax.process_count())
     eval_bs = max(local_devices, (int(config.data.eval_batch_size) // local_devices) * local_devices)
     built = builder.build(config, job, optim_steps)
@@ -322,7 +338,7 @@ def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     restore_target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
     return JobSetup(
         config, job, shard_dir, built, steps_per_epoch, total_steps, train_iter, eval_bs, batch_sh, state_sh, restore_target, train_step,
-        val_nets, test_nets, score_steps, manager, writer, {"job": job.name, "config": config.to_json()},
+        val_nets, test_nets, score_steps, manager, writer, {"job": job.name, "config": config.to_json()}, labels,
     )
 
 
@@ -364,14 +380,14 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
 
         progress = tqdm(total=setup.total_steps, initial=start, desc=setup.job.name, dynamic_ncols=True, file=sys.stdout)
     rate = Throughput(c.optim.batch_size)
-    keys = ("frames", "label") if cache is None else ("frames", "label", "teacher_pool", "teacher_score")
+    keys = ("frames", "label", "labeled") + (() if cache is None else ("teacher_pool", "teacher_score"))
     step = start
     with StopFlag() as stop:
         while step < setup.total_steps:
             local = next(setup.train_iter)
             if cache is not None:
                 local = cache.attach(local)
-            state, m = setup.train_step(state, global_batch(local, setup.batch_sh, keys))
+            state, m = setup.train_step(state, global_batch(local, setup.batch_sh, tuple(k for k in keys if k in local)))
             step += 1
             if progress is not None:
                 progress.update(1)
@@ -415,7 +431,17 @@ def test_and_export(setup: JobSetup, state: dict, step: int, workdir: str) -> di
     for net, m in test.items():
         setup.writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step})
     exported = export.export_networks(setup.config, setup.job, setup.built, state_lib.eval_weights(state), workdir, setup.shard_dir)
-    return {"job": setup.job.name, "steps": step, "test_from_step": test_step, "best_val_srcc": best_val, "test": test, "export": exported}
+    return {
+        "job": setup.job.name, "steps": step, "test_from_step": test_step, "best_val_srcc": best_val, "test": test, "export": exported,
+        "labels": job_labels(setup.job, setup.labels),
+    }
+
+
+def job_labels(job: builder.JobSpec, labels: pipeline.LabelPartition | None) -> dict[str, Any]:
+    """What a job's result records of the labels: the partition's counts and which part it read."""
+    out = {} if labels is None else labels.summary()
+    out["reads"] = "all" if job.unlabelled_clips else "labeled"
+    return out
 
 
 def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str, workdir: str) -> dict[str, Any]:

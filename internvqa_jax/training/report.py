@@ -3,7 +3,8 @@
 `report.json` holds `test` (one row per network: n, SRCC, PLCC, KRCC, RMSE over all test encodes
 pooled, and `metrics.source_metrics`' cross-source / within-source / per-codec figures), `jobs` (per job: the
 step training ended at, the step its test rows and export come from and that step's validation
-SRCC, the export paths), `test_split` (which clips were scored, so `compare_reports` only compares
+SRCC, the export paths, `labels`: the labelled fraction, labelled/unlabelled train sources and
+videos, and whether the job read all train clips or the labelled ones only), `test_split` (which clips were scored, so `compare_reports` only compares
 runs that scored the same ones) and the run's `config`.
 """
 
@@ -45,8 +46,26 @@ def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrai
         for net, m in res["test"].items():
             label = {"distill": f"{net} (distilled)" if net == "student" else teacher_row, "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
             rows[label] = {k: m[k] for k in ROW_METRICS} | (source_rows(m, records) if records else {})
-    jobs = {k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"]} for k, v in results.items()}
+    jobs = {
+        k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"], "labels": v.get("labels")}
+        for k, v in results.items()
+    }
     return {"test": rows, "jobs": jobs}
+
+
+def labels_line(jobs: dict[str, dict[str, Any]]) -> str:
+    """One line on the labelled part of the training split and which jobs read what ("" for results
+    written before jobs recorded it)."""
+    parts = {name: j["labels"] for name, j in jobs.items() if j.get("labels") and "labeled_fraction" in j["labels"]}
+    if not parts:
+        return ""
+    first = next(iter(parts.values()))
+    reads = ", ".join(f"{name}: {'all train clips' if lab['reads'] == 'all' else 'labelled only'}" for name, lab in parts.items())
+    return (
+        f"Labels: fraction {first['labeled_fraction']:g} of train sources (seed {first['labeled_seed']}): "
+        f"{first['train_sources_labeled']} sources / {first['train_videos_labeled']} videos labelled, "
+        f"{first['train_sources_unlabeled']} / {first['train_videos_unlabeled']} unlabelled; {reads}"
+    )
 
 
 def test_split_fingerprint(shard_dir: str) -> dict[str, Any]:
@@ -77,4 +96,5 @@ def make_report(results: dict[str, dict[str, Any]], config: ml_collections.Confi
 def write_report(workdir: str, report: dict[str, Any], dataset: str) -> None:
     """Writes `WORKDIR/report.json` and prints the test table (process 0 calls it)."""
     io_utils.atomic_write_json(os.path.join(workdir, io_utils.REPORT_FILE), report)
-    print("\nTest split (" + str(dataset) + "):\n" + format_table(report["test"]), flush=True)
+    line = labels_line(report.get("jobs", {}))
+    print("\nTest split (" + str(dataset) + "):\n" + format_table(report["test"]) + ("\n" + line if line else ""), flush=True)

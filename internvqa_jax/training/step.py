@@ -8,6 +8,10 @@ Cached teacher (`LossSpec.cached_teacher`): the frozen teacher's outputs come wi
 (`teacher_pool`, `teacher_score`, written once by `make_teacher_features` + `feature_cache`) and the
 teacher network is not run, nor even merged, in the train step.
 
+Unlabelled clips: a batch may carry `labeled` (B,) bool (`pipeline.TrainTransform`); the label
+terms are then averaged over the labelled clips only and the teacher terms over all
+(`losses.total_loss`). Without it every clip counts as labelled.
+
 Token masking (`LossSpec.token_mask_ratio` > 0, UMT / InternVideo2 stage 1 use 0.8): the fine-tuning
 `InternVideo2` takes no token mask (only the stage-2 `PretrainInternVideo2` does), so the student
 runs on all tokens and this module selects, before the decoders, the same random visible positions
@@ -104,6 +108,7 @@ def forward_losses(
         teacher_pool=None if t is None else t["pooled"],
         token_loss=token_loss,
         smooth_l1_beta=spec.smooth_l1_beta,
+        labeled=batch.get("labeled"),  # unlabelled clips reach the teacher terms only
     )
 
 
