@@ -138,6 +138,19 @@ def test_csv_empty_score_is_an_unlabelled_video(tmp_path):
     assert assignment["s2"] == "train" and assignment["s1"] == "train", "sources with an unlabelled video train"
 
 
+def test_a_content_group_with_an_unlabelled_video_trains_whole():
+    from internvqa_jax.data.records import VideoItem
+
+    def item(vid, src, group, label):
+        return VideoItem(f"/fake/{vid}.mp4", vid, src, label, "vmaf", extra={"content_group": group})
+
+    items = [item("a", "g1_a", "g1", float("nan")), item("b", "g1_b", "g1", 0.5)]
+    items += [item(f"v{i}", f"s{i}", f"g{i}", i / 10) for i in range(2, 8)]
+    for seed in range(5):
+        assignment, _, _ = prepare.assign_splits(items, prepare.SplitConfig(val_fraction=0.2, test_fraction=0.4, seed=seed))
+        assert assignment["g1_a"] == assignment["g1_b"] == "train", "a labelled cut of a group with unlabelled video is not held out"
+
+
 # ============================================================================ the loss masks unlabelled clips
 
 
