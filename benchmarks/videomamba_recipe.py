@@ -4,7 +4,8 @@
         [--steps 800] [--eval-every 200] [--views 8] [--seed 0]
 
 Each variant is the VideoMamba student of `configs/heterogeneous.py` (48-d x 4 blocks, 2 frames of
-64-px fragment mosaics) with one change (`VARIANTS`), trained alone (the "baseline" job, no
+64-px fragment mosaics, `linear_init="lecun"`) with one change (`VARIANTS`; "official" is the
+earlier demo student with the released std-0.02 weights), trained alone (the "baseline" job, no
 teacher) for `--steps` steps of batch 16 through the project's builder and train step, with the
 demo's optimiser (lr = base_lr x 16 / 256, its warm-up epochs, cosine over exactly `--steps`, no
 weight average). Training views are pre-drawn and kept in memory exactly as in
@@ -17,6 +18,7 @@ the mean training loss of the last 50 steps, the median step time and the wall t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo_geometry  # noqa: E402  (sibling benchmark: view drawing, batch plan, view-averaged SRCC)
 from configs import heterogeneous  # noqa: E402
 from internvqa_jax.data import pipeline, shards  # noqa: E402
+from internvqa_jax.models import videomamba  # noqa: E402
 from internvqa_jax.training import builder, loop  # noqa: E402
 
 BATCH = demo_geometry.BATCH
@@ -53,24 +56,36 @@ def _optim(**fields) -> Callable[[ml_collections.ConfigDict], None]:
     return apply
 
 
-def _both(*fns: Callable[[ml_collections.ConfigDict], None]) -> Callable[[ml_collections.ConfigDict], None]:
-    def apply(c: ml_collections.ConfigDict) -> None:
-        for fn in fns:
-            fn(c)
+@contextlib.contextmanager
+def _patched_pool(name: str):
+    """For the mean-pool diagnostic (not an official VideoMamba read-out), the forward pools the mean
+    of all tokens after norm_f instead of the cls token; the original forward is restored after."""
+    if name != "lecun_meanpool":
+        yield
+        return
+    original = videomamba.VideoMamba.__call__
 
-    return apply
+    def mean_pooled(self, x, return_layers=None):
+        out = original(self, x, return_layers)
+        out["pooled"] = out["tokens"].mean(axis=1)
+        out["logits"] = self.head(out["pooled"])
+        return out
+
+    videomamba.VideoMamba.__call__ = mean_pooled
+    try:
+        yield
+    finally:
+        videomamba.VideoMamba.__call__ = original
 
 
 # name -> (what changes against the demo's VideoMamba student, the change)
 VARIANTS: dict[str, tuple[str, Callable[[ml_collections.ConfigDict], None]]] = {
-    "demo": ("configs/heterogeneous.py as it was (std-0.02 linears, lr 1e-3)", lambda c: None),
-    "lecun": ("in_proj / x_proj / head at fan-in scale (linear_init=lecun)", _student(linear_init="lecun")),
-    "lecun_lr2x": ("lecun + peak lr 2e-3", _both(_student(linear_init="lecun"), _optim(base_lr=3.2e-2))),
-    "lecun_lr0.5x": ("lecun + peak lr 5e-4", _both(_student(linear_init="lecun"), _optim(base_lr=0.8e-2))),
-    "lecun_d2": ("lecun, 48-d x 2 blocks", _student(linear_init="lecun", depth=2)),
-    "lecun_d16": ("lecun, d_state 16", _student(linear_init="lecun", d_state=16)),
-    "lecun_dtmax1": ("lecun, dt in [1e-3, 1] (longer-range cls read-out at 129 tokens)", _student(linear_init="lecun", dt_max=1.0)),
-    "lecun_w64": ("lecun, 64-d x 4 blocks", _student(linear_init="lecun", embed_dim=64)),
+    "official": ("the earlier demo student: std-0.02 in_proj / x_proj / head (linear_init=official)", _student(linear_init="official")),
+    "lecun": ("configs/heterogeneous.py as it is: those weights at fan-in scale (linear_init=lecun)", lambda c: None),
+    "lecun_lr2x": ("lecun + peak lr 2e-3", _optim(base_lr=3.2e-2)),
+    "lecun_p16": ("lecun, 16-px patches (32 tokens per clip instead of 128)", _student(patch_size=16)),
+    "lecun_meanpool": ("diagnostic: lecun, pooled = mean of all tokens instead of the cls token", lambda c: None),
+    "lecun_d2": ("lecun, 48-d x 2 blocks", _student(depth=2)),
 }
 
 
@@ -150,7 +165,8 @@ def main() -> None:
     results = {}
     for name in names:
         print(f"{name} ...", file=sys.stderr, flush=True)
-        results[name] = run_variant(args, name, views, split, checkpoints)
+        with _patched_pool(name):
+            results[name] = run_variant(args, name, views, split, checkpoints)
 
     print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.1f} at the end")
     print(
