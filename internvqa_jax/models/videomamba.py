@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from internvqa_jax.models.family import ModelConfig, ModelFamily, ParamGroups
-from internvqa_jax.models.layers import TORCH_DEFAULT, TRUNC_NORMAL, ReturnLayers, conv_embed, linear, normalise_return_layers, param
+from internvqa_jax.models.layers import LINEAR_INITS, TORCH_DEFAULT, TRUNC_NORMAL, ReturnLayers, conv_embed, linear, linear_init, normalise_return_layers, param
 from internvqa_jax.models.mamba_mixer import LayerNorm, MambaMixer, RMSNorm, make_norm
 from internvqa_jax.models.selective_scan import SCAN_IMPLS
 
@@ -73,6 +73,9 @@ class VideoMambaConfig(ModelConfig):
     scan_impl: str = "auto"  # "auto" | "associative" | "chunked" | "sequential" (see selective_scan.py)
     scan_chunk: int = 64
     remat: bool = False
+    # Creation-time scheme of the in_proj / x_proj / head weights (layers.LINEAR_INITS): "official"
+    # (std 0.02, the released model's segm_init_weights) or "lecun" (fan-in scale). JAX-only.
+    linear_init: str = "official"
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
@@ -90,6 +93,8 @@ class VideoMambaConfig(ModelConfig):
         for name in ("drop_rate", "drop_path_rate", "fc_drop_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"VideoMambaConfig: {name} must be in [0, 1), got {getattr(self, name)}")
+        if self.linear_init not in LINEAR_INITS:
+            raise ValueError(f"VideoMambaConfig: linear_init must be one of {sorted(LINEAR_INITS)}, got {self.linear_init!r}")
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
     @property
@@ -163,6 +168,10 @@ class VideoMamba(nnx.Module):
     """Video VisionMamba: patch embed, cls + position embeddings, bidirectional Mamba blocks, norm_f, head."""
 
     def __init__(self, config: VideoMambaConfig, *, rngs: nnx.Rngs):
+        with linear_init(config.linear_init):
+            self._build(config, rngs)
+
+    def _build(self, config: VideoMambaConfig, rngs: nnx.Rngs) -> None:
         self.config = cfg = config
         dtype = jnp.dtype(cfg.dtype)
         t, h, w = cfg.grid
