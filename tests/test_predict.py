@@ -180,10 +180,12 @@ def test_predict_orders_held_out_demo_encodes_by_quality(tmp_path_factory, capsy
                           prepare.SplitConfig(test_sources=(DEMO_HELD_OUT,), val_fraction=0.15), workers=2, dataset="demo", progress=False)
     workdir = root / "work"
     # The demo config as shipped (staged tiny teacher, then the distilled student), except: this
-    # reduced data set, no baseline job, 80 steps per job, evaluation and checkpoints only at the end.
+    # reduced data set, no baseline job, 80 steps per job of a 200-step schedule (its own, so the
+    # demo preset's epochs, sized for the full data, do not move it), evaluation and checkpoints
+    # only at the end.
     cmd = [sys.executable, "-m", "internvqa_jax.train", "--config=configs/homologous.py", f"--workdir={workdir}",
            f"--config.data.shard_dir={shard_dir}", "--config.run_baseline=False",
-           "--config.optim.max_steps=80", "--config.eval_every_steps=1000", "--config.checkpoint.every_steps=1000",
+           "--config.optim.epochs=100", "--config.optim.warmup_epochs=2", "--config.optim.max_steps=80", "--config.eval_every_steps=1000", "--config.checkpoint.every_steps=1000",
            "--config.progress=False"]
     proc = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=1200,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
