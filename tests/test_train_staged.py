@@ -85,5 +85,7 @@ def test_staged_run_distils_from_the_teacher_jobs_export(shard_dir, tmp_path, mo
     assert val_rows and all("student_srcc" in r and "teacher_srcc" not in r for r in val_rows)
     rows = report["test"]
     assert set(rows) == {"teacher", "student (distilled)", "student (no distillation)"}
-    assert rows["teacher"] == {k: teacher_result["test"]["teacher"][k] for k in ("n", "srcc", "plcc", "krcc", "rmse")}
+    pooled = ("n", "srcc", "plcc", "krcc", "rmse")
+    assert {k: rows["teacher"][k] for k in pooled} == {k: teacher_result["test"]["teacher"][k] for k in pooled}
+    assert rows["teacher"]["srcc_cross_source"] == pytest.approx(rows["teacher"]["srcc"]), "the pooled SRCC is the cross-source one"
     assert report["jobs"]["teacher"]["steps"] == teacher_result["steps"]
