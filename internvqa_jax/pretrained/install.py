@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from internvqa_jax import io_utils, metrics
+from internvqa_jax.data.datasets.demo import crf_of
 from internvqa_jax.pretrained import BUNDLED_NAME, FIGURES_FILE, FIGURES_FORMAT, bundled_path
 
 # The fields of one scored test video in figures.json["videos"].
@@ -45,14 +46,6 @@ def test_records(shard_dir: str) -> list[dict[str, Any]]:
 
     records = {int(r["index"]): r for r in shards.load_manifest(shard_dir)["records"]}
     return [records[int(i)] for i in pipeline.split_indices(shard_dir, "test")]
-
-
-def crf_of(record: dict[str, Any]) -> int:
-    """The CRF of a demo record (`quality_param` "crf=28"); ValueError naming the video otherwise."""
-    text = str(record.get("quality_param", ""))
-    if not text.startswith("crf="):
-        raise ValueError(f"{record.get('video_id')}: quality_param {text!r}, expected 'crf=<int>' (a demo encode)")
-    return int(text[len("crf="):])
 
 
 def source_levels(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

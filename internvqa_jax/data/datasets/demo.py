@@ -83,6 +83,8 @@ MANIFEST = MANIFEST_FILE
 # 2: content groups are whole files, a seeded subset of the CRF ladder per source, recipe keys.
 FORMAT_VERSION = 2
 VMAF_MODEL = "vmaf_v0.6.1"
+# An encode's `VideoItem.quality_param` is this prefix and its CRF ("crf=28"); `crf_of` reads it back.
+QUALITY_PREFIX = "crf="
 
 # CRF per codec, best to worst. x264/x265 CRF runs to 51; VP9 and AV1 to 63 and lose quality more
 # slowly per step, so their scales are shifted and bunched at the top to spread VMAF. Even at CRF
@@ -416,6 +418,14 @@ def _synthetic_specs() -> list[SourceSpec]:
     return specs
 
 
+def crf_of(record: dict[str, Any]) -> int:
+    """The CRF of a demo record or item dict (`quality_param` "crf=28"); ValueError naming the video otherwise."""
+    text = str(record.get("quality_param", ""))
+    if not text.startswith(QUALITY_PREFIX):
+        raise ValueError(f"{record.get('video_id')}: quality_param {text!r}, expected '{QUALITY_PREFIX}<int>' (a demo encode)")
+    return int(text[len(QUALITY_PREFIX):])
+
+
 def video_id(source_id: str, codec: str, quality: int) -> str:
     """Id of one encode, also its file stem."""
     return f"{source_id}__{codec}_crf{quality}"
@@ -503,7 +513,7 @@ def _item_from_record(root: str, rec: dict[str, Any]) -> VideoItem:
         width=int(rec.get("width", WIDTH)),
         height=int(rec.get("height", HEIGHT)),
         bitrate_kbps=float(rec["bitrate_kbps"]),
-        quality_param=f"crf={rec['quality']}",
+        quality_param=f"{QUALITY_PREFIX}{rec['quality']}",
         extra={
             "vmaf": rec["vmaf"],
             "psnr": rec["psnr"],
