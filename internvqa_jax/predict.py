@@ -316,9 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def exit_now(status: int) -> None:
     """Ends the process with `status` once stdout/stderr are flushed, skipping interpreter shutdown.
 
-    After a failed orbax restore, TensorStore callbacks may still be queued for orbax's asyncio
-    loop, which is already closed; at shutdown each would print a 'RuntimeError: Event loop is
-    closed' traceback after the one-line error. Every output is written and flushed by then.
+    After a failed orbax restore, TensorStore reads may still be finishing on their own threads
+    (see `saving._silence_reads_after_failed_restore`); ending here leaves none of them running
+    into the interpreter's teardown. Every output is written and flushed by then.
     """
     sys.stdout.flush()
     sys.stderr.flush()

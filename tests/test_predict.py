@@ -345,6 +345,39 @@ def test_truncated_params_from_the_command_line_no_traceback(model_dir, folder, 
     assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
 
 
+def test_reads_finishing_after_a_failed_restore_are_silent(model_dir, folder, tmp_path, monkeypatch, capsys):
+    """A TensorStore read that completes after orbax closed its loop prints nothing; other reports still do."""
+    import asyncio
+    import threading
+
+    import tensorstore as ts
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))
+    damaged, _ = _damaged_copy(model_dir, tmp_path, "truncated")
+    (damaged / saving.PARAMS_CHECKSUMS).unlink()
+    assert predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={damaged}", "--no-progress"]) == predict.EXIT_CANNOT_RUN
+    capsys.readouterr()
+
+    # What orbax leaves behind: a coroutine awaiting a read, its loop closed, the read then finishing.
+    promise, future = ts.Promise.new()
+
+    async def awaiting_read():
+        return await future
+
+    loop = asyncio.new_event_loop()
+    loop.create_task(awaiting_read())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    finisher = threading.Thread(target=lambda: promise.set_result(1))
+    finisher.start()
+    finisher.join()
+    time.sleep(0.2)
+    assert reported == []
+    sys.unraisablehook(type("Unraisable", (), {"exc_value": ValueError("something else")})())
+    assert [str(e) for e in reported] == ["something else"]
+
+
 def test_predict_reports_truncated_matroska_and_transport_stream(model_dir, tmp_path, capsys):
     paths = []
     for ext in ("mkv", "ts"):

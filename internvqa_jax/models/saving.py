@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -278,12 +279,40 @@ def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathli
     raise FileNotFoundError(f"{p}: neither a model directory (no {CONFIG_FILE}) nor a training workdir (no {io_utils.EXPORT_DIR}/{which}/{CONFIG_FILE})")
 
 
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+    """Whether an unraisable exception is a TensorStore read finishing after orbax's loop closed."""
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _silence_reads_after_failed_restore() -> None:
+    """Drops the 'Event loop is closed' reports of reads still in flight when a restore failed.
+
+    Orbax runs a restore on a fresh asyncio loop and closes it as soon as one read fails; the
+    TensorStore reads still in flight then finish on their own threads and try to wake the closed
+    loop. Python reports each through `sys.unraisablehook` as a bare traceback, at any moment after
+    the one-line error (even mid-output). They carry nothing the error did not say. Every other
+    unraisable exception still reaches the previous hook. Installed once per process.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook._drops_closed_loop_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _restore(params_path: pathlib.Path, abstract_state: Any) -> Any:
     """Orbax restore of the parameters; any failure becomes one ModelDirError line."""
     checkpointer = ocp.StandardCheckpointer()
     try:
         return checkpointer.restore(params_path, abstract_state)
     except Exception as err:  # noqa: BLE001 - orbax/TensorStore raise bare Exceptions for damaged files
+        _silence_reads_after_failed_restore()
         raise _restore_error(params_path, err) from None  # `from None`: the chain is hundreds of lines
     finally:
         checkpointer.close()
