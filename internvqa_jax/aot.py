@@ -21,9 +21,11 @@ the step time (collectives and imperfect overlap come on top). `mfu_upper_bound`
 FLOPs per chip / peak / roofline time. XLA's FLOPs include what remat recomputes; the model count
 excludes it and `analytic_recompute_flops_per_step` says how much that is.
 
-`--find-batch`: compiles each training program at 1 and 2 clips per chip, extrapolates the largest
-global batch that fits from the slope (`bytes_per_clip_per_chip`), then confirms it by compiling
-around the estimate (bisection when the estimate is off).
+`--find-batch`: compiles each training program at a first batch (1 clip per chip, or the first
+`--batch`) and twice that, extrapolates the largest global batch that fits along the line through
+the two compiled points nearest the chip's capacity (memory per clip per chip falls as the batch
+grows, while fixed costs are spread), and compiles each new estimate until a fitting batch and the
+next one up, which does not fit, are both compiled.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from internvqa_jax.training import builder, config_rules, loop
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology libtpu accepts: v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4, ...")
-_BATCH = flags.DEFINE_list("batch", [], "global training batch(es) to compile (default: config.optim.batch_size)")
+_BATCH = flags.DEFINE_list("batch", [], "global training batch(es) to compile (default: config.optim.batch_size); with --find-batch, the first is where the search starts")
 _FIND_BATCH = flags.DEFINE_bool("find-batch", False, "search the largest global batch that fits, per training job")
 _MAX_BATCH = flags.DEFINE_integer("max-batch", 4096, "--find-batch: largest global batch tried")
 _JOBS = flags.DEFINE_list("jobs", [], "jobs to compile (default: all of the config's: teacher, distill, baseline)")
@@ -288,11 +290,17 @@ def plan_score(config: ml_collections.ConfigDict, job: builder.JobSpec, mesh: ja
 # ============================================================================ batch search
 
 
-def find_batch(plan_at: Callable[[int], PlanRow], devices: int, max_batch: int) -> tuple[PlanRow | None, list[PlanRow], float | None]:
-    """Largest global batch (a multiple of `devices`) whose program fits, by slope then bisection.
+def find_batch(plan_at: Callable[[int], PlanRow], devices: int, max_batch: int, start_batch: int = 0) -> tuple[PlanRow | None, list[PlanRow], float | None]:
+    """Largest global batch (a multiple of `devices`) whose program fits, by secant steps.
 
-    Returns (plan at that batch or None when even one clip per device does not fit, every plan
-    compiled on the way, bytes per clip per chip from the first two batches or None).
+    The first two compiles are at `start_batch` (rounded down to a multiple of `devices`; 0: one
+    clip per device) and twice that. Each next probe is where the line through the two compiled
+    batches nearest the boundary reaches the chip's capacity, kept strictly between the largest
+    batch known to fit and the smallest known not to (bisection when a compile reports no peak).
+    It stops when those two are one step apart, or at `max_batch`.
+
+    Returns (plan at that batch, or None when even one clip per device does not fit; every plan
+    compiled on the way, by batch; bytes per clip per chip between the first two batches, or None).
     """
     tried: dict[int, PlanRow] = {}
 
@@ -302,29 +310,45 @@ def find_batch(plan_at: Callable[[int], PlanRow], devices: int, max_batch: int) 
             log.info("batch %d: %s, peak %s", k * devices, "fits" if tried[k].fits else "does not fit", tried[k].peak_bytes_per_chip)
         return tried[k].fits
 
+    def by_batch() -> list[PlanRow]:
+        return [tried[k] for k in sorted(tried)]
+
     max_k = max(1, max_batch // devices)
-    if not fits(1):
-        return None, list(tried.values()), None
-    if max_k == 1 or not fits(2):
-        return tried[1], list(tried.values()), None
-    p1, p2 = tried[1].peak_bytes_per_chip, tried[2].peak_bytes_per_chip
-    slope = float(p2 - p1)
-    capacity = tried[1].hbm_bytes_per_chip
-    estimate = max_k if slope <= 0 else 1 + int((capacity - p1) // slope)
-    lo, hi = 2, max_k + 1  # lo fits; hi does not (max_k + 1 stands for "beyond the search")
-    probe = min(max(estimate, lo + 1), max_k)
+    first = min(max(1, start_batch // devices), max_k)
+    if not fits(first):
+        if first == 1 or not fits(1):
+            return None, by_batch(), None
+        lo, hi = 1, first
+    else:
+        lo, hi = first, max_k + 1  # lo fits; hi does not (max_k + 1 stands for "beyond the search")
+        second = min(2 * first, max_k)
+        if second > first:
+            lo, hi = (second, hi) if fits(second) else (lo, second)
+    slope = None
+    if len(tried) >= 2:
+        (k1, r1), (k2, r2) = sorted(tried.items())[:2]
+        if r1.peak_bytes_per_chip is not None and r2.peak_bytes_per_chip is not None:
+            slope = float(r2.peak_bytes_per_chip - r1.peak_bytes_per_chip) / (k2 - k1)
+    capacity = tried[lo].hbm_bytes_per_chip
     while hi - lo > 1:
+        known = sorted((k, r.peak_bytes_per_chip) for k, r in tried.items() if r.peak_bytes_per_chip is not None)
+        nearest = sorted(known, key=lambda kp: abs(kp[1] - capacity))[:2]
+        probe = (lo + hi) // 2
+        if len(nearest) == 2 and nearest[0][0] != nearest[1][0]:
+            (ka, pa), (kb, pb) = sorted(nearest)
+            per_clip = (pb - pa) / (kb - ka)
+            if per_clip > 0:
+                probe = kb + int((capacity - pb) // per_clip)
+            elif hi == max_k + 1:
+                probe = max_k
+        probe = min(max(probe, lo + 1), hi - 1, max_k)
+        if probe <= lo:
+            break
         if fits(probe):
             lo = probe
-            probe = probe + 1 if probe == estimate else min(2 * probe, max_k) if hi == max_k + 1 else (lo + hi) // 2
-            if probe <= lo:  # reached max_k
-                break
         else:
             hi = probe
-            probe = hi - 1 if probe == estimate and hi - 1 > lo else (lo + hi) // 2
-            if probe <= lo:
-                break
-    return tried[lo], sorted(tried.values(), key=lambda r: r.global_batch), slope
+    return tried[lo], by_batch(), slope
 
 
 # ============================================================================ CLI
@@ -343,13 +367,14 @@ def plan(config: ml_collections.ConfigDict, topology: str, batches: list[int], f
     selected = [j for j in all_jobs if not jobs or j.name in jobs]
     nets = tuple(sorted({n for j in all_jobs for n in j.nets}))
     attention = pin_attention(config, nets, "tpu")
+    start_batch = batches[0] if batches else 0  # --find-batch starts at the first --batch, else 1 clip per chip
     batches = batches or [int(config.optim.batch_size)]
     rows: list[PlanRow] = []
     searches = []
     for job in selected:
         plan_at = lambda b, job=job: plan_train(config, job, b, mesh, chip, topology, attention)  # noqa: E731
         if find:
-            best, tried, slope = find_batch(plan_at, mesh.devices.size, max_batch)
+            best, tried, slope = find_batch(plan_at, mesh.devices.size, max_batch, start_batch=start_batch)
             searches.append({"program": f"train_{job.name}", "largest_fitting_batch": best.global_batch if best else 0, "bytes_per_clip_per_chip": slope,
                              "tried": [{"global_batch": r.global_batch, "fits": r.fits, "peak_bytes_per_chip": r.peak_bytes_per_chip} for r in tried]})
             rows.extend([best] if best else tried[:1])

@@ -103,26 +103,53 @@ def test_fits_is_false_above_the_chip_and_for_compiler_oom():
     assert oom.fits is False and oom.error and oom.xla_flops_per_step is None
 
 
-@pytest.mark.parametrize("limit", [1, 2, 3, 7, 13, 40])
-def test_find_batch_returns_the_largest_fitting_batch(limit):
-    """Memory grows linearly with a fixed part, so the slope estimate is close; it must still confirm."""
+def _search(peak_of_k, devices=4, capacity=100, max_k=32, start_batch=0):
+    """Runs find_batch over a made-up memory curve; returns (best, tried, slope, expected clips per device)."""
     from internvqa_jax import aot
 
-    devices, capacity = 4, 100
-
     def plan_at(batch: int):
-        k = batch // devices
-        peak = 20 + 80 * k / (limit + 0.5)  # fits exactly up to `limit` clips per device
+        peak = peak_of_k(batch // devices)
         return aot.PlanRow("train_x", TOPOLOGY, "v5e", devices, {"data": 1, "fsdp": devices}, batch, capacity, int(peak), peak <= capacity,
                            1.0, 1.0, 0.0, 1.0, 0.5)
 
-    best, tried, slope = aot.find_batch(plan_at, devices, max_batch=devices * 32)
-    expected = min(limit, 32)
-    assert best is not None and best.global_batch == expected * devices
+    expected = max((k for k in range(1, max_k + 1) if peak_of_k(k) <= capacity), default=0)
+    best, tried, slope = aot.find_batch(plan_at, devices, max_batch=devices * max_k, start_batch=start_batch)
+    assert (best.global_batch if best else 0) == expected * devices
     assert all((r.global_batch // devices <= expected) == r.fits for r in tried)
-    assert len(tried) <= 6  # slope estimate + confirmation, not a linear walk
+    assert [r.global_batch for r in tried] == sorted(r.global_batch for r in tried)
+    if expected and expected < max_k:  # the answer is confirmed: the next batch up was compiled and did not fit
+        assert any(r.global_batch == (expected + 1) * devices and not r.fits for r in tried)
+    return best, tried, slope, expected
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 13, 40])
+def test_find_batch_returns_the_largest_fitting_batch(limit):
+    """Memory grows linearly with a fixed part: the secant lands on the limit within a few compiles."""
+    _, tried, slope, _ = _search(lambda k: 20 + 80 * k / (limit + 0.5))
+    assert len(tried) <= 4  # two points, the estimate, its neighbour: not a walk or a bisection from 1
     if limit >= 2:
         assert slope == pytest.approx(int(20 + 160 / (limit + 0.5)) - int(20 + 80 / (limit + 0.5)), abs=1)
+
+
+@pytest.mark.parametrize("limit", [5, 11, 29])
+def test_find_batch_when_memory_per_clip_falls_with_the_batch(limit):
+    """As on v5e (0.72 GiB per clip per chip between 1 and 2 clips, 0.42 near 20): the first slope
+    underestimates the limit, and the later secants, through points near the capacity, correct it."""
+    shape = lambda k: 30 * k ** 0.7  # noqa: E731 - concave: every extra clip costs less
+    scale = 80 / shape(limit + 0.5)
+    _, tried, _, _ = _search(lambda k: 20 + scale * shape(k))
+    assert len(tried) <= 6
+
+
+def test_find_batch_starts_at_the_given_batch_and_searches_down_when_it_does_not_fit():
+    """A start near the limit saves the small compiles; a start beyond it searches below."""
+    linear = lambda k: 20 + 80 * k / 9.5  # noqa: E731 - fits up to 9 clips per device
+    _, tried, _, _ = _search(linear, start_batch=4 * 6)
+    assert min(r.global_batch for r in tried) == 24 and len(tried) <= 4
+    _, tried, _, _ = _search(linear, start_batch=4 * 20)
+    assert len(tried) <= 5
+    _, tried, _, expected = _search(lambda k: 120.0, start_batch=4 * 8)  # nothing fits, not even 1 clip
+    assert expected == 0 and [r.global_batch for r in tried] == [4, 32]
 
 
 def test_topology_names_and_v4_megacore():
