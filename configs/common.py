@@ -122,6 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
     # the teacher alone there). Val and test keep every label. pipeline.label_partition owns the rule.
     c.data.labeled_fraction = 1.0
     c.data.labeled_seed = -1  # seed of that draw; -1: the run's `seed`
+    c.data.labeled_by = "group"  # drawn whole content groups at a time, or "source" (pipeline.LABEL_UNITS)
 
     c.teacher = model_config("1B")
     c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (teacher.init, no gradient) | staged (fine-tune here first, then frozen)

@@ -8,7 +8,7 @@ is: benchmarks/README.md, "The demo recipe".
 Paper setup: `configs/homologous.py:teacher=1B,student=B14,data=waterloo_ivc4k,teacher_init=PATH`.
 
 Label-scarce demo: `configs/homologous.py:scarce=true` (`common.label_scarce`): the demo with a
-seeded quarter of the training sources labelled (`data.labeled_fraction=0.25`, by source; val and
+seeded quarter of the training sources labelled (`data.labeled_fraction=0.25`, whole content groups; val and
 test, and so the test split, are the full demo's), the teacher fine-tuned on that quarter, the
 baseline student trained on it alone, and the distilled student on every training clip (labels on
 the quarter; the cached teacher's pooled feature and score, `loss.distill_score=1.0`, on all).

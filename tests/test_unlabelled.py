@@ -1,7 +1,8 @@
 """Unlabelled training clips (`data.labeled_fraction`, CSV rows without a score).
 
-- the labelled part of the training split is drawn by source, seeded, with the asked fraction, in
-  one function (`pipeline.label_partition`); a NaN label is unlabelled wherever it is;
+- the labelled part of the training split is drawn by content group (or by source), seeded, with
+  about the asked fraction of sources, in one function (`pipeline.label_partition`); a NaN label is
+  unlabelled wherever it is;
 - an unlabelled clip never reaches a label loss: its label, however absurd, changes neither the loss
   nor a gradient, in `losses.total_loss` and in the train step; the teacher terms still use it;
 - the baseline's (and the teacher's) pipeline never yields an unlabelled clip; the distillation
@@ -53,13 +54,61 @@ def _rows(shard_dir):
 # ============================================================================ the labelled part
 
 
+@pytest.fixture(scope="module")
+def grouped_shard_dir(tmp_path_factory):
+    """72 clips of 24 sources in 9 content groups of 1 to 5 sources (cuts of one file share a group)."""
+    sizes = [1, 2, 3, 4, 5, 1, 2, 3, 3]
+    group_of = {f"src{k}": f"file{g}" for k, g in enumerate(g for g, n in enumerate(sizes) for _ in range(n))}
+    items = [VideoItem(**{**it.to_dict(), "extra": {"content_group": group_of[it.source_id]}}) for it in make_items(72, sources=24)]
+    out = tmp_path_factory.mktemp("grouped_shards")
+    config = prepare.PrepareConfig(frames=STORED_FRAMES, short_side=None, records_per_shard=24)
+    prepare.prepare_items(items, out, config, prepare.SplitConfig(val_fraction=0.12, test_fraction=0.2, seed=0), loader=synthetic_loader, progress=False, dataset="synthetic")
+    return str(out)
+
+
+def test_partition_by_group_keeps_every_file_on_one_side(grouped_shard_dir):
+    """By content group: no file has a labelled cut and an unlabelled one; the count of labelled
+    sources is the nearest whole-group count to the fraction; seeded."""
+    rows = _rows(grouped_shard_dir)
+    train = pipeline.split_indices(grouped_shard_dir, "train")
+    sources = sorted({rows[int(i)]["source_id"] for i in train})
+    groups = {rows[int(i)]["content_group"] for i in train}
+    assert len(groups) >= 4
+    draws = set()
+    for seed in range(5):
+        for fraction in (0.25, 0.5):
+            part = pipeline.label_partition(grouped_shard_dir, fraction, seed=seed, unit="group")
+            lab_groups = {rows[int(i)]["content_group"] for i in part.labelled}
+            unlab_groups = {rows[int(i)]["content_group"] for i in part.unlabelled}
+            assert not lab_groups & unlab_groups, "every cut of a file falls on the same side"
+            assert part.labelled_groups == len(lab_groups) and part.groups == len(groups)
+            target = round(fraction * len(sources))
+            # whole groups: within half the largest group of the target
+            assert abs(part.labelled_sources - target) <= 2.5, (part.labelled_sources, target)
+            np.testing.assert_array_equal(np.sort(np.concatenate([part.labelled, part.unlabelled])), train)
+            summary = part.summary()
+            assert summary["labeled_by"] == "group" and summary["train_groups_labeled"] == len(lab_groups)
+            draws.add(tuple(part.labelled.tolist()))
+    np.testing.assert_array_equal(pipeline.label_partition(grouped_shard_dir, 0.25, seed=3, unit="group").labelled,
+                                  pipeline.label_partition(grouped_shard_dir, 0.25, seed=3, unit="group").labelled)
+    assert len(draws) > 2, "other seeds draw other groups"
+    # by source, the same data lets a file's cuts fall on both sides for some seed
+    split_files = 0
+    for seed in range(5):
+        part = pipeline.label_partition(grouped_shard_dir, 0.5, seed=seed, unit="source")
+        split_files += bool({rows[int(i)]["content_group"] for i in part.labelled} & {rows[int(i)]["content_group"] for i in part.unlabelled})
+    assert split_files > 0
+    with pytest.raises(ValueError, match="data.labeled_by: expected one of"):
+        pipeline.label_partition(grouped_shard_dir, 0.5, unit="video")
+
+
 def test_partition_is_by_source_seeded_and_respects_the_fraction(shard_dir):
     rows = _rows(shard_dir)
     train = pipeline.split_indices(shard_dir, "train")
     sources = sorted({rows[int(i)]["source_id"] for i in train})
     assert len(sources) >= 6, "the fixture needs enough training sources to draw from"
     for fraction in (0.25, 0.5, 0.75):
-        part = pipeline.label_partition(shard_dir, fraction, seed=0)
+        part = pipeline.label_partition(shard_dir, fraction, seed=0, unit="source")
         labelled_src = {rows[int(i)]["source_id"] for i in part.labelled}
         unlabelled_src = {rows[int(i)]["source_id"] for i in part.unlabelled}
         assert not labelled_src & unlabelled_src, "every encode of a source falls on the same side"

@@ -60,6 +60,11 @@ def split_indices(shard_dir: str | os.PathLike, split: str) -> np.ndarray:
     return idx
 
 
+# What `label_partition` draws whole: "group" (content groups, `splits`' unit, so no cut of a file is
+# labelled while another cut of it is not) or "source" (a group's sources may fall on both sides).
+LABEL_UNITS = ("group", "source")
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelPartition:
     """Which training records keep their label: sorted record indices of each part, and the
@@ -71,26 +76,58 @@ class LabelPartition:
     unlabelled: np.ndarray  # (U,) int64
     labelled_sources: int
     unlabelled_sources: int
+    unit: str = "source"  # one of LABEL_UNITS
+    labelled_groups: int = 0  # content groups with a labelled source
+    groups: int = 0  # content groups of the training split
 
     def summary(self) -> dict[str, Any]:
         """JSON-able counts for results and the report."""
         return {
-            "labeled_fraction": self.fraction, "labeled_seed": self.seed,
+            "labeled_fraction": self.fraction, "labeled_seed": self.seed, "labeled_by": self.unit,
             "train_sources_labeled": self.labelled_sources, "train_sources_unlabeled": self.unlabelled_sources,
+            "train_groups_labeled": self.labelled_groups, "train_groups": self.groups,
             "train_videos_labeled": int(self.labelled.size), "train_videos_unlabeled": int(self.unlabelled.size),
         }
 
 
-def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: int = 0, split: str = "train") -> LabelPartition:
+def _draw_sources(sources: list[str], group_of: dict[str, str], fraction: float, seed: int, unit: str) -> list[str]:
+    """A seeded draw of about `fraction` of `sources` (at least one), whole `unit`s at a time.
+
+    By group: groups are taken in a seeded order until the labelled sources reach the target
+    `round(fraction * S)`; the last group is kept only when that lands nearer the target.
+    """
+    target = max(1, int(round(fraction * len(sources))))
+    rng = np.random.default_rng(seed)
+    if unit == "source":
+        return [sources[k] for k in rng.permutation(len(sources))[:target]]
+    members: dict[str, list[str]] = {}
+    for s in sources:
+        members.setdefault(group_of[s], []).append(s)
+    names = sorted(members)
+    keep: list[str] = []
+    for g in (names[k] for k in rng.permutation(len(names))):
+        if len(keep) >= target:
+            break
+        if keep and abs(len(keep) + len(members[g]) - target) > abs(len(keep) - target):
+            break
+        keep.extend(members[g])
+    return keep
+
+
+def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: int = 0, split: str = "train", unit: str = "group") -> LabelPartition:
     """Splits the records of the training `split` into labelled and unlabelled, for every job of a run.
 
-    Sources, not videos, are drawn: a seeded `round(fraction * S)` (at least 1) of the S training
-    sources with a label keep their labels, so all encodes of a source fall on the same side. A
-    record whose stored label is NaN (CSV row with an empty score) is unlabelled wherever its source
-    falls. The evaluation splits keep every label: an unlabelled record there is an error.
+    A seeded draw of about `round(fraction * S)` (at least 1) of the S training sources with a
+    label keep their labels, taken whole content groups at a time (`unit="group"`, each record's
+    `content_group`, the source itself where it has none) or source by source (`unit="source"`),
+    so all encodes of a source, and by group all cuts of one file, fall on the same side. A record
+    whose stored label is NaN (CSV row with an empty score) is unlabelled wherever its source falls.
+    The evaluation splits keep every label: an unlabelled record there is an error.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"data.labeled_fraction: expected a fraction in (0, 1], got {fraction}")
+    if unit not in LABEL_UNITS:
+        raise ValueError(f"data.labeled_by: expected one of {LABEL_UNITS}, got {unit!r}")
     records = {int(r["index"]): r for r in record_table(shard_dir)}
     for name in splits.EVAL_SPLITS:
         bad = [records[i]["video_id"] for i in splits.select(list(records.values()), name) if not is_label(records[i]["label"])]
@@ -98,16 +135,14 @@ def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: i
             raise ValueError(f"{shard_dir}: split {name!r} holds {len(bad)} video(s) without a label (first: {bad[:3]}); evaluation needs every label")
     indices = split_indices(shard_dir, split)
     has_label = {int(i): is_label(records[int(i)]["label"]) for i in indices}
+    group_of = {str(records[int(i)]["source_id"]): str(records[int(i)].get("content_group") or records[int(i)]["source_id"]) for i in indices}
     sources = sorted({str(records[i]["source_id"]) for i, ok in has_label.items() if ok})
-    keep = sources
-    if fraction < 1.0 and sources:
-        order = np.random.default_rng(seed).permutation(len(sources))
-        keep = [sources[k] for k in order[: max(1, int(round(fraction * len(sources))))]]
+    keep = _draw_sources(sources, group_of, fraction, seed, unit) if fraction < 1.0 and sources else sources
     keep_set = set(keep)
     labelled = np.asarray([i for i, ok in has_label.items() if ok and str(records[i]["source_id"]) in keep_set], np.int64)
     unlabelled = np.setdiff1d(indices, labelled)
-    all_sources = {str(records[int(i)]["source_id"]) for i in indices}
-    return LabelPartition(float(fraction), int(seed), np.sort(labelled), unlabelled, len(keep_set), len(all_sources - keep_set))
+    return LabelPartition(float(fraction), int(seed), np.sort(labelled), unlabelled, len(keep_set), len(set(group_of) - keep_set),
+                          unit=unit, labelled_groups=len({group_of[s] for s in keep_set}), groups=len(set(group_of.values())))
 
 
 def process_part(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:

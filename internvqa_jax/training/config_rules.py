@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from internvqa_jax import losses, sharding
+from internvqa_jax.data import pipeline
 from internvqa_jax.training import builder
 
 JOBS = ("homologous", "heterogeneous", "teacher")
@@ -42,6 +43,9 @@ def _check_labels(config: ml_collections.ConfigDict) -> None:
     seed = config.data.labeled_seed
     if not isinstance(seed, int) or seed < -1:
         raise ValueError(f"config.data.labeled_seed: expected an integer seed >= 0, or -1 for the run's seed, got {seed!r}")
+    unit = config.data.labeled_by
+    if unit not in pipeline.LABEL_UNITS:
+        raise ValueError(f"config.data.labeled_by: expected one of {list(pipeline.LABEL_UNITS)}, got {unit!r}")
 
 
 def _check_jobs(config: ml_collections.ConfigDict) -> None:

@@ -265,10 +265,10 @@ class JobSetup:
 
 def label_partition(config: ml_collections.ConfigDict, shard_dir: str) -> pipeline.LabelPartition:
     """The run's labelled and unlabelled training records (`pipeline.label_partition`, the one owner),
-    from `data.labeled_fraction` and `data.labeled_seed` (-1: the run's `seed`)."""
+    from `data.labeled_fraction`, `data.labeled_seed` (-1: the run's `seed`) and `data.labeled_by`."""
     d = config.data
     seed = int(d.labeled_seed) if int(d.labeled_seed) >= 0 else int(config.seed)
-    return pipeline.label_partition(shard_dir, float(d.labeled_fraction), seed)
+    return pipeline.label_partition(shard_dir, float(d.labeled_fraction), seed, unit=str(d.labeled_by))
 
 
 def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> tuple[int, int, int]:

@@ -61,9 +61,11 @@ def labels_line(jobs: dict[str, dict[str, Any]]) -> str:
         return ""
     first = next(iter(parts.values()))
     reads = ", ".join(f"{name}: {'all train clips' if lab['reads'] == 'all' else 'labelled only'}" for name, lab in parts.items())
+    groups = (f" in {first['train_groups_labeled']} of {first['train_groups']} content groups, drawn by {first['labeled_by']}"
+              if "labeled_by" in first else "")
     return (
         f"Labels: fraction {first['labeled_fraction']:g} of train sources (seed {first['labeled_seed']}): "
-        f"{first['train_sources_labeled']} sources / {first['train_videos_labeled']} videos labelled, "
+        f"{first['train_sources_labeled']} sources / {first['train_videos_labeled']} videos labelled{groups}, "
         f"{first['train_sources_unlabeled']} / {first['train_videos_unlabeled']} unlabelled; {reads}"
     )
 
