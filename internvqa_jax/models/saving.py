@@ -290,8 +290,9 @@ def _silence_reads_after_failed_restore() -> None:
 
     Orbax runs a restore on a fresh asyncio loop and closes it as soon as one read fails; the
     TensorStore reads still in flight then finish on their own threads and try to wake the closed
-    loop. Python reports each through `sys.unraisablehook` as a bare traceback, at any moment after
-    the one-line error (even mid-output). They carry nothing the error did not say. Every other
+    loop. Python reports each through `sys.unraisablehook` as a bare traceback, at any moment from
+    the loop's closing on, so also before the restore's error reaches its caller: the hook is in
+    place before every restore. The reports carry nothing the error does not say. Every other
     unraisable exception still reaches the previous hook. Installed once per process.
     """
     previous = sys.unraisablehook
@@ -308,11 +309,11 @@ def _silence_reads_after_failed_restore() -> None:
 
 def _restore(params_path: pathlib.Path, abstract_state: Any) -> Any:
     """Orbax restore of the parameters; any failure becomes one ModelDirError line."""
+    _silence_reads_after_failed_restore()
     checkpointer = ocp.StandardCheckpointer()
     try:
         return checkpointer.restore(params_path, abstract_state)
     except Exception as err:  # noqa: BLE001 - orbax/TensorStore raise bare Exceptions for damaged files
-        _silence_reads_after_failed_restore()
         raise _restore_error(params_path, err) from None  # `from None`: the chain is hundreds of lines
     finally:
         checkpointer.close()
