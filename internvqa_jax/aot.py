@@ -334,16 +334,14 @@ def find_batch(plan_at: Callable[[int], PlanRow], devices: int, max_batch: int, 
         known = sorted((k, r.peak_bytes_per_chip) for k, r in tried.items() if r.peak_bytes_per_chip is not None)
         nearest = sorted(known, key=lambda kp: abs(kp[1] - capacity))[:2]
         probe = (lo + hi) // 2
-        if len(nearest) == 2 and nearest[0][0] != nearest[1][0]:
+        if len(nearest) == 2:  # two distinct batches: `known` has one entry per batch
             (ka, pa), (kb, pb) = sorted(nearest)
             per_clip = (pb - pa) / (kb - ka)
             if per_clip > 0:
                 probe = kb + int((capacity - pb) // per_clip)
             elif hi == max_k + 1:
                 probe = max_k
-        probe = min(max(probe, lo + 1), hi - 1, max_k)
-        if probe <= lo:
-            break
+        probe = min(max(probe, lo + 1), hi - 1)  # hi - 1 <= max_k, and lo + 1 <= hi - 1 while searching
         if fits(probe):
             lo = probe
         else:
