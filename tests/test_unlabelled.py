@@ -117,11 +117,11 @@ def test_partition_is_by_source_seeded_and_respects_the_fraction(shard_dir):
         np.testing.assert_array_equal(np.sort(np.concatenate([part.labelled, part.unlabelled])), train)
         # the labelled part holds every clip of its sources
         assert set(part.labelled.tolist()) == {int(i) for i in train if rows[int(i)]["source_id"] in labelled_src}
-    same = pipeline.label_partition(shard_dir, 0.5, seed=0)
-    np.testing.assert_array_equal(same.labelled, pipeline.label_partition(shard_dir, 0.5, seed=0).labelled)
-    draws = {tuple(pipeline.label_partition(shard_dir, 0.5, seed=s).labelled.tolist()) for s in range(6)}
+    same = pipeline.label_partition(shard_dir, 0.5, seed=0, unit="group")
+    np.testing.assert_array_equal(same.labelled, pipeline.label_partition(shard_dir, 0.5, seed=0, unit="group").labelled)
+    draws = {tuple(pipeline.label_partition(shard_dir, 0.5, seed=s, unit="group").labelled.tolist()) for s in range(6)}
     assert len(draws) > 1, "another seed draws another labelled set"
-    full = pipeline.label_partition(shard_dir, 1.0, seed=3)
+    full = pipeline.label_partition(shard_dir, 1.0, seed=3, unit="group")
     np.testing.assert_array_equal(full.labelled, train)
     assert full.unlabelled.size == 0 and full.summary()["train_videos_unlabeled"] == 0
 
@@ -129,7 +129,7 @@ def test_partition_is_by_source_seeded_and_respects_the_fraction(shard_dir):
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.01])
 def test_partition_refuses_a_fraction_outside_0_1(shard_dir, fraction):
     with pytest.raises(ValueError, match=r"labeled_fraction: expected a fraction in \(0, 1\]"):
-        pipeline.label_partition(shard_dir, fraction)
+        pipeline.label_partition(shard_dir, fraction, unit="group")
 
 
 def test_nan_labels_go_to_train_and_are_unlabelled_at_any_fraction(nan_shard_dir):
@@ -140,10 +140,10 @@ def test_nan_labels_go_to_train_and_are_unlabelled_at_any_fraction(nan_shard_dir
     # v005's source is train too, with its labelled encodes
     assert {r["split"] for r in rows.values() if r["source_id"] == "src5"} == {"train"}
     for fraction in (1.0, 0.5):
-        part = pipeline.label_partition(nan_shard_dir, fraction, seed=1)
+        part = pipeline.label_partition(nan_shard_dir, fraction, seed=1, unit="group")
         assert nan_rows <= set(part.unlabelled.tolist())
         assert not nan_rows & set(part.labelled.tolist())
-    full = pipeline.label_partition(nan_shard_dir, 1.0)
+    full = pipeline.label_partition(nan_shard_dir, 1.0, unit="group")
     assert set(full.unlabelled.tolist()) == nan_rows
 
 
@@ -157,7 +157,7 @@ def test_an_unlabelled_video_in_an_evaluation_split_is_an_error(nan_shard_dir, t
     victim["label"] = float("nan")
     shards.write_json_atomic(copy / shards.MANIFEST, manifest)
     with pytest.raises(ValueError, match=rf"split 'test' holds 1 video\(s\) without a label \(first: \['{victim['video_id']}'\]\)"):
-        pipeline.label_partition(str(copy), 1.0)
+        pipeline.label_partition(str(copy), 1.0, unit="group")
 
 
 def test_a_named_test_source_without_labels_is_refused():

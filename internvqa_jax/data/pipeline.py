@@ -76,9 +76,9 @@ class LabelPartition:
     unlabelled: np.ndarray  # (U,) int64
     labelled_sources: int
     unlabelled_sources: int
-    unit: str = "source"  # one of LABEL_UNITS
-    labelled_groups: int = 0  # content groups with a labelled source
-    groups: int = 0  # content groups of the training split
+    unit: str  # one of LABEL_UNITS
+    labelled_groups: int  # content groups with a labelled source
+    groups: int  # content groups of the training split
 
     def summary(self) -> dict[str, Any]:
         """JSON-able counts for results and the report."""
@@ -114,13 +114,14 @@ def _draw_sources(sources: list[str], group_of: dict[str, str], fraction: float,
     return keep
 
 
-def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: int = 0, split: str = "train", unit: str = "group") -> LabelPartition:
+def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: int = 0, split: str = "train", *, unit: str) -> LabelPartition:
     """Splits the records of the training `split` into labelled and unlabelled, for every job of a run.
 
     A seeded draw of about `round(fraction * S)` (at least 1) of the S training sources with a
     label keep their labels, taken whole content groups at a time (`unit="group"`, each record's
     `content_group`, the source itself where it has none) or source by source (`unit="source"`),
-    so all encodes of a source, and by group all cuts of one file, fall on the same side. A record
+    so all encodes of a source, and by group all cuts of one file, fall on the same side (the
+    run's choice is the config's `data.labeled_by`, which owns the default). A record
     whose stored label is NaN (CSV row with an empty score) is unlabelled wherever its source falls.
     The evaluation splits keep every label: an unlabelled record there is an error.
     """
@@ -135,7 +136,10 @@ def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: i
             raise ValueError(f"{shard_dir}: split {name!r} holds {len(bad)} video(s) without a label (first: {bad[:3]}); evaluation needs every label")
     indices = split_indices(shard_dir, split)
     has_label = {int(i): is_label(records[int(i)]["label"]) for i in indices}
-    group_of = {str(records[int(i)]["source_id"]): str(records[int(i)].get("content_group") or records[int(i)]["source_id"]) for i in indices}
+    group_of: dict[str, str] = {}  # training source -> its content group (itself in manifests without groups)
+    for i in indices:
+        record = records[int(i)]
+        group_of[str(record["source_id"])] = str(record.get("content_group") or record["source_id"])
     sources = sorted({str(records[i]["source_id"]) for i, ok in has_label.items() if ok})
     keep = _draw_sources(sources, group_of, fraction, seed, unit) if fraction < 1.0 and sources else sources
     keep_set = set(keep)
