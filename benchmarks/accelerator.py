@@ -32,7 +32,8 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -81,8 +82,22 @@ class Sizes:
 
 def full_sizes(args: argparse.Namespace) -> Sizes:
     """The paper's networks and clips (8 x 224 x 224), batches that fit an 80 GB card in bf16."""
-    return Sizes(PAPER_CONFIG, 8, 224, args.teacher_batch, args.step_batch, args.student_batch, 5, 2, 8,
-                 8, 360, 16, 8, os.cpu_count() or 1)
+    return Sizes(
+        PAPER_CONFIG,
+        8,
+        224,
+        args.teacher_batch,
+        args.step_batch,
+        args.student_batch,
+        5,
+        2,
+        8,
+        8,
+        360,
+        16,
+        8,
+        os.cpu_count() or 1,
+    )
 
 
 def tiny_sizes(args: argparse.Namespace) -> Sizes:
@@ -159,11 +174,21 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
     cfg = registry.get_config(preset, num_frames=sizes.frames, img_size=sizes.size, dtype=dtype)
     graphdef, state = nnx.split(registry.create_model(cfg, nnx.Rngs(0)))
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)["logits"])
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(sizes.teacher_batch, sizes.frames, sizes.size, sizes.size, 3)), dtype)
+    x = jnp.asarray(
+        np.random.default_rng(0).normal(size=(sizes.teacher_batch, sizes.frames, sizes.size, sizes.size, 3)), dtype
+    )
     seconds, first = timed(lambda: forward(state, x), max(3, sizes.steps), sizes.warmup)
     flops = internvideo2_flops(cfg)["forward"] * sizes.teacher_batch
-    return {"preset": preset, "batch": sizes.teacher_batch, "dtype": dtype, "seconds": seconds, "first_call_s": first,
-            "clips_per_s": sizes.teacher_batch / seconds, "flops": flops, **rates(flops, seconds, peak)}
+    return {
+        "preset": preset,
+        "batch": sizes.teacher_batch,
+        "dtype": dtype,
+        "seconds": seconds,
+        "first_call_s": first,
+        "clips_per_s": sizes.teacher_batch / seconds,
+        "flops": flops,
+        **rates(flops, seconds, peak),
+    }
 
 
 def train_steps(sizes: Sizes, dtype: str, peak: float) -> dict[str, dict[str, Any]]:
@@ -172,15 +197,26 @@ def train_steps(sizes: Sizes, dtype: str, peak: float) -> dict[str, dict[str, An
     from internvqa_jax.train import plan_jobs
 
     out = {}
-    for key, job_name, batch in (("distill_step", "distill", sizes.step_batch), ("student_step", "baseline", sizes.student_batch)):
+    for key, job_name, batch in (
+        ("distill_step", "distill", sizes.step_batch),
+        ("student_step", "baseline", sizes.student_batch),
+    ):
         config = load_config(sizes, batch, dtype)
         job = next((j for j in plan_jobs(config) if j.name == job_name), None)
         if job is None:
             raise ValueError(f"configs/homologous.py:{sizes.config_arg} plans no {job_name!r} job")
         r = bench(config, job, batch, sizes.steps, sizes.warmup, fsdp=1)
-        out[key] = {"job": job_name, "nets": list(job.nets), "batch": batch, "dtype": dtype, "step_s": r["step_s"],
-                    "clips_per_s": r["clips_per_s"], "flops_per_step": r["flops_per_step"], "first_step_s": r["first_step_s"],
-                    **rates(r["flops_per_step"], r["step_s"], peak)}
+        out[key] = {
+            "job": job_name,
+            "nets": list(job.nets),
+            "batch": batch,
+            "dtype": dtype,
+            "step_s": r["step_s"],
+            "clips_per_s": r["clips_per_s"],
+            "flops_per_step": r["flops_per_step"],
+            "first_step_s": r["first_step_s"],
+            **rates(r["flops_per_step"], r["step_s"], peak),
+        }
     return out
 
 
@@ -200,12 +236,18 @@ def attention(sizes: Sizes, dtype: str) -> list[dict[str, Any]]:
         if jax.default_backend() == "gpu":
             paths["cudnn"] = "cudnn"
         ref = jax.jit(lambda q, k, v: layers.attend(q, k, v, "xla"))(q, k, v).astype(jnp.float32)
-        row: dict[str, Any] = {"net": net, "shape_bnhd": list(shape), "dtype": dtype, "auto": auto, "auto_reason": reason}
+        row: dict[str, Any] = {
+            "net": net,
+            "shape_bnhd": list(shape),
+            "dtype": dtype,
+            "auto": auto,
+            "auto_reason": reason,
+        }
         why_not_cudnn = None if jax.default_backend() == "gpu" else "no GPU"
         row["cudnn_unavailable"] = why_not_cudnn or layers.cudnn_unsupported_reason(q.dtype, shape[-1])
         for label, impl in paths.items():
             fn = jax.jit(lambda q, k, v, impl=impl: layers.attend(q, k, v, impl))
-            seconds, _ = timed(lambda: fn(q, k, v), max(3, sizes.steps), sizes.warmup)
+            seconds, _ = timed(lambda: fn(q, k, v), max(3, sizes.steps), sizes.warmup)  # noqa: B023 (called at once)
             diff = float(jnp.abs(fn(q, k, v).astype(jnp.float32) - ref).max())
             row[label] = {"ms": seconds * 1e3, "max_abs_diff_vs_xla": diff}
         rows.append(row)
@@ -226,10 +268,22 @@ def data_pipeline(sizes: Sizes, appetite: float) -> dict[str, Any]:
         shard_dir = work / "shards"
         stored = max(16, sizes.frames)
         prepare.prepare_items(items, shard_dir, prepare.PrepareConfig(stored, sizes.size, "none"), progress=False)
-        clips = grain_rate(shard_dir, sizes.grain_batches, sizes.grain_batch, sizes.grain_workers,
-                           num_frames=sizes.frames, size=sizes.size)
-    return {"shard_short_side": sizes.size, "workers": sizes.grain_workers, "host_cores": os.cpu_count(),
-            "clips_per_s": clips, "distill_step_clips_per_s": appetite, "supply_over_demand": clips / appetite if appetite else None}
+        clips = grain_rate(
+            shard_dir,
+            sizes.grain_batches,
+            sizes.grain_batch,
+            sizes.grain_workers,
+            num_frames=sizes.frames,
+            size=sizes.size,
+        )
+    return {
+        "shard_short_side": sizes.size,
+        "workers": sizes.grain_workers,
+        "host_cores": os.cpu_count(),
+        "clips_per_s": clips,
+        "distill_step_clips_per_s": appetite,
+        "supply_over_demand": clips / appetite if appetite else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,21 +294,36 @@ def data_pipeline(sizes: Sizes, appetite: float) -> dict[str, Any]:
 def print_report(r: dict[str, Any]) -> None:
     """The figures as a few readable lines."""
     d = r["device"]
-    print(f"device: {d['kind']} x{d['count']} ({d['backend']}), peak {d['peak_tflops']:.3g} TFLOP/s ({d['peak_source']})")
+    print(
+        f"device: {d['kind']} x{d['count']} ({d['backend']}), peak {d['peak_tflops']:.3g} TFLOP/s ({d['peak_source']})"
+    )
     pct = lambda m: "n/a" if m is None else f"{100 * m:.1f}%"
     t = r["teacher_forward"]
-    print(f"teacher forward  {t['preset']} {t['dtype']} batch {t['batch']}: {t['seconds'] * 1e3:.1f} ms  "
-          f"{t['clips_per_s']:.2f} clips/s  {t['tflops']:.3g} TFLOP/s  MFU {pct(t['mfu'])}")
+    print(
+        f"teacher forward  {t['preset']} {t['dtype']} batch {t['batch']}: {t['seconds'] * 1e3:.1f} ms  "
+        f"{t['clips_per_s']:.2f} clips/s  {t['tflops']:.3g} TFLOP/s  MFU {pct(t['mfu'])}"
+    )
     for key in ("distill_step", "student_step"):
         s = r[key]
-        print(f"{key:15s}  {'+'.join(s['nets'])} batch {s['batch']}: step {s['step_s'] * 1e3:.1f} ms  "
-              f"{s['clips_per_s']:.2f} clips/s  {s['tflops']:.3g} TFLOP/s  MFU {pct(s['mfu'])}  (first step {s['first_step_s']:.1f} s)")
+        print(
+            f"{key:15s}  {'+'.join(s['nets'])} batch {s['batch']}: step {s['step_s'] * 1e3:.1f} ms  "
+            f"{s['clips_per_s']:.2f} clips/s  {s['tflops']:.3g} TFLOP/s  MFU {pct(s['mfu'])}  (first step {s['first_step_s']:.1f} s)"
+        )
     for a in r["attention"]:
-        paths = "  ".join(f"{k} {v['ms']:.2f} ms (max diff {v['max_abs_diff_vs_xla']:.2g})" for k, v in a.items() if isinstance(v, dict))
-        print(f"attention {a['net']} {tuple(a['shape_bnhd'])} {a['dtype']}: {paths}" + (f"  [cudnn: {a['cudnn_unavailable']}]" if a["cudnn_unavailable"] else ""))
+        paths = "  ".join(
+            f"{k} {v['ms']:.2f} ms (max diff {v['max_abs_diff_vs_xla']:.2g})"
+            for k, v in a.items()
+            if isinstance(v, dict)
+        )
+        print(
+            f"attention {a['net']} {tuple(a['shape_bnhd'])} {a['dtype']}: {paths}"
+            + (f"  [cudnn: {a['cudnn_unavailable']}]" if a["cudnn_unavailable"] else "")
+        )
     g = r["data"]
-    print(f"grain pipeline   {g['workers']} workers on {g['host_cores']} cores: {g['clips_per_s']:.1f} clips/s vs the distillation step's "
-          f"{g['distill_step_clips_per_s']:.1f} clips/s (supply/demand {g['supply_over_demand']:.2f})")
+    print(
+        f"grain pipeline   {g['workers']} workers on {g['host_cores']} cores: {g['clips_per_s']:.1f} clips/s vs the distillation step's "
+        f"{g['distill_step_clips_per_s']:.1f} clips/s (supply/demand {g['supply_over_demand']:.2f})"
+    )
 
 
 def run(sizes: Sizes, dtype: str, peak_override: float) -> dict[str, Any]:
@@ -262,8 +331,14 @@ def run(sizes: Sizes, dtype: str, peak_override: float) -> dict[str, Any]:
     devices = jax.devices()
     peak, source = device_peak(devices[0].device_kind, peak_override)
     report: dict[str, Any] = {
-        "device": {"kind": devices[0].device_kind, "count": len(devices), "backend": jax.default_backend(),
-                   "peak_tflops": peak / 1e12, "peak_source": source, "jax": jax.__version__},
+        "device": {
+            "kind": devices[0].device_kind,
+            "count": len(devices),
+            "backend": jax.default_backend(),
+            "peak_tflops": peak / 1e12,
+            "peak_source": source,
+            "jax": jax.__version__,
+        },
         "sizes": dataclasses.asdict(sizes),
     }
     report["teacher_forward"] = teacher_forward(sizes, dtype, peak)
@@ -279,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="accelerator.json", help="where the figures go (written atomically)")
     p.add_argument("--tiny", action="store_true", help="test-sized networks and data (CPU, seconds)")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--peak_tflops", type=float, default=0.0, help="device peak for MFU (default: PEAK_TFLOPS by device kind)")
+    p.add_argument(
+        "--peak_tflops", type=float, default=0.0, help="device peak for MFU (default: PEAK_TFLOPS by device kind)"
+    )
     p.add_argument("--teacher_batch", type=int, default=16)
     p.add_argument("--step_batch", type=int, default=8)
     p.add_argument("--student_batch", type=int, default=32)

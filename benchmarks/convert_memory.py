@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 
-IMPORTS = "import resource, jax, numpy, torch, safetensors, orbax.checkpoint; from weight_conversion import torch_to_flax\n"
+IMPORTS = (
+    "import resource, jax, numpy, torch, safetensors, orbax.checkpoint; from weight_conversion import torch_to_flax\n"
+)
 PEAK = "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
 
 
@@ -46,10 +48,14 @@ def main() -> None:
         size = ckpt.stat().st_size
         baseline = run(IMPORTS + PEAK)
         kwargs = json.dumps({"scan_layers": args.scan_layers})
-        convert = IMPORTS + (
-            f"torch_to_flax.main(['--checkpoint', {str(ckpt)!r}, '--out', {str(pathlib.Path(tmp) / 'out')!r}, "
-            f"'--preset', {args.preset!r}, '--model-kwargs', {kwargs!r}])\n"
-        ) + PEAK
+        convert = (
+            IMPORTS
+            + (
+                f"torch_to_flax.main(['--checkpoint', {str(ckpt)!r}, '--out', {str(pathlib.Path(tmp) / 'out')!r}, "
+                f"'--preset', {args.preset!r}, '--model-kwargs', {kwargs!r}])\n"
+            )
+            + PEAK
+        )
         # --preset and --model-kwargs are exclusive on the CLI: pass the preset's kwargs instead.
         convert = convert.replace(f"'--preset', {args.preset!r}, ", "")
         peak = run(convert)

@@ -59,7 +59,10 @@ def step_estimates(frames: int = 8) -> list[tuple[str, float]]:
     tokens = frames * 16 * 16 + 1
     # The teacher runs forward fully; only its last block (and small heads) is trained.
     teacher = vit_forward_flops("1B", frames) + 2 * vit_layer_flops(dim, mlp, tokens)
-    return [("B14 student fine-tune step", student), ("InternVQA KD step (1B teacher + B14 student)", student + teacher)]
+    return [
+        ("B14 student fine-tune step", student),
+        ("InternVQA KD step (1B teacher + B14 student)", student + teacher),
+    ]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -78,11 +81,35 @@ def make_sources(out: pathlib.Path, count: int, height: int, seconds: float) -> 
         path = out / f"bbb_{height}p_{i}.mp4"
         if not path.exists():
             tmp = path.with_name(f".{path.name}.tmp.mp4")
-            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-ss", f"{0.2 * i:.2f}", "-i", str(src), "-t", f"{seconds}",
-                   "-vf", f"scale={width}:{height}", "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", str(tmp)]
+            cmd = [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-v",
+                "error",
+                "-y",
+                "-ss",
+                f"{0.2 * i:.2f}",
+                "-i",
+                str(src),
+                "-t",
+                f"{seconds}",
+                "-vf",
+                f"scale={width}:{height}",
+                "-an",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "23",
+                "-pix_fmt",
+                "yuv420p",
+                str(tmp),
+            ]
             subprocess.run(cmd, check=True)
             os.replace(tmp, path)
-        items.append(VideoItem(str(path), f"bbb{i}", f"bbb{i % 3}", label=0.5 + 0.05 * i, label_kind="vmaf", codec="h264"))
+        items.append(
+            VideoItem(str(path), f"bbb{i}", f"bbb{i % 3}", label=0.5 + 0.05 * i, label_kind="vmaf", codec="h264")
+        )
     return items
 
 
@@ -134,7 +161,9 @@ def from_shards(shard_dir, num_frames, size, mode, seed):
 
 def grain_rate(shard_dir, batches: int, batch_size: int, workers: int, **kw) -> float:
     """Clips/s of the real training pipeline with `workers` processes (all cores)."""
-    it = pipeline.train_iterator(shard_dir, "all", batch_size=batch_size, workers=workers, process_index=0, process_count=1, **kw)
+    it = pipeline.train_iterator(
+        shard_dir, "all", batch_size=batch_size, workers=workers, process_index=0, process_count=1, **kw
+    )
     next(it)  # start-up (worker spawn) not counted
     start = time.perf_counter()
     for _ in range(batches):
@@ -168,20 +197,26 @@ def main(argv=None) -> int:
         work = pathlib.Path(tmp.name)
     else:
         work = pathlib.Path(args.workdir)
-    print(f"machine: {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} (shared machine: figures are noisy)")
+    print(
+        f"machine: {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} (shared machine: figures are noisy)"
+    )
 
     t0 = time.perf_counter()
     items = make_sources(work / "videos", args.videos, args.height, args.seconds)
     info = decode.probe(items[0].path)
-    print(f"sources: {len(items)} x {info.width}x{info.height} {info.codec} {info.num_frames} frames "
-          f"({info.bitrate_kbps:.0f} kb/s), made in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"sources: {len(items)} x {info.width}x{info.height} {info.codec} {info.num_frames} frames "
+        f"({info.bitrate_kbps:.0f} kb/s), made in {time.perf_counter() - t0:.1f} s"
+    )
 
     layouts = {
         "256 raw": prepare.PrepareConfig(args.stored_frames, 256, "none"),
         "256 zstd": prepare.PrepareConfig(args.stored_frames, 256, "zstd"),
         f"{args.size} raw": prepare.PrepareConfig(args.stored_frames, args.size, "none"),
         "native raw": prepare.PrepareConfig(args.stored_frames, None, "none"),
-        "8 fragment draws": prepare.PrepareConfig(args.stored_frames, None, "none", fragment_draws=8, fragment_size=args.size),
+        "8 fragment draws": prepare.PrepareConfig(
+            args.stored_frames, None, "none", fragment_draws=8, fragment_size=args.size
+        ),
     }
     dirs = {}
     print("\nprepare (1 process):")
@@ -214,7 +249,9 @@ def main(argv=None) -> int:
         wall, cpu = rate(fn, clips, args.repeats)
         baseline.setdefault(mode, cpu)
         results[(mode, name)] = cpu
-        print(f"  {mode:11s} {name:28s} {wall:8.1f} wall   {cpu:8.1f} per CPU-s   x{cpu / baseline[mode]:6.1f} vs decode (CPU)")
+        print(
+            f"  {mode:11s} {name:28s} {wall:8.1f} wall   {cpu:8.1f} per CPU-s   x{cpu / baseline[mode]:6.1f} vs decode (CPU)"
+        )
     os.sched_setaffinity(0, set(range(os.cpu_count())))
 
     cores = len(os.sched_getaffinity(0))
@@ -223,12 +260,16 @@ def main(argv=None) -> int:
 
     best_crop = max(v for (m, k), v in results.items() if m == "resize_crop" and not k.startswith("decode"))
     frag = max(v for (m, k), v in results.items() if m == "fragments" and not k.startswith("decode"))
-    print("\nfeeding one H100 (FLOPs estimate, 8x224x224 clips, "
-          f"{H100_BF16_PEAK / 1e12:.0f} TFLOP/s bf16 peak x {ASSUMED_MFU:.0%} MFU):")
+    print(
+        "\nfeeding one H100 (FLOPs estimate, 8x224x224 clips, "
+        f"{H100_BF16_PEAK / 1e12:.0f} TFLOP/s bf16 peak x {ASSUMED_MFU:.0%} MFU):"
+    )
     for desc, flops in step_estimates(n):
         need = H100_BF16_PEAK * ASSUMED_MFU / flops
-        print(f"  {desc:45s} {flops / 1e12:6.2f} TFLOP/clip -> needs {need:6.1f} clips/s = {need / 4:5.1f} per core on 4 cores; "
-              f"4 cores give {4 * best_crop:6.1f} (crop) / {4 * frag:6.1f} (fragments, best store) from the CPU-second rates")
+        print(
+            f"  {desc:45s} {flops / 1e12:6.2f} TFLOP/clip -> needs {need:6.1f} clips/s = {need / 4:5.1f} per core on 4 cores; "
+            f"4 cores give {4 * best_crop:6.1f} (crop) / {4 * frag:6.1f} (fragments, best store) from the CPU-second rates"
+        )
     if tmp is not None:
         tmp.cleanup()
     return 0

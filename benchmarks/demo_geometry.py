@@ -70,7 +70,12 @@ def demo_config(size: int, patch: int, steps: int, num_train: int, seed: int):
 def train_views(shard_dir: str, indices: np.ndarray, frames: int, size: int, views: int, seed: int) -> np.ndarray:
     """`(N, views, T, S, S, 3)` uint8 training views, draw v of clip i seeded by (seed, i, v)."""
     tt = pipeline.TrainTransform(shard_dir, frames, size, "fragments")
-    return np.stack([np.stack([tt.random_map(int(i), np.random.default_rng((seed, int(i), v)))["frames"] for v in range(views)]) for i in indices])
+    return np.stack(
+        [
+            np.stack([tt.random_map(int(i), np.random.default_rng((seed, int(i), v)))["frames"] for v in range(views)])
+            for i in indices
+        ]
+    )
 
 
 def test_views(shard_dir: str, indices: np.ndarray, frames: int, size: int, views: int, seed: int) -> np.ndarray:
@@ -107,7 +112,11 @@ def run_geometry(args: argparse.Namespace, size: int, patch: int, split: dict, c
     tr = train_views(args.shards, split["train"], frames, size, args.views, args.seed)
     te = test_views(args.shards, split["test"], frames, size, args.test_views, args.seed)
     draw_s = time.perf_counter() - t0
-    print(f"  {size}:{patch}: views drawn in {draw_s:.0f} s ({tr.nbytes / 2**20:.0f} MiB train, {te.nbytes / 2**20:.0f} MiB test)", file=sys.stderr, flush=True)
+    print(
+        f"  {size}:{patch}: views drawn in {draw_s:.0f} s ({tr.nbytes / 2**20:.0f} MiB train, {te.nbytes / 2**20:.0f} MiB test)",
+        file=sys.stderr,
+        flush=True,
+    )
     built = builder.build(c, builder.JobSpec("baseline", ("student",), {"student_mse": 1.0}), args.steps)
     mc = built.model_configs["student"]
     tokens = (frames // int(mc.tubelet_size)) * (size // patch) ** 2
@@ -126,11 +135,22 @@ def run_geometry(args: argparse.Namespace, size: int, patch: int, split: dict, c
         losses.append(loss)
         if s + 1 in checkpoints:
             srcc[s + 1] = test_srcc(ev, state, te, split["test_labels"])
-            print(f"  {size}:{patch} step {s + 1}: test SRCC {srcc[s + 1]:.3f}, train loss (last 50) {np.mean(losses[-50:]):.4f}", file=sys.stderr, flush=True)
-    warmup = min(int(round(args.steps * c.optim.warmup_epochs / c.optim.epochs)), args.steps - 1)  # as build + the schedule derive it
+            print(
+                f"  {size}:{patch} step {s + 1}: test SRCC {srcc[s + 1]:.3f}, train loss (last 50) {np.mean(losses[-50:]):.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    warmup = min(
+        int(round(args.steps * c.optim.warmup_epochs / c.optim.epochs)), args.steps - 1
+    )  # as build + the schedule derive it
     return {
-        "tokens": tokens, "ms": 1e3 * float(np.median(times)), "srcc": srcc, "loss": float(np.mean(losses[-50:])),
-        "nonfinite": int(jax.device_get(state["nonfinite_step"])), "warmup": warmup, "lr": float(c.optim.base_lr) * BATCH / 256,
+        "tokens": tokens,
+        "ms": 1e3 * float(np.median(times)),
+        "srcc": srcc,
+        "loss": float(np.mean(losses[-50:])),
+        "nonfinite": int(jax.device_get(state["nonfinite_step"])),
+        "warmup": warmup,
+        "lr": float(c.optim.base_lr) * BATCH / 256,
     }
 
 
@@ -138,7 +158,9 @@ def main() -> None:
     """Prints the geometry table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", default=os.path.join("data_cache", "demo_shards"))
-    p.add_argument("--geometries", default="128:16,64:8,128:8", help="comma-separated SIZE:PATCH (mosaic side : patch size)")
+    p.add_argument(
+        "--geometries", default="128:16,64:8,128:8", help="comma-separated SIZE:PATCH (mosaic side : patch size)"
+    )
     p.add_argument("--steps", type=int, default=1000, help="training steps of batch 16 per geometry")
     p.add_argument("--eval-every", type=int, default=250, help="test SRCC every this many steps (and at the last step)")
     p.add_argument("--views", type=int, default=8, help="pre-drawn training views per clip")
@@ -167,14 +189,22 @@ def main() -> None:
         results[(size, patch)] = run_geometry(args, size, patch, split, checkpoints)
 
     any_result = next(iter(results.values()))
-    print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.1f} at the end"
+    )
     print(
         f"demo student alone, from scratch: {len(split['train'])} train / {len(split['test'])} test clips ({args.shards}), 2 frames, fragments; "
         f"{args.steps} steps of batch {BATCH}, peak lr {any_result['lr']:.2g}, warm-up {any_result['warmup']} steps, cosine; "
         f"{args.views} pre-drawn train views/clip, {args.test_views} test views/clip, seed {args.seed}"
     )
-    print("tokens = patch tokens per clip, frames x (size / patch)^2 (class token not counted); ms/step = median, compile and evaluation excluded")
-    head = f"{'size:patch':>10} {'tokens':>6} {'ms/step':>8} " + " ".join(f"{'SRCC@' + str(s):>10}" for s in checkpoints) + f" {'loss(last 50)':>13}"
+    print(
+        "tokens = patch tokens per clip, frames x (size / patch)^2 (class token not counted); ms/step = median, compile and evaluation excluded"
+    )
+    head = (
+        f"{'size:patch':>10} {'tokens':>6} {'ms/step':>8} "
+        + " ".join(f"{'SRCC@' + str(s):>10}" for s in checkpoints)
+        + f" {'loss(last 50)':>13}"
+    )
     print(head)
     for (size, patch), r in results.items():
         cells = " ".join(f"{r['srcc'][s]:10.3f}" for s in checkpoints)

@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float32", help="Flax compute dtype (torch stays fp32)")
-    parser.add_argument("--attention-impls", default="xla,chunked", help="comma-separated Flax attention_impl values to time")
+    parser.add_argument(
+        "--attention-impls", default="xla,chunked", help="comma-separated Flax attention_impl values to time"
+    )
     args = parser.parse_args()
 
     config = registry.get_config(args.preset, num_frames=args.frames, img_size=args.size, dtype=args.dtype)
@@ -79,7 +81,9 @@ def main() -> None:
     # init and no second copy (the 1B is 4 GiB a copy, on a machine shared with other jobs).
     with torch.device("meta"):
         torch_model = InternVideo2Torch(**official_kwargs(config))
-    weights = {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in internvideo2_state_dict(model).items()}
+    weights = {
+        k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in internvideo2_state_dict(model).items()
+    }
     torch_model.load_state_dict(weights, strict=True, assign=True)
     del weights
     torch_model.eval()
@@ -117,23 +121,32 @@ def main() -> None:
     medians = {name: statistics.median(t) for name, t in times.items()}
     flops = internvideo2_flops(config)["forward"] * args.batch
 
-    print(f"model {args.preset}: {args.batch}x{args.frames}x{args.size}x{args.size}, {config.num_patches + 1} tokens, "
-          f"flax dtype {args.dtype}, torch float32")
-    print(f"devices: jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"jnp 2048^3 float32 matmul: {matmul_before:.1f} GFLOP/s before, {matmul_after:.1f} after; "
-          f"forward {flops / 1e9:.0f} GFLOP per call")
+    print(
+        f"model {args.preset}: {args.batch}x{args.frames}x{args.size}x{args.size}, {config.num_patches + 1} tokens, "
+        f"flax dtype {args.dtype}, torch float32"
+    )
+    print(
+        f"devices: jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"jnp 2048^3 float32 matmul: {matmul_before:.1f} GFLOP/s before, {matmul_after:.1f} after; "
+        f"forward {flops / 1e9:.0f} GFLOP per call"
+    )
     for impl in impls:
         print(f"flax[{impl}] first call (compile + run): {compile_times[impl]:.2f} s")
     for name, t in times.items():
         achieved = flops / medians[name] / 1e9
-        print(f"{name:16s} median {medians[name]:.3f} s  {achieved:6.1f} GFLOP/s "
-              f"({achieved / max(matmul_before, matmul_after):.0%} of the matmul rate)  runs {[round(x, 3) for x in t]}")
+        print(
+            f"{name:16s} median {medians[name]:.3f} s  {achieved:6.1f} GFLOP/s "
+            f"({achieved / max(matmul_before, matmul_after):.0%} of the matmul rate)  runs {[round(x, 3) for x in t]}"
+        )
     for impl in impls:
         name = f"flax[{impl}]"
-        print(f"ratio torch/{name}: {medians['torch'] / medians[name]:.2f}x   "
-              f"max |logit difference| vs torch: {float(np.abs(outputs[impl] - torch_out).max()):.3g}")
-
+        print(
+            f"ratio torch/{name}: {medians['torch'] / medians[name]:.2f}x   "
+            f"max |logit difference| vs torch: {float(np.abs(outputs[impl] - torch_out).max()):.3g}"
+        )
 
 
 if __name__ == "__main__":

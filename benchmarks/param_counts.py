@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")
     args = parser.parse_args(argv)
 
-    print(f"Parameters of the regression models at {args.frames} frames x {args.size} px (jax.eval_shape on the registry presets):\n")
+    print(
+        f"Parameters of the regression models at {args.frames} frames x {args.size} px (jax.eval_shape on the registry presets):\n"
+    )
     print("| preset | family | width | depth | parameters | exact |")
     print("|---|---|---|---|---|---|")
     for name in INTERNVIDEO2 + VIDEOMAMBA:

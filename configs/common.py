@@ -8,7 +8,7 @@ Every field stays overridable on the command line as `--config.section.field=val
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 
@@ -49,17 +49,17 @@ ARG_KEYS = {
     "labeled_fraction": "data.labeled_fraction",
 }
 
-# The label-scarce demo (`scarce=true`): a quarter of the training sources labelled, the teacher's
+# The label-scarce demo (`scarce=true`): a quarter of the training sources labeled, the teacher's
 # score as the student's target on every clip. The weight is the student's label MSE weight, chosen
-# before any run (not tuned): on an unlabelled clip the teacher's score stands in for the missing
-# label at the same scale, and on a labelled clip it weighs as much as the label.
+# before any run (not tuned): on an unlabeled clip the teacher's score stands in for the missing
+# label at the same scale, and on a labeled clip it weighs as much as the label.
 SCARCE = {"labeled_fraction": 0.25, "distill_score": 1.0}
 
 
 def label_scarce(c: ml_collections.ConfigDict) -> None:
-    """`scarce=true`: `SCARCE`'s labelled fraction and `distill_score` weight. The step count stays the
+    """`scarce=true`: `SCARCE`'s labeled fraction and `distill_score` weight. The step count stays the
     full-label run's: an epoch is a pass over the whole training split in every job
-    (`training/loop.py:_schedule`), so the teacher and the baseline, which read only the labelled
+    (`training/loop.py:_schedule`), so the teacher and the baseline, which read only the labeled
     quarter, see it 4 times per epoch rather than training 4 times fewer steps."""
     c.data.labeled_fraction = SCARCE["labeled_fraction"]
     c.loss.distill_score = SCARCE["distill_score"]
@@ -80,11 +80,15 @@ def parse_arg(arg: str | None) -> dict[str, str]:
         if not part:
             continue
         if "=" not in part:
-            raise ValueError(f"config arg: '{part}' is not key=value (known keys: {sorted(ARG_KEYS) + sorted(SWITCH_KEYS)})")
+            raise ValueError(
+                f"config arg: '{part}' is not key=value (known keys: {sorted(ARG_KEYS) + sorted(SWITCH_KEYS)})"
+            )
         key, value = part.split("=", 1)
         key = key.strip()
         if key not in ARG_KEYS and key not in SWITCH_KEYS:
-            raise ValueError(f"config arg: unknown key '{key}'; expected one of {sorted(ARG_KEYS) + sorted(SWITCH_KEYS)}")
+            raise ValueError(
+                f"config arg: unknown key '{key}'; expected one of {sorted(ARG_KEYS) + sorted(SWITCH_KEYS)}"
+            )
         out[key] = value.strip()
     return out
 
@@ -110,22 +114,26 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "demo"
-    c.data.shard_dir = ""  # "" = data_cache/<name>_shards (io_utils.default_shard_dir); the demo's is built on first use
+    c.data.shard_dir = (
+        ""  # "" = data_cache/<name>_shards (io_utils.default_shard_dir); the demo's is built on first use
+    )
     c.data.source_root = ""  # raw videos for prepare (real datasets)
     c.data.frames = 8
     c.data.size = 224
     c.data.spatial_mode = "resize_crop"  # or "fragments" (FAST-VQA grid mini-patches)
     c.data.workers = 0  # Grain worker processes (0 = in the main process)
     c.data.eval_batch_size = 8
-    # Labelled part of the training split: a seeded fraction of its sources keeps its labels, the rest
-    # is unlabelled (the teacher and the baseline never read it; the distilled student learns from
+    # Labeled part of the training split: a seeded fraction of its sources keeps its labels, the rest
+    # is unlabeled (the teacher and the baseline never read it; the distilled student learns from
     # the teacher alone there). Val and test keep every label. pipeline.label_partition owns the rule.
     c.data.labeled_fraction = 1.0
     c.data.labeled_seed = -1  # seed of that draw; -1: the run's `seed`
     c.data.labeled_by = "group"  # drawn whole content groups at a time, or "source" (pipeline.LABEL_UNITS)
 
     c.teacher = model_config("1B")
-    c.teacher.mode = "cotrain"  # cotrain (authors) | frozen (teacher.init, no gradient) | staged (fine-tune here first, then frozen)
+    c.teacher.mode = (
+        "cotrain"  # cotrain (authors) | frozen (teacher.init, no gradient) | staged (fine-tune here first, then frozen)
+    )
     c.teacher.epochs = 0.0  # staged mode and the teacher job: the teacher's own epochs (0: optim.epochs)
     c.teacher.trainable = "authors"  # authors: last block, embeddings, clip_projector, fc_norm, head | all
     c.teacher.cache_features = False  # frozen or staged mode: run the teacher once per (clip, view), reuse its outputs
@@ -246,4 +254,3 @@ def build_config(
         if c[net].preset in REMAT_PRESETS and "remat" not in c[net].overrides:
             c[net].overrides.remat = True
     return c
-

@@ -21,4 +21,6 @@ def _teacher_only(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Teacher-only config; same preset keys as the homologous config (student ones are ignored)."""
-    return common.build_config(arg, "teacher", homologous.demo_models, job_settings=_teacher_only, demo_unless=("teacher",))
+    return common.build_config(
+        arg, "teacher", homologous.demo_models, job_settings=_teacher_only, demo_unless=("teacher",)
+    )

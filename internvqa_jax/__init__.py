@@ -17,7 +17,13 @@ from typing import Any
 _PUBLIC = ("load", "load_model_dir")
 
 
-def load(model_dir_or_workdir: "str | os.PathLike | None" = None, batch_size: int = 8, device: Any = None, which: str = "student", **spec_overrides: Any) -> Any:
+def load(
+    model_dir_or_workdir: "str | os.PathLike | None" = None,
+    batch_size: int = 8,
+    device: Any = None,
+    which: str = "student",
+    **spec_overrides: Any,
+) -> Any:
     """A `Scorer` of a model directory or training workdir (`scorer.load`), or of the bundled default
     model when no path is given (FileNotFoundError naming the expected folder if it is missing)."""
     from internvqa_jax import scorer

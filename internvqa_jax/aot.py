@@ -36,7 +36,8 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +54,14 @@ from internvqa_jax.training import builder, config_rules, loop
 # would abort; compiling for a described topology never touches a TPU, so several may share libtpu.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology libtpu accepts: v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4, ...")
-_BATCH = flags.DEFINE_list("batch", [], "global training batch(es) to compile (default: config.optim.batch_size); with --find-batch, the first is where the search starts")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "TPU topology libtpu accepts: v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4, ..."
+)
+_BATCH = flags.DEFINE_list(
+    "batch",
+    [],
+    "global training batch(es) to compile (default: config.optim.batch_size); with --find-batch, the first is where the search starts",
+)
 _FIND_BATCH = flags.DEFINE_bool("find-batch", False, "search the largest global batch that fits, per training job")
 _MAX_BATCH = flags.DEFINE_integer("max-batch", 4096, "--find-batch: largest global batch tried")
 _JOBS = flags.DEFINE_list("jobs", [], "jobs to compile (default: all of the config's: teacher, distill, baseline)")
@@ -117,9 +124,13 @@ def topology_devices(topology: str) -> tuple[list[jax.Device], tpu_chips.ChipSpe
     try:
         devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices)
     except Exception as err:  # libtpu missing, or a shape it does not know
-        raise ValueError(f"--topology={topology}: libtpu could not describe it ({err}); install the tpu extra (pip install -e '.[tpu]') and use a shape such as v5e:2x4 or v4:2x2x1") from err
+        raise ValueError(
+            f"--topology={topology}: libtpu could not describe it ({err}); install the tpu extra (pip install -e '.[tpu]') and use a shape such as v5e:2x4 or v4:2x2x1"
+        ) from err
     if devices[0].device_kind != chip.device_kind:
-        raise ValueError(f"--topology={topology}: libtpu reports {devices[0].device_kind!r} devices, the table expects {chip.device_kind!r} for {chip.name}")
+        raise ValueError(
+            f"--topology={topology}: libtpu reports {devices[0].device_kind!r} devices, the table expects {chip.device_kind!r} for {chip.name}"
+        )
     return devices, chip
 
 
@@ -183,7 +194,9 @@ def _oom_bytes(message: str) -> int | None:
     return int(float(match.group(1)) * scale)
 
 
-def compile_program(fn: Callable, args: tuple, in_sh: tuple, out_sh: Any, donate: tuple[int, ...], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+def compile_program(
+    fn: Callable, args: tuple, in_sh: tuple, out_sh: Any, donate: tuple[int, ...], mesh: jax.sharding.Mesh
+) -> dict[str, Any]:
     """Lowers and compiles `fn` for the mesh; returns memory and cost figures, or the OOM error."""
     t0 = time.perf_counter()
     jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=out_sh, donate_argnums=donate)
@@ -195,18 +208,45 @@ def compile_program(fn: Callable, args: tuple, in_sh: tuple, out_sh: Any, donate
         message = str(err)
         if not _OOM.search(message):
             raise
-        return {"error": message.strip().splitlines()[0][:500], "oom_bytes": _oom_bytes(message), "seconds": time.perf_counter() - t0}
+        return {
+            "error": message.strip().splitlines()[0][:500],
+            "oom_bytes": _oom_bytes(message),
+            "seconds": time.perf_counter() - t0,
+        }
     return {"memory": _memory(compiled), "cost": _cost(compiled), "seconds": time.perf_counter() - t0}
 
 
-def _row(name: str, result: dict, *, topology: str, chip: tpu_chips.ChipSpec, mesh: jax.sharding.Mesh, batch: int, analytic: float, recompute: float, **extra: Any) -> PlanRow:
+def _row(
+    name: str,
+    result: dict,
+    *,
+    topology: str,
+    chip: tpu_chips.ChipSpec,
+    mesh: jax.sharding.Mesh,
+    batch: int,
+    analytic: float,
+    recompute: float,
+    **extra: Any,
+) -> PlanRow:
     """A PlanRow from `compile_program`'s result and the analytic counts (whole step, all chips)."""
     chips = mesh.devices.size
     row = PlanRow(
-        program=name, topology=topology, chip=chip.name, chips=chips, mesh={k: int(v) for k, v in mesh.shape.items()}, global_batch=batch,
-        hbm_bytes_per_chip=chip.hbm_bytes, peak_bytes_per_chip=None, fits=False, xla_flops_per_step=None,
-        analytic_flops_per_step=analytic, analytic_recompute_flops_per_step=recompute, roofline_seconds_per_step=None,
-        mfu_upper_bound=None, compile_seconds=round(result["seconds"], 1), **extra,
+        program=name,
+        topology=topology,
+        chip=chip.name,
+        chips=chips,
+        mesh={k: int(v) for k, v in mesh.shape.items()},
+        global_batch=batch,
+        hbm_bytes_per_chip=chip.hbm_bytes,
+        peak_bytes_per_chip=None,
+        fits=False,
+        xla_flops_per_step=None,
+        analytic_flops_per_step=analytic,
+        analytic_recompute_flops_per_step=recompute,
+        roofline_seconds_per_step=None,
+        mfu_upper_bound=None,
+        compile_seconds=round(result["seconds"], 1),
+        **extra,
     )
     if "error" in result:
         row.error = result["error"]
@@ -214,7 +254,12 @@ def _row(name: str, result: dict, *, topology: str, chip: tpu_chips.ChipSpec, me
         return row
     mem, cost = result["memory"], result["cost"]
     row.peak_bytes_per_chip = mem["peak"]
-    row.argument_bytes, row.output_bytes, row.temp_bytes, row.alias_bytes = mem["argument"], mem["output"], mem["temp"], mem["alias"]
+    row.argument_bytes, row.output_bytes, row.temp_bytes, row.alias_bytes = (
+        mem["argument"],
+        mem["output"],
+        mem["temp"],
+        mem["alias"],
+    )
     row.fits = mem["peak"] <= chip.hbm_bytes
     row.xla_flops_per_step = cost["flops"] * chips
     row.xla_bytes_accessed_per_chip = cost["bytes"]
@@ -227,10 +272,15 @@ def _row(name: str, result: dict, *, topology: str, chip: tpu_chips.ChipSpec, me
 # ============================================================================ the programs of a run
 
 
-def _train_batch(config: ml_collections.ConfigDict, built: builder.Built, job: builder.JobSpec, batch: int) -> dict[str, jax.ShapeDtypeStruct]:
+def _train_batch(
+    config: ml_collections.ConfigDict, built: builder.Built, job: builder.JobSpec, batch: int
+) -> dict[str, jax.ShapeDtypeStruct]:
     """Abstract training batch as the data pipeline yields it (uint8 frames, float labels)."""
     d = config.data
-    out = {"frames": jax.ShapeDtypeStruct((batch, int(d.frames), int(d.size), int(d.size), 3), jnp.uint8), "label": jax.ShapeDtypeStruct((batch,), jnp.float32)}
+    out = {
+        "frames": jax.ShapeDtypeStruct((batch, int(d.frames), int(d.size), int(d.size), 3), jnp.uint8),
+        "label": jax.ShapeDtypeStruct((batch,), jnp.float32),
+    }
     if job.teacher_cached:
         dim = builder.pooled_dim(built.model_configs["teacher"])
         out["teacher_pool"] = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
@@ -241,10 +291,20 @@ def _train_batch(config: ml_collections.ConfigDict, built: builder.Built, job: b
 def _check_batch(batch: int, mesh: jax.sharding.Mesh, what: str) -> None:
     devices = mesh.devices.size
     if batch < 1 or batch % devices:
-        raise ValueError(f"{what}: global batch {batch} must be a positive multiple of the {devices} devices of the mesh")
+        raise ValueError(
+            f"{what}: global batch {batch} must be a positive multiple of the {devices} devices of the mesh"
+        )
 
 
-def plan_train(config: ml_collections.ConfigDict, job: builder.JobSpec, batch: int, mesh: jax.sharding.Mesh, chip: tpu_chips.ChipSpec, topology: str, attention: dict) -> PlanRow:
+def plan_train(
+    config: ml_collections.ConfigDict,
+    job: builder.JobSpec,
+    batch: int,
+    mesh: jax.sharding.Mesh,
+    chip: tpu_chips.ChipSpec,
+    topology: str,
+    attention: dict,
+) -> PlanRow:
     """Compiles job `job`'s train step at global batch `batch`, as `train.train_job` jits it."""
     _check_batch(batch, mesh, f"train_{job.name}")
     config = ml_collections.ConfigDict(config.to_dict())  # batch size feeds the schedule: a private copy
@@ -254,12 +314,27 @@ def plan_train(config: ml_collections.ConfigDict, job: builder.JobSpec, batch: i
     batch_sh = sharding.batch_sharding(mesh)
     rep = sharding.replicated(mesh)
     abstract_batch = _train_batch(config, built, job, batch)
-    result = compile_program(loop.builder_step(built), (built.abstract_state, abstract_batch), (state_sh, batch_sh), (state_sh, rep), (0,), mesh)
+    result = compile_program(
+        loop.builder_step(built),
+        (built.abstract_state, abstract_batch),
+        (state_sh, batch_sh),
+        (state_sh, rep),
+        (0,),
+        mesh,
+    )
     analytic = flops_lib.train_flops_per_clip(built.model_configs, job, config) * batch
     recompute = flops_lib.recompute_flops_per_clip(built.model_configs, job) * batch
     return _row(
-        f"train_{job.name}", result, topology=topology, chip=chip, mesh=mesh, batch=batch, analytic=analytic, recompute=recompute,
-        compute_dtype=str(config.compute_dtype), attention_impl={n: attention[n] for n in built.model_configs if n in attention},
+        f"train_{job.name}",
+        result,
+        topology=topology,
+        chip=chip,
+        mesh=mesh,
+        batch=batch,
+        analytic=analytic,
+        recompute=recompute,
+        compute_dtype=str(config.compute_dtype),
+        attention_impl={n: attention[n] for n in built.model_configs if n in attention},
         remat={n: bool(getattr(c, "remat", False)) for n, c in built.model_configs.items()},
     )
 
@@ -269,7 +344,14 @@ def eval_views(config: ml_collections.ConfigDict) -> int:
     return int(config.test_views) * (3 if config.data.spatial_mode == "resize_crop" else 1)
 
 
-def plan_score(config: ml_collections.ConfigDict, job: builder.JobSpec, mesh: jax.sharding.Mesh, chip: tpu_chips.ChipSpec, topology: str, attention: dict) -> PlanRow:
+def plan_score(
+    config: ml_collections.ConfigDict,
+    job: builder.JobSpec,
+    mesh: jax.sharding.Mesh,
+    chip: tpu_chips.ChipSpec,
+    topology: str,
+    attention: dict,
+) -> PlanRow:
     """Compiles the student's scoring forward (the eval step over test views) for the job's state."""
     built = builder.build(config, job, total_steps=1000)
     devices = mesh.devices.size
@@ -278,11 +360,27 @@ def plan_score(config: ml_collections.ConfigDict, job: builder.JobSpec, mesh: ja
     state_sh = sharding.state_shardings(built.abstract_state, mesh)
     batch_sh = sharding.batch_sharding(mesh)
     frames = jax.ShapeDtypeStruct((batch, views, int(d.frames), int(d.size), int(d.size), 3), jnp.uint8)
-    result = compile_program(loop.eval_fn(built, ("student",)), (built.abstract_state, {"frames": frames}), (state_sh, batch_sh), batch_sh, (), mesh)
+    result = compile_program(
+        loop.eval_fn(built, ("student",)),
+        (built.abstract_state, {"frames": frames}),
+        (state_sh, batch_sh),
+        batch_sh,
+        (),
+        mesh,
+    )
     analytic = flops_lib.forward_flops_per_clip(built.model_configs, ("student",)) * batch * views
     return _row(
-        "score_student", result, topology=topology, chip=chip, mesh=mesh, batch=batch, analytic=analytic, recompute=0.0, views=views,
-        compute_dtype=str(config.compute_dtype), attention_impl={"student": attention.get("student")},
+        "score_student",
+        result,
+        topology=topology,
+        chip=chip,
+        mesh=mesh,
+        batch=batch,
+        analytic=analytic,
+        recompute=0.0,
+        views=views,
+        compute_dtype=str(config.compute_dtype),
+        attention_impl={"student": attention.get("student")},
         remat={"student": bool(getattr(built.model_configs["student"], "remat", False))},
     )
 
@@ -290,7 +388,9 @@ def plan_score(config: ml_collections.ConfigDict, job: builder.JobSpec, mesh: ja
 # ============================================================================ batch search
 
 
-def find_batch(plan_at: Callable[[int], PlanRow], devices: int, max_batch: int, start_batch: int = 0) -> tuple[PlanRow | None, list[PlanRow], float | None]:
+def find_batch(
+    plan_at: Callable[[int], PlanRow], devices: int, max_batch: int, start_batch: int = 0
+) -> tuple[PlanRow | None, list[PlanRow], float | None]:
     """Largest global batch (a multiple of `devices`) whose program fits, by secant steps.
 
     The first two compiles are at `start_batch` (rounded down to a multiple of `devices`; 0: one
@@ -307,7 +407,12 @@ def find_batch(plan_at: Callable[[int], PlanRow], devices: int, max_batch: int, 
     def fits(k: int) -> bool:  # k clips per device
         if k not in tried:
             tried[k] = plan_at(k * devices)
-            log.info("batch %d: %s, peak %s", k * devices, "fits" if tried[k].fits else "does not fit", tried[k].peak_bytes_per_chip)
+            log.info(
+                "batch %d: %s, peak %s",
+                k * devices,
+                "fits" if tried[k].fits else "does not fit",
+                tried[k].peak_bytes_per_chip,
+            )
         return tried[k].fits
 
     def by_batch() -> list[PlanRow]:
@@ -352,7 +457,15 @@ def find_batch(plan_at: Callable[[int], PlanRow], devices: int, max_batch: int, 
 # ============================================================================ CLI
 
 
-def plan(config: ml_collections.ConfigDict, topology: str, batches: list[int], find: bool, jobs: list[str], score: bool, max_batch: int) -> dict[str, Any]:
+def plan(
+    config: ml_collections.ConfigDict,
+    topology: str,
+    batches: list[int],
+    find: bool,
+    jobs: list[str],
+    score: bool,
+    max_batch: int,
+) -> dict[str, Any]:
     """The whole plan: every selected program at every requested batch (or the searched one)."""
     devices, chip = topology_devices(topology)
     mesh = plan_mesh(config, devices)
@@ -373,15 +486,28 @@ def plan(config: ml_collections.ConfigDict, topology: str, batches: list[int], f
         plan_at = lambda b, job=job: plan_train(config, job, b, mesh, chip, topology, attention)  # noqa: E731
         if find:
             best, tried, slope = find_batch(plan_at, mesh.devices.size, max_batch, start_batch=start_batch)
-            searches.append({"program": f"train_{job.name}", "largest_fitting_batch": best.global_batch if best else 0, "bytes_per_clip_per_chip": slope,
-                             "tried": [{"global_batch": r.global_batch, "fits": r.fits, "peak_bytes_per_chip": r.peak_bytes_per_chip} for r in tried]})
+            searches.append(
+                {
+                    "program": f"train_{job.name}",
+                    "largest_fitting_batch": best.global_batch if best else 0,
+                    "bytes_per_clip_per_chip": slope,
+                    "tried": [
+                        {"global_batch": r.global_batch, "fits": r.fits, "peak_bytes_per_chip": r.peak_bytes_per_chip}
+                        for r in tried
+                    ],
+                }
+            )
             rows.extend([best] if best else tried[:1])
         else:
             rows.extend(plan_at(b) for b in batches)
     scorer = next((j for j in all_jobs if "student" in j.nets), None)
     if score and scorer is not None:
         rows.append(plan_score(config, scorer, mesh, chip, topology, attention))
-    out: dict[str, Any] = {"topology": topology, "chip": dataclasses.asdict(chip), "programs": [r.to_dict() for r in rows]}
+    out: dict[str, Any] = {
+        "topology": topology,
+        "chip": dataclasses.asdict(chip),
+        "programs": [r.to_dict() for r in rows],
+    }
     if searches:
         out["searches"] = searches
     per_clip = _slopes(rows)
@@ -394,7 +520,11 @@ def _slopes(rows: list[PlanRow]) -> dict[str, float]:
     """Memory per clip per chip from two compiled batches of the same program (explicit --batch list)."""
     out = {}
     for name in {r.program for r in rows}:
-        pts = sorted((r.global_batch // r.chips, r.peak_bytes_per_chip) for r in rows if r.program == name and r.peak_bytes_per_chip and not r.error)
+        pts = sorted(
+            (r.global_batch // r.chips, r.peak_bytes_per_chip)
+            for r in rows
+            if r.program == name and r.peak_bytes_per_chip and not r.error
+        )
         if len(pts) >= 2 and pts[-1][0] != pts[0][0]:
             out[name] = (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
     return out
@@ -403,17 +533,25 @@ def _slopes(rows: list[PlanRow]) -> dict[str, float]:
 def format_table(result: dict[str, Any]) -> str:
     """The plan as a fixed-width text table."""
     gib = tpu_chips.GiB
-    lines = [f"{'program':16s} {'topology':10s} {'mesh':>10s} {'batch':>6s} {'peak/chip':>10s} {'HBM':>7s} {'fits':>5s} {'XLA TFLOP':>10s} {'model TFLOP':>11s} {'roofline':>9s} {'MFU<=':>6s}  attention"]
+    lines = [
+        f"{'program':16s} {'topology':10s} {'mesh':>10s} {'batch':>6s} {'peak/chip':>10s} {'HBM':>7s} {'fits':>5s} {'XLA TFLOP':>10s} {'model TFLOP':>11s} {'roofline':>9s} {'MFU<=':>6s}  attention"
+    ]
     for r in result["programs"]:
         peak = f"{r['peak_bytes_per_chip'] / gib:.2f}G" if r["peak_bytes_per_chip"] else "?"
         xla = f"{r['xla_flops_per_step'] / 1e12:.2f}" if r["xla_flops_per_step"] else "-"
         roof = f"{r['roofline_seconds_per_step'] * 1e3:.0f} ms" if r["roofline_seconds_per_step"] else "-"
         mfu = f"{100 * r['mfu_upper_bound']:.0f}%" if r["mfu_upper_bound"] else "-"
         mesh = "x".join(str(v) for v in r["mesh"].values())
-        lines.append(f"{r['program']:16s} {r['topology']:10s} {mesh:>10s} {r['global_batch']:6d} {peak:>10s} {r['hbm_bytes_per_chip'] / gib:6.0f}G {str(r['fits']):>5s} "
-                     f"{xla:>10s} {r['analytic_flops_per_step'] / 1e12:11.2f} {roof:>9s} {mfu:>6s}  {r['attention_impl']}")
+        lines.append(
+            f"{r['program']:16s} {r['topology']:10s} {mesh:>10s} {r['global_batch']:6d} {peak:>10s} {r['hbm_bytes_per_chip'] / gib:6.0f}G {str(r['fits']):>5s} "
+            f"{xla:>10s} {r['analytic_flops_per_step'] / 1e12:11.2f} {roof:>9s} {mfu:>6s}  {r['attention_impl']}"
+        )
     for s in result.get("searches", []):
-        slope = f"{s['bytes_per_clip_per_chip'] / gib:.2f} GiB per clip per chip" if s["bytes_per_clip_per_chip"] else "slope n/a"
+        slope = (
+            f"{s['bytes_per_clip_per_chip'] / gib:.2f} GiB per clip per chip"
+            if s["bytes_per_clip_per_chip"]
+            else "slope n/a"
+        )
         lines.append(f"{s['program']}: largest fitting global batch {s['largest_fitting_batch']} ({slope})")
     for name, slope in result.get("bytes_per_clip_per_chip", {}).items():
         lines.append(f"{name}: {slope / gib:.3f} GiB per clip per chip")
@@ -427,14 +565,18 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = train_lib._CONFIG.value  # the train command's --config flag: the same files, presets and overrides
     if config is None or not _TOPOLOGY.value:
-        raise app.UsageError("--config and --topology are required, e.g. --config=configs/homologous.py --topology=v5e:2x4")
+        raise app.UsageError(
+            "--config and --topology are required, e.g. --config=configs/homologous.py --topology=v5e:2x4"
+        )
     if jax.default_backend() != "cpu":
         log.warning("backend is %s; the planner is meant to run on the CPU (JAX_PLATFORMS=cpu)", jax.default_backend())
     try:
         batches = [int(b) for b in _BATCH.value]
     except ValueError as err:
         raise app.UsageError(f"--batch: expected integers, got {_BATCH.value}") from err
-    result = plan(config, _TOPOLOGY.value, batches, _FIND_BATCH.value, list(_JOBS.value), _SCORE.value, _MAX_BATCH.value)
+    result = plan(
+        config, _TOPOLOGY.value, batches, _FIND_BATCH.value, list(_JOBS.value), _SCORE.value, _MAX_BATCH.value
+    )
     print(format_table(result), flush=True)
     if _JSON.value:
         atomic_write_json(_JSON.value, result)

@@ -38,7 +38,9 @@ def make_manager(directory: str, *, keep_best: int = 2, async_save: bool = True)
     """
     policies: list[Any] = [ocm.LatestN(n=1)]
     if keep_best > 0:
-        policies.append(ocm.BestN(get_metric_fn=_best_metric, reverse=False, n=keep_best, keep_checkpoints_without_metrics=False))
+        policies.append(
+            ocm.BestN(get_metric_fn=_best_metric, reverse=False, n=keep_best, keep_checkpoints_without_metrics=False)
+        )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocm.AnyPreservationPolicy(policies),
         # best_fn only makes orbax write each step's metrics to disk (so best-k survives a
@@ -98,7 +100,9 @@ def restore(
     step_dir = os.path.join(str(manager.directory), str(step))
     if data_iterator is not None and _GRAIN_RESTORE is not None:
         if not os.path.isdir(os.path.join(step_dir, "data")):
-            raise FileNotFoundError(f"checkpoint step {step} in {manager.directory} has no data-iterator state to resume from")
+            raise FileNotFoundError(
+                f"checkpoint step {step} in {manager.directory} has no data-iterator state to resume from"
+            )
         items["data"] = _GRAIN_RESTORE(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], dict(restored["meta"] or {})

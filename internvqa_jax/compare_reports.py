@@ -29,7 +29,9 @@ def load_report(path: str) -> dict[str, Any]:
     """report.json of a workdir (or the file itself), with a clear error when it is not one."""
     file = os.path.join(path, REPORT_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: no {REPORT_FILE}; run `python -m internvqa_jax.train` with this workdir first")
+        raise FileNotFoundError(
+            f"{file}: no {REPORT_FILE}; run `python -m internvqa_jax.train` with this workdir first"
+        )
     report = read_json(file)
     for key in ("test", "test_split", "config"):
         if key not in report:
@@ -54,8 +56,8 @@ def combine(paths: list[str]) -> dict[str, Any]:
         raise ValueError(f"runs scored different test splits, so their numbers are not comparable: {detail}")
     rows = {}
     for path, report in reports.items():
-        for network, metrics in report["test"].items():
-            rows[f"{run_label(report, path)}: {network}"] = metrics
+        for network, figures in report["test"].items():
+            rows[f"{run_label(report, path)}: {network}"] = figures
     return {"test_split": first, "rows": rows}
 
 
@@ -83,11 +85,17 @@ def format_rows(rows: dict[str, dict[str, Any]], min_width: int = 7) -> str:
     sub = f"{'':{width}s} {'':>4s} {'':>7s} {'':>7s} {'':>7s} {'':>7s} {'mean':>7s} {'min':>7s}"
     lines = [head, sub, "-" * len(head)]
     for name, m in rows.items():
-        cells = " ".join(_cell(m.get(k)) for k in ("srcc", "plcc", "krcc", "rmse", "srcc_within_source_mean", "srcc_within_source_min"))
+        cells = " ".join(
+            _cell(m.get(k))
+            for k in ("srcc", "plcc", "krcc", "rmse", "srcc_within_source_mean", "srcc_within_source_min")
+        )
         lines.append(f"{name:{width}s} {m['n']:4d} {cells}")
     for name, m in rows.items():
         if m.get("srcc_per_codec"):
-            lines.append(f"{name}: SRCC per codec " + ", ".join(f"{c} {_cell(v).strip()}" for c, v in m["srcc_per_codec"].items()))
+            lines.append(
+                f"{name}: SRCC per codec "
+                + ", ".join(f"{c} {_cell(v).strip()}" for c, v in m["srcc_per_codec"].items())
+            )
     lines.append(LEGEND)
     return "\n".join(lines)
 
@@ -98,7 +106,9 @@ def main(argv: list[str]) -> None:
     if len(paths) < 2:
         raise app.UsageError("give at least two training workdirs (or report.json files)")
     table = combine(paths)
-    print(f"Test split: {table['test_split']['num_videos']} videos (ids sha256 {table['test_split']['video_ids_sha256'][:12]})")
+    print(
+        f"Test split: {table['test_split']['num_videos']} videos (ids sha256 {table['test_split']['video_ids_sha256'][:12]})"
+    )
     print(format_rows(table["rows"]))
     if _OUT.value:
         atomic_write_json(_OUT.value, table)

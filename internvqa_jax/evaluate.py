@@ -98,7 +98,9 @@ def group_values(records: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_split(scorer, shard_dir: str, split: str, videos_per_batch: int = 4, progress: bool = True) -> tuple[list[dict[str, Any]], np.ndarray]:
+def score_split(
+    scorer, shard_dir: str, split: str, videos_per_batch: int = 4, progress: bool = True
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Scores every record of `split`: returns (manifest records in split order, scores).
 
     Views come from the same Grain eval pipeline training evaluates with, so the numbers match
@@ -110,9 +112,17 @@ def score_split(scorer, shard_dir: str, split: str, videos_per_batch: int = 4, p
     table = pipeline.record_table(shard_dir)
     indices = pipeline.split_indices(shard_dir, split)
     it = pipeline.eval_iterator(
-        shard_dir, split, batch_size=videos_per_batch, num_frames=spec.frames, size=spec.size,
-        spatial_mode=spec.spatial_mode, num_segments=spec.num_segments, seed=spec.seed,
-        workers=0, process_index=0, process_count=1,
+        shard_dir,
+        split,
+        batch_size=videos_per_batch,
+        num_frames=spec.frames,
+        size=spec.size,
+        spatial_mode=spec.spatial_mode,
+        num_segments=spec.num_segments,
+        seed=spec.seed,
+        workers=0,
+        process_index=0,
+        process_count=1,
     )
     scores: dict[int, float] = {}
     bar = None
@@ -160,17 +170,32 @@ def predictions_csv(records: Sequence[dict[str, Any]], pred: np.ndarray) -> str:
     writer = csv.writer(buf)
     writer.writerow(["index", "video_id", "source", "codec", "resolution", "quality_param", "label", "prediction"])
     for i, (r, p) in enumerate(zip(records, pred)):
-        writer.writerow([r.get("index", i), r.get("video_id", ""), groups["source"][i], groups["codec"][i], groups["resolution"][i], r.get("quality_param", ""), repr(float(r["label"])), repr(float(p))])
+        writer.writerow(
+            [
+                r.get("index", i),
+                r.get("video_id", ""),
+                groups["source"][i],
+                groups["codec"][i],
+                groups["resolution"][i],
+                r.get("quality_param", ""),
+                repr(float(r["label"])),
+                repr(float(p)),
+            ]
+        )
     return buf.getvalue()
 
 
-def evaluate_predictions(records: Sequence[dict[str, Any]], pred: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+def evaluate_predictions(
+    records: Sequence[dict[str, Any]], pred: np.ndarray, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Overall metrics, bootstrap CIs, cross-source / within-source / per-codec SRCC
     (`metrics.source_metrics`, under "sources") and per-group tables of predictions against record labels."""
     labels = np.asarray([float(r["label"]) for r in records])
     groups = group_values(records)
     result: dict[str, Any] = {"overall": metrics.compute_metrics(pred, labels)}
-    result["sources"] = metrics.source_metrics(pred, labels, groups["source"], [str(r.get("codec") or "") for r in records])
+    result["sources"] = metrics.source_metrics(
+        pred, labels, groups["source"], [str(r.get("codec") or "") for r in records]
+    )
     if bootstrap > 0:
         result["bootstrap"] = metrics.bootstrap_ci(pred, labels, num_resamples=bootstrap, seed=seed)
     result["groups"] = metrics.group_metrics(pred, labels, groups)
@@ -179,7 +204,13 @@ def evaluate_predictions(records: Sequence[dict[str, Any]], pred: np.ndarray, bo
 
 def format_report(result: dict[str, Any], title: str) -> str:
     """The printed tables: overall (with CIs) then one table per grouping."""
-    lines = [title, metrics.format_table({"all": result["overall"]}, columns=("n", "srcc", "krcc", "plcc", "rmse", "rmse_rescaled", "plcc_logistic", "rmse_logistic", "fit"))]
+    lines = [
+        title,
+        metrics.format_table(
+            {"all": result["overall"]},
+            columns=("n", "srcc", "krcc", "plcc", "rmse", "rmse_rescaled", "plcc_logistic", "rmse_logistic", "fit"),
+        ),
+    ]
     fit = result["overall"]["logistic_fit"]
     if fit["method"] != "logistic":
         lines.append(f"note: logistic fit fell back to {fit['method']}: {fit['reason']}")
@@ -189,7 +220,10 @@ def format_report(result: dict[str, Any], title: str) -> str:
     if "bootstrap" in result:
         ci = result["bootstrap"]
         level = "95%"
-        lines.append(f"{level} bootstrap CIs ({next(iter(ci.values()))['resamples']} resamples): " + ", ".join(f"{k.upper()} [{v['low']:.4f}, {v['high']:.4f}]" for k, v in ci.items()))
+        lines.append(
+            f"{level} bootstrap CIs ({next(iter(ci.values()))['resamples']} resamples): "
+            + ", ".join(f"{k.upper()} [{v['low']:.4f}, {v['high']:.4f}]" for k, v in ci.items())
+        )
     for name, table in result["groups"].items():
         lines.append("")
         lines.append(f"by {name}:")
@@ -202,9 +236,13 @@ def format_report(result: dict[str, Any], title: str) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments (see module doc)."""
-    p = argparse.ArgumentParser(prog="python -m internvqa_jax.evaluate", description="Evaluate a trained model on a prepared dataset split.")
+    p = argparse.ArgumentParser(
+        prog="python -m internvqa_jax.evaluate", description="Evaluate a trained model on a prepared dataset split."
+    )
     p.add_argument("--checkpoint", required=True, help="model directory, or training workdir (uses export/<which>)")
-    p.add_argument("--which", default="student", help="network of a training workdir: student, teacher, baseline_student")
+    p.add_argument(
+        "--which", default="student", help="network of a training workdir: student, teacher, baseline_student"
+    )
     p.add_argument("--config", default="", help="training config file[:arg], used to find the dataset")
     p.add_argument("--split", default="test", help="test, val, train, all, fold<k>/test ...")
     p.add_argument("--data", default="", help="prepared shard directory (overrides --config)")
@@ -219,16 +257,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the evaluation CLI; returns the exit status."""
     args = parse_args(argv)
-    from internvqa_jax import plots, scorer as scorer_lib
+    from internvqa_jax import plots
+    from internvqa_jax import scorer as scorer_lib
 
     try:
         model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which)
         spec = scorer_lib.read_inference_spec(model_dir)
         shard_dir = resolve_shard_dir(args.data, args.config, spec.dataset)
         if not os.path.isfile(os.path.join(shard_dir, io_utils.MANIFEST_FILE)):
-            raise FileNotFoundError(f"{shard_dir}: no {io_utils.MANIFEST_FILE} (prepare the dataset first: python -m internvqa_jax.data.prepare)")
-        scorer = scorer_lib.load(model_dir, batch_size=max(1, args.batch_size) * spec.views_per_clip, device=args.device)
-        records, pred = score_split(scorer, shard_dir, args.split, max(1, args.batch_size), progress=not args.no_progress)
+            raise FileNotFoundError(
+                f"{shard_dir}: no {io_utils.MANIFEST_FILE} (prepare the dataset first: python -m internvqa_jax.data.prepare)"
+            )
+        scorer = scorer_lib.load(
+            model_dir, batch_size=max(1, args.batch_size) * spec.views_per_clip, device=args.device
+        )
+        records, pred = score_split(
+            scorer, shard_dir, args.split, max(1, args.batch_size), progress=not args.no_progress
+        )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 1
@@ -247,14 +292,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scale": scale,
         "inference": scorer.spec.to_dict(),
         **result,
-        "predictions": [{"video_id": r.get("video_id"), "label": float(r["label"]), "prediction": float(p)} for r, p in zip(records, pred)],
+        "predictions": [
+            {"video_id": r.get("video_id"), "label": float(r["label"]), "prediction": float(p)}
+            for r, p in zip(records, pred)
+        ],
     }
     io_utils.atomic_write_text(out / "metrics.json", json.dumps(_finite_or_none(payload), indent=2))
     io_utils.atomic_write_text(out / "predictions.csv", predictions_csv(records, pred))
-    fit = metrics.LogisticFit(result["overall"]["logistic_fit"]["method"], tuple(result["overall"]["logistic_fit"]["params"]), result["overall"]["logistic_fit"]["reason"])
+    fit = metrics.LogisticFit(
+        result["overall"]["logistic_fit"]["method"],
+        tuple(result["overall"]["logistic_fit"]["params"]),
+        result["overall"]["logistic_fit"]["reason"],
+    )
     plots.scatter_with_logistic(
-        pred, labels, out / "scatter.png", fit=fit, groups=group_values(records)["codec"],
-        title=f"{model_dir.name} on {args.split}", xlabel="prediction", ylabel=f"label ({scale})", summary=result["overall"],
+        pred,
+        labels,
+        out / "scatter.png",
+        fit=fit,
+        groups=group_values(records)["codec"],
+        title=f"{model_dir.name} on {args.split}",
+        xlabel="prediction",
+        ylabel=f"label ({scale})",
+        summary=result["overall"],
     )
     print(f"\nwrote {out / 'metrics.json'}, {out / 'predictions.csv'}, {out / 'scatter.png'}")
     return 0

@@ -40,7 +40,12 @@ def internvideo2_flops(cfg: Any, trainable_blocks: int | None = None) -> dict[st
     forward = patch + cfg.depth * block + pool + head
     train_blocks = cfg.depth if trainable_blocks is None else trainable_blocks
     weight_grad = patch + train_blocks * block + pool + head
-    return {"forward": float(forward), "weight_grad": float(weight_grad), "blocks": float(cfg.depth * block), "tokens": n}
+    return {
+        "forward": float(forward),
+        "weight_grad": float(weight_grad),
+        "blocks": float(cfg.depth * block),
+        "tokens": n,
+    }
 
 
 def _trainable_blocks(name: str, cfg: Any, job: Any, config: Any) -> int | None:
@@ -52,7 +57,9 @@ def _trainable_blocks(name: str, cfg: Any, job: Any, config: Any) -> int | None:
 
 def _check_internvideo2(name: str, cfg: Any) -> None:
     if not hasattr(cfg, "grid"):
-        raise ValueError(f"FLOP count: network '{name}' ({type(cfg).__name__}) is not an InternVideo2 config; only InternVideo2 is counted")
+        raise ValueError(
+            f"FLOP count: network '{name}' ({type(cfg).__name__}) is not an InternVideo2 config; only InternVideo2 is counted"
+        )
 
 
 def train_flops_per_clip(model_configs: dict[str, Any], job: Any, config: Any) -> float:

@@ -18,7 +18,8 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 # ---------------------------------------------------------------------------- on-disk names
 
@@ -78,7 +79,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 1, trailing_newline: bool = False, sort_keys: bool = True) -> None:
+def atomic_write_json(
+    path: str | os.PathLike, obj: Any, indent: int = 1, trailing_newline: bool = False, sort_keys: bool = True
+) -> None:
     """Writes `obj` as JSON (sorted keys unless `sort_keys=False`) atomically; see `atomic_write_text`."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys)
     atomic_write_text(path, text + "\n" if trailing_newline else text)

@@ -16,7 +16,7 @@ token positions (`visible_token_indices`, UMT-style 80 % masking).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -228,10 +228,20 @@ def feature_distillation(student_pool: jax.Array, teacher_pool: jax.Array, beta:
 #   token           multi-layer token distillation through MLP decoders
 #   distill_score   MSE(student score, teacher score): the teacher's score as the student's target
 #                   (the teacher side gets no gradient); with `feature` and `token` the only terms an
-#                   unlabelled clip (data.labeled_fraction < 1, a CSV row without a score) reaches
+#                   unlabeled clip (data.labeled_fraction < 1, a CSV row without a score) reaches
 # Label terms (student_*/teacher_*) are masked per example by the batch's `labeled` flag; the
 # teacher terms (LABEL_FREE_TERMS) use every clip.
-LOSS_TERMS = ("feature", "student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank", "token", "distill_score")
+LOSS_TERMS = (
+    "feature",
+    "student_mse",
+    "teacher_mse",
+    "student_plcc",
+    "student_rank",
+    "teacher_plcc",
+    "teacher_rank",
+    "token",
+    "distill_score",
+)
 LABEL_FREE_TERMS = ("feature", "token", "distill_score")
 
 
@@ -250,7 +260,7 @@ def total_loss(
 
     Weight keys: `LOSS_TERMS`. A term whose weight is 0 or missing is not computed; one that needs a
     missing input is an error. `labeled` `(B,)` bool (None: every clip has a label): the label terms
-    average over the labelled clips only (an unlabelled clip's label, whatever it holds, changes
+    average over the labeled clips only (an unlabeled clip's label, whatever it holds, changes
     neither their value nor any gradient); the teacher terms use every clip.
     """
     unknown = set(weights) - set(LOSS_TERMS)

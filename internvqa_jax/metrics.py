@@ -160,7 +160,9 @@ class LogisticFit:
 
 def _fallback(p: np.ndarray, y: np.ndarray, reason: str) -> LogisticFit:
     if _is_constant(p):
-        return LogisticFit("constant", (float(y.mean()),), reason + "; predictions are constant, mapped to the label mean")
+        return LogisticFit(
+            "constant", (float(y.mean()),), reason + "; predictions are constant, mapped to the label mean"
+        )
     slope, intercept = np.polyfit(p, y, 1)
     return LogisticFit("linear", (float(slope), float(intercept)), reason + "; used a least-squares line instead")
 
@@ -244,7 +246,9 @@ def group_metrics(
     for name, values in groups.items():
         values = list(values)
         if len(values) != p.size:
-            raise ValueError(f"group_metrics: group {name!r} has {len(values)} values, expected one per item ({p.size})")
+            raise ValueError(
+                f"group_metrics: group {name!r} has {len(values)} values, expected one per item ({p.size})"
+            )
         table: dict[str, dict[str, Any]] = {}
         keys = np.asarray([str(v) for v in values])
         for value in sorted(set(keys.tolist())):
@@ -290,7 +294,9 @@ def _resample_statistics(p: np.ndarray, y: np.ndarray, idx: np.ndarray, names: S
         elif name == "rmse_rescaled":
             out[name] = np.array([rmse(linear_rescale(a, b), b) for a, b in zip(ps, ys)])
         else:
-            raise ValueError(f"bootstrap_ci: unknown metric {name!r}; expected one of {BASIC_METRICS}, 'rmse_rescaled' or '<metric>_logistic'")
+            raise ValueError(
+                f"bootstrap_ci: unknown metric {name!r}; expected one of {BASIC_METRICS}, 'rmse_rescaled' or '<metric>_logistic'"
+            )
     return out
 
 
@@ -322,7 +328,7 @@ def bootstrap_ci(
     out: dict[str, dict[str, float]] = {}
     for name in metrics:
         vals = samples[name][np.isfinite(samples[name])]
-        low, high = (np.quantile(vals, [alpha, 1.0 - alpha]) if vals.size else (math.nan, math.nan))
+        low, high = np.quantile(vals, [alpha, 1.0 - alpha]) if vals.size else (math.nan, math.nan)
         out[name] = {"value": float(full[name]), "low": float(low), "high": float(high), "resamples": int(vals.size)}
     return out
 
@@ -330,7 +336,10 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------- formatting
 
 
-def format_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = ("n", "srcc", "krcc", "plcc", "rmse", "plcc_logistic", "rmse_logistic", "fit")) -> str:
+def format_table(
+    rows: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[str] = ("n", "srcc", "krcc", "plcc", "rmse", "plcc_logistic", "rmse_logistic", "fit"),
+) -> str:
     """A plain-text table: one row per key of `rows`, the chosen metric columns.
 
     The column "fit" shows which mapping the *_logistic columns used (logistic, or a fallback).
@@ -357,8 +366,12 @@ def format_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] =
 MIN_ENCODES_PER_SOURCE = 3
 # The fields `source_metrics` returns, in the order tables show them (one owner of the names).
 SOURCE_FIELDS = (
-    "srcc_cross_source", "plcc_cross_source", "srcc_within_source_mean", "srcc_within_source_min",
-    "within_source_sources", "within_source_skipped",
+    "srcc_cross_source",
+    "plcc_cross_source",
+    "srcc_within_source_mean",
+    "srcc_within_source_min",
+    "within_source_sources",
+    "within_source_skipped",
 )
 
 
@@ -368,7 +381,11 @@ def _finite_srcc(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def source_metrics(
-    pred: Any, label: Any, sources: Sequence[Any], codecs: Sequence[Any] | None = None, min_per_source: int = MIN_ENCODES_PER_SOURCE
+    pred: Any,
+    label: Any,
+    sources: Sequence[Any],
+    codecs: Sequence[Any] | None = None,
+    min_per_source: int = MIN_ENCODES_PER_SOURCE,
 ) -> dict[str, Any]:
     """Cross-source and within-source figures of one prediction set (the held-out test encodes).
 

@@ -66,7 +66,11 @@ def scatter_with_logistic(
         ax.plot(xs, fit(xs), color="black", linewidth=1.5, label=curve_name)
     text = title
     if summary:
-        parts = [f"{k.upper()} {summary[k]:.3f}" for k in ("srcc", "plcc", "plcc_logistic") if isinstance(summary.get(k), float)]
+        parts = [
+            f"{k.upper()} {summary[k]:.3f}"
+            for k in ("srcc", "plcc", "plcc_logistic")
+            if isinstance(summary.get(k), float)
+        ]
         text = f"{title}\n" + ", ".join(parts) if title else ", ".join(parts)
     ax.set_title(text, fontsize=10)
     ax.set_xlabel(xlabel)

@@ -53,7 +53,10 @@ def csv_row(r: Any, scale: str) -> list[Any]:
 
 def segment_rows(r: Any) -> list[list[Any]]:
     """Per-segment CSV rows of one result: path, index, start_s, end_s, score."""
-    return [[r.path, s["index"], f"{s['start_s']:.3f}", f"{s['end_s']:.3f}", repr(float(s["score"]))] for s in r.segments or []]
+    return [
+        [r.path, s["index"], f"{s['start_s']:.3f}", f"{s['end_s']:.3f}", repr(float(s["score"]))]
+        for s in r.segments or []
+    ]
 
 
 def results_csv(results: Sequence[Any], scale: str) -> str:
@@ -117,7 +120,11 @@ class ResultWriter:
         self.previous: dict[str, Any] = {}
         out.parent.mkdir(parents=True, exist_ok=True)
         if self.is_json:
-            kept = [r for r in _read_json_results(out) if r.get("score") is not None and not r.get("error")] if resume else []
+            kept = (
+                [r for r in _read_json_results(out) if r.get("score") is not None and not r.get("error")]
+                if resume
+                else []
+            )
             self.previous = {r["path"]: r for r in kept}
             self.results = list(self.previous.values())
             io_utils.atomic_write_text(partial_path(out), "".join(json.dumps(r) + "\n" for r in self.results))
@@ -127,12 +134,17 @@ class ResultWriter:
         kept_rows = [r for r in _read_csv_rows(out) if r.get("score") and not r.get("error")] if resume else []
         self.previous = {r["path"]: r for r in kept_rows}
         # Rewritten (atomically) with only the kept rows, then appended to: a failed row is retried.
-        io_utils.atomic_write_text(out, results_csv([], scale) + "".join(_csv_line([r[k] for k in CSV_FIELDS]) for r in kept_rows))
+        io_utils.atomic_write_text(
+            out, results_csv([], scale) + "".join(_csv_line([r[k] for k in CSV_FIELDS]) for r in kept_rows)
+        )
         self._rows = open(out, "a", newline="")
         self._segments = None
         if per_segment:
             kept_segments = [r for r in _read_csv_rows(self.segments_out) if r["path"] in self.previous]
-            io_utils.atomic_write_text(self.segments_out, segments_csv([]) + "".join(_csv_line([r[k] for k in SEGMENT_FIELDS]) for r in kept_segments))
+            io_utils.atomic_write_text(
+                self.segments_out,
+                segments_csv([]) + "".join(_csv_line([r[k] for k in SEGMENT_FIELDS]) for r in kept_segments),
+            )
             self._segments = open(self.segments_out, "a", newline="")
 
     def add(self, result: Any) -> None:
@@ -159,7 +171,12 @@ class ResultWriter:
         self.close()
         if self.is_json:
             failed = sum(1 for r in self.results if r.get("error"))
-            payload = {**header, "num_scored": len(self.results) - failed, "num_failed": failed, "results": self.results}
+            payload = {
+                **header,
+                "num_scored": len(self.results) - failed,
+                "num_failed": failed,
+                "results": self.results,
+            }
             io_utils.atomic_write_text(self.out, json.dumps(payload, indent=2))
             partial_path(self.out).unlink(missing_ok=True)
 
@@ -184,15 +201,28 @@ def _plot_names(paths: Sequence[str]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments (see module doc)."""
-    p = argparse.ArgumentParser(prog="python -m internvqa_jax.predict", description="Score videos with a trained InternVQA model (no reference needed).")
+    p = argparse.ArgumentParser(
+        prog="python -m internvqa_jax.predict",
+        description="Score videos with a trained InternVQA model (no reference needed).",
+    )
     p.add_argument("inputs", nargs="+", help="video files and/or folders (searched recursively)")
-    p.add_argument("--checkpoint", default="", help="model directory, or training workdir (uses export/<which>); default: the bundled model")
-    p.add_argument("--which", default="student", help="network of a training workdir: student, teacher, baseline_student")
+    p.add_argument(
+        "--checkpoint",
+        default="",
+        help="model directory, or training workdir (uses export/<which>); default: the bundled model",
+    )
+    p.add_argument(
+        "--which", default="student", help="network of a training workdir: student, teacher, baseline_student"
+    )
     p.add_argument("--output", default="", help="write results to this .csv or .json file (as they come)")
-    p.add_argument("--resume", action="store_true", help="keep the files already scored in --output and score only the others")
+    p.add_argument(
+        "--resume", action="store_true", help="keep the files already scored in --output and score only the others"
+    )
     p.add_argument("--per-segment", action="store_true", help="also score consecutive time windows and plot the curve")
     p.add_argument("--segment-seconds", type=float, default=1.0, help="window length for --per-segment")
-    p.add_argument("--plot-dir", default="", help="folder for per-segment PNGs (default: next to --output, else ./per_segment)")
+    p.add_argument(
+        "--plot-dir", default="", help="folder for per-segment PNGs (default: next to --output, else ./per_segment)"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="views per model call")
     p.add_argument("--device", default=None, help="cpu, gpu or tpu (default: JAX's default device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -213,22 +243,33 @@ def _bundled_header(model_dir: Any) -> list[str]:
     try:
         return pretrained.header_lines(pretrained.read_figures(model_dir))
     except (OSError, ValueError) as err:
-        return [f"# WARNING: the bundled model's figures are unreadable ({err}): what its score compares across is unknown"]
+        return [
+            f"# WARNING: the bundled model's figures are unreadable ({err}): what its score compares across is unknown"
+        ]
 
 
 def _print_header(scorer: Any, model_dir: Any, bundled: bool = False) -> None:
     """The `# model`, `# score scale`, `# values` and `# protocol` lines (and the untrained-head warning);
     for the bundled model also what the score is and what it compares across (`_bundled_header`)."""
-    print(f"# model: bundled default ({model_dir}); pass --checkpoint to score with another" if bundled else f"# model: {model_dir}")
+    print(
+        f"# model: bundled default ({model_dir}); pass --checkpoint to score with another"
+        if bundled
+        else f"# model: {model_dir}"
+    )
     for line in _bundled_header(model_dir) if bundled else []:
         print(line)
     print(f"# score scale: {scorer.spec.describe_scale()}")
     print(f"# values: {scorer.spec.describe_values()}")
     if not scorer.spec.head_trained:
         # stderr too, so the warning is seen even when stdout goes to a file or a pipe.
-        print(f"predict: WARNING: {model_dir} has an untrained head; its scores carry no meaning until the model is fine-tuned", file=sys.stderr)
+        print(
+            f"predict: WARNING: {model_dir} has an untrained head; its scores carry no meaning until the model is fine-tuned",
+            file=sys.stderr,
+        )
         print("# WARNING: untrained head (converted weights); scores carry no meaning until fine-tuned")
-    print(f"# protocol: {scorer.spec.num_segments} segments x {scorer.spec.frames} frames, {scorer.spec.spatial_mode} {scorer.spec.size}px, seed {scorer.spec.seed}")
+    print(
+        f"# protocol: {scorer.spec.num_segments} segments x {scorer.spec.frames} frames, {scorer.spec.spatial_mode} {scorer.spec.size}px, seed {scorer.spec.seed}"
+    )
 
 
 def _report(result: Any, no_progress: bool) -> None:
@@ -243,12 +284,26 @@ def _report(result: Any, no_progress: bool) -> None:
 
 
 def _plot_segments(args: argparse.Namespace, results: Sequence[Any], paths: Sequence[str], scale: str) -> None:
-    plot_dir = pathlib.Path(args.plot_dir) if args.plot_dir else (pathlib.Path(args.output).with_suffix("").parent / (pathlib.Path(args.output).stem + "_segments") if args.output else pathlib.Path("per_segment"))
+    plot_dir = (
+        pathlib.Path(args.plot_dir)
+        if args.plot_dir
+        else (
+            pathlib.Path(args.output).with_suffix("").parent / (pathlib.Path(args.output).stem + "_segments")
+            if args.output
+            else pathlib.Path("per_segment")
+        )
+    )
     from internvqa_jax import plots
 
     for result, name in zip(results, _plot_names(paths)):
         if result.ok and result.segments:
-            png = plots.segment_curve(result.segments, plot_dir / name, title=os.path.basename(result.path), ylabel=f"score ({scale})", overall=result.score)
+            png = plots.segment_curve(
+                result.segments,
+                plot_dir / name,
+                title=os.path.basename(result.path),
+                ylabel=f"score ({scale})",
+                overall=result.score,
+            )
             print(f"# per-segment curve: {png}")
 
 
@@ -264,14 +319,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     paths = scorer_lib.list_videos(args.inputs)
     if not paths:
-        print(f"predict: no video files found in {args.inputs} (extensions: {', '.join(scorer_lib.VIDEO_EXTENSIONS)})", file=sys.stderr)
+        print(
+            f"predict: no video files found in {args.inputs} (extensions: {', '.join(scorer_lib.VIDEO_EXTENSIONS)})",
+            file=sys.stderr,
+        )
         return EXIT_CANNOT_RUN
     try:
-        model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which) if args.checkpoint else pretrained.bundled_model_dir()
+        model_dir = (
+            scorer_lib.resolve_model_dir(args.checkpoint, args.which)
+            if args.checkpoint
+            else pretrained.bundled_model_dir()
+        )
         scorer = scorer_lib.load(model_dir, batch_size=args.batch_size, device=args.device)
     except (OSError, ValueError, KeyError) as err:
         # saving.ModelDirError (a ValueError) already names the file and what is wrong, in one line.
-        print(f"predict: cannot load {'checkpoint' if args.checkpoint else 'the bundled model'}: {err}", file=sys.stderr)
+        print(
+            f"predict: cannot load {'checkpoint' if args.checkpoint else 'the bundled model'}: {err}", file=sys.stderr
+        )
         return EXIT_CANNOT_RUN
     scale = scorer.spec.describe_scale()
     _print_header(scorer, model_dir, bundled=not args.checkpoint)
@@ -289,14 +353,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             writer.add(result)
         _report(result, args.no_progress)
 
-    previous_handler = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    previous_handler = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
-        results = scorer.score_many(todo, per_segment=args.per_segment, segment_seconds=args.segment_seconds, progress=not args.no_progress, on_result=on_result)
+        results = scorer.score_many(
+            todo,
+            per_segment=args.per_segment,
+            segment_seconds=args.segment_seconds,
+            progress=not args.no_progress,
+            on_result=on_result,
+        )
     except (KeyboardInterrupt, SystemExit):
         if writer is not None:
             writer.close()
-            print(f"predict: interrupted; the results so far are in {args.output}"
-                  f"{'' if not writer.is_json else ' (' + str(partial_path(writer.out)) + ')'}: rerun with --resume to finish", file=sys.stderr)
+            print(
+                f"predict: interrupted; the results so far are in {args.output}"
+                f"{'' if not writer.is_json else ' (' + str(partial_path(writer.out)) + ')'}: rerun with --resume to finish",
+                file=sys.stderr,
+            )
         raise
     finally:
         if previous_handler is not None:
@@ -305,9 +380,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_segment:
         _plot_segments(args, results, todo, scale)
     if writer is not None:
-        writer.finish({"checkpoint": str(model_dir), "bundled": not args.checkpoint, "scale": scale, "values": scorer.spec.describe_values(), "inference": scorer.spec.to_dict()})
+        writer.finish(
+            {
+                "checkpoint": str(model_dir),
+                "bundled": not args.checkpoint,
+                "scale": scale,
+                "values": scorer.spec.describe_values(),
+                "inference": scorer.spec.to_dict(),
+            }
+        )
         print(f"# wrote {args.output}")
-    print(f"# scored {len(results) - len(failed)} of {len(results)} files; {len(failed)} failed" + (f" ({len(paths) - len(todo)} scored earlier)" if len(todo) < len(paths) else ""))
+    print(
+        f"# scored {len(results) - len(failed)} of {len(results)} files; {len(failed)} failed"
+        + (f" ({len(paths) - len(todo)} scored earlier)" if len(todo) < len(paths) else "")
+    )
     for r in failed:
         print(f"failed: {r.error}", file=sys.stderr)
     return min(len(failed), MAX_EXIT_FAILED)

@@ -31,11 +31,35 @@ from flax import nnx
 
 from internvqa_jax.data import sampling
 from internvqa_jax.models import saving
-from internvqa_jax.models.inference_info import InferenceInfo
-from internvqa_jax.models.inference_info import UNTRAINED_HEAD_SCALE  # noqa: F401 (re-exported)
+from internvqa_jax.models.inference_info import (
+    UNTRAINED_HEAD_SCALE,  # noqa: F401 (re-exported)
+    InferenceInfo,
+)
 from internvqa_jax.models.saving import resolve_model_dir  # noqa: F401 (re-exported: evaluate, predict)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".ivf", ".y4m", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".hevc", ".h264", ".264", ".265", ".obu")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
+    ".m4v",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".ivf",
+    ".y4m",
+    ".flv",
+    ".wmv",
+    ".mpg",
+    ".mpeg",
+    ".3gp",
+    ".hevc",
+    ".h264",
+    ".264",
+    ".265",
+    ".obu",
+)
 
 # The test-time protocol is the model directory's `inference.json`, owned by `InferenceInfo`;
 # `InferenceSpec` is its older name here, kept for callers of the scorer.
@@ -187,7 +211,14 @@ def prepare_file(path: str, spec: InferenceInfo, per_segment: bool = False, segm
     return job
 
 
-def prepare_frames(frames: np.ndarray, spec: InferenceInfo, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None, name: str = "<frames>") -> _Job:
+def prepare_frames(
+    frames: np.ndarray,
+    spec: InferenceInfo,
+    per_segment: bool = False,
+    segment_seconds: float = 1.0,
+    fps: float | None = None,
+    name: str = "<frames>",
+) -> _Job:
     """Views of an in-memory uint8 `(T, H, W, 3)` array (same protocol as for files)."""
     job = _Job(path=name)
     frames = np.asarray(frames)
@@ -211,7 +242,9 @@ def _pick_device(device: Any) -> jax.Device:
         try:
             return jax.devices(device)[0]
         except RuntimeError as err:
-            raise ValueError(f"device {device!r} is not available here (backends: {jax.default_backend()}): {err}") from err
+            raise ValueError(
+                f"device {device!r} is not available here (backends: {jax.default_backend()}): {err}"
+            ) from err
     return device
 
 
@@ -235,7 +268,15 @@ def list_videos(inputs: Iterable[str | os.PathLike]) -> list[str]:
 class Scorer:
     """Scores videos with one model under its test-time protocol (see module doc)."""
 
-    def __init__(self, model: nnx.Module, spec: InferenceInfo, batch_size: int = 8, device: Any = None, name: str = "", decode_workers: int = 2):
+    def __init__(
+        self,
+        model: nnx.Module,
+        spec: InferenceInfo,
+        batch_size: int = 8,
+        device: Any = None,
+        name: str = "",
+        decode_workers: int = 2,
+    ):
         if batch_size < 1:
             raise ValueError(f"Scorer: batch_size must be >= 1, got {batch_size}")
         self.spec = spec
@@ -273,26 +314,43 @@ class Scorer:
                 pad = np.zeros((self.batch_size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             x = jax.device_put(chunk, self.device)
-            out[start : start + self.batch_size] = np.asarray(self._forward(self._state, x))[: min(self.batch_size, n - start)]
+            out[start : start + self.batch_size] = np.asarray(self._forward(self._state, x))[
+                : min(self.batch_size, n - start)
+            ]
         return out
 
     # ----------------------------------------------------------------- public
 
-    def score(self, path_or_frames: str | os.PathLike | np.ndarray, per_segment: bool = False, segment_seconds: float = 1.0, fps: float | None = None) -> ScoreResult:
+    def score(
+        self,
+        path_or_frames: str | os.PathLike | np.ndarray,
+        per_segment: bool = False,
+        segment_seconds: float = 1.0,
+        fps: float | None = None,
+    ) -> ScoreResult:
         """Scores one video file or uint8 `(T, H, W, 3)` frame array.
 
         Raises ValueError (naming the file and reason) when it cannot be scored; `score_many`
         instead reports failures in the results. `fps` only labels per-segment windows of arrays.
         """
         if isinstance(path_or_frames, (str, os.PathLike)):
-            result = self.score_many([path_or_frames], per_segment=per_segment, segment_seconds=segment_seconds, progress=False)[0]
+            result = self.score_many(
+                [path_or_frames], per_segment=per_segment, segment_seconds=segment_seconds, progress=False
+            )[0]
             if not result.ok:
                 raise ValueError(result.error)
             return result
         job = prepare_frames(path_or_frames, self.spec, per_segment, segment_seconds, fps)
         return self._finish(job, self._score_jobs([job])[0])
 
-    def score_many(self, paths: Sequence[str | os.PathLike], per_segment: bool = False, segment_seconds: float = 1.0, progress: bool = False, on_result: Callable[[ScoreResult], None] | None = None) -> list[ScoreResult]:
+    def score_many(
+        self,
+        paths: Sequence[str | os.PathLike],
+        per_segment: bool = False,
+        segment_seconds: float = 1.0,
+        progress: bool = False,
+        on_result: Callable[[ScoreResult], None] | None = None,
+    ) -> list[ScoreResult]:
         """Scores files (in input order); a file that fails gets `error` and the rest go on.
 
         Decoding runs ahead in `decode_workers` threads (PyAV releases the GIL while decoding)
@@ -307,7 +365,11 @@ class Scorer:
             bar = tqdm(total=len(paths), unit="video", desc=self.name or "scoring", dynamic_ncols=True)
         with concurrent.futures.ThreadPoolExecutor(self.decode_workers) as pool:
             for job in self._prepared(pool, paths, per_segment, segment_seconds):
-                result = self._finish(job, self._score_jobs([job])[0]) if job.error is None else ScoreResult(path=job.path, error=job.error, scale=self.spec.describe_scale())
+                result = (
+                    self._finish(job, self._score_jobs([job])[0])
+                    if job.error is None
+                    else ScoreResult(path=job.path, error=job.error, scale=self.spec.describe_scale())
+                )
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
@@ -320,7 +382,9 @@ class Scorer:
 
     # ----------------------------------------------------------------- internals
 
-    def _prepared(self, pool: concurrent.futures.Executor, paths: Sequence[str], per_segment: bool, segment_seconds: float) -> Iterator[_Job]:
+    def _prepared(
+        self, pool: concurrent.futures.Executor, paths: Sequence[str], per_segment: bool, segment_seconds: float
+    ) -> Iterator[_Job]:
         """Yields prepared jobs in input order, keeping a few decodes in flight ahead."""
         ahead = self.decode_workers + 1
         pending: list[concurrent.futures.Future] = []
@@ -353,14 +417,29 @@ class Scorer:
                 offset += wv.shape[0]
             spans.append((whole, wins))
         scores = self.score_views(np.concatenate(chunks))
-        return [(float(np.mean(scores[whole], dtype=np.float64)), [float(np.mean(scores[w], dtype=np.float64)) for w in wins]) for whole, wins in spans]
+        return [
+            (
+                float(np.mean(scores[whole], dtype=np.float64)),
+                [float(np.mean(scores[w], dtype=np.float64)) for w in wins],
+            )
+            for whole, wins in spans
+        ]
 
     def _finish(self, job: _Job, scored: tuple[float, list[float]]) -> ScoreResult:
         score, window_scores = scored
         segments = None
         if job.windows:
-            segments = [{"index": i, "start_s": float(a), "end_s": float(b), "score": s} for i, ((a, b), s) in enumerate(zip(job.windows, window_scores))]
-        return ScoreResult(path=job.path, score=score, num_views=int(job.views.shape[0]), scale=self.spec.describe_scale(), segments=segments)
+            segments = [
+                {"index": i, "start_s": float(a), "end_s": float(b), "score": s}
+                for i, ((a, b), s) in enumerate(zip(job.windows, window_scores))
+            ]
+        return ScoreResult(
+            path=job.path,
+            score=score,
+            num_views=int(job.views.shape[0]),
+            scale=self.spec.describe_scale(),
+            segments=segments,
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -372,7 +451,13 @@ def read_inference_spec(model_dir: str | os.PathLike, meta: Any = None) -> Infer
     return saving.read_inference(model_dir, stored)
 
 
-def load(checkpoint: str | os.PathLike, batch_size: int = 8, device: Any = None, which: str = "student", **spec_overrides: Any) -> Scorer:
+def load(
+    checkpoint: str | os.PathLike,
+    batch_size: int = 8,
+    device: Any = None,
+    which: str = "student",
+    **spec_overrides: Any,
+) -> Scorer:
     """Loads a model directory (or a training workdir's exported student/teacher) as a `Scorer`.
 
     `spec_overrides` replace fields of the stored inference spec (e.g. `num_segments=1` for speed).

@@ -13,7 +13,8 @@ names (e.g. plain arrays) get `fsdp` on their largest divisible dimension.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

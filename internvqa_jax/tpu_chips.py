@@ -43,5 +43,7 @@ def chip_of_topology(topology: str) -> ChipSpec:
         raise ValueError(f"--topology: expected GENERATION:SHAPE such as v5e:2x4 or v4:2x2x1, got {topology!r}")
     key = ALIASES.get(generation.lower())
     if key is None:
-        raise ValueError(f"--topology: unknown TPU generation {generation!r} in {topology!r}; expected one of {sorted(ALIASES)}")
+        raise ValueError(
+            f"--topology: unknown TPU generation {generation!r} in {topology!r}; expected one of {sorted(ALIASES)}"
+        )
     return CHIPS[key]

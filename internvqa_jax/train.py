@@ -33,9 +33,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from internvqa_jax import io_utils, losses
-from internvqa_jax.training import builder, config_rules, export, loop, multihost, report as report_lib
+from internvqa_jax.training import builder, config_rules, export, loop, multihost
+from internvqa_jax.training import report as report_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:presets]).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py[:presets]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs, exports and report.json.")
 
 log = logging.getLogger("internvqa_jax.train")
@@ -48,8 +51,8 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
     Teacher modes: `cotrain` (authors: teacher and student trained together), `frozen` (teacher from
     `teacher.init`, pre-fine-tuned elsewhere, no gradient) and `staged` (this run fine-tunes the
     teacher alone for `teacher.epochs` first, then distils from it frozen).
-    With `data.labeled_fraction` < 1 the teacher and baseline jobs read the labelled training clips
-    only; the distillation job reads them all, unlabelled ones reaching the teacher terms only.
+    With `data.labeled_fraction` < 1 the teacher and baseline jobs read the labeled training clips
+    only; the distillation job reads them all, unlabeled ones reaching the teacher terms only.
     """
     w = {k: float(config.loss[k]) for k in losses.LOSS_TERMS}
     student_only = {k: v for k, v in w.items() if k.startswith("student_")}
@@ -71,7 +74,13 @@ def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
         cached = bool(config.teacher.cache_features)
         jobs.append(
             builder.JobSpec(
-                "distill", ("student", "teacher"), weights, teacher_frozen=frozen, teacher_cached=cached, init_exports=init_exports, unlabelled_clips=True
+                "distill",
+                ("student", "teacher"),
+                weights,
+                teacher_frozen=frozen,
+                teacher_cached=cached,
+                init_exports=init_exports,
+                unlabeled_clips=True,
             )
         )
     if config.run_baseline or not config.distill:
@@ -101,7 +110,9 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
             root = io_utils.DEMO_VIDEOS_DIR if name == "demo" else str(config.data.source_root)
             log.info("building %s shards in %s from %s", name, shard_dir, root)
             # Native frames: the fragment and resize-crop views are cut at training time.
-            built = prepare.prepare_dataset(name, shard_dir, root=root, config=prepare.PrepareConfig(short_side=None), workers=2)
+            built = prepare.prepare_dataset(
+                name, shard_dir, root=root, config=prepare.PrepareConfig(short_side=None), workers=2
+            )
             print(prepare.summary(built))
             if not built["counts"]["records"]:
                 raise RuntimeError(f"building the {name} shards in {shard_dir} failed: no video was stored")

@@ -73,12 +73,15 @@ def package_arrows(package: str) -> dict[str, set[str]]:
     """{module: modules of the same package it imports} for the modules of `package` (short names)."""
     prefix = package + "."
     inside = {m: ts for m, ts in _module_arrows().items() if m.startswith(prefix)}
-    return {m[len(prefix):]: {t[len(prefix):] for t in ts if t.startswith(prefix)} for m, ts in inside.items()}
+    return {m[len(prefix) :]: {t[len(prefix) :] for t in ts if t.startswith(prefix)} for m, ts in inside.items()}
 
 
 def arrow_lines(arrows: dict[str, set[str]]) -> list[str]:
     """The arrows as docs/architecture.md lists them: "- `src` -> `dst`, `dst`" (sorted)."""
-    return [f"- `{src}` -> " + (", ".join(f"`{d}`" for d in sorted(dsts)) or "(nothing)") for src, dsts in sorted(arrows.items())]
+    return [
+        f"- `{src}` -> " + (", ".join(f"`{d}`" for d in sorted(dsts)) or "(nothing)")
+        for src, dsts in sorted(arrows.items())
+    ]
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ def main(port: int, pid: int, out: pathlib.Path) -> None:
 
     export = out / "export" / "student"
     saving.save_model_dir(model, export, inference={"process_count": jax.process_count()})
-    complete = (export / saving.CONFIG_FILE).is_file() and (export / saving.PARAMS_DIR / "_CHECKPOINT_METADATA").is_file()
+    complete = (export / saving.CONFIG_FILE).is_file() and (
+        export / saving.PARAMS_DIR / "_CHECKPOINT_METADATA"
+    ).is_file()
     saves_after_export = saves[0]
 
     # process 0 cannot create a folder under a regular file: every process must hear of the failure
@@ -91,7 +93,12 @@ def main(port: int, pid: int, out: pathlib.Path) -> None:
     except Exception as err:  # reported, the test checks each process's error
         failure = f"{type(err).__name__}: {err}"
 
-    report = {"split_leaves": split_leaves, "orbax_saves": saves_after_export, "complete_on_return": complete, "failure": failure}
+    report = {
+        "split_leaves": split_leaves,
+        "orbax_saves": saves_after_export,
+        "complete_on_return": complete,
+        "failure": failure,
+    }
     if pid == 0:
         np.savez(out / "scores.npz", x=x_host, scores=np.asarray(scores.addressable_data(0)))
     (out / f"process{pid}.json").write_text(json.dumps(report))

@@ -30,12 +30,32 @@ def tiny_inference(dataset: str = "demo", **normalisation_extra: Any) -> dict[st
     }
 
 
-def make_lavfi_video(path: str | os.PathLike, source: str = "testsrc2", seconds: float = 1.0, size: str = "96x64",
-                     fps: int = 10, codec_args: tuple[str, ...] = ("-c:v", "libx264")) -> pathlib.Path:
+def make_lavfi_video(
+    path: str | os.PathLike,
+    source: str = "testsrc2",
+    seconds: float = 1.0,
+    size: str = "96x64",
+    fps: int = 10,
+    codec_args: tuple[str, ...] = ("-c:v", "libx264"),
+) -> pathlib.Path:
     """Encodes `seconds` of an ffmpeg lavfi source (testsrc2, mandelbrot, ...) to `path` (yuv420p)."""
     subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate={fps}",
-         "-t", str(seconds), *codec_args, "-pix_fmt", "yuv420p", str(path)],
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"{source}=size={size}:rate={fps}",
+            "-t",
+            str(seconds),
+            *codec_args,
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
         check=True,
     )
     return pathlib.Path(path)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
-
-import pathlib
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,7 +23,11 @@ def test_tiny_run_writes_every_figure(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(PROJECT_ROOT))
     proc = subprocess.run(
         [sys.executable, "benchmarks/accelerator.py", "--tiny", f"--json={out}"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(out.read_text())

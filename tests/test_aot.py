@@ -19,8 +19,18 @@ sys.path.insert(0, "tests")
 from test_train_support import TINY_OVERRIDES, run, tiny_config  # noqa: E402
 
 FIELDS = (
-    "program", "topology", "chips", "mesh", "global_batch", "hbm_bytes_per_chip", "peak_bytes_per_chip", "fits",
-    "xla_flops_per_step", "analytic_flops_per_step", "roofline_seconds_per_step", "mfu_upper_bound",
+    "program",
+    "topology",
+    "chips",
+    "mesh",
+    "global_batch",
+    "hbm_bytes_per_chip",
+    "peak_bytes_per_chip",
+    "fits",
+    "xla_flops_per_step",
+    "analytic_flops_per_step",
+    "roofline_seconds_per_step",
+    "mfu_upper_bound",
 )
 TOPOLOGY = "v5e:2x2"  # 4 chips of 16 GiB
 
@@ -33,7 +43,10 @@ def _check_row(row: dict, chips: int = 4) -> None:
     chip = tpu_chips.CHIPS["v5e"]
     assert row["topology"] == TOPOLOGY and row["chips"] == chips and row["hbm_bytes_per_chip"] == chip.hbm_bytes
     assert row["mesh"] == {"data": 1, "fsdp": chips}
-    assert row["peak_bytes_per_chip"] == row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
+    assert (
+        row["peak_bytes_per_chip"]
+        == row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
+    )
     assert 0 < row["peak_bytes_per_chip"] < chip.hbm_bytes and row["fits"] is True and row["error"] is None
     compute = row["xla_flops_per_step"] / chips / chip.peak_bf16_flops
     memory = row["xla_bytes_accessed_per_chip"] / chip.hbm_bytes_per_s
@@ -48,8 +61,18 @@ def _check_row(row: dict, chips: int = 4) -> None:
 def test_cli_writes_the_plan_json(tmp_path):
     out = tmp_path / "plan.json"
     flags = [f for f in TINY_OVERRIDES if "batch_size" not in f]
-    cmd = [sys.executable, "-m", "internvqa_jax.aot", "--config=configs/homologous.py", f"--topology={TOPOLOGY}", "--config.mesh.fsdp=4",
-           "--jobs=distill", "--batch=8", f"--json={out}", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "internvqa_jax.aot",
+        "--config=configs/homologous.py",
+        f"--topology={TOPOLOGY}",
+        "--config.mesh.fsdp=4",
+        "--jobs=distill",
+        "--batch=8",
+        f"--json={out}",
+        *flags,
+    ]
     proc = run(cmd, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     plan = json.loads(out.read_text())
@@ -59,7 +82,10 @@ def test_cli_writes_the_plan_json(tmp_path):
     _check_row(score)
     assert train["global_batch"] == 8
     # the kernel the TPU run traces, not the CPU host's: never the CPU-only chunked loop
-    assert set(train["attention_impl"]) == {"student", "teacher"} and set(train["attention_impl"].values()) <= {"xla", "splash"}
+    assert set(train["attention_impl"]) == {"student", "teacher"} and set(train["attention_impl"].values()) <= {
+        "xla",
+        "splash",
+    }
     assert score["views"] == 3 and score["global_batch"] == 8  # test_views=1 segment x 3 crops; eval_batch_size=8
     assert "train_distill" in proc.stdout and "score_student" in proc.stdout  # the printed table
 
@@ -93,13 +119,32 @@ def test_fits_is_false_above_the_chip_and_for_compiler_oom():
 
     chip = tpu_chips.CHIPS["v5e"]
     mesh = sharding.make_mesh(1, 1)
-    big = {"memory": {"argument": chip.hbm_bytes, "output": 10, "temp": 2**20, "alias": 10, "peak": chip.hbm_bytes + 2**20}, "cost": {"flops": 1e12, "bytes": 1e9}, "seconds": 1.0}
+    big = {
+        "memory": {
+            "argument": chip.hbm_bytes,
+            "output": 10,
+            "temp": 2**20,
+            "alias": 10,
+            "peak": chip.hbm_bytes + 2**20,
+        },
+        "cost": {"flops": 1e12, "bytes": 1e9},
+        "seconds": 1.0,
+    }
     row = aot._row("train_x", big, topology=TOPOLOGY, chip=chip, mesh=mesh, batch=8, analytic=1e12, recompute=0.0)
     assert row.fits is False and row.peak_bytes_per_chip == chip.hbm_bytes + 2**20
     assert row.roofline_seconds_per_step == pytest.approx(max(1e12 / chip.peak_bf16_flops, 1e9 / chip.hbm_bytes_per_s))
     message = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 25.80G of 15.75G hbm. the total memory required for HLO temporaries (25.80G) exceeds available HBM"
     assert aot._OOM.search(message) and aot._oom_bytes(message) == int(25.80 * 2**30)
-    oom = aot._row("train_x", {"error": message, "oom_bytes": aot._oom_bytes(message), "seconds": 1.0}, topology=TOPOLOGY, chip=chip, mesh=mesh, batch=8, analytic=1e12, recompute=0.0)
+    oom = aot._row(
+        "train_x",
+        {"error": message, "oom_bytes": aot._oom_bytes(message), "seconds": 1.0},
+        topology=TOPOLOGY,
+        chip=chip,
+        mesh=mesh,
+        batch=8,
+        analytic=1e12,
+        recompute=0.0,
+    )
     assert oom.fits is False and oom.error and oom.xla_flops_per_step is None
 
 
@@ -109,8 +154,22 @@ def _search(peak_of_k, devices=4, capacity=100, max_k=32, start_batch=0):
 
     def plan_at(batch: int):
         peak = peak_of_k(batch // devices)
-        return aot.PlanRow("train_x", TOPOLOGY, "v5e", devices, {"data": 1, "fsdp": devices}, batch, capacity, int(peak), peak <= capacity,
-                           1.0, 1.0, 0.0, 1.0, 0.5)
+        return aot.PlanRow(
+            "train_x",
+            TOPOLOGY,
+            "v5e",
+            devices,
+            {"data": 1, "fsdp": devices},
+            batch,
+            capacity,
+            int(peak),
+            peak <= capacity,
+            1.0,
+            1.0,
+            0.0,
+            1.0,
+            0.5,
+        )
 
     expected = max((k for k in range(1, max_k + 1) if peak_of_k(k) <= capacity), default=0)
     best, tried, slope = aot.find_batch(plan_at, devices, max_batch=devices * max_k, start_batch=start_batch)
@@ -135,7 +194,7 @@ def test_find_batch_returns_the_largest_fitting_batch(limit):
 def test_find_batch_when_memory_per_clip_falls_with_the_batch(limit):
     """As on v5e (0.72 GiB per clip per chip between 1 and 2 clips, 0.42 near 20): the first slope
     underestimates the limit, and the later secants, through points near the capacity, correct it."""
-    shape = lambda k: 30 * k ** 0.7  # noqa: E731 - concave: every extra clip costs less
+    shape = lambda k: 30 * k**0.7  # noqa: E731 - concave: every extra clip costs less
     scale = 80 / shape(limit + 0.5)
     _, tried, _, _ = _search(lambda k: 20 + scale * shape(k))
     assert len(tried) <= 6

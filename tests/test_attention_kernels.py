@@ -155,7 +155,9 @@ def test_model_forward_with_splash_matches_xla():
     model = registry.create_model(cfg, nnx.Rngs(0))
     splash_model = registry.create_model(cfg.replace(attention_impl="splash"), nnx.Rngs(1))
     nnx.update(splash_model, nnx.state(model))
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, cfg.num_frames, cfg.img_size, cfg.img_size, 3)), jnp.float32)
+    x = jnp.asarray(
+        np.random.default_rng(0).normal(size=(2, cfg.num_frames, cfg.img_size, cfg.img_size, 3)), jnp.float32
+    )
     ref, got = model(x, return_layers="all"), splash_model(x, return_layers="all")
     assert cfg.num_patches + 1 == 65  # not a multiple of 128: the padding path runs
     for a, b in zip(ref["blocks"], got["blocks"]):
@@ -205,7 +207,9 @@ def test_auto_attention_compiles_the_splash_kernel_for_tpu(head_dim):
 def test_auto_attention_on_tpu_with_an_indivisible_batch_compiles_xla():
     # One clip on four chips: the kernel cannot be split over the batch, so XLA attention is used.
     mesh = tpu_mesh()
-    shape = jax.ShapeDtypeStruct((1, 257, 4, 64), jnp.bfloat16, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    shape = jax.ShapeDtypeStruct(
+        (1, 257, 4, 64), jnp.bfloat16, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
     with jax.set_mesh(mesh):
         compiled = jax.jit(lambda q, k, v: layers.attend(q, k, v, "auto")).lower(shape, shape, shape).compile()
     assert "tpu_custom_call" not in compiled.as_text()

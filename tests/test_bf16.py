@@ -23,7 +23,9 @@ from flax import nnx
 
 from internvqa_jax.data import sampling
 from internvqa_jax.models import internvideo2, registry
-from internvqa_jax.training import optim, step as step_lib, state as state_lib
+from internvqa_jax.training import optim
+from internvqa_jax.training import state as state_lib
+from internvqa_jax.training import step as step_lib
 from weight_conversion.torch_to_flax import convert_checkpoint
 
 FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "internvideo2"
@@ -75,20 +77,28 @@ def uint8_clip(video: jax.Array) -> jax.Array:
     return jnp.asarray(np.clip(np.round(np.asarray(video) * std + mean), 0, 255).astype(np.uint8))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def distillation(dtype: str):
     """InternVQA distillation at `dtype`: the fixture teacher (authors' trainable parts) and a student."""
     teacher, video = load("sm_tiny_joint", dtype)
     cfg = teacher.config
     student = registry.create_model(
-        registry.get_config("tiny", img_size=cfg.img_size, num_frames=cfg.num_frames, embed_dim=32, dtype=dtype), nnx.Rngs(1)
+        registry.get_config("tiny", img_size=cfg.img_size, num_frames=cfg.num_frames, embed_dim=32, dtype=dtype),
+        nnx.Rngs(1),
     )
     filters = {"student": nnx.Param, "teacher": internvideo2.teacher_trainable_filter(teacher)}
     networks, params, frozen = state_lib.split_networks({"student": student, "teacher": teacher}, filters)
     schedule = optim.learning_rate_schedule(1e-3, 2, 10, 1)
-    groups = {name: registry.family_of(net.config).param_groups for name, net in (("student", student), ("teacher", teacher))}
+    groups = {
+        name: registry.family_of(net.config).param_groups for name, net in (("student", student), ("teacher", teacher))
+    }
     tx = optim.make_optimizer(
-        params, schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)}, grad_clip=1.0, param_groups=groups
+        params,
+        schedule=schedule,
+        weight_decay=0.05,
+        layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)},
+        grad_clip=1.0,
+        param_groups=groups,
     )
     spec = step_lib.LossSpec(weights={"feature": 1.0, "student_mse": 1.0, "teacher_mse": 1.0})
     labels = jnp.asarray([0.2, 0.7], jnp.float32)
@@ -116,7 +126,9 @@ def test_bf16_loss_and_gradients_are_finite_and_follow_fp32():
         assert bool(jnp.all(jnp.isfinite(g))), f"gradient {jax.tree_util.keystr(path)} is not finite"
     assert abs(float(loss16) - float(loss32)) <= BF16_REL * abs(float(loss32)), (float(loss16), float(loss32))
     # The whole gradient as one vector: ||g16 - g32|| / ||g32|| (measured ~1.2%).
-    diff = float(jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32)))))
+    diff = float(
+        jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32))))
+    )
     norm32 = float(jnp.sqrt(sum(jnp.sum(b**2) for b in jax.tree.leaves(grads32))))
     assert norm32 > 0
     assert diff <= BF16_REL * norm32, f"bf16 gradient relative error {diff / norm32:.3g} > {BF16_REL}"
@@ -134,5 +146,8 @@ def test_bf16_training_steps_keep_fp32_state():
         for path, leaf in jax.tree.leaves_with_path(state[part]):
             if jnp.issubdtype(leaf.dtype, jnp.floating):
                 assert leaf.dtype == jnp.float32, f"{part}{jax.tree_util.keystr(path)} is {leaf.dtype}"
-    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state["params"]))]
+    moved = [
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state["params"]))
+    ]
     assert sum(moved) > len(moved) // 2, f"only {sum(moved)} of {len(moved)} trainable leaves changed"

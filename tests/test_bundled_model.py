@@ -16,7 +16,6 @@ import pathlib
 import shutil
 import time
 
-
 import pytest
 
 import internvqa_jax
@@ -25,7 +24,14 @@ from internvqa_jax.data.datasets import demo
 from internvqa_jax.pretrained import install
 
 MAX_REBUILT_ENCODES = 120  # the demo test split of 5 sources x 24 encodes; about 1 min of ffmpeg on 2 idle cores
-FIGURE_KEYS = ("srcc", "plcc", "srcc_cross_source", "plcc_cross_source", "srcc_within_source_mean", "srcc_within_source_min")
+FIGURE_KEYS = (
+    "srcc",
+    "plcc",
+    "srcc_cross_source",
+    "plcc_cross_source",
+    "srcc_within_source_mean",
+    "srcc_within_source_min",
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +71,21 @@ def test_figures_describe_the_bundle(figures):
     assert "cross-source SRCC" in figures["comparable"] and "within-source SRCC" in figures["comparable"]
     assert figures["data"]["format"] == demo.FORMAT_VERSION and figures["data"]["num_frames"] == demo.NUM_FRAMES
     listed = {v["video_id"] for v in figures["videos"]}
-    expected = {demo.video_id(e["source_id"], c, q) for e in figures["test_sources"] for c, qs in e["levels"].items() for q in qs}
+    expected = {
+        demo.video_id(e["source_id"], c, q)
+        for e in figures["test_sources"]
+        for c, qs in e["levels"].items()
+        for q in qs
+    }
     assert listed == expected, "test_sources and levels must name exactly the scored videos"
     assert not set(figures["train"]["train_sources"]) & {e["source_id"] for e in figures["test_sources"]}
 
 
 def test_recorded_figures_follow_from_the_recorded_rows(figures):
     v = figures["videos"]
-    again = install.held_out_figures([r["score"] for r in v], [r["label"] for r in v], [r["source_id"] for r in v], [r["codec"] for r in v])
+    again = install.held_out_figures(
+        [r["score"] for r in v], [r["label"] for r in v], [r["source_id"] for r in v], [r["codec"] for r in v]
+    )
     for key in FIGURE_KEYS:
         assert again[key] == pytest.approx(figures["held_out"][key], abs=1e-9), key
     assert again["srcc_per_codec"] == pytest.approx(figures["held_out"]["srcc_per_codec"], abs=1e-9)
@@ -90,13 +103,22 @@ def test_load_without_a_path_scores_a_video(rebuilt, figures):
 def test_shipped_model_reproduces_its_recorded_scores(rebuilt, figures):
     recorded = {r["video_id"]: r for r in figures["videos"]}
     assert set(rebuilt) <= set(recorded)
-    label_off = [v for v, (label, _, _) in rebuilt.items() if not math.isclose(label, recorded[v]["label"], abs_tol=1e-6)]
+    label_off = [
+        v for v, (label, _, _) in rebuilt.items() if not math.isclose(label, recorded[v]["label"], abs_tol=1e-6)
+    ]
     assert not label_off, f"rebuilt VMAF labels differ from the recorded ones: {label_off[:5]}"
-    mismatched = install.scores_match({"videos": [recorded[v] for v in rebuilt]}, {v: s for v, (_, s, _) in rebuilt.items()})
+    mismatched = install.scores_match(
+        {"videos": [recorded[v] for v in rebuilt]}, {v: s for v, (_, s, _) in rebuilt.items()}
+    )
     assert not mismatched, mismatched[:5]
     if len(rebuilt) == len(recorded):  # the whole split was rebuilt: its figures from the new scores
         ids = sorted(rebuilt)
-        again = install.held_out_figures([rebuilt[v][1] for v in ids], [rebuilt[v][0] for v in ids], [recorded[v]["source_id"] for v in ids], [recorded[v]["codec"] for v in ids])
+        again = install.held_out_figures(
+            [rebuilt[v][1] for v in ids],
+            [rebuilt[v][0] for v in ids],
+            [recorded[v]["source_id"] for v in ids],
+            [recorded[v]["codec"] for v in ids],
+        )
         for key in FIGURE_KEYS:
             assert again[key] == pytest.approx(figures["held_out"][key], abs=1e-3), key
 
@@ -106,7 +128,11 @@ def test_predict_without_checkpoint_uses_the_bundle(rebuilt, figures, tmp_path, 
     out = tmp_path / "scores.json"
     assert predict.main([rebuilt[video["video_id"]][2], f"--output={out}", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "# model: bundled default" in text and f"# score: {figures['predicts']}" in text and f"# compare: {figures['comparable']}" in text
+    assert (
+        "# model: bundled default" in text
+        and f"# score: {figures['predicts']}" in text
+        and f"# compare: {figures['comparable']}" in text
+    )
     result = json.loads(out.read_text())
     assert result["bundled"] is True and result["results"][0]["score"] == pytest.approx(video["score"], abs=1e-4)
 
@@ -133,7 +159,9 @@ def test_bundle_is_small_and_packaged():
     package = bundle.parent
     shipped = {f for pattern in patterns for f in package.glob(pattern) if f.is_file()}
     files = {f for f in bundle.rglob("*") if f.is_file()}
-    assert files and files == shipped, f"bundle files not in the wheel's package data: {sorted(map(str, files - shipped))[:5]}"
+    assert files and files == shipped, (
+        f"bundle files not in the wheel's package data: {sorted(map(str, files - shipped))[:5]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,27 +174,65 @@ def small_run(tmp_path_factory) -> dict:
     levels = {"h264": [20, 37, 51]}
     items = demo.build(str(root / "videos"), source_ids=["sk_grass", "sk_rocket"], levels=levels)
     records = [
-        {"index": i, "video_id": it.video_id, "source_id": it.source_id, "codec": it.codec, "quality_param": it.quality_param, "label": it.label, "split": "test", "fold": None}
+        {
+            "index": i,
+            "video_id": it.video_id,
+            "source_id": it.source_id,
+            "codec": it.codec,
+            "quality_param": it.quality_param,
+            "label": it.label,
+            "split": "test",
+            "fold": None,
+        }
         for i, it in enumerate(items)
     ]
     shard_dir = root / "shards"
     shard_dir.mkdir()
-    manifest = {"format": shards.MANIFEST_FORMAT, "shards": [], "records": records, "config": {}, "counts": {}, "splits": {"train": ["sk_moon"], "test": ["sk_grass", "sk_rocket"]}, "split_config": {"seed": 0}}
+    manifest = {
+        "format": shards.MANIFEST_FORMAT,
+        "shards": [],
+        "records": records,
+        "config": {},
+        "counts": {},
+        "splits": {"train": ["sk_moon"], "test": ["sk_grass", "sk_rocket"]},
+        "split_config": {"seed": 0},
+    }
     (shard_dir / "manifest.json").write_text(json.dumps(manifest))
     workdir = root / "work"
-    shutil.copytree(pretrained.bundled_model_dir(), workdir / "export" / "student", ignore=shutil.ignore_patterns(pretrained.FIGURES_FILE))
-    config = {"job": "homologous", "seed": 3, "student": {"preset": "tiny"}, "optim": {"max_steps": 7}, "data": {"name": "demo", "shard_dir": str(shard_dir)}}
-    (workdir / "report.json").write_text(json.dumps({"config": config, "jobs": {"distill": {"steps": 7, "test_from_step": 7}}, "test": {}}))
+    shutil.copytree(
+        pretrained.bundled_model_dir(),
+        workdir / "export" / "student",
+        ignore=shutil.ignore_patterns(pretrained.FIGURES_FILE),
+    )
+    config = {
+        "job": "homologous",
+        "seed": 3,
+        "student": {"preset": "tiny"},
+        "optim": {"max_steps": 7},
+        "data": {"name": "demo", "shard_dir": str(shard_dir)},
+    }
+    (workdir / "report.json").write_text(
+        json.dumps({"config": config, "jobs": {"distill": {"steps": 7, "test_from_step": 7}}, "test": {}})
+    )
     return {"root": root, "workdir": workdir, "items": items, "levels": levels}
 
 
 def test_install_scores_the_test_split_with_the_users_scorer(small_run):
     dest = small_run["root"] / "bundle"
-    figures = install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "videos"), dest=dest, command="python -m internvqa_jax.train --seed=3")
+    figures = install.install(
+        str(small_run["workdir"]),
+        videos_dir=str(small_run["root"] / "videos"),
+        dest=dest,
+        command="python -m internvqa_jax.train --seed=3",
+    )
     assert figures == pretrained.read_figures(dest)
     assert [e["source_id"] for e in figures["test_sources"]] == ["sk_grass", "sk_rocket"]
     assert all(e["levels"] == small_run["levels"] for e in figures["test_sources"])
-    assert figures["train"]["seed"] == 3 and figures["train"]["steps"] == 7 and figures["train"]["command"].endswith("--seed=3")
+    assert (
+        figures["train"]["seed"] == 3
+        and figures["train"]["steps"] == 7
+        and figures["train"]["command"].endswith("--seed=3")
+    )
     scorer = internvqa_jax.load(dest)
     by_id = {v["video_id"]: v for v in figures["videos"]}
     for item in small_run["items"]:
@@ -174,10 +240,15 @@ def test_install_scores_the_test_split_with_the_users_scorer(small_run):
         assert row["score"] == pytest.approx(float(scorer.score(item.path)), abs=1e-7)
         assert row["label"] == pytest.approx(item.label) and row["content_group"] == item.extra["content_group"]
     v = figures["videos"]
-    expected = install.held_out_figures([r["score"] for r in v], [r["label"] for r in v], [r["source_id"] for r in v], [r["codec"] for r in v])
+    expected = install.held_out_figures(
+        [r["score"] for r in v], [r["label"] for r in v], [r["source_id"] for r in v], [r["codec"] for r in v]
+    )
     for key in FIGURE_KEYS:
         assert figures["held_out"][key] == pytest.approx(expected[key]), key
-    assert figures["held_out"]["srcc_per_codec"] == pytest.approx(expected["srcc_per_codec"]) and figures["held_out"]["within_source_sources"] == 2
+    assert (
+        figures["held_out"]["srcc_per_codec"] == pytest.approx(expected["srcc_per_codec"])
+        and figures["held_out"]["within_source_sources"] == 2
+    )
     # the package ships the folder: no writer's path inside, and the checksums still verify (it loaded)
     assert str(small_run["root"]) not in (dest / "params" / "commit_success.txt").read_text()
     assert "| all codecs | 6 |" in install.markdown_table(figures)
@@ -187,7 +258,9 @@ def test_install_rebuilds_missing_videos_identically_and_keeps_the_old_bundle_on
     dest = small_run["root"] / "bundle2"
     first = install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "videos"), dest=dest)
     rebuilt = install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "no_videos"), dest=dest)
-    assert [r["label"] for r in rebuilt["videos"]] == [r["label"] for r in first["videos"]]  # encodes and VMAF are deterministic
+    assert [r["label"] for r in rebuilt["videos"]] == [
+        r["label"] for r in first["videos"]
+    ]  # encodes and VMAF are deterministic
     assert [r["score"] for r in rebuilt["videos"]] == pytest.approx([r["score"] for r in first["videos"]], abs=1e-6)
     before = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
     monkeypatch.setattr(install, "rebuild_test_videos", lambda *a, **k: {})

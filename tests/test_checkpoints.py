@@ -11,7 +11,11 @@ from internvqa_jax import checkpoints
 
 
 def _state(v: float):
-    return {"params": {"w": jnp.full((4, 3), v), "blocks": {"0": {"b": jnp.arange(3.0) + v}}}, "step": jnp.asarray(int(v), jnp.int32), "rng": jax.random.key_data(jax.random.key(int(v)))}
+    return {
+        "params": {"w": jnp.full((4, 3), v), "blocks": {"0": {"b": jnp.arange(3.0) + v}}},
+        "step": jnp.asarray(int(v), jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(int(v))),
+    }
 
 
 def _iterator():

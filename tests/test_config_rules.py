@@ -7,7 +7,6 @@ the feature cache); a run now checks them all before it touches data or builds a
 import os
 
 import pytest
-
 from test_train_support import tiny_config
 
 from internvqa_jax.training import config_rules

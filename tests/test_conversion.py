@@ -53,7 +53,9 @@ def test_cli_both_ways_and_torch_strict_load(tmp_path, capsys):
     name = "sm_tiny_sep"
     kwargs = INDEX[name]["constructor_kwargs"]
     model_dir = tmp_path / "model"
-    rc = torch_to_flax.main(["--checkpoint", fixture(name), "--out", str(model_dir), "--model-kwargs", json.dumps(kwargs)])
+    rc = torch_to_flax.main(
+        ["--checkpoint", fixture(name), "--out", str(model_dir), "--model-kwargs", json.dumps(kwargs)]
+    )
     assert rc == 0 and "consumed 44 tensors" in capsys.readouterr().out
     model, meta = saving.load_model_dir(model_dir)
     assert meta["arch"] == "internvideo2" and meta["config"]["sep_pos_embed"] is True
@@ -74,7 +76,11 @@ def test_cli_both_ways_and_torch_strict_load(tmp_path, capsys):
         assert sidecar["official_kwargs"]["num_classes"] == 3 and "scan_layers" not in sidecar["official_kwargs"]
         assert sidecar["inference"]["frames"] == 4
         torch_model = InternVideo2Torch(**sidecar["official_kwargs"])
-        state = load_file(str(out)) if suffix == ".safetensors" else {k: v.numpy() for k, v in torch.load(out, weights_only=True).items()}
+        state = (
+            load_file(str(out))
+            if suffix == ".safetensors"
+            else {k: v.numpy() for k, v in torch.load(out, weights_only=True).items()}
+        )
         torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
         for key, value in original.items():
             np.testing.assert_array_equal(state[key], value, err_msg=key)
@@ -111,17 +117,42 @@ def test_wrappers_and_prefixes_give_the_same_model(tmp_path):
 
 def test_stage2_into_finetune_drops_clip_parts_and_initialises_head(tmp_path):
     name = "mm_tiny_stage2"
-    kw = {k: v for k, v in INDEX[name]["constructor_kwargs"].items() if k in
-          ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "init_values",
-           "qk_normalization", "attn_pool_num_heads", "clip_embed_dim", "num_frames", "tubelet_size")}
+    kw = {
+        k: v
+        for k, v in INDEX[name]["constructor_kwargs"].items()
+        if k
+        in (
+            "img_size",
+            "patch_size",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "qkv_bias",
+            "init_values",
+            "qk_normalization",
+            "attn_pool_num_heads",
+            "clip_embed_dim",
+            "num_frames",
+            "tubelet_size",
+        )
+    }
     model, report = convert_checkpoint(fixture(name), arch="internvideo2", model_kwargs=dict(kw, num_classes=1))
     assert model.config.arch == "internvideo2"
     dropped = set(report.dropped)
-    assert {"img_pos_embed", "clip_pos_embed", "clip_img_pos_embed", "final_clip_decoder.head.weight", "clip_decoder.1.norm.bias"} <= dropped
+    assert {
+        "img_pos_embed",
+        "clip_pos_embed",
+        "clip_img_pos_embed",
+        "final_clip_decoder.head.weight",
+        "clip_decoder.1.norm.bias",
+    } <= dropped
     assert set(report.initialised) == {"fc_norm/scale", "fc_norm/bias", "head/kernel", "head/bias"}
     assert len(report.consumed) + len(dropped) == len(load_file(fixture(name)))
     # The backbone and clip_projector are the stage-2 encoder's: same pooled output.
-    pretrain, _ = convert_checkpoint(fixture(name), arch="internvideo2_pretrain", model_kwargs=INDEX[name]["constructor_kwargs"])
+    pretrain, _ = convert_checkpoint(
+        fixture(name), arch="internvideo2_pretrain", model_kwargs=INDEX[name]["constructor_kwargs"]
+    )
     x = video(name)
     np.testing.assert_allclose(np.asarray(model(x)["pooled"]), np.asarray(pretrain(x)["pooled"]), atol=1e-6)
 
@@ -136,7 +167,12 @@ def test_numpy_interpolation_matches_torch():
         np.testing.assert_allclose(internvideo2_layout.resize_space(tokens, side), ref, atol=1e-5)
     seq = torch.from_numpy(tokens).permute(1, 2, 0).reshape(-1, 6, 3)
     for frames in (2, 4, 8):
-        ref = torch.nn.functional.interpolate(seq, size=frames, mode="linear").reshape(25, 6, frames).permute(2, 0, 1).numpy()
+        ref = (
+            torch.nn.functional.interpolate(seq, size=frames, mode="linear")
+            .reshape(25, 6, frames)
+            .permute(2, 0, 1)
+            .numpy()
+        )
         np.testing.assert_allclose(internvideo2_layout.resize_time(tokens, frames), ref, atol=1e-6)
 
 
@@ -160,7 +196,9 @@ def test_frames_and_size_interpolation_in_conversion():
     sep = "sm_tiny_sep"  # separable: temporal 2 -> 4 (tubelet 2), spatial 3x3 kept
     model, report = convert_checkpoint(fixture(sep), model_kwargs=INDEX[sep]["constructor_kwargs"], num_frames=8)
     assert model.pos_embed_temporal[...].shape == (1, 4, 48) and "pos_embed_temporal" in report.adapted
-    np.testing.assert_array_equal(np.asarray(model.pos_embed_spatial[...]), load_file(fixture(sep))["pos_embed_spatial"])
+    np.testing.assert_array_equal(
+        np.asarray(model.pos_embed_spatial[...]), load_file(fixture(sep))["pos_embed_spatial"]
+    )
 
 
 def test_tubelet_inflation_keeps_static_clip_embedding():
@@ -208,13 +246,18 @@ def test_checkpoint_of_another_size_names_keys_and_shapes():
 
 def test_finetune_size_mismatch_with_preset(tmp_path):
     """A tiny checkpoint converted with the B14 preset: one error, naming a key and both shapes."""
-    with pytest.raises(internvideo2_layout.LayoutError, match=r"patch_embed\.proj\.weight: checkpoint \(64, 3, 1, 14, 14\) vs model \(768, 3, 1, 14, 14\)"):
+    with pytest.raises(
+        internvideo2_layout.LayoutError,
+        match=r"patch_embed\.proj\.weight: checkpoint \(64, 3, 1, 14, 14\) vs model \(768, 3, 1, 14, 14\)",
+    ):
         convert_checkpoint(fixture("sm_tiny_joint"), preset="B14", img_size=56, num_frames=4)
 
 
 def test_not_internvideo2_state_dict(tmp_path):
     other = tmp_path / "resnet.safetensors"
-    save_file({"conv1.weight": np.zeros((8, 3, 7, 7), np.float32), "fc.weight": np.zeros((10, 8), np.float32)}, str(other))
+    save_file(
+        {"conv1.weight": np.zeros((8, 3, 7, 7), np.float32), "fc.weight": np.zeros((10, 8), np.float32)}, str(other)
+    )
     with pytest.raises(internvideo2_layout.LayoutError, match="not an InternVideo2 state dict"):
         convert_checkpoint(str(other), arch="internvideo2")
 
@@ -230,10 +273,24 @@ def test_unexpected_key_fails(tmp_path):
 
 def test_config_inferred_from_shapes():
     source = TensorSource(fixture("mm_tiny_stage2"))
-    kwargs = internvideo2_layout.infer_kwargs(source.shapes, pretrain=True, hints={"num_heads": 4, "attn_pool_num_heads": 4})
+    kwargs = internvideo2_layout.infer_kwargs(
+        source.shapes, pretrain=True, hints={"num_heads": 4, "attn_pool_num_heads": 4}
+    )
     expected = INDEX["mm_tiny_stage2"]["constructor_kwargs"]
-    for key in ("img_size", "embed_dim", "depth", "qkv_bias", "qk_normalization", "clip_embed_dim", "num_frames",
-                "tubelet_size", "sep_image_video_pos_embed", "clip_teacher_embed_dim", "clip_teacher_final_dim", "clip_return_layer"):
+    for key in (
+        "img_size",
+        "embed_dim",
+        "depth",
+        "qkv_bias",
+        "qk_normalization",
+        "clip_embed_dim",
+        "num_frames",
+        "tubelet_size",
+        "sep_image_video_pos_embed",
+        "clip_teacher_embed_dim",
+        "clip_teacher_final_dim",
+        "clip_return_layer",
+    ):
         assert kwargs[key] == expected[key], key
     assert int(kwargs["embed_dim"] * kwargs["mlp_ratio"]) == 279
     assert int(1408 * internvideo2_layout._mlp_ratio(6144, 1408)) == 6144
@@ -261,7 +318,9 @@ def test_safetensors_reader_widens_half_precision(tmp_path):
 
     values = torch.randn(3, 5)
     path = tmp_path / "half.safetensors"
-    save_torch({"a.bf16": values.bfloat16(), "b.f16": values.half(), "c.f32": values, "d.i64": torch.arange(4)}, str(path))
+    save_torch(
+        {"a.bf16": values.bfloat16(), "b.f16": values.half(), "c.f32": values, "d.i64": torch.arange(4)}, str(path)
+    )
     source = TensorSource(path)
     np.testing.assert_array_equal(source.get("a.bf16"), values.bfloat16().float().numpy())
     np.testing.assert_array_equal(source.get("b.f16"), values.half().float().numpy())
@@ -296,12 +355,17 @@ def test_pooling_heads_are_not_guessed_for_an_unpublished_size():
     np.testing.assert_allclose(np.asarray(model(video(name))["pooled"]), recorded, atol=2e-4)
     # A published size still needs nothing: embed_dim 1408 with its 16 heads means the pooler's 16.
     shapes = dict(TensorSource(fixture(name)).shapes)
-    assert internvideo2_layout.infer_kwargs({**shapes, "cls_token": (1, 1, 1408)}, pretrain=False)["attn_pool_num_heads"] == 16
+    assert (
+        internvideo2_layout.infer_kwargs({**shapes, "cls_token": (1, 1, 1408)}, pretrain=False)["attn_pool_num_heads"]
+        == 16
+    )
 
 
 def test_stage2_checkpoint_is_recognised_by_its_keys_and_the_report_is_returned():
     name = "mm_tiny_stage2"
-    kwargs = {k: INDEX[name]["constructor_kwargs"][k] for k in ("num_heads", "attn_pool_num_heads", "img_size", "num_frames")}
+    kwargs = {
+        k: INDEX[name]["constructor_kwargs"][k] for k in ("num_heads", "attn_pool_num_heads", "img_size", "num_frames")
+    }
     model, report = load_torch_checkpoint(fixture(name), return_report=True, **kwargs)  # no stage-2 kwargs
     assert model.config.arch == "internvideo2_pretrain"
     assert not report.initialised and not report.dropped  # nothing made up, nothing lost

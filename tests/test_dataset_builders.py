@@ -17,8 +17,17 @@ def make_clip(path: str, seed: int, codec_args: tuple[str, ...] = ("-c:v", "libx
     """A tiny distinct clip (life pattern seeded by `seed`)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     ffmpeg_tools.run_ffmpeg(
-        ["-f", "lavfi", "-i", f"life=size={W}x{H}:rate=25:seed={seed}:mold=5", "-frames:v", str(FRAMES),
-         *codec_args, "-y", path],
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"life=size={W}x{H}:rate=25:seed={seed}:mold=5",
+            "-frames:v",
+            str(FRAMES),
+            *codec_args,
+            "-y",
+            path,
+        ],
         f"fake clip {path}",
     )
     return path
@@ -37,7 +46,9 @@ def csv_tree(tmp_path):
 
 def test_csv_with_header_any_order_and_sources(csv_tree):
     csv_path = csv_tree / "set.csv"
-    csv_path.write_text("MOS,video_name,content,device\n3.5,clips/a.mp4,s1,phone\n4.25,clips/b.mp4,s1,tv\n1.0,clips/c.mp4,s2,tv\n")
+    csv_path.write_text(
+        "MOS,video_name,content,device\n3.5,clips/a.mp4,s1,phone\n4.25,clips/b.mp4,s1,tv\n1.0,clips/c.mp4,s2,tv\n"
+    )
     items = csv_dataset.list_items(str(csv_path), scale=5.0)
     assert [it.video_id for it in items] == ["clips/a", "clips/b", "clips/c"]
     assert [it.source_id for it in items] == ["s1", "s1", "s2"]
@@ -58,7 +69,9 @@ def test_csv_headerless_relative_to_root(csv_tree, tmp_path_factory):
 
 def test_csv_bad_rows_are_skipped_with_reasons(csv_tree):
     csv_path = csv_tree / "bad.csv"
-    csv_path.write_text("path,score\nclips/a.mp4,1\nclips/missing.mp4,2\nclips/b.mp4,high\nclips/c.mp4,nan\nclips/a.mp4,3\n,4\n")
+    csv_path.write_text(
+        "path,score\nclips/a.mp4,1\nclips/missing.mp4,2\nclips/b.mp4,high\nclips/c.mp4,nan\nclips/a.mp4,3\n,4\n"
+    )
     items = csv_dataset.list_items(str(csv_path))
     assert isinstance(items, ItemList) and [it.video_id for it in items] == ["clips/a"]
     reasons = [str(s) for s in items.skipped]
@@ -130,7 +143,12 @@ def test_bvi_hd_lister(bvi_root):
     by_id = {it.video_id: it for it in items}
     assert len(items) == 7
     it = by_id["BallUnderWater_1920x1080_SYNTH_QP37"]
-    assert (it.source_id, it.codec, it.quality_param, it.label_kind) == ("BallUnderWater", "hevc_synth", "qp=37", "dmos")
+    assert (it.source_id, it.codec, it.quality_param, it.label_kind) == (
+        "BallUnderWater",
+        "hevc_synth",
+        "qp=37",
+        "dmos",
+    )
     assert it.label == pytest.approx(0.40) and it.extra["dmos"] == 40.0
     assert by_id["Campfire_1920x1080_QP32"].codec == "hevc"
     assert by_id[f"Lamp_{W}x{H}_25fps_QP22"].path.endswith(".yuv")

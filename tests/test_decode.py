@@ -17,15 +17,48 @@ SRC = f"testsrc2=size={W}x{H}:rate=25"
 # name -> (output file, encoder options). Short GOPs with B-frames make seeks and reordering matter.
 VIDEOS = {
     "h264": ("h264.mp4", ["-c:v", "libx264", "-g", "8", "-bf", "2", "-pix_fmt", "yuv420p"]),
-    "hevc": ("hevc.mp4", ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=8:min-keyint=8:bframes=3:open-gop=1", "-pix_fmt", "yuv420p"]),
+    "hevc": (
+        "hevc.mp4",
+        [
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "log-level=error:keyint=8:min-keyint=8:bframes=3:open-gop=1",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    ),
     "vp9": ("vp9.webm", ["-c:v", "libvpx-vp9", "-g", "8", "-deadline", "realtime", "-cpu-used", "8"]),
-    "av1": ("av1.mkv", ["-c:v", "libsvtav1", "-g", "8", "-preset", "12", "-svtav1-params", "log-level=1", "-pix_fmt", "yuv420p"]),
-    "hevc_10bit": ("hevc10.mkv", ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=8", "-pix_fmt", "yuv420p10le"]),
-    "av1_10bit": ("av1_10.mp4", ["-c:v", "libaom-av1", "-g", "8", "-cpu-used", "8", "-usage", "realtime", "-pix_fmt", "yuv420p10le"]),
+    "av1": (
+        "av1.mkv",
+        ["-c:v", "libsvtav1", "-g", "8", "-preset", "12", "-svtav1-params", "log-level=1", "-pix_fmt", "yuv420p"],
+    ),
+    "hevc_10bit": (
+        "hevc10.mkv",
+        ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=8", "-pix_fmt", "yuv420p10le"],
+    ),
+    "av1_10bit": (
+        "av1_10.mp4",
+        ["-c:v", "libaom-av1", "-g", "8", "-cpu-used", "8", "-usage", "realtime", "-pix_fmt", "yuv420p10le"],
+    ),
     "mpeg2": ("mpeg2.mpg", ["-c:v", "mpeg2video", "-g", "8", "-bf", "2"]),
     "y4m": ("raw.y4m", ["-pix_fmt", "yuv420p"]),
     # Colour metadata the conversion must honour: BT.709 matrix, full range, 4:4:4, 4:2:2 10-bit.
-    "h264_bt709": ("bt709.mp4", ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"]),
+    "h264_bt709": (
+        "bt709.mp4",
+        [
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-colorspace",
+            "bt709",
+            "-color_primaries",
+            "bt709",
+            "-color_trc",
+            "bt709",
+        ],
+    ),
     "h264_full_range": ("full.mp4", ["-c:v", "libx264", "-pix_fmt", "yuvj420p"]),
     "h264_444": ("y444.mp4", ["-c:v", "libx264", "-pix_fmt", "yuv444p"]),
     "hevc_422_10bit": ("y422.mkv", ["-c:v", "libx265", "-x265-params", "log-level=error", "-pix_fmt", "yuv422p10le"]),
@@ -37,9 +70,24 @@ VIDEOS = {
 def ffmpeg_rgb(path: str, width: int, height: int) -> np.ndarray:
     """Every frame as ffmpeg's command line decodes it to rgb24, in display order."""
     out = subprocess.run(
-        [ffmpeg_tools.ffmpeg_exe(), "-v", "error", "-i", path, "-map", "0:v:0", "-fps_mode", "passthrough",
-         "-pix_fmt", "rgb24", "-f", "rawvideo", "-"],
-        capture_output=True, check=True,
+        [
+            ffmpeg_tools.ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            path,
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-pix_fmt",
+            "rgb24",
+            "-f",
+            "rawvideo",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
     ).stdout
     return np.frombuffer(out, np.uint8).reshape(-1, height, width, 3)
 
@@ -54,8 +102,27 @@ def videos(tmp_path_factory) -> dict[str, str]:
         paths[name] = path
     # Odd frame size: VP9 accepts it in 4:2:0, so chroma planes have ceil sizes.
     odd = str(folder / "odd.webm")
-    ffmpeg_tools.run_ffmpeg(["-f", "lavfi", "-i", SRC, "-vf", "scale=97:65", "-frames:v", "12",
-                             "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-y", odd], "odd")
+    ffmpeg_tools.run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            SRC,
+            "-vf",
+            "scale=97:65",
+            "-frames:v",
+            "12",
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-y",
+            odd,
+        ],
+        "odd",
+    )
     paths["odd_size"] = odd
     return paths
 
@@ -97,8 +164,29 @@ def test_iter_frames_matches_decode(videos):
 
 def test_seeks_instead_of_decoding_everything(tmp_path, monkeypatch):
     path = str(tmp_path / "long.mp4")
-    ffmpeg_tools.run_ffmpeg(["-f", "lavfi", "-i", SRC, "-frames:v", "120", "-c:v", "libx264", "-g", "10",
-                             "-keyint_min", "10", "-sc_threshold", "0", "-bf", "2", "-y", path], "long clip")
+    ffmpeg_tools.run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            SRC,
+            "-frames:v",
+            "120",
+            "-c:v",
+            "libx264",
+            "-g",
+            "10",
+            "-keyint_min",
+            "10",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "2",
+            "-y",
+            path,
+        ],
+        "long clip",
+    )
     decoded = []
     original = decode._Reader.frames_from
 
@@ -118,12 +206,17 @@ def test_seeks_instead_of_decoding_everything(tmp_path, monkeypatch):
 
 def test_raw_yuv_uses_name_for_geometry(tmp_path):
     path = str(tmp_path / f"Clip_{W}x{H}_30fps_10bit_420.yuv")
-    ffmpeg_tools.run_ffmpeg(["-f", "lavfi", "-i", SRC, "-frames:v", "6", "-pix_fmt", "yuv420p10le", "-f", "rawvideo", "-y", path], "raw")
+    ffmpeg_tools.run_ffmpeg(
+        ["-f", "lavfi", "-i", SRC, "-frames:v", "6", "-pix_fmt", "yuv420p10le", "-f", "rawvideo", "-y", path], "raw"
+    )
     info = decode.probe(path)
     assert (info.width, info.height, info.num_frames, info.bit_depth) == (W, H, 6, 10)
     assert info.fps == pytest.approx(30.0)
     y4m = str(tmp_path / "same.mkv")
-    ffmpeg_tools.run_ffmpeg(["-f", "rawvideo", "-pix_fmt", "yuv420p10le", "-s", f"{W}x{H}", "-i", path, "-c:v", "ffv1", "-y", y4m], "lossless copy")
+    ffmpeg_tools.run_ffmpeg(
+        ["-f", "rawvideo", "-pix_fmt", "yuv420p10le", "-s", f"{W}x{H}", "-i", path, "-c:v", "ffv1", "-y", y4m],
+        "lossless copy",
+    )
     np.testing.assert_array_equal(decode.decode_frames(path, [5, 0]), ffmpeg_rgb(y4m, W, H)[[5, 0]])
     nameless = str(tmp_path / "clip.yuv")
     shutil.copy(path, nameless)
@@ -151,11 +244,29 @@ def bad_files(tmp_path_factory, videos) -> dict[str, str]:
     files["truncated_faststart_mp4"] = str(folder / "truncated_fast.mp4")
     open(files["truncated_faststart_mp4"], "wb").write(data[: int(len(data) * 0.6)])
     files["audio_only"] = str(folder / "audio.m4a")
-    ffmpeg_tools.run_ffmpeg(["-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac", "-y", files["audio_only"]], "audio")
+    ffmpeg_tools.run_ffmpeg(
+        ["-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac", "-y", files["audio_only"]], "audio"
+    )
     files["zero_frames"] = str(folder / "zero.y4m")
     open(files["zero_frames"], "w").write("YUV4MPEG2 W64 H64 F25:1 Ip A1:1 C420jpeg\n")
     files["one_pixel"] = str(folder / "one.mkv")
-    ffmpeg_tools.run_ffmpeg(["-f", "lavfi", "-i", "color=size=1x1:rate=25", "-frames:v", "5", "-pix_fmt", "yuv444p", "-c:v", "ffv1", "-y", files["one_pixel"]], "1x1")
+    ffmpeg_tools.run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "color=size=1x1:rate=25",
+            "-frames:v",
+            "5",
+            "-pix_fmt",
+            "yuv444p",
+            "-c:v",
+            "ffv1",
+            "-y",
+            files["one_pixel"],
+        ],
+        "1x1",
+    )
     files["garbage"] = str(folder / "garbage.mp4")
     open(files["garbage"], "wb").write(np.random.default_rng(0).bytes(4096))
     files["missing"] = str(folder / "missing.mp4")
@@ -207,9 +318,24 @@ def test_real_clips_match_ffmpeg_select(clip):
     indices = [0, 7, 64, 65, info.num_frames - 1]
     select = "+".join(f"eq(n\\,{i})" for i in indices)
     out = subprocess.run(
-        [ffmpeg_tools.ffmpeg_exe(), "-v", "error", "-i", path, "-vf", f"select={select}", "-fps_mode", "passthrough",
-         "-pix_fmt", "rgb24", "-f", "rawvideo", "-"],
-        capture_output=True, check=True,
+        [
+            ffmpeg_tools.ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            path,
+            "-vf",
+            f"select={select}",
+            "-fps_mode",
+            "passthrough",
+            "-pix_fmt",
+            "rgb24",
+            "-f",
+            "rawvideo",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
     ).stdout
     ref = np.frombuffer(out, np.uint8).reshape(-1, info.height, info.width, 3)
     assert len(ref) == len(indices)

@@ -58,10 +58,14 @@ def test_recipe_meets_the_brief():
     generators = {s.origin.split(":")[1] for s in with_synthetic if s.origin.startswith("lavfi:")}
     assert {"mandelbrot", "life", "testsrc2", "cellauto", "gradients", "perlin"} <= generators
     # Tiles of one Big Buck Bunny window share no pixels.
-    boxes = [tuple(int(v) for v in s.filters.split("crop=")[1].split(",")[0].split(":")) for s in specs if s.source_id.startswith("bbb_w0_t") or s.source_id.startswith("bbb_w0_b")]
+    boxes = [
+        tuple(int(v) for v in s.filters.split("crop=")[1].split(",")[0].split(":"))
+        for s in specs
+        if s.source_id.startswith("bbb_w0_t") or s.source_id.startswith("bbb_w0_b")
+    ]
     assert len(boxes) == 4
     for i, (w1, h1, x1, y1) in enumerate(boxes):
-        for w2, h2, x2, y2 in boxes[i + 1:]:
+        for w2, h2, x2, y2 in boxes[i + 1 :]:
             assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1, boxes
     assert set(demo.LEVELS) == {"h264", "hevc", "vp9", "av1"}
     for codec, levels in demo.LEVELS.items():
@@ -112,7 +116,10 @@ def test_seeded_level_subsets_span_the_ladder_and_use_levels_evenly():
         for sid, per in plan.items():
             chosen = per[codec]
             # One level from each third of the ladder, best to worst.
-            assert len(chosen) == demo.LEVELS_PER_SOURCE and [ladder.index(q) // 2 for q in chosen] == [0, 1, 2], (sid, chosen)
+            assert len(chosen) == demo.LEVELS_PER_SOURCE and [ladder.index(q) // 2 for q in chosen] == [0, 1, 2], (
+                sid,
+                chosen,
+            )
             for q in chosen:
                 uses[q] += 1
         mean = len(plan) / 2  # each level is one of two in its third
@@ -184,10 +191,14 @@ def test_default_build_encodes_the_seeded_levels(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(demo, "LEVELS", {"h264": (20, 30, 37, 43, 48, 51), "vp9": (28, 48, 56, 60, 62, 63)})
     items = demo.build(str(tmp_path), workers=2, source_ids=["carphone_w0_top"])
     expected = {c: demo.source_levels("carphone_w0_top", ladder, codec=c) for c, ladder in demo.LEVELS.items()}
-    assert sorted((it.codec, it.quality_param) for it in items) == sorted((c, f"crf={q}") for c, qs in expected.items() for q in qs)
+    assert sorted((it.codec, it.quality_param) for it in items) == sorted(
+        (c, f"crf={q}") for c, qs in expected.items() for q in qs
+    )
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["source_levels"] == {"carphone_w0_top": {c: list(q) for c, q in expected.items()}}
-    assert manifest["levels_per_source"] == 3 and {it.extra["content_group"] for it in items} == {"carphone_pristine.mp4"}
+    assert manifest["levels_per_source"] == 3 and {it.extra["content_group"] for it in items} == {
+        "carphone_pristine.mp4"
+    }
 
 
 def test_stills_pan_at_their_declared_speed(tmp_path, tiny, monkeypatch):
@@ -201,10 +212,12 @@ def test_stills_pan_at_their_declared_speed(tmp_path, tiny, monkeypatch):
         frames = decode.decode_frames(tmp_path / "sources" / f"{sid}.mkv")
         assert frames.shape == (demo.NUM_FRAMES, demo.HEIGHT, demo.WIDTH, 3), sid
         y = frames.astype(np.float32) @ luma
+
         # The camera moves by (vx, vy) each frame: frame n+1 at p is frame n at p + v, and no
         # other small shift matches as well (a still or a wrong direction would).
-        def mismatch(d, n=0):
-            return np.abs(y[n + 1, m:-m, m:-m] - y[n, m + d[1]: 72 - m + d[1], m + d[0]: 128 - m + d[0]]).mean()
+        def mismatch(d, n=0, y=y):
+            return np.abs(y[n + 1, m:-m, m:-m] - y[n, m + d[1] : 72 - m + d[1], m + d[0] : 128 - m + d[0]]).mean()
+
         shifts = [(dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)]
         assert min(shifts, key=mismatch) == (vx, vy), sid
         assert mismatch((0, 0)) > 2 * mismatch((vx, vy)) + 0.5, sid

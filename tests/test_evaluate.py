@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
-from internvqa_jax import evaluate, scorer as scorer_lib
+from internvqa_jax import evaluate
+from internvqa_jax import scorer as scorer_lib
 from internvqa_jax.data import prepare, shards
 from internvqa_jax.data.records import VideoItem
-from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
 INFERENCE = tiny_inference(dataset="unit")
 
@@ -28,12 +29,30 @@ def shard_dir(tmp_path_factory):
             make_lavfi_video(path, source, seconds=1, size=size, fps=10, codec_args=("-c:v", encoder, qflag, qvalue))
             # The third source leaves the size to prepare's probe of the file; the others give it as a lister would.
             w, h = (int(v) for v in size.split("x")) if s < 2 else (0, 0)
-            items.append(VideoItem(path=str(path), video_id=f"{source}_{codec}", source_id=source, label=0.2 + 0.1 * s + 0.05 * c,
-                                   label_kind="vmaf", codec=codec, width=w, height=h, quality_param=f"{qflag}={qvalue}"))
+            items.append(
+                VideoItem(
+                    path=str(path),
+                    video_id=f"{source}_{codec}",
+                    source_id=source,
+                    label=0.2 + 0.1 * s + 0.05 * c,
+                    label_kind="vmaf",
+                    codec=codec,
+                    width=w,
+                    height=h,
+                    quality_param=f"{qflag}={qvalue}",
+                )
+            )
     out = tmp_path_factory.mktemp("shards")
     # Stored smaller than the sources (short side 56), so the per-resolution table must come from
     # the source size kept in the manifest, not from the stored frames.
-    prepare.prepare_items(items, out, prepare.PrepareConfig(frames=8, short_side=56, records_per_shard=4), workers=1, dataset="unit", progress=False)
+    prepare.prepare_items(
+        items,
+        out,
+        prepare.PrepareConfig(frames=8, short_side=56, records_per_shard=4),
+        workers=1,
+        dataset="unit",
+        progress=False,
+    )
     return out
 
 
@@ -45,7 +64,16 @@ def model_dir(tmp_path_factory):
 def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):
     workdir = model_dir.parent.parent  # a training workdir: export/student inside
     out = workdir / "eval_all"
-    status = evaluate.main([f"--checkpoint={workdir}", f"--data={shard_dir}", "--split=all", "--bootstrap=200", "--no-progress", "--batch-size=2"])
+    status = evaluate.main(
+        [
+            f"--checkpoint={workdir}",
+            f"--data={shard_dir}",
+            "--split=all",
+            "--bootstrap=200",
+            "--no-progress",
+            "--batch-size=2",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "by codec:" in printed and "by resolution:" in printed and "by source:" in printed
@@ -73,7 +101,9 @@ def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):
     sources = [r["source"] for r in rows]
     expected = metrics.source_metrics(pred, label, sources, [r["codec"] for r in rows])
     assert payload["sources"]["srcc_cross_source"] == pytest.approx(metrics.srcc(pred, label), abs=1e-12)
-    assert payload["sources"]["within_source_sources"] + payload["sources"]["within_source_skipped"] == len(set(sources))
+    assert payload["sources"]["within_source_sources"] + payload["sources"]["within_source_skipped"] == len(
+        set(sources)
+    )
     assert payload["sources"]["srcc_per_codec"].keys() == expected["srcc_per_codec"].keys()
     assert "cross-source SRCC" in printed and "within-source SRCC" in printed
 
@@ -98,7 +128,19 @@ def test_evaluate_finds_data_through_config(shard_dir, model_dir, tmp_path):
         "    return c\n"
     )
     out = tmp_path / "res"
-    assert evaluate.main([f"--checkpoint={model_dir}", f"--config={config}:x", "--split=all", f"--out={out}", "--bootstrap=0", "--no-progress"]) == 0
+    assert (
+        evaluate.main(
+            [
+                f"--checkpoint={model_dir}",
+                f"--config={config}:x",
+                "--split=all",
+                f"--out={out}",
+                "--bootstrap=0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["overall"]["n"] == 6
 
 
@@ -114,5 +156,7 @@ def test_evaluate_errors_are_named(shard_dir, model_dir, tmp_path, capsys):
 
 def test_resolution_of_prefers_the_source_size():
     assert evaluate.resolution_of({"width": 1920, "height": 1080, "stored_shape": [8, 224, 398, 3]}) == "1920x1080"
-    assert evaluate.resolution_of({"width": 0, "height": 0, "stored_shape": [8, 224, 398, 3]}) == "398x224"  # old manifests
+    assert (
+        evaluate.resolution_of({"width": 0, "height": 0, "stored_shape": [8, 224, 398, 3]}) == "398x224"
+    )  # old manifests
     assert evaluate.resolution_of({"stored_shape": [16, 224, 224, 3], "fragment_draws": 2}) == "unknown"  # a mosaic

@@ -16,10 +16,11 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from scoring_helpers import tiny_inference  # noqa: E402
+
 from internvqa_jax import scorer as scorer_lib  # noqa: E402
 from internvqa_jax.models import registry, saving  # noqa: E402
 from weight_conversion import flax_to_torch, torch_model  # noqa: E402
-from scoring_helpers import tiny_inference  # noqa: E402
 
 # In the layout training writes (training/export.py).
 INFERENCE = tiny_inference(input="uint8 RGB, (x - mean) / std")
@@ -28,18 +29,33 @@ STUDENTS = {
     # The demo student (configs/homologous.py demo_models) at the test's frames/size.
     "demo_student": dict(embed_dim=48, depth=2, num_heads=2, clip_embed_dim=64, attn_pool_num_heads=4),
     # Other layout branches: separable position embeddings, tubelet 2, qkv bias, no qk-norm, tanh GELU.
-    "variant": dict(embed_dim=48, depth=2, num_heads=4, clip_embed_dim=32, attn_pool_num_heads=4, sep_pos_embed=True,
-                    tubelet_size=2, qkv_bias=True, qk_normalization=False, init_values=None, gelu_approximate=True),
+    "variant": dict(
+        embed_dim=48,
+        depth=2,
+        num_heads=4,
+        clip_embed_dim=32,
+        attn_pool_num_heads=4,
+        sep_pos_embed=True,
+        tubelet_size=2,
+        qkv_bias=True,
+        qk_normalization=False,
+        init_values=None,
+        gelu_approximate=True,
+    ),
 }
 
 
 def _perturbed_student(overrides: dict, seed: int) -> nnx.Module:
-    config = registry.get_config("tiny", num_classes=1, num_frames=INFERENCE["frames"], img_size=INFERENCE["size"], **overrides)
+    config = registry.get_config(
+        "tiny", num_classes=1, num_frames=INFERENCE["frames"], img_size=INFERENCE["size"], **overrides
+    )
     # Initialised under one jit: eager initialisation would compile every op separately.
     model = nnx.jit(lambda: registry.create_model(config, nnx.Rngs(seed)))()
     rng = np.random.default_rng(seed)
     params = nnx.state(model, nnx.Param)
-    nnx.update(model, jax.tree.map(lambda v: np.asarray(v) + 0.1 * rng.standard_normal(v.shape).astype(np.float32), params))
+    nnx.update(
+        model, jax.tree.map(lambda v: np.asarray(v) + 0.1 * rng.standard_normal(v.shape).astype(np.float32), params)
+    )
     return model
 
 
@@ -85,7 +101,9 @@ def test_exported_student_scores_like_jax(name, tmp_path, capsys):
 def test_exported_keys_and_shapes_match_official_students(size, fixtures_dir):
     # The official class loads with strict=True exactly when names and shapes match its state dict;
     # the fixtures' manifests list those for the published sizes (8 frames, 224 px, 1 output).
-    manifest = json.loads((fixtures_dir / "internvideo2" / "state_dict_manifests.json").read_text())[f"finetune_{size}_f8_224_nc1"]
+    manifest = json.loads((fixtures_dir / "internvideo2" / "state_dict_manifests.json").read_text())[
+        f"finetune_{size}_f8_224_nc1"
+    ]
     config = registry.get_config(size, num_classes=1, num_frames=8, img_size=224)
     abstract = nnx.eval_shape(lambda: registry.create_model(config, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)

@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train_support import build_shards, tiny_config
 
 from internvqa_jax.data import pipeline
-from internvqa_jax.training import feature_cache, step as step_lib
-from test_train_support import build_shards, tiny_config
+from internvqa_jax.training import feature_cache
+from internvqa_jax.training import step as step_lib
 
 GEOM = dict(num_frames=2, size=28, spatial_mode="resize_crop", seed=3)
 
@@ -55,7 +56,9 @@ def test_train_iterator_yields_the_cached_seeded_views(shard_dir):
     # two views of one clip differ (the cache holds distinct augmentations), one view is stable
     a, c = views.view(int(b["index"][0]), 0)["frames"], views.view(int(b["index"][0]), 1)["frames"]
     assert not np.array_equal(a, c)
-    np.testing.assert_array_equal(a, feature_cache.ViewTransform(shard_dir, **GEOM).view(int(b["index"][0]), 0)["frames"])
+    np.testing.assert_array_equal(
+        a, feature_cache.ViewTransform(shard_dir, **GEOM).view(int(b["index"][0]), 0)["frames"]
+    )
     # same shuffle/iterator state machinery as the uncached pipeline: state restores the stream
     state = it.get_state()
     nxt = next(it)
@@ -77,11 +80,21 @@ def test_local_rows_cover_every_row_once_over_processes():
 
 def test_compute_ensure_reuse_and_invalidate(shard_dir, tmp_path):
     indices = pipeline.split_indices(shard_dir, "train")
-    ident = feature_cache.identity(shard_dir=shard_dir, split="train", teacher_config={"depth": 2}, teacher_init="", num_views=2, compute_dtype="float32", **GEOM)
+    ident = feature_cache.identity(
+        shard_dir=shard_dir,
+        split="train",
+        teacher_config={"depth": 2},
+        teacher_init="",
+        num_views=2,
+        compute_dtype="float32",
+        **GEOM,
+    )
     calls = []
 
     def build():
-        return feature_cache.compute(fake_teacher(calls), shard_dir=shard_dir, indices=indices, num_views=2, global_batch=4, **GEOM)
+        return feature_cache.compute(
+            fake_teacher(calls), shard_dir=shard_dir, indices=indices, num_views=2, global_batch=4, **GEOM
+        )
 
     cache_dir = tmp_path / "teacher_cache"
     (tmp_path / ".teacher_cache.tmp-dead").mkdir()  # a build killed earlier
@@ -119,7 +132,15 @@ def test_identity_follows_teacher_weights_and_views(shard_dir, tmp_path):
     ckpt = tmp_path / "teacher"
     (ckpt / "params").mkdir(parents=True)
     (ckpt / "params" / "data").write_bytes(b"weights-1")
-    kw = dict(shard_dir=shard_dir, split="train", teacher_config={"depth": 2}, teacher_init=str(ckpt), num_views=2, compute_dtype="float32", **GEOM)
+    kw = dict(
+        shard_dir=shard_dir,
+        split="train",
+        teacher_config={"depth": 2},
+        teacher_init=str(ckpt),
+        num_views=2,
+        compute_dtype="float32",
+        **GEOM,
+    )
     first = feature_cache.identity(**kw)
     assert feature_cache.identity(**kw) == first
     (ckpt / "params" / "data").write_bytes(b"weights-2")
@@ -129,16 +150,22 @@ def test_identity_follows_teacher_weights_and_views(shard_dir, tmp_path):
         feature_cache.identity(**dict(kw, teacher_init=str(tmp_path / "nope")))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _frozen_run():
     """Tiny student + frozen teacher (shared with test_train_step), its optimiser and both loss specs."""
-    from internvqa_jax.training import optim
     from test_train_step import groups_of, make_run, tiny
+
+    from internvqa_jax.training import optim
 
     networks, st, _ = make_run("frozen")
     schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
     tx = optim.make_optimizer(
-        st["params"], schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75)}, grad_clip=1.0, param_groups={"student": groups_of(tiny(0))}
+        st["params"],
+        schedule=schedule,
+        weight_decay=0.05,
+        layer_decay={"student": (2, 0.75)},
+        grad_clip=1.0,
+        param_groups={"student": groups_of(tiny(0))},
     )
     weights = {"feature": 1.0, "student_mse": 1.0}
     live = step_lib.LossSpec(weights=weights, teacher_frozen=True)
@@ -204,10 +231,18 @@ def test_short_run_with_cache_trains_and_resume_reuses_the_cache(shard_dir, tmp_
     real = feature_cache.compute
     monkeypatch.setattr(feature_cache, "compute", lambda *a, **k: builds.append(1) or real(*a, **k))
     workdir = tmp_path / "w"
-    fields = dict(teacher__mode="frozen", teacher__cache_features=True, teacher__cache_views=2, run_baseline=False, optim__epochs=6.0)
+    fields = dict(
+        teacher__mode="frozen",
+        teacher__cache_features=True,
+        teacher__cache_views=2,
+        run_baseline=False,
+        optim__epochs=6.0,
+    )
     report = train.run(tiny_config(shard_dir, optim__max_steps=2, **fields), str(workdir))
     assert len(builds) == 1
-    cache = feature_cache.load(workdir / "teacher_cache", json.load(open(workdir / "teacher_cache" / "manifest.json"))["identity"])
+    cache = feature_cache.load(
+        workdir / "teacher_cache", json.load(open(workdir / "teacher_cache" / "manifest.json"))["identity"]
+    )
     assert cache is not None and cache.pool.shape[1] == 2
     assert np.isfinite(report["test"]["student (distilled)"]["srcc"])
 

@@ -39,7 +39,9 @@ def test_seeded_split_keeps_every_group_in_one_split():
 def test_seeded_group_split_repeats_with_its_seed_and_changes_with_another():
     groups = grouped_sources()
     a = splits.seeded_split(list(groups), 0.1, 0.2, seed=3, groups=groups)
-    assert a == splits.seeded_split(list(reversed(list(groups))), 0.1, 0.2, seed=3, groups=dict(reversed(list(groups.items()))))
+    assert a == splits.seeded_split(
+        list(reversed(list(groups))), 0.1, 0.2, seed=3, groups=dict(reversed(list(groups.items())))
+    )
     assert any(a != splits.seeded_split(list(groups), 0.1, 0.2, seed=s, groups=groups) for s in (4, 5, 6))
 
 
@@ -92,7 +94,11 @@ def grouped_items() -> list[VideoItem]:
     items = []
     for source, group in grouped_sources().items():
         for q in range(2):
-            items.append(VideoItem(f"/fake/{source}_{q}.mp4", f"{source}_{q}", source, 0.5, "vmaf", extra={"content_group": group}))
+            items.append(
+                VideoItem(
+                    f"/fake/{source}_{q}.mp4", f"{source}_{q}", source, 0.5, "vmaf", extra={"content_group": group}
+                )
+            )
     # A dataset row without a group: its source is its own group.
     items.append(VideoItem("/fake/lone.mp4", "lone_0", "lone", 0.5, "vmaf"))
     return items
@@ -101,7 +107,9 @@ def grouped_items() -> list[VideoItem]:
 def test_prepare_splits_by_group_and_records_groups_in_the_manifest(tmp_path):
     items = grouped_items()
     config = prepare.PrepareConfig(frames=1, short_side=None, records_per_shard=16)
-    manifest = prepare.prepare_items(items, tmp_path, config, prepare.SplitConfig(folds=3, seed=5), loader=flat_loader, progress=False)
+    manifest = prepare.prepare_items(
+        items, tmp_path, config, prepare.SplitConfig(folds=3, seed=5), loader=flat_loader, progress=False
+    )
     records = manifest["records"]
     assert {r["content_group"] for r in records if r["source_id"] == "lone"} == {"lone"}
     assert all(r["content_group"] == r["source_id"].split("_")[0] for r in records if r["source_id"] != "lone")
@@ -120,6 +128,13 @@ def test_prepare_splits_by_group_and_records_groups_in_the_manifest(tmp_path):
 
 def test_items_of_one_source_must_agree_on_the_group():
     items = grouped_items()[:2]
-    bad = [items[0], VideoItem(items[1].path, items[1].video_id, items[1].source_id, 0.5, "vmaf", extra={"content_group": "other.png"})]
-    with pytest.raises(ValueError, match="source 'file00_cut0': its items name content groups 'file00' and 'other.png'"):
+    bad = [
+        items[0],
+        VideoItem(
+            items[1].path, items[1].video_id, items[1].source_id, 0.5, "vmaf", extra={"content_group": "other.png"}
+        ),
+    ]
+    with pytest.raises(
+        ValueError, match="source 'file00_cut0': its items name content groups 'file00' and 'other.png'"
+    ):
         prepare.content_groups(bad)

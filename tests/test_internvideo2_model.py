@@ -11,7 +11,6 @@ from flax import nnx
 from internvqa_jax.models import registry, saving
 from internvqa_jax.models.internvideo2 import (
     InternVideo2Config,
-    PretrainInternVideo2Config,
     is_trainable_in_teacher,
     teacher_trainable_filter,
 )
@@ -42,13 +41,24 @@ def test_config_dict_round_trip_and_errors():
 
 
 def test_published_presets():
-    sizes = {"S14": (384, 12, 6, 1536), "B14": (768, 12, 12, 3072), "L14": (1024, 24, 16, 4096), "1B": (1408, 40, 16, 6144), "6B": (3200, 48, 25, 12800)}
+    sizes = {
+        "S14": (384, 12, 6, 1536),
+        "B14": (768, 12, 12, 3072),
+        "L14": (1024, 24, 16, 4096),
+        "1B": (1408, 40, 16, 6144),
+        "6B": (3200, 48, 25, 12800),
+    }
     for name, (dim, depth, heads, hidden) in sizes.items():
         c = registry.get_config(name)
         assert (c.embed_dim, c.depth, c.num_heads, int(c.embed_dim * c.mlp_ratio)) == (dim, depth, heads, hidden), name
         assert (c.img_size, c.patch_size, c.num_frames, c.num_classes, c.clip_embed_dim) == (224, 14, 8, 1, 768)
     assert registry.get_config("1B_stage2").return_index == (39, 38, 37, 36, 35, 34)
-    assert registry.get_config("1B_stage2", clip_student_return_interval=3.34).return_index[:4] == (39, 36, 33, 29)  # depth - int(i * 3.34) - 1
+    assert registry.get_config("1B_stage2", clip_student_return_interval=3.34).return_index[:4] == (
+        39,
+        36,
+        33,
+        29,
+    )  # depth - int(i * 3.34) - 1
 
 
 def test_videomamba_dispatch():
@@ -61,7 +71,9 @@ def test_videomamba_dispatch():
     name = sorted(videomamba.PRESETS)[0]
     config = registry.get_config(name)
     assert config.arch == "videomamba"
-    assert isinstance(registry.config_from_dict({"arch": "videomamba", **config.to_dict()}), videomamba.VideoMambaConfig)
+    assert isinstance(
+        registry.config_from_dict({"arch": "videomamba", **config.to_dict()}), videomamba.VideoMambaConfig
+    )
 
 
 def test_scan_and_remat_match_loop():
@@ -94,7 +106,9 @@ def test_gelu_flavour_changes_outputs():
 
 
 def test_no_layerscale_and_sep_pos_embed_build():
-    model = registry.create_model(tiny(init_values=None, sep_pos_embed=True, qkv_bias=True, qk_normalization=False), nnx.Rngs(0))
+    model = registry.create_model(
+        tiny(init_values=None, sep_pos_embed=True, qkv_bias=True, qk_normalization=False), nnx.Rngs(0)
+    )
     assert model.blocks[0].ls1 is None and model.blocks[0].attn.q_norm is None
     assert model.pos_embed_temporal[...].shape == (1, 4, 64)
     assert model(X)["logits"].shape == (2, 1)
@@ -175,7 +189,10 @@ def test_auto_attention_resolves_by_backend_and_old_model_dirs_load(tmp_path, mo
     assert layers.resolve_attention_impl("auto") == ("chunked" if jax.default_backend() == "cpu" else "xla")
     monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
     # GPU: cuDNN for half precision, XLA for float32 (test_attention_kernels checks the whole table).
-    assert layers.resolve_attention_impl("auto") == "xla" and layers.resolve_attention_impl("cudnn", jnp.bfloat16, 64) == "cudnn"
+    assert (
+        layers.resolve_attention_impl("auto") == "xla"
+        and layers.resolve_attention_impl("cudnn", jnp.bfloat16, 64) == "cudnn"
+    )
     monkeypatch.undo()
 
     # On this (CPU) backend, tracing an "auto" model goes through the chunked kernel.
@@ -207,7 +224,9 @@ def test_linear_init_scheme_sets_linear_weight_scale(scan_layers):
     def stds(scheme):
         cfg = registry.get_config("tiny", embed_dim=64, depth=3, linear_init=scheme, scan_layers=scan_layers)
         model = registry.create_model(cfg, nnx.Rngs(0))
-        flat = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        flat = {
+            "/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+        }
         return flat
 
     official, lecun = stds("official"), stds("lecun")

@@ -52,8 +52,16 @@ def test_index_lists_fixtures(fixtures_dir):
 # scan_layers=True and each explicit attention kernel exercised on the fixtures too (the default
 # "auto" is the chunked kernel on CPU, so "xla" is forced once to keep that path checked).
 # (Multi-chunk attention is checked in test_internvideo2_model.)
-VARIANTS = {"loop": {}, "scan": {"scan_layers": True}, "chunked": {"attention_impl": "chunked"}, "xla": {"attention_impl": "xla"}}
-CASES = [(name, v) for name in sorted(INDEX) for v in ("loop", "scan")] + [("sm_tiny_joint", "chunked"), ("sm_tiny_joint", "xla")]
+VARIANTS = {
+    "loop": {},
+    "scan": {"scan_layers": True},
+    "chunked": {"attention_impl": "chunked"},
+    "xla": {"attention_impl": "xla"},
+}
+CASES = [(name, v) for name in sorted(INDEX) for v in ("loop", "scan")] + [
+    ("sm_tiny_joint", "chunked"),
+    ("sm_tiny_joint", "xla"),
+]
 
 
 @pytest.mark.parametrize("name,variant", CASES)
@@ -65,7 +73,15 @@ def test_flax_matches_official(name, variant):
         video = channels_last(data["input_video_bcthw"])
         if is_stage2(INDEX[name]):
             out = model(video)
-            outputs = {f"video_x_{k}": out[name] for k, name in (("vis", "tokens"), ("pool_vis", "pooled"), ("clip_align", "clip_align"), ("align", "align"))}
+            outputs = {
+                f"video_x_{k}": out[name]
+                for k, name in (
+                    ("vis", "tokens"),
+                    ("pool_vis", "pooled"),
+                    ("clip_align", "clip_align"),
+                    ("align", "align"),
+                )
+            }
             image = model(channels_last(data["input_image_bcthw"]), use_image=True)
             outputs.update(image_x_vis=image["tokens"], image_x_pool_vis=image["pooled"])
             outputs["video_x_vis_only"] = model(video, x_vis_only=True)["tokens"]

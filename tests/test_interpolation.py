@@ -11,14 +11,18 @@ torch = pytest.importorskip("torch")
 @pytest.mark.parametrize("n_in,n_out", [(4, 8), (8, 4), (5, 7), (7, 3), (1, 3)])
 def test_linear_matrix_matches_torch(n_in: int, n_out: int) -> None:
     x = np.random.default_rng(0).normal(size=(2, n_in))
-    expected = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=n_out, mode="linear", align_corners=False)[0].numpy()
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None], size=n_out, mode="linear", align_corners=False
+    )[0].numpy()
     np.testing.assert_allclose(x @ linear_matrix(n_in, n_out).T, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("n_in,n_out", [(4, 6), (6, 4), (14, 16), (16, 14), (2, 5)])
 def test_bicubic_matrix_matches_torch(n_in: int, n_out: int) -> None:
     grid = np.random.default_rng(1).normal(size=(n_in, n_in))
-    expected = torch.nn.functional.interpolate(torch.from_numpy(grid)[None, None], size=(n_out, n_out), mode="bicubic", align_corners=False)[0, 0].numpy()
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(grid)[None, None], size=(n_out, n_out), mode="bicubic", align_corners=False
+    )[0, 0].numpy()
     w = bicubic_matrix(n_in, n_out)
     np.testing.assert_allclose(w @ grid @ w.T, expected, rtol=1e-10, atol=1e-12)
 

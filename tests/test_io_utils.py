@@ -69,4 +69,3 @@ def test_atomic_path_renames_on_success_keeps_old_on_failure(tmp_path: pathlib.P
             raise RuntimeError("writer died")
     assert target.read_bytes() == b"new"
     assert [p.name for p in target.parent.iterdir()] == ["clip.mp4"]  # the temp is gone
-

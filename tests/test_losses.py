@@ -1,8 +1,8 @@
 """Losses against independent NumPy/torch formulations and their defining properties."""
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -97,7 +97,9 @@ def test_total_loss_default_terms_and_weights():
     sp, tp = rng.normal(size=(4, 16)).astype(np.float32), rng.normal(size=(4, 16)).astype(np.float32)
     s, t, y = rng.random(4).astype(np.float32), rng.random(4).astype(np.float32), rng.random(4).astype(np.float32)
     w = {"feature": 1.0, "student_mse": 1.0, "teacher_mse": 0.5}
-    total, terms = losses.total_loss(w, jnp.asarray(y), jnp.asarray(s)[:, None], jnp.asarray(sp), jnp.asarray(t)[:, None], jnp.asarray(tp))
+    total, terms = losses.total_loss(
+        w, jnp.asarray(y), jnp.asarray(s)[:, None], jnp.asarray(sp), jnp.asarray(t)[:, None], jnp.asarray(tp)
+    )
     ln = lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
     ref_feat = _np_smooth_l1(ln(sp), ln(tp), 2.0)
     ref = ref_feat + np.mean((s - y) ** 2) + 0.5 * np.mean((t - y) ** 2)

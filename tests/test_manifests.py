@@ -22,7 +22,9 @@ def config_for(entry: str, scan_layers: bool):
     finetune = re.fullmatch(r"finetune_(\w+?)_f(\d+)_(\d+)_nc(\d+)", entry)
     if finetune:
         size, frames, img, classes = finetune.groups()
-        return registry.get_config(size, num_frames=int(frames), img_size=int(img), num_classes=int(classes), scan_layers=scan_layers)
+        return registry.get_config(
+            size, num_frames=int(frames), img_size=int(img), num_classes=int(classes), scan_layers=scan_layers
+        )
     stage2 = re.fullmatch(r"stage2_vision_encoder_(\w+?)_f(\d+)_(\d+)", entry)
     if stage2:
         size, frames, img = stage2.groups()

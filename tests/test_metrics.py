@@ -8,7 +8,6 @@ from scipy import stats
 
 from internvqa_jax import metrics
 
-
 # --------------------------------------------------------------------------- hand-computed
 
 
@@ -243,14 +242,20 @@ def test_source_metrics_by_hand():
     assert m["plcc_cross_source"] == pytest.approx(stats.pearsonr(pred, label).statistic)
     h264 = [i for i, c in enumerate(codecs) if c == "h264"]
     assert set(m["srcc_per_codec"]) == {"h264", "vp9"}  # no codec: left out
-    assert m["srcc_per_codec"]["h264"] == pytest.approx(stats.spearmanr(np.take(pred, h264), np.take(label, h264)).statistic)
+    assert m["srcc_per_codec"]["h264"] == pytest.approx(
+        stats.spearmanr(np.take(pred, h264), np.take(label, h264)).statistic
+    )
     line = metrics.format_source_metrics(m)
     assert "within-source SRCC mean 0.0000 min -1.0000 (2 sources, 1 skipped" in line and "h264" in line
 
 
 def test_source_metrics_constant_source_is_skipped_and_lengths_checked():
     m = metrics.source_metrics([0.5, 0.5, 0.5, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.1, 0.2, 0.3], ["a"] * 3 + ["b"] * 3)
-    assert m["within_source_sources"] == 1 and m["within_source_skipped"] == 1 and m["srcc_within_source_min"] == pytest.approx(1.0)
+    assert (
+        m["within_source_sources"] == 1
+        and m["within_source_skipped"] == 1
+        and m["srcc_within_source_min"] == pytest.approx(1.0)
+    )
     assert "srcc_per_codec" not in m
     none = metrics.source_metrics([0.1, 0.2], [0.1, 0.2], ["a", "b"])
     assert none["srcc_within_source_mean"] is None and none["within_source_skipped"] == 2

@@ -104,7 +104,9 @@ def test_unregistered_or_clashing_families_fail_by_name(toy):
     with pytest.raises(ValueError, match="model family 'toy_pool' is already registered"):
         registry.register(TOY)
     with pytest.raises(ValueError, match=r"presets \['tiny'\] already belong to 'internvideo2'"):
-        registry.register(dataclasses.replace(TOY, config_class=type("Other", (ToyConfig,), {"arch": "other"}), presets={"tiny": {}}))
+        registry.register(
+            dataclasses.replace(TOY, config_class=type("Other", (ToyConfig,), {"arch": "other"}), presets={"tiny": {}})
+        )
     registry.unregister(TOY.arch)
     with pytest.raises(KeyError, match="unknown model preset 'toy_test'"):
         registry.get_config("toy_test")
@@ -135,7 +137,8 @@ def _config(student_overrides: dict, weight_decay: float):
     c.student.preset = "toy_test"
     c.student.overrides = ml_collections.ConfigDict(student_overrides, type_safe=False)
     c.teacher.overrides = ml_collections.ConfigDict(
-        dict(patch_size=8, embed_dim=16, depth=2, num_heads=2, clip_embed_dim=12, attn_pool_num_heads=2), type_safe=False
+        dict(patch_size=8, embed_dim=16, depth=2, num_heads=2, clip_embed_dim=12, attn_pool_num_heads=2),
+        type_safe=False,
     )
     c.optim.layer_decay, c.optim.weight_decay, c.optim.batch_size = 0.5, weight_decay, 4
     return c
@@ -147,9 +150,12 @@ def _batch(seed: int = 0) -> dict:
 
 
 def test_the_toy_student_distils_from_the_teacher_through_the_builder(toy):
-    from internvqa_jax.training import builder, step as step_lib
+    from internvqa_jax.training import builder
+    from internvqa_jax.training import step as step_lib
 
-    job = builder.JobSpec(name="distill", nets=("student", "teacher"), weights={"feature": 1.0, "student_mse": 1.0, "teacher_mse": 1.0})
+    job = builder.JobSpec(
+        name="distill", nets=("student", "teacher"), weights={"feature": 1.0, "student_mse": 1.0, "teacher_mse": 1.0}
+    )
     built = builder.build(_config({}, 0.05), job, total_steps=10)
     assert isinstance(built.model_configs["student"], ToyConfig)
     # the family's pooled width (8) differs from the teacher's (12): a learned projection maps it
@@ -184,7 +190,15 @@ def test_the_built_optimiser_takes_layer_decay_and_weight_decay_from_the_family(
     # Adam on constant gradients moves every leaf by lr x its layer factor 0.5 ** (depth + 1 - layer):
     # stem/pos are layer 0, stages/i layer i + 1, gain and head layer depth + 1 (factor 1).
     head = float(plain["head/kernel"].reshape(-1)[0])
-    expected = {"stem/kernel": 4, "stem/bias": 4, "pos": 4, "stages/0/kernel": 3, "stages/1/bias": 2, "stages/2/kernel": 1, "gain": 0}
+    expected = {
+        "stem/kernel": 4,
+        "stem/bias": 4,
+        "pos": 4,
+        "stages/0/kernel": 3,
+        "stages/1/bias": 2,
+        "stages/2/kernel": 1,
+        "gain": 0,
+    }
     for name, power in expected.items():
         np.testing.assert_allclose(plain[name], head * 0.5**power, rtol=1e-5, err_msg=name)
     # weight decay leaves exactly the family's exempt names (bias, pos, gain) untouched
@@ -208,8 +222,14 @@ def test_every_registered_family_round_trips_its_presets_and_uses_known_sharding
             cfg = registry.get_config(name)
             assert registry.config_from_dict({"arch": cfg.arch, **cfg.to_dict()}) == cfg, name
         smallest = min(family.presets, key=lambda n: registry.get_config(n).embed_dim)
-        model = nnx.eval_shape(lambda: registry.create_model(registry.get_config(smallest), nnx.Rngs(0)))
-        names = {n for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) for n in (v.get_metadata().get("out_sharding") or ())}
+        model = nnx.eval_shape(
+            lambda smallest=smallest: registry.create_model(registry.get_config(smallest), nnx.Rngs(0))
+        )
+        names = {
+            n
+            for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+            for n in (v.get_metadata().get("out_sharding") or ())
+        }
         assert names and names <= set(sharding.LOGICAL_RULES), (family.arch, names - set(sharding.LOGICAL_RULES))
 
 
@@ -221,7 +241,16 @@ def test_training_code_names_no_architecture_or_parameter():
 
     for module in (optim, builder):
         source = inspect.getsource(module)
-        for word in ("videomamba", "internvideo2", "A_log", "\"blocks\"", "\"layers\"", "pos_embed", "clip_embed_dim", "hasattr(cfg"):
+        for word in (
+            "videomamba",
+            "internvideo2",
+            "A_log",
+            '"blocks"',
+            '"layers"',
+            "pos_embed",
+            "clip_embed_dim",
+            "hasattr(cfg",
+        ):
             assert word not in source, f"{module.__name__} names {word}"
 
 
@@ -234,5 +263,11 @@ def test_videomamba_is_imported_only_when_asked_for():
         "assert registry.get_config('videomamba_test').arch == 'videomamba'\n"
         "assert 'internvqa_jax.models.videomamba' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert done.returncode == 0, done.stderr

@@ -25,7 +25,7 @@ def _layers(section: str) -> dict[str, int]:
 
 
 def _arrow_block(section: str, heading: str) -> list[str]:
-    block = section[section.index(heading):].split("\n\n")[0]  # the heading line, then the list
+    block = section[section.index(heading) :].split("\n\n")[0]  # the heading line, then the list
     return [line for line in block.splitlines() if line.startswith("- ")]
 
 

@@ -25,7 +25,7 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
 # Installed into the kernel's PYTHONPATH: refuses non-loopback connections and logs each attempt.
-NETWORK_GUARD = '''
+NETWORK_GUARD = """
 import ipaddress, os, socket
 
 _LOG = os.environ.get("NOTEBOOK_NETWORK_LOG", "")
@@ -62,7 +62,7 @@ def _guarded_connect_ex(self, address):
 
 socket.socket.connect = _guarded_connect
 socket.socket.connect_ex = _guarded_connect_ex
-'''
+"""
 
 
 def _params_cell(path: pathlib.Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
@@ -80,14 +80,18 @@ def guard_env(tmp_path_factory) -> tuple[dict[str, str], pathlib.Path]:
     (guard_dir / "sitecustomize.py").write_text(NETWORK_GUARD)
     log = guard_dir / "connections.log"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(guard_dir), str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(guard_dir), str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env["NOTEBOOK_NETWORK_LOG"] = str(log)
     env["JAX_PLATFORMS"] = "cpu"
     env["MPLBACKEND"] = "Agg"
     return env, log
 
 
-def _execute(name: str, params: dict, out_dir: pathlib.Path, env: dict[str, str], extra_env: dict[str, str] | None = None) -> nbformat.NotebookNode:
+def _execute(
+    name: str, params: dict, out_dir: pathlib.Path, env: dict[str, str], extra_env: dict[str, str] | None = None
+) -> nbformat.NotebookNode:
     """Runs notebooks/<name> with `params` through papermill in a subprocess; fails on any cell error."""
     out = out_dir / f"executed_{name}"
     params_file = out_dir / f"params_{pathlib.Path(name).stem}.json"
@@ -121,8 +125,22 @@ def _text_outputs(nb: nbformat.NotebookNode) -> str:
 def _make_clip(path: pathlib.Path, source: str, size: str, seconds: float, encoder: tuple[str, ...]) -> None:
     """A short clip of an ffmpeg lavfi source, encoded with `encoder` arguments."""
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    cmd = [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size}:rate=8", "-t", str(seconds),
-           *encoder, "-pix_fmt", "yuv420p", str(path)]
+    cmd = [
+        ffmpeg,
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"{source}=size={size}:rate=8",
+        "-t",
+        str(seconds),
+        *encoder,
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    ]
     subprocess.run(cmd, check=True)
 
 
@@ -140,13 +158,26 @@ def test_one_params_cell_and_no_outputs_committed(name):
             if cell is not params:
                 for line in cell.source.splitlines():
                     head = line.split("=")[0].strip()
-                    assert not (head.isupper() and "=" in line and "==" not in line), f"{name}: knob {head} set outside PARAMS"
+                    assert not (head.isupper() and "=" in line and "==" not in line), (
+                        f"{name}: knob {head} set outside PARAMS"
+                    )
 
 
 # Ways a cell could fetch something. Allowed only where the user points it: pip in the install cell
 # (skipped when the package is importable) and gsutil in the GCS cell (skipped when GCS_SOURCE is empty).
-DOWNLOADERS = ("urllib", "requests", "urlopen", "wget", "curl", "hf_hub_download", "snapshot_download", "tfds.load",
-               "download", "http://", "https://")
+DOWNLOADERS = (
+    "urllib",
+    "requests",
+    "urlopen",
+    "wget",
+    "curl",
+    "hf_hub_download",
+    "snapshot_download",
+    "tfds.load",
+    "download",
+    "http://",
+    "https://",
+)
 
 
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "distill_tpu.ipynb"])
@@ -167,11 +198,23 @@ def test_network_guard_refuses_and_records(guard_env, tmp_path):
     """The guard the notebook kernels run under does catch a download attempt (TEST-NET address)."""
     env, log = guard_env
     code = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=2)\nexcept ConnectionRefusedError as e:\n    print('refused:', e)\n"
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "NOTEBOOK_NETWORK_LOG": str(tmp_path / "log")}, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "NOTEBOOK_NETWORK_LOG": str(tmp_path / "log")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "refused: network guard" in out.stdout, out.stdout + out.stderr
     assert "192.0.2.1" in (tmp_path / "log").read_text()
     loopback = "import socket\ns = socket.socket()\nprint(s.connect_ex(('127.0.0.1', 9)))\n"  # allowed: kernels talk over loopback
-    out = subprocess.run([sys.executable, "-c", loopback], env={**env, "NOTEBOOK_NETWORK_LOG": str(tmp_path / "log2")}, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", loopback],
+        env={**env, "NOTEBOOK_NETWORK_LOG": str(tmp_path / "log2")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and not (tmp_path / "log2").exists(), out.stderr
 
 
@@ -186,7 +229,10 @@ def test_quickstart_converts_scores_and_plots(tmp_path, fixtures_dir, guard_env)
     ckpt.parent.mkdir()
     shutil.copy(fixtures_dir / "internvideo2" / "mm_tiny_stage2.safetensors", ckpt)
     index = json.loads((fixtures_dir / "internvideo2" / "index.json").read_text())
-    kwargs = {k: index["mm_tiny_stage2"]["constructor_kwargs"][k] for k in ("num_heads", "attn_pool_num_heads", "img_size", "num_frames")}
+    kwargs = {
+        k: index["mm_tiny_stage2"]["constructor_kwargs"][k]
+        for k in ("num_heads", "attn_pool_num_heads", "img_size", "num_frames")
+    }
     videos = tmp_path / "videos"
     videos.mkdir()
     _make_clip(videos / "testsrc2_h264.mp4", "testsrc2", "96x64", 3.0, ("-c:v", "libx264", "-crf", "30"))
@@ -240,7 +286,9 @@ def test_distill_prepares_trains_evaluates_and_exports(tmp_path, guard_env):
     sources = ("testsrc2", "mandelbrot", "rgbtestsrc", "smptebars", "life")
     rows = ["path,score,source"]
     for s, source in enumerate(sources):
-        for c, (codec, encoder) in enumerate({"h264": ("-c:v", "libx264", "-crf", "35"), "mpeg4": ("-c:v", "mpeg4", "-q:v", "12")}.items()):
+        for c, (codec, encoder) in enumerate(
+            {"h264": ("-c:v", "libx264", "-crf", "35"), "mpeg4": ("-c:v", "mpeg4", "-q:v", "12")}.items()
+        ):
             name = f"{source}_{codec}.mp4"
             _make_clip(data / name, source, "72x64", 1.0, encoder)
             rows.append(f"{name},{0.40 + 0.08 * s + 0.05 * c:.2f},{source}")
@@ -264,9 +312,17 @@ def test_distill_prepares_trains_evaluates_and_exports(tmp_path, guard_env):
         "RUN_TEACHER_FINETUNE": True,
         # The demo presets (tiny teacher and student); 2 steps each, tiny batches and eval.
         "CONFIG_OVERRIDES": {
-            "optim.max_steps": 2, "optim.batch_size": 2, "data.eval_batch_size": 2, "data.frames": 4, "data.size": 112,
-            "data.spatial_mode": "resize_crop", "test_views": 1, "run_baseline": False, "progress": False,
-            "checkpoint.async_save": False, "log_every_steps": 1,
+            "optim.max_steps": 2,
+            "optim.batch_size": 2,
+            "data.eval_batch_size": 2,
+            "data.frames": 4,
+            "data.size": 112,
+            "data.spatial_mode": "resize_crop",
+            "test_views": 1,
+            "run_baseline": False,
+            "progress": False,
+            "checkpoint.async_save": False,
+            "log_every_steps": 1,
         },
         "SHOW_TENSORBOARD": False,
         "EVAL_SPLIT": "test",

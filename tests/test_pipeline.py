@@ -22,7 +22,13 @@ def tagged_loader(item: VideoItem, config: prepare.PrepareConfig):
 
 def make_items(n: int = NUM_VIDEOS, sources: int = 7) -> list[VideoItem]:
     return [
-        VideoItem(path=f"/fake/v{i}.mp4", video_id=f"v{i:03d}", source_id=f"src{i % sources}", label=i / 100, label_kind="vmaf")
+        VideoItem(
+            path=f"/fake/v{i}.mp4",
+            video_id=f"v{i:03d}",
+            source_id=f"src{i % sources}",
+            label=i / 100,
+            label_kind="vmaf",
+        )
         for i in range(n)
     ]
 
@@ -31,7 +37,9 @@ def make_items(n: int = NUM_VIDEOS, sources: int = 7) -> list[VideoItem]:
 def shard_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     config = prepare.PrepareConfig(frames=STORED_FRAMES, short_side=None, records_per_shard=5)
-    prepare.prepare_items(make_items(), out, config, prepare.SplitConfig(folds=3, seed=1), loader=tagged_loader, progress=False)
+    prepare.prepare_items(
+        make_items(), out, config, prepare.SplitConfig(folds=3, seed=1), loader=tagged_loader, progress=False
+    )
     return out
 
 
@@ -41,7 +49,9 @@ def video_number(record_index: int, table) -> int:
 
 def test_train_batches_hold_the_right_records(shard_dir):
     table = pipeline.record_table(shard_dir)
-    it = pipeline.train_iterator(shard_dir, "train", batch_size=4, num_frames=3, size=32, seed=5, process_index=0, process_count=1)
+    it = pipeline.train_iterator(
+        shard_dir, "train", batch_size=4, num_frames=3, size=32, seed=5, process_index=0, process_count=1
+    )
     train_ids = {r["index"] for r in table if r["split"] == "train"}
     for _ in range(3):
         b = next(it)
@@ -58,7 +68,16 @@ def test_train_batches_hold_the_right_records(shard_dir):
 
 def one_epoch(shard_dir, split, process_index, process_count, seed=0):
     part = pipeline.process_part(pipeline.split_indices(shard_dir, split), process_index, process_count)
-    it = pipeline.train_iterator(shard_dir, split, batch_size=1, num_frames=2, size=32, seed=seed, process_index=process_index, process_count=process_count)
+    it = pipeline.train_iterator(
+        shard_dir,
+        split,
+        batch_size=1,
+        num_frames=2,
+        size=32,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
     return [int(next(it)["index"][0]) for _ in range(len(part))]
 
 
@@ -76,7 +95,9 @@ def test_two_processes_cover_every_record_once_per_epoch(shard_dir):
 
 def test_second_epoch_is_reshuffled_and_complete(shard_dir):
     part = pipeline.split_indices(shard_dir, "train")
-    it = pipeline.train_iterator(shard_dir, "train", batch_size=1, num_frames=2, size=32, process_index=0, process_count=1)
+    it = pipeline.train_iterator(
+        shard_dir, "train", batch_size=1, num_frames=2, size=32, process_index=0, process_count=1
+    )
     first = [int(next(it)["index"][0]) for _ in range(len(part))]
     second = [int(next(it)["index"][0]) for _ in range(len(part))]
     assert sorted(first) == sorted(second) == sorted(int(i) for i in part)
@@ -101,7 +122,9 @@ def test_restored_iterator_yields_the_uninterrupted_batches(shard_dir, tmp_path)
     take(it, 4)
     pipeline.save_iterator_state(it, tmp_path / "state.json")
     expected = take(it, 6)  # crosses an epoch boundary (15 train records, batch 3)
-    resumed = pipeline.restore_iterator_state(pipeline.train_iterator(shard_dir, "train", **kw), tmp_path / "state.json")
+    resumed = pipeline.restore_iterator_state(
+        pipeline.train_iterator(shard_dir, "train", **kw), tmp_path / "state.json"
+    )
     assert_same_batches(take(resumed, 6), expected)
     fresh = pipeline.train_iterator(shard_dir, "train", **kw)
     with pytest.raises(AssertionError):
@@ -136,7 +159,9 @@ def collect_eval(shard_dir, split, process_index, process_count, **kw):
 def test_eval_covers_every_record_once_over_two_processes(shard_dir):
     table = pipeline.record_table(shard_dir)
     kw = dict(batch_size=3, num_frames=2, size=32, num_segments=2)
-    per_process = [collect_eval(shard_dir, "val", p, 2, **kw) + collect_eval(shard_dir, "test", p, 2, **kw) for p in (0, 1)]
+    per_process = [
+        collect_eval(shard_dir, "val", p, 2, **kw) + collect_eval(shard_dir, "test", p, 2, **kw) for p in (0, 1)
+    ]
     assert len(per_process[0]) == len(per_process[1]), "processes must run the same number of eval steps"
     seen = []
     for batches in per_process:
@@ -148,7 +173,9 @@ def test_eval_covers_every_record_once_over_two_processes(shard_dir):
                 assert np.all(b["frames"][j, ..., 0] == video_number(int(b["index"][j]), table))
     expected = sorted(r["index"] for r in table if r["split"] in ("val", "test"))
     assert sorted(seen) == expected
-    assert pipeline.num_eval_batches(shard_dir, "test", 3, process_count=2) == len(collect_eval(shard_dir, "test", 0, 2, **kw))
+    assert pipeline.num_eval_batches(shard_dir, "test", 3, process_count=2) == len(
+        collect_eval(shard_dir, "test", 0, 2, **kw)
+    )
 
 
 def test_eval_views_equal_sampling_on_all_frames(shard_dir):
@@ -165,7 +192,16 @@ def test_eval_views_equal_sampling_on_all_frames(shard_dir):
 
 
 def test_eval_is_deterministic_and_segments_differ(shard_dir):
-    kw = dict(batch_size=4, num_frames=3, size=32, spatial_mode="fragments", num_segments=2, seed=4, process_index=0, process_count=1)
+    kw = dict(
+        batch_size=4,
+        num_frames=3,
+        size=32,
+        spatial_mode="fragments",
+        num_segments=2,
+        seed=4,
+        process_index=0,
+        process_count=1,
+    )
     a = list(pipeline.eval_iterator(shard_dir, "test", **kw))
     b = list(pipeline.eval_iterator(shard_dir, "test", **kw))
     assert_same_batches(a, b)
@@ -223,7 +259,9 @@ def test_pre_drawn_fragments_store_train_and_eval(tmp_path):
                 assert i * 48 <= y0 <= (i + 1) * 48 - 32 and j * 80 <= x0 <= (j + 1) * 80 - 32
     assert not np.array_equal(stored[0], stored[6]), "both draws took the same positions"
 
-    it = pipeline.train_iterator(tmp_path, "all", batch_size=4, num_frames=3, size=64, spatial_mode="fragments", process_index=0, process_count=1)
+    it = pipeline.train_iterator(
+        tmp_path, "all", batch_size=4, num_frames=3, size=64, spatial_mode="fragments", process_index=0, process_count=1
+    )
     for _ in range(2):
         batch = next(it)
         assert batch["frames"].shape == (4, 3, 64, 64, 3)
@@ -234,15 +272,31 @@ def test_pre_drawn_fragments_store_train_and_eval(tmp_path):
             candidates = [full[d * 6 + frame_ids.astype(int)] for d in range(2)]
             assert any(np.array_equal(clip, c) or np.array_equal(clip, c[:, :, ::-1]) for c in candidates)
 
-    views = next(pipeline.eval_iterator(tmp_path, "all", batch_size=4, num_frames=3, size=64, spatial_mode="fragments", num_segments=2, process_index=0, process_count=1))
+    views = next(
+        pipeline.eval_iterator(
+            tmp_path,
+            "all",
+            batch_size=4,
+            num_frames=3,
+            size=64,
+            spatial_mode="fragments",
+            num_segments=2,
+            process_index=0,
+            process_count=1,
+        )
+    )
     assert views["frames"].shape == (4, 2, 3, 64, 64, 3)
     full, _ = records[int(views["index"][0])]
     np.testing.assert_array_equal(views["frames"][0, 1], full[6 + sampling_plan(6, 3, 2)[1]])  # segment 1 <- draw 1
 
     with pytest.raises(ValueError, match="spatial_mode must be 'fragments'"):
-        pipeline.train_iterator(tmp_path, "all", batch_size=2, size=64, spatial_mode="resize_crop", process_index=0, process_count=1)
+        pipeline.train_iterator(
+            tmp_path, "all", batch_size=2, size=64, spatial_mode="resize_crop", process_index=0, process_count=1
+        )
     with pytest.raises(ValueError, match="size must match"):
-        pipeline.eval_iterator(tmp_path, "all", batch_size=2, size=224, spatial_mode="fragments", process_index=0, process_count=1)
+        pipeline.eval_iterator(
+            tmp_path, "all", batch_size=2, size=224, spatial_mode="fragments", process_index=0, process_count=1
+        )
     with pytest.raises(ValueError, match="short_side=None"):
         prepare.PrepareConfig(fragment_draws=2)
 

@@ -17,11 +17,12 @@ import time
 import numpy as np
 import pytest
 from flax import nnx
+from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
 import internvqa_jax
-from internvqa_jax import predict, scorer as scorer_lib
+from internvqa_jax import predict
+from internvqa_jax import scorer as scorer_lib
 from internvqa_jax.models import registry, saving
-from scoring_helpers import make_lavfi_video, save_tiny_model_dir, tiny_inference
 
 # The inference.json that training writes (training/export.py), for a tiny model.
 INFERENCE = tiny_inference()
@@ -68,7 +69,9 @@ def test_load_api_scores_frames_and_files(model_dir, folder):
 
 def test_predict_folder_with_broken_file_scores_the_rest(model_dir, folder, tmp_path, capsys):
     out = tmp_path / "scores.csv"
-    status = predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out}", "--no-progress", "--batch-size=4"])
+    status = predict.main(
+        [str(folder), f"--checkpoint={model_dir}", f"--output={out}", "--no-progress", "--batch-size=4"]
+    )
     assert status == 1  # one file failed
     rows = _read_csv(out)
     assert [pathlib.Path(r["path"]).name for r in rows] == ["a_testsrc2.mp4", "c_broken.mp4", "b_mandelbrot.mp4"]
@@ -83,11 +86,17 @@ def test_predict_folder_with_broken_file_scores_the_rest(model_dir, folder, tmp_
 
     # Same files and settings, second run: identical numbers (not merely close).
     out2 = tmp_path / "again.csv"
-    assert predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out2}", "--no-progress", "--batch-size=4"]) == 1
+    assert (
+        predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out2}", "--no-progress", "--batch-size=4"])
+        == 1
+    )
     assert [r["score"] for r in _read_csv(out2)] == [r["score"] for r in rows]
     # Another batch size changes XLA's summation order only: equal to float32 rounding.
     out3 = tmp_path / "batch8.csv"
-    assert predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out3}", "--no-progress", "--batch-size=8"]) == 1
+    assert (
+        predict.main([str(folder), f"--checkpoint={model_dir}", f"--output={out3}", "--no-progress", "--batch-size=8"])
+        == 1
+    )
     for r8, r4 in zip(_read_csv(out3), rows):
         if r4["score"]:
             assert float(r8["score"]) == pytest.approx(float(r4["score"]), abs=1e-5)
@@ -96,7 +105,16 @@ def test_predict_folder_with_broken_file_scores_the_rest(model_dir, folder, tmp_
 def test_predict_per_segment_json_and_png(model_dir, folder, tmp_path):
     out = tmp_path / "res.json"
     video = folder / "sub" / "b_mandelbrot.mp4"  # 2 s
-    status = predict.main([str(video), f"--checkpoint={model_dir}", f"--output={out}", "--per-segment", "--segment-seconds=0.5", "--no-progress"])
+    status = predict.main(
+        [
+            str(video),
+            f"--checkpoint={model_dir}",
+            f"--output={out}",
+            "--per-segment",
+            "--segment-seconds=0.5",
+            "--no-progress",
+        ]
+    )
     assert status == 0
     payload = json.loads(out.read_text())
     assert payload["scale"].startswith("VMAF/100") and payload["num_failed"] == 0
@@ -138,9 +156,20 @@ def test_predict_cannot_run_cases(model_dir, folder, tmp_path, capsys):
 def test_predict_module_entry_point_exit_status(model_dir, folder):
     # The real command line: exit status = number of failed files.
     proc = subprocess.run(
-        [sys.executable, "-m", "internvqa_jax.predict", str(folder / "c_broken.mp4"), str(folder / "missing.mp4"), str(folder / "a_testsrc2.mp4"),
-         f"--checkpoint={model_dir}", "--no-progress"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        [
+            sys.executable,
+            "-m",
+            "internvqa_jax.predict",
+            str(folder / "c_broken.mp4"),
+            str(folder / "missing.mp4"),
+            str(folder / "a_testsrc2.mp4"),
+            f"--checkpoint={model_dir}",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert proc.returncode == 2, proc.stderr
     assert "file not found" in proc.stderr and "scored 1 of 3 files" in proc.stdout
@@ -150,7 +179,16 @@ def test_predict_module_entry_point_exit_status(model_dir, folder):
 
 # A reduced demo: 8 natural training sources (video segments and panned stills, as the shipped demo)
 # x the x264 CRF ladder, one source held out for the test (a few minutes on 2 shared cores).
-DEMO_TRAIN_SOURCES = ("bbb_w0_tl", "bbb_w1_br", "bikes_w0_crop", "bikes_w3_full", "sk_astronaut", "sk_brick", "sk_coffee", "sk_gravel")
+DEMO_TRAIN_SOURCES = (
+    "bbb_w0_tl",
+    "bbb_w1_br",
+    "bikes_w0_crop",
+    "bikes_w3_full",
+    "sk_astronaut",
+    "sk_brick",
+    "sk_coffee",
+    "sk_gravel",
+)
 DEMO_HELD_OUT = "bikes_w1_full"
 
 
@@ -176,19 +214,43 @@ def test_predict_orders_held_out_demo_encodes_by_quality(tmp_path_factory, capsy
     # content-group split would move them to test too, leaving 80 steps too little to learn from).
     items = [dataclasses.replace(it, extra={k: v for k, v in it.extra.items() if k != "content_group"}) for it in items]
     shard_dir = root / "shards"
-    prepare.prepare_items(items, shard_dir, prepare.PrepareConfig(frames=16, short_side=None),
-                          prepare.SplitConfig(test_sources=(DEMO_HELD_OUT,), val_fraction=0.15), workers=2, dataset="demo", progress=False)
+    prepare.prepare_items(
+        items,
+        shard_dir,
+        prepare.PrepareConfig(frames=16, short_side=None),
+        prepare.SplitConfig(test_sources=(DEMO_HELD_OUT,), val_fraction=0.15),
+        workers=2,
+        dataset="demo",
+        progress=False,
+    )
     workdir = root / "work"
     # The demo config as shipped (staged tiny teacher, then the distilled student), except: this
     # reduced data set, no baseline job, 80 steps per job of a 200-step schedule (its own, so the
     # demo preset's epochs, sized for the full data, do not move it), evaluation and checkpoints
     # only at the end.
-    cmd = [sys.executable, "-m", "internvqa_jax.train", "--config=configs/homologous.py", f"--workdir={workdir}",
-           f"--config.data.shard_dir={shard_dir}", "--config.run_baseline=False",
-           "--config.optim.epochs=100", "--config.optim.warmup_epochs=2", "--config.optim.max_steps=80", "--config.eval_every_steps=1000", "--config.checkpoint.every_steps=1000",
-           "--config.progress=False"]
-    proc = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "internvqa_jax.train",
+        "--config=configs/homologous.py",
+        f"--workdir={workdir}",
+        f"--config.data.shard_dir={shard_dir}",
+        "--config.run_baseline=False",
+        "--config.optim.epochs=100",
+        "--config.optim.warmup_epochs=2",
+        "--config.optim.max_steps=80",
+        "--config.eval_every_steps=1000",
+        "--config.checkpoint.every_steps=1000",
+        "--config.progress=False",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     held_out = sorted((it for it in items if it.source_id == DEMO_HELD_OUT), key=lambda it: it.path)
@@ -200,14 +262,24 @@ def test_predict_orders_held_out_demo_encodes_by_quality(tmp_path_factory, capsy
         outs = []
         for run in range(2):
             out = root / f"{which}{run}.json"
-            assert predict.main(paths + [f"--checkpoint={workdir}", f"--which={which}", f"--output={out}", "--no-progress"]) == 0
+            assert (
+                predict.main(
+                    paths + [f"--checkpoint={workdir}", f"--which={which}", f"--output={out}", "--no-progress"]
+                )
+                == 0
+            )
             outs.append(json.loads(out.read_text()))
         scores = [r["score"] for r in outs[0]["results"]]
         assert scores == [r["score"] for r in outs[1]["results"]]  # identical on a second run
         srcc[which] = stats.spearmanr(scores, [-c for c in crf]).statistic
         with capsys.disabled():
-            print(f"\n{which}, held-out source {DEMO_HELD_OUT} (x264): " + ", ".join(f"CRF {c}: {s:.4f} (VMAF/100 {v:.3f})" for c, s, v in sorted(zip(crf, scores, vmaf))))
-            print(f"{which}: SRCC(score, -CRF) = {srcc[which]:.3f}; SRCC(score, VMAF) = {stats.spearmanr(scores, vmaf).statistic:.3f}; scale: {outs[0]['scale']}")
+            print(
+                f"\n{which}, held-out source {DEMO_HELD_OUT} (x264): "
+                + ", ".join(f"CRF {c}: {s:.4f} (VMAF/100 {v:.3f})" for c, s, v in sorted(zip(crf, scores, vmaf)))
+            )
+            print(
+                f"{which}: SRCC(score, -CRF) = {srcc[which]:.3f}; SRCC(score, VMAF) = {stats.spearmanr(scores, vmaf).statistic:.3f}; scale: {outs[0]['scale']}"
+            )
     assert srcc["student"] >= 0.8
 
 
@@ -220,13 +292,24 @@ def many(tmp_path_factory):
     root = tmp_path_factory.mktemp("many")
     sources = ("testsrc2", "mandelbrot", "smptebars", "rgbtestsrc")
     for i in range(20):
-        make_lavfi_video(root / f"clip{i:02d}.mp4", sources[i % len(sources)], seconds=0.5 + 0.1 * (i % 5), size="64x48")
+        make_lavfi_video(
+            root / f"clip{i:02d}.mp4", sources[i % len(sources)], seconds=0.5 + 0.1 * (i % 5), size="64x48"
+        )
     return root
 
 
 def test_sigterm_mid_folder_keeps_the_rows_and_resume_finishes(model_dir, many, tmp_path):
     out = tmp_path / "scores.csv"
-    cmd = [sys.executable, "-m", "internvqa_jax.predict", str(many), f"--checkpoint={model_dir}", f"--output={out}", "--no-progress", "--batch-size=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "internvqa_jax.predict",
+        str(many),
+        f"--checkpoint={model_dir}",
+        f"--output={out}",
+        "--no-progress",
+        "--batch-size=2",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 240
@@ -249,7 +332,10 @@ def test_sigterm_mid_folder_keeps_the_rows_and_resume_finishes(model_dir, many, 
     assert rows[: len(kept)] == kept  # the earlier rows are kept as they were
     # the resumed scores equal a fresh run's (same seeded protocol)
     fresh = tmp_path / "fresh.csv"
-    assert predict.main([str(many), f"--checkpoint={model_dir}", f"--output={fresh}", "--no-progress", "--batch-size=2"]) == 0
+    assert (
+        predict.main([str(many), f"--checkpoint={model_dir}", f"--output={fresh}", "--no-progress", "--batch-size=2"])
+        == 0
+    )
     assert {r["path"]: r["score"] for r in _read_csv(fresh)} == {r["path"]: r["score"] for r in rows}
 
 
@@ -285,12 +371,14 @@ def test_header_says_scores_are_raw_and_can_leave_the_scale(folder, tmp_path, ca
     model.head.bias[...] = model.head.bias[...] + 5.0
     high = saving.save_model_dir(model, tmp_path / "high", inference=INFERENCE)
     out = tmp_path / "scores.json"
-    assert predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={high}", f"--output={out}", "--no-progress"]) == 0
+    assert (
+        predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={high}", f"--output={out}", "--no-progress"]) == 0
+    )
     printed = capsys.readouterr().out
     values = next(line for line in printed.splitlines() if line.startswith("# values:"))
     assert "not clipped" in values and "outside 0..1" in values
     payload = json.loads(out.read_text())
-    assert payload["values"] == values[len("# values: "):]
+    assert payload["values"] == values[len("# values: ") :]
     score = payload["results"][0]["score"]
     assert score > 1.0  # the raw value is kept, not clipped to the scale
     assert score == internvqa_jax.load(high).score(folder / "a_testsrc2.mp4").score
@@ -319,10 +407,16 @@ def _damaged_copy(model_dir, tmp_path, how: str):
     return copy, data
 
 
-@pytest.mark.parametrize("how,expected", [
-    ("truncated", "corrupted or truncated"), ("empty", "corrupted or truncated"), ("corrupted", "corrupted"),
-    ("missing", "corrupted or truncated"), ("wrong_shapes", "parameters do not match the model"),
-])
+@pytest.mark.parametrize(
+    "how,expected",
+    [
+        ("truncated", "corrupted or truncated"),
+        ("empty", "corrupted or truncated"),
+        ("corrupted", "corrupted"),
+        ("missing", "corrupted or truncated"),
+        ("wrong_shapes", "parameters do not match the model"),
+    ],
+)
 def test_damaged_checkpoint_is_one_line_and_cannot_run(model_dir, folder, tmp_path, capsys, how, expected):
     damaged, data = _damaged_copy(model_dir, tmp_path, how)
     status = predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={damaged}", "--no-progress"])
@@ -336,8 +430,18 @@ def test_truncated_params_from_the_command_line_no_traceback(model_dir, folder, 
     damaged, data = _damaged_copy(model_dir, tmp_path, "truncated")
     (damaged / saving.PARAMS_CHECKSUMS).unlink()  # a model dir from before the checksums: orbax's error, classified
     proc = subprocess.run(
-        [sys.executable, "-m", "internvqa_jax.predict", str(folder / "a_testsrc2.mp4"), f"--checkpoint={damaged}", "--no-progress"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        [
+            sys.executable,
+            "-m",
+            "internvqa_jax.predict",
+            str(folder / "a_testsrc2.mp4"),
+            f"--checkpoint={damaged}",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert proc.returncode == predict.EXIT_CANNOT_RUN, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
@@ -371,12 +475,15 @@ def test_reads_finishing_after_a_failed_restore_are_silent(model_dir, folder, mo
 
     def failing_restore(self, *args, **kwargs):  # what orbax does on damaged bytes, in the worst order
         read_finishing_after_the_loop_closed()
-        raise ValueError("OUT_OF_RANGE: Error reading \"blocks.0.attn.qkv.kernel.value/0.0\" in OCDBT database")
+        raise ValueError('OUT_OF_RANGE: Error reading "blocks.0.attn.qkv.kernel.value/0.0" in OCDBT database')
 
     reported = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))
     monkeypatch.setattr(ocp.StandardCheckpointer, "restore", failing_restore)
-    assert predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={model_dir}", "--no-progress"]) == predict.EXIT_CANNOT_RUN
+    assert (
+        predict.main([str(folder / "a_testsrc2.mp4"), f"--checkpoint={model_dir}", "--no-progress"])
+        == predict.EXIT_CANNOT_RUN
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "corrupted or truncated" in err[0], err
     read_finishing_after_the_loop_closed()  # and after the error, later in the run

@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from internvqa_jax.data import decode, prepare, shards
 from internvqa_jax import io_utils
+from internvqa_jax.data import decode, prepare, shards
 from internvqa_jax.data.records import VideoItem
 
 CONFIG = prepare.PrepareConfig(frames=2, short_side=None, records_per_shard=2)
@@ -45,7 +45,10 @@ def test_changed_label_rebuilds_its_shard_and_says_why(tmp_path):
     out = tmp_path / "shards"
     first = prepare.prepare_items(items, out, CONFIG, loader=byte_loader, progress=False)
     assert first["rebuilt"] == []
-    fixed = [VideoItem(it.path, it.video_id, it.source_id, 0.9 if it.video_id == "v03" else it.label, it.label_kind) for it in items]
+    fixed = [
+        VideoItem(it.path, it.video_id, it.source_id, 0.9 if it.video_id == "v03" else it.label, it.label_kind)
+        for it in items
+    ]
     again = prepare.prepare_items(fixed, out, CONFIG, loader=byte_loader, progress=False)
     assert again["counts"]["resumed_shards"] == 2  # 3 shards, the one holding v03 rebuilt
     assert [r["videos"] for r in again["rebuilt"]] == [{"v03": "label 0.3 -> 0.9"}]
@@ -80,7 +83,10 @@ def test_renamed_source_after_a_crashed_rerun(tmp_path):
     items = make_files(tmp_path / "videos")
     out = tmp_path / "shards"
     first = prepare.prepare_items(items, out, CONFIG, loader=byte_loader, progress=False)
-    renamed = [VideoItem(it.path, it.video_id, "x0" if it.source_id == "s0" else it.source_id, it.label, it.label_kind) for it in items]
+    renamed = [
+        VideoItem(it.path, it.video_id, "x0" if it.source_id == "s0" else it.source_id, it.label, it.label_kind)
+        for it in items
+    ]
     calls = []
 
     def crashing(item, config):
@@ -121,9 +127,26 @@ def truncated(tmp_path_factory):
     files = {}
     for ext in ("mkv", "ts"):
         full = root / f"clip.{ext}"
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                        "testsrc2=size=160x120:rate=25,noise=alls=40:allf=t", "-frames:v", "100", "-c:v", "libx264",
-                        "-pix_fmt", "yuv420p", str(full)], check=True)
+        subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=160x120:rate=25,noise=alls=40:allf=t",
+                "-frames:v",
+                "100",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                str(full),
+            ],
+            check=True,
+        )
         files[ext] = (full, cut(full, 0.3))
     return files
 
@@ -153,20 +176,26 @@ def test_split_too_small_to_validate_is_flagged_then_refused_by_training(tmp_pat
     # five sources of one video each: 10% for validation is one source, one video
     items = [VideoItem(f"/fake/v{i:02d}.mp4", f"v{i:02d}", f"s{i}", i / 10, "mos") for i in range(5)]
     loader = lambda item, config: (np.full((config.frames, 8, 8, 3), 1, np.uint8), {})  # noqa: E731
-    manifest = prepare.prepare_items(items, tmp_path, CONFIG, prepare.SplitConfig(val_fraction=0.1, test_fraction=0.4), loader=loader, progress=False)
+    manifest = prepare.prepare_items(
+        items, tmp_path, CONFIG, prepare.SplitConfig(val_fraction=0.1, test_fraction=0.4), loader=loader, progress=False
+    )
     assert manifest["counts"]["per_split"]["val"] == 1
     assert any("split 'val' has 1 video(s)" in w for w in manifest["warnings"])
     assert "warning: split 'val' has 1 video(s)" in prepare.summary(manifest)
 
-    from internvqa_jax import train
     from test_train_support import tiny_config
+
+    from internvqa_jax import train
 
     with pytest.raises(ValueError, match=r"split 'val' has 1 video\(s\); training needs at least 2"):
         train.ensure_data(tiny_config(str(tmp_path)))
 
 
 def test_cli_unusable_input_is_one_line_and_exit_2(tmp_path, capsys):
-    assert prepare.main(["--dataset=csv", f"--root={tmp_path / 'missing.csv'}", f"--out={tmp_path / 'out'}"]) == prepare.EXIT_BAD_INPUT
+    assert (
+        prepare.main(["--dataset=csv", f"--root={tmp_path / 'missing.csv'}", f"--out={tmp_path / 'out'}"])
+        == prepare.EXIT_BAD_INPUT
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"prepare: error: {tmp_path / 'missing.csv'}: CSV file not found"]
 
@@ -174,9 +203,10 @@ def test_cli_unusable_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_demo_own_shards_are_rechecked_on_every_run_given_ones_are_not(tmp_path, monkeypatch):
     # A shard manifest from an older demo recipe must not be trained on silently: the demo's own
     # shard directory goes through prepare (which reuses what still matches) even when it exists.
+    from test_train_support import tiny_config
+
     from internvqa_jax import train
     from internvqa_jax.data import shards as shards_lib
-    from test_train_support import tiny_config
 
     monkeypatch.chdir(tmp_path)
     calls = []
@@ -187,7 +217,9 @@ def test_demo_own_shards_are_rechecked_on_every_run_given_ones_are_not(tmp_path,
 
     monkeypatch.setattr(prepare, "prepare_dataset", fake_prepare)
     monkeypatch.setattr(prepare, "summary", lambda manifest: "")
-    monkeypatch.setattr(shards_lib, "load_manifest", lambda d: {"counts": {"per_split": {"train": 4, "val": 2, "test": 2}}})
+    monkeypatch.setattr(
+        shards_lib, "load_manifest", lambda d: {"counts": {"per_split": {"train": 4, "val": 2, "test": 2}}}
+    )
     own = io_utils.default_shard_dir("demo")
     os.makedirs(own)
     with open(os.path.join(own, shards_lib.MANIFEST), "w") as f:

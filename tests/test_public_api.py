@@ -20,9 +20,17 @@ def test_model_dir_loader_is_public_and_light(tmp_path):
     assert meta["arch"] == "internvideo2" and meta["inference"]["frames"] == 4 and loaded.config == model.config
     # `import internvqa_jax` alone still imports no JAX.
     code = "import sys, internvqa_jax; internvqa_jax.load_model_dir; print('jax' in sys.modules)"
-    light = subprocess.run([sys.executable, "-c", "import sys, internvqa_jax; print('jax' in sys.modules)"], capture_output=True, text=True, check=True)
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, internvqa_jax; print('jax' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert light.stdout.strip() == "False"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "True"
+    )
 
 
 def test_finetune_and_stage2_models_return_the_same_kind_of_output():
@@ -38,8 +46,9 @@ def test_finetune_and_stage2_models_return_the_same_kind_of_output():
 
 
 def test_inference_json_names_the_preset_only_for_that_network():
-    from internvqa_jax.training import builder
     from test_train_support import tiny_config
+
+    from internvqa_jax.training import builder
 
     c = tiny_config("/unused")
     # The tiny test config overrides the student's heads and widths: it is not the "tiny" network.

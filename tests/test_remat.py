@@ -31,8 +31,8 @@ STEPS = 3
 def _run(remat: bool, scan_layers: bool) -> dict:
     """Trains STEPS distill steps of the tiny config with the authors' teacher; returns what to compare."""
     from internvqa_jax.train import plan_jobs
-    from internvqa_jax.training.loop import builder_step
     from internvqa_jax.training import builder
+    from internvqa_jax.training.loop import builder_step
 
     c = tiny_config("unused", optim__batch_size=4, optim__warmup_epochs=0.0, optim__base_lr=0.5)
     c.teacher.trainable = "authors"
@@ -46,7 +46,10 @@ def _run(remat: bool, scan_layers: bool) -> dict:
     built = builder.build(c, job, total_steps=10)
     assert jax.tree.leaves(built.abstract_state["frozen"]["teacher"]), "the authors' teacher must have a frozen part"
     rng = np.random.default_rng(0)
-    batch = {"frames": jnp.asarray(rng.integers(0, 255, (4, 2, 28, 28, 3), dtype=np.uint8)), "label": jnp.asarray(rng.random(4, dtype=np.float32))}
+    batch = {
+        "frames": jnp.asarray(rng.integers(0, 255, (4, 2, 28, 28, 3), dtype=np.uint8)),
+        "label": jnp.asarray(rng.random(4, dtype=np.float32)),
+    }
     step = builder_step(built)
     state = jax.jit(built.init_fn)()
     initial = jax.device_get(state)
@@ -56,7 +59,13 @@ def _run(remat: bool, scan_layers: bool) -> dict:
     for _ in range(STEPS):
         state, metrics = fn(state, batch)
         losses.append(float(metrics["loss"]))
-    return {"losses": losses, "state": jax.device_get(state), "initial": initial, "lr": float(built.schedule(0)), "remat_in_jaxpr": "checkpoint" in jaxpr or "remat" in jaxpr}
+    return {
+        "losses": losses,
+        "state": jax.device_get(state),
+        "initial": initial,
+        "lr": float(built.schedule(0)),
+        "remat_in_jaxpr": "checkpoint" in jaxpr or "remat" in jaxpr,
+    }
 
 
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
@@ -73,9 +82,16 @@ def test_remat_with_authors_teacher_equals_plain_step(scan_layers):
         diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
         assert diff <= 5e-3 * lr, (part, diff, lr)
     # the trained parts moved by about lr (so the comparison means something); the frozen blocks did not
-    moved = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(remat["state"]["params"]["teacher"]), jax.tree.leaves(remat["initial"]["params"]["teacher"])))
+    moved = max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(
+            jax.tree.leaves(remat["state"]["params"]["teacher"]), jax.tree.leaves(remat["initial"]["params"]["teacher"])
+        )
+    )
     assert moved > 0.5 * lr, (moved, lr)
-    for x, y in zip(jax.tree.leaves(remat["state"]["frozen"]["teacher"]), jax.tree.leaves(remat["initial"]["frozen"]["teacher"])):
+    for x, y in zip(
+        jax.tree.leaves(remat["state"]["frozen"]["teacher"]), jax.tree.leaves(remat["initial"]["frozen"]["teacher"])
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

@@ -10,10 +10,10 @@ import pathlib
 import numpy as np
 import pytest
 from flax import nnx
+from scoring_helpers import make_lavfi_video
 
 from internvqa_jax import scorer as scorer_lib
 from internvqa_jax.data import decode, sampling
-from scoring_helpers import make_lavfi_video
 
 
 class BrightnessModel(nnx.Module):
@@ -34,7 +34,9 @@ def _expected(frames: np.ndarray, spec: scorer_lib.InferenceSpec, w=2.0, b=0.5) 
     return float(np.mean(x.mean(axis=(1, 2, 3, 4)) * w + b))
 
 
-def _make_video(path: pathlib.Path, seconds: float = 2.0, size: str = "160x96", source: str = "testsrc2", fps: int = 10) -> pathlib.Path:
+def _make_video(
+    path: pathlib.Path, seconds: float = 2.0, size: str = "160x96", source: str = "testsrc2", fps: int = 10
+) -> pathlib.Path:
     # Short GOPs so that frame-accurate seeking is exercised across keyframes.
     return make_lavfi_video(path, source, seconds, size, fps, codec_args=("-c:v", "libx264", "-g", "5"))
 
@@ -69,10 +71,14 @@ def test_stored_frames_and_short_side_follow_prepare():
     # evenly spread stored frames, short side shrunk, then eval_views.
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, size=(30, 80, 120, 3), dtype=np.uint8)
-    spec = scorer_lib.InferenceSpec(frames=4, size=32, spatial_mode="fragments", num_segments=2, stored_frames=8, short_side=40)
+    spec = scorer_lib.InferenceSpec(
+        frames=4, size=32, spatial_mode="fragments", num_segments=2, stored_frames=8, short_side=40
+    )
     stored = sampling.resize_short_side(frames[sampling.evenly_spaced_indices(30, 8)], 40)
     base = scorer_lib.InferenceSpec(frames=4, size=32, spatial_mode="fragments", num_segments=2)
-    np.testing.assert_array_equal(scorer_lib.clip_views(frames, spec), sampling.eval_views(stored, 4, 32, "fragments", 2, seed=0))
+    np.testing.assert_array_equal(
+        scorer_lib.clip_views(frames, spec), sampling.eval_views(stored, 4, 32, "fragments", 2, seed=0)
+    )
     got = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=3).score(frames)
     assert float(got) == pytest.approx(_expected(stored, base), abs=1e-5)
 
@@ -111,7 +117,9 @@ def test_per_segment_curve_follows_brightness_over_time():
     fps = 10
     frames = np.concatenate([np.full((fps, 64, 64, 3), 40 + 50 * k, np.uint8) for k in range(4)])
     spec = scorer_lib.InferenceSpec(frames=2, size=32, spatial_mode="resize_crop", num_segments=2)
-    result = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=4).score(frames, per_segment=True, segment_seconds=1.0, fps=fps)
+    result = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=4).score(
+        frames, per_segment=True, segment_seconds=1.0, fps=fps
+    )
     segs = result.segments
     assert [(s["start_s"], s["end_s"]) for s in segs] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
     values = [s["score"] for s in segs]
@@ -132,9 +140,15 @@ def test_per_segment_from_file_has_windows_in_seconds(videos):
 
 def test_inference_spec_reading(tmp_path):
     spec = scorer_lib.InferenceSpec.from_dict(
-        {"frames": 4, "size": 112, "spatial_mode": "fragments", "test_segments": 2,
-         "normalisation": {"mean": [1, 2, 3], "std": [4, 5, 6]}, "label": {"kind": "dmos", "scale": "DMOS/100"},
-         "prepare": {"frames": 16, "short_side": 256}}
+        {
+            "frames": 4,
+            "size": 112,
+            "spatial_mode": "fragments",
+            "test_segments": 2,
+            "normalisation": {"mean": [1, 2, 3], "std": [4, 5, 6]},
+            "label": {"kind": "dmos", "scale": "DMOS/100"},
+            "prepare": {"frames": 16, "short_side": 256},
+        }
     )
     assert (spec.frames, spec.size, spec.num_segments, spec.stored_frames, spec.short_side) == (4, 112, 2, 16, 256)
     assert spec.mean == (1.0, 2.0, 3.0) and spec.std == (4.0, 5.0, 6.0)
@@ -165,25 +179,47 @@ def test_inference_spec_reading(tmp_path):
 # inference.json files as the code before InferenceInfo wrote them (train.export_networks and
 # weight_conversion/torch_to_flax.py): they must keep loading.
 OLD_TRAIN_INFERENCE = {
-    "preset": "tiny", "frames": 2, "size": 64, "spatial_mode": "fragments", "test_segments": 16,
-    "normalisation": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "input": "uint8 RGB, (x - mean) / std"},
+    "preset": "tiny",
+    "frames": 2,
+    "size": 64,
+    "spatial_mode": "fragments",
+    "test_segments": 16,
+    "normalisation": {
+        "mean": [123.675, 116.28, 103.53],
+        "std": [58.395, 57.12, 57.375],
+        "input": "uint8 RGB, (x - mean) / std",
+    },
     "label": {"dataset": "demo", "kind": "vmaf", "scale": "VMAF/100"},
-    "prepare": {"frames": 16, "short_side": None}, "seed": 0, "head_trained": True,
+    "prepare": {"frames": 16, "short_side": None},
+    "seed": 0,
+    "head_trained": True,
 }
 OLD_CONVERTED_INFERENCE = {
-    "frames": 8, "size": 224, "source_checkpoint": "official.pt", "head_trained": False, "label_kind": "none",
+    "frames": 8,
+    "size": 224,
+    "source_checkpoint": "official.pt",
+    "head_trained": False,
+    "label_kind": "none",
     "note": "converted from a PyTorch checkpoint; the head is untrained for quality, scores carry no meaning until fine-tuned",
 }
 
 
 def test_inference_files_written_before_inference_info_still_load():
     trained = scorer_lib.InferenceSpec.from_dict(OLD_TRAIN_INFERENCE)
-    assert (trained.frames, trained.size, trained.spatial_mode, trained.num_segments, trained.seed) == (2, 64, "fragments", 16, 0)
+    assert (trained.frames, trained.size, trained.spatial_mode, trained.num_segments, trained.seed) == (
+        2,
+        64,
+        "fragments",
+        16,
+        0,
+    )
     assert (trained.stored_frames, trained.short_side, trained.preset, trained.dataset) == (16, None, "tiny", "demo")
     assert trained.describe_scale() == "VMAF/100 (0 = worst, 1 = visually lossless; higher is better)"
     converted = scorer_lib.InferenceSpec.from_dict(OLD_CONVERTED_INFERENCE)
     assert (converted.frames, converted.size, converted.head_trained, converted.label_kind) == (8, 224, False, "none")
-    assert converted.source_checkpoint == "official.pt" and converted.describe_scale() == scorer_lib.UNTRAINED_HEAD_SCALE
+    assert (
+        converted.source_checkpoint == "official.pt" and converted.describe_scale() == scorer_lib.UNTRAINED_HEAD_SCALE
+    )
     for spec in (trained, converted):  # and they come back unchanged from the current layout
         assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
 

@@ -91,14 +91,18 @@ def test_gradients_of_parallel_scans_equal_sequential():
     grads = jax.jit(lambda a: {impl: jax.grad(loss)(a, impl) for impl in ss.SCAN_IMPLS})(inp)
     for impl in ("associative", "chunked"):
         for name in inp:
-            np.testing.assert_allclose(grads[impl][name], grads["sequential"][name], rtol=1e-4, atol=1e-4, err_msg=f"{impl} d{name}")
+            np.testing.assert_allclose(
+                grads[impl][name], grads["sequential"][name], rtol=1e-4, atol=1e-4, err_msg=f"{impl} d{name}"
+            )
 
 
 def _temp_bytes(impl: str, length: int) -> int:
     """XLA's scratch memory for one scan of (1, length, 64) with d_state 16."""
     spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     fn = jax.jit(lambda u, d, a, b, c: ss.selective_scan(u, d, a, b, c, impl=impl, chunk_size=64))
-    compiled = fn.lower(spec(1, length, 64), spec(1, length, 64), spec(64, 16), spec(1, length, 16), spec(1, length, 16)).compile()
+    compiled = fn.lower(
+        spec(1, length, 64), spec(1, length, 64), spec(64, 16), spec(1, length, 16), spec(1, length, 16)
+    ).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 

@@ -65,16 +65,21 @@ SCRIPT = textwrap.dedent(
 def test_sharded_forward_equals_unsharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-    results = json.loads(line[len("RESULT"):])
+    line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT")][-1]
+    results = json.loads(line[len("RESULT") :])
     for scan, r in results.items():
         assert r["logits"] <= 1e-5 and r["block0"] <= 1e-4 and r["pooled"] <= 1e-5 * max(r["scale"], 1.0), (scan, r)
         # fc1 kernel (embed=64, mlp=256) [stacked: (2, 64, 256)]: the embed axis is split over fsdp=4.
-        assert r["shard_shape"][-2] == r["kernel_shape"][-2] // 4 and r["shard_shape"][-1] == r["kernel_shape"][-1], (scan, r)
+        assert r["shard_shape"][-2] == r["kernel_shape"][-2] // 4 and r["shard_shape"][-1] == r["kernel_shape"][-1], (
+            scan,
+            r,
+        )
         assert r["batch_shard"][0] == 1  # batch of 8 over data x fsdp = 8 devices
 
 
@@ -103,7 +108,9 @@ def test_state_shardings_tree_matches_state():
     mesh = sharding.make_mesh()
     shardings = sharding.state_shardings(state, mesh)
     assert jax.tree.structure(state) == jax.tree.structure(shardings)
-    abstract = jax.eval_shape(lambda: {"params": nnx.state(registry.create_model(registry.get_config("tiny"), nnx.Rngs(0))), "step": 0})
+    abstract = jax.eval_shape(
+        lambda: {"params": nnx.state(registry.create_model(registry.get_config("tiny"), nnx.Rngs(0))), "step": 0}
+    )
     out = sharding.state_shardings(abstract, mesh)
     assert isinstance(out["step"], jax.sharding.NamedSharding)
     np.testing.assert_equal(sharding.batch_sharding(mesh).spec, PartitionSpec(("data", "fsdp")))

@@ -120,7 +120,19 @@ def run_ffmpeg(*args: str) -> None:
 
 
 def make_video(path: pathlib.Path, source: str = "testsrc2", size: str = "64x48", frames: int = 12) -> pathlib.Path:
-    run_ffmpeg("-f", "lavfi", "-i", f"{source}=size={size}:rate=10", "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    run_ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"{source}=size={size}:rate=10",
+        "-frames:v",
+        str(frames),
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
     return path
 
 
@@ -129,21 +141,62 @@ def video_tree(tmp_path_factory):
     """Seven good videos (3 sources x 2, one odd-sized) and six bad files, as VideoItems."""
     root = tmp_path_factory.mktemp("videos")
     items = []
-    for s, src in enumerate(["testsrc2", "mandelbrot", "smptebars"]):
+    for src in ["testsrc2", "mandelbrot", "smptebars"]:
         for q in range(2):
             path = make_video(root / f"{src}_{q}.mp4", src, frames=10 + 2 * q)
-            items.append(VideoItem(str(path), f"{src}_{q}", src, label=0.3 + 0.1 * q, label_kind="vmaf", codec="h264", quality_param=f"crf={20 + 10 * q}", extra={"q": q}))
+            items.append(
+                VideoItem(
+                    str(path),
+                    f"{src}_{q}",
+                    src,
+                    label=0.3 + 0.1 * q,
+                    label_kind="vmaf",
+                    codec="h264",
+                    quality_param=f"crf={20 + 10 * q}",
+                    extra={"q": q},
+                )
+            )
     (root / "empty.mp4").write_bytes(b"")
     good = (root / "testsrc2_0.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(good[: len(good) // 3])
     run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-c:a", "aac", str(root / "audio_only.mp4"))
-    run_ffmpeg("-f", "lavfi", "-i", "color=c=red:size=1x1:rate=10", "-frames:v", "4", "-c:v", "ffv1", str(root / "one_pixel.mkv"))
+    run_ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=1x1:rate=10",
+        "-frames:v",
+        "4",
+        "-c:v",
+        "ffv1",
+        str(root / "one_pixel.mkv"),
+    )
     # Odd-sized frames are legal (4:4:4 has no chroma subsampling constraint) and must be kept.
-    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-vf", "scale=65:49", "-frames:v", "6", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(root / "odd.mp4"))
+    run_ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10",
+        "-vf",
+        "scale=65:49",
+        "-frames:v",
+        "6",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv444p",
+        str(root / "odd.mp4"),
+    )
     items.append(VideoItem(str(root / "odd.mp4"), "odd", "odd_source", label=0.4, label_kind="vmaf"))
     (root / "zero_frames.y4m").write_text("YUV4MPEG2 W64 H48 F25:1 Ip A1:1 C420jpeg\n")  # a stream header, no frame
-    bad = [("empty", "empty.mp4"), ("truncated", "truncated.mp4"), ("audio_only", "audio_only.mp4"), ("missing", "missing.mp4"),
-           ("one_pixel", "one_pixel.mkv"), ("zero_frames", "zero_frames.y4m")]
+    bad = [
+        ("empty", "empty.mp4"),
+        ("truncated", "truncated.mp4"),
+        ("audio_only", "audio_only.mp4"),
+        ("missing", "missing.mp4"),
+        ("one_pixel", "one_pixel.mkv"),
+        ("zero_frames", "zero_frames.y4m"),
+    ]
     for vid, name in bad:
         items.append(VideoItem(str(root / name), vid, f"bad_{vid}", label=0.5, label_kind="vmaf"))
     return root, items
@@ -197,8 +250,12 @@ def test_prepare_resizes_short_side_and_compresses(video_tree, tmp_path):
         _, header = shards.FrameRecords(tmp_path / "raw")[record["index"]]
         assert (header["width"], header["height"], header["bitrate_kbps"]) == (64, 48, record["bitrate_kbps"])
     assert prepare.resize_for_storage(np.zeros((1, 20, 30, 3), np.uint8), 24).shape == (1, 20, 30, 3)  # never upscaled
-    native = prepare.prepare_items(good, tmp_path / "native", prepare.PrepareConfig(frames=10, short_side=None), progress=False)
-    packed = prepare.prepare_items(good, tmp_path / "zstd", prepare.PrepareConfig(frames=10, short_side=None, compression="zstd"), progress=False)
+    native = prepare.prepare_items(
+        good, tmp_path / "native", prepare.PrepareConfig(frames=10, short_side=None), progress=False
+    )
+    packed = prepare.prepare_items(
+        good, tmp_path / "zstd", prepare.PrepareConfig(frames=10, short_side=None, compression="zstd"), progress=False
+    )
     a, _ = shards.FrameRecords(tmp_path / "native")[0]
     b, _ = shards.FrameRecords(tmp_path / "zstd")[0]
     assert a.shape == (10, 48, 64, 3)
@@ -222,11 +279,15 @@ def numbered_loader(item: VideoItem, config: prepare.PrepareConfig):
 def ramp_loader(item: VideoItem, config: prepare.PrepareConfig):
     """Fake decoder: frame t of video k is filled with 10*k + t."""
     base = 10 * int(item.video_id[1:])
-    return np.broadcast_to((base + np.arange(config.frames, dtype=np.uint8))[:, None, None, None], (config.frames, 8, 8, 3)).copy(), {}
+    return np.broadcast_to(
+        (base + np.arange(config.frames, dtype=np.uint8))[:, None, None, None], (config.frames, 8, 8, 3)
+    ).copy(), {}
 
 
 def fake_items(n: int) -> list[VideoItem]:
-    return [VideoItem(f"/fake/v{i:02d}.mp4", f"v{i:02d}", f"s{i % 4}", label=i / 10, label_kind="mos") for i in range(n)]
+    return [
+        VideoItem(f"/fake/v{i:02d}.mp4", f"v{i:02d}", f"s{i % 4}", label=i / 10, label_kind="mos") for i in range(n)
+    ]
 
 
 def test_resume_skips_finished_shards_and_redoes_corrupt_ones(tmp_path):
@@ -250,13 +311,25 @@ def test_resume_skips_finished_shards_and_redoes_corrupt_ones(tmp_path):
     shards.verify_shards(tmp_path)
 
     # A different stored config invalidates every shard.
-    other = prepare.prepare_items(items, tmp_path, prepare.PrepareConfig(frames=3, short_side=None, records_per_shard=3), loader=numbered_loader, progress=False)
+    other = prepare.prepare_items(
+        items,
+        tmp_path,
+        prepare.PrepareConfig(frames=3, short_side=None, records_per_shard=3),
+        loader=numbered_loader,
+        progress=False,
+    )
     assert other["counts"]["resumed_shards"] == 0
 
 
 def test_interrupted_rerun_keeps_the_old_dataset_usable(tmp_path):
     items = fake_items(6)
-    first = prepare.prepare_items(items, tmp_path, prepare.PrepareConfig(frames=2, short_side=None, records_per_shard=2), loader=numbered_loader, progress=False)
+    first = prepare.prepare_items(
+        items,
+        tmp_path,
+        prepare.PrepareConfig(frames=2, short_side=None, records_per_shard=2),
+        loader=numbered_loader,
+        progress=False,
+    )
     calls = []
 
     def interrupted_loader(item, config):
@@ -266,7 +339,13 @@ def test_interrupted_rerun_keeps_the_old_dataset_usable(tmp_path):
         return numbered_loader(item, config)
 
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare_items(items, tmp_path, prepare.PrepareConfig(frames=3, short_side=None, records_per_shard=2), loader=interrupted_loader, progress=False)
+        prepare.prepare_items(
+            items,
+            tmp_path,
+            prepare.PrepareConfig(frames=3, short_side=None, records_per_shard=2),
+            loader=interrupted_loader,
+            progress=False,
+        )
     # The old manifest and every shard it names survive the crash, and read as before.
     assert shards.load_manifest(tmp_path) == first
     assert not list(tmp_path.glob(".*tmp-*"))
@@ -298,7 +377,9 @@ def test_interrupted_prepare_leaves_no_partial_shard_and_resumes(tmp_path):
     script.write_text(textwrap.dedent(INTERRUPT_SCRIPT))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (out.is_dir() and list(out.glob("shard-*.json"))):
         time.sleep(0.05)
@@ -316,7 +397,9 @@ def test_interrupted_prepare_leaves_no_partial_shard_and_resumes(tmp_path):
         side = json.loads(shard.with_suffix(".json").read_text())
         assert side["sha256"] == shards.sha256_file(shard)
 
-    rerun = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        [sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert rerun.returncode == 0, rerun.stderr
     resumed = int(rerun.stdout.split("RESUMED")[1].split()[0])
     assert resumed == len(done) and "RECORDS 24" in rerun.stdout
@@ -330,7 +413,17 @@ def test_cli_named_test_sources_folds_and_summary(video_tree, tmp_path, monkeypa
     fake = types.SimpleNamespace(list_items=lambda root: items[:7], TEST_SOURCES=("mandelbrot",))
     monkeypatch.setattr(prepare, "dataset_module", lambda name: fake)
     out = tmp_path / "cli"
-    code = prepare.main(["--dataset=fake", f"--out={out}", "--root=/anywhere", "--frames=2", "--short-side=native", "--folds=2", "--seed=3"])
+    code = prepare.main(
+        [
+            "--dataset=fake",
+            f"--out={out}",
+            "--root=/anywhere",
+            "--frames=2",
+            "--short-side=native",
+            "--folds=2",
+            "--seed=3",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "7 of 7 videos" in printed
@@ -354,8 +447,18 @@ def test_cli_on_a_csv_dataset_reports_bad_rows_and_bad_files(video_tree, tmp_pat
     csv_path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "csv_shards"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    cmd = [sys.executable, "-m", "internvqa_jax.data.prepare", "--dataset=csv", f"--root={csv_path}", f"--out={out}",
-           "--frames=3", "--records-per-shard=2", "--workers=2", "--folds=3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "internvqa_jax.data.prepare",
+        "--dataset=csv",
+        f"--root={csv_path}",
+        f"--out={out}",
+        "--frames=3",
+        "--records-per-shard=2",
+        "--workers=2",
+        "--folds=3",
+    ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     manifest = shards.load_manifest(out)

@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from internvqa_jax import losses
-from internvqa_jax.training import state as state_lib, step as step_lib
+from internvqa_jax.training import state as state_lib
+from internvqa_jax.training import step as step_lib
 
 WEIGHTS = {"feature": 1.0, "student_mse": 1.0, "token": 1.0}
 
@@ -46,7 +47,7 @@ def test_visible_positions_random_per_clip_and_reproducible():
     np.testing.assert_array_equal(picked, np.take_along_axis(np.asarray(tokens), pos[:2, :, None], axis=1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run():
     from test_train_step import make_run
 
@@ -94,10 +95,18 @@ def test_ratio_zero_is_the_unmasked_loss_and_masking_changes_it():
         x = step_lib._prepare_input(b["frames"], jnp.float32)
         s = state_lib.merge(networks, "student", st["params"], st["frozen"])(x, return_layers=[p for p, _ in pairs])
         t = state_lib.merge(networks, "teacher", st["params"], st["frozen"])(x, return_layers=[q for _, q in pairs])
-        by_hand = state_lib.merge(networks, "decoders", st["params"], st["frozen"])(list(s["blocks"]), list(t["blocks"]))
-        zero = step_lib.forward_losses(networks, _spec(0.0), st["params"], st["frozen"], b, jnp.float32, key)[1]["token"]
-        masked = step_lib.forward_losses(networks, _spec(0.8), st["params"], st["frozen"], b, jnp.float32, key)[1]["token"]
-        other = step_lib.forward_losses(networks, _spec(0.8), st["params"], st["frozen"], b, jnp.float32, jax.random.fold_in(key, 1))[1]["token"]
+        by_hand = state_lib.merge(networks, "decoders", st["params"], st["frozen"])(
+            list(s["blocks"]), list(t["blocks"])
+        )
+        zero = step_lib.forward_losses(networks, _spec(0.0), st["params"], st["frozen"], b, jnp.float32, key)[1][
+            "token"
+        ]
+        masked = step_lib.forward_losses(networks, _spec(0.8), st["params"], st["frozen"], b, jnp.float32, key)[1][
+            "token"
+        ]
+        other = step_lib.forward_losses(
+            networks, _spec(0.8), st["params"], st["frozen"], b, jnp.float32, jax.random.fold_in(key, 1)
+        )[1]["token"]
         return by_hand, zero, masked, other
 
     by_hand, zero, masked, other = map(float, both(st, b, jax.random.key(5)))
@@ -106,12 +115,19 @@ def test_ratio_zero_is_the_unmasked_loss_and_masking_changes_it():
 
 
 def test_gradients_reach_the_decoders_and_the_rng_stream_is_unchanged():
-    from internvqa_jax.training import optim
     from test_train_step import batch, groups_of, tiny
+
+    from internvqa_jax.training import optim
 
     networks, st = _run()
     b = batch()
-    grads = jax.jit(jax.grad(lambda p: step_lib.forward_losses(networks, _spec(0.8), p, st["frozen"], b, jnp.float32, jax.random.key(7))[1]["token"]))(st["params"])
+    grads = jax.jit(
+        jax.grad(
+            lambda p: step_lib.forward_losses(networks, _spec(0.8), p, st["frozen"], b, jnp.float32, jax.random.key(7))[
+                1
+            ]["token"]
+        )
+    )(st["params"])
     dec = jax.tree.leaves(grads["decoders"])
     assert dec and all(float(jnp.linalg.norm(g)) > 0 for g in dec)
     assert float(optax.tree.norm(grads["student"])) > 0  # and through the decoders into the student
@@ -119,7 +135,12 @@ def test_gradients_reach_the_decoders_and_the_rng_stream_is_unchanged():
     # the train step draws the mask from state["rng"]; the next step's rng is the same as unmasked
     schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
     tx = optim.make_optimizer(
-        st["params"], schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75)}, grad_clip=1.0, param_groups={"student": groups_of(tiny(0))}
+        st["params"],
+        schedule=schedule,
+        weight_decay=0.05,
+        layer_decay={"student": (2, 0.75)},
+        grad_clip=1.0,
+        param_groups={"student": groups_of(tiny(0))},
     )
     train_step = jax.jit(step_lib.make_train_step(networks, _spec(0.8), tx, schedule))
     s1, m1 = train_step(st, b)
@@ -130,9 +151,10 @@ def test_gradients_reach_the_decoders_and_the_rng_stream_is_unchanged():
 
 
 def test_config_field_reaches_the_loss_spec():
+    from test_train_support import tiny_config
+
     from internvqa_jax import train
     from internvqa_jax.training import builder
-    from test_train_support import tiny_config
 
     c = tiny_config("unused", loss__token=1.0, loss__token_layers=1, loss__token_mask_ratio=0.8, run_baseline=False)
     job = train.plan_jobs(c)[0]

@@ -14,6 +14,7 @@
 """
 
 import json
+import sys
 
 from test_train_support import run
 
@@ -63,7 +64,7 @@ print(json.dumps({"loss1": float(m1["loss"]), "loss8": float(m8["loss"]), "n_sha
 
 
 def test_fsdp_step_equals_single_device_step():
-    proc = run(["python", "-c", STEP_SCRIPT], devices=8, timeout=600)
+    proc = run([sys.executable, "-c", STEP_SCRIPT], devices=8, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n_sharded"] > 0 and out["n_opt_sharded"] > 0, out  # FSDP really splits params and Adam moments
@@ -107,7 +108,7 @@ print(json.dumps({"teacher_params": n_teacher, "student_params": n_student, "hlo
 
 
 def test_1b_teacher_b14_student_step_lowers_under_fsdp():
-    proc = run(["python", "-c", LOWER_SCRIPT], devices=8, timeout=600)
+    proc = run([sys.executable, "-c", LOWER_SCRIPT], devices=8, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     # InternVideo2-1B with the 768-d attention pooling and a 1-output head is about 1.0e9 parameters
@@ -115,5 +116,7 @@ def test_1b_teacher_b14_student_step_lowers_under_fsdp():
     assert 0.08e9 < out["student_params"] < 0.1e9, out
     # frozen blocks 0..38 hold most of the teacher and carry no Adam moments
     assert out["frozen_teacher_params"] > 0.9e9, out
-    assert out["opt_params"] < 2 * (out["teacher_params"] - out["frozen_teacher_params"] + out["student_params"]) + 100, out
+    assert (
+        out["opt_params"] < 2 * (out["teacher_params"] - out["frozen_teacher_params"] + out["student_params"]) + 100
+    ), out
     assert out["sharded_in_hlo"] and "fsdp" in out["largest_spec"], out

@@ -2,7 +2,6 @@
 
 import jax
 import numpy as np
-
 from test_train_support import set_field
 
 
@@ -11,12 +10,21 @@ def tiny_heterogeneous():
 
     c = heterogeneous.get_config()
     for key, value in {
-        "data.frames": 2, "data.size": 32, "optim.batch_size": 4,
-        "teacher.overrides.patch_size": 16, "teacher.overrides.embed_dim": 32, "teacher.overrides.depth": 2,
-        "teacher.overrides.num_heads": 2, "teacher.overrides.clip_embed_dim": 24, "teacher.overrides.attn_pool_num_heads": 2,
-        "student.overrides.embed_dim": 16, "student.overrides.depth": 2, "student.overrides.d_state": 4,
+        "data.frames": 2,
+        "data.size": 32,
+        "optim.batch_size": 4,
+        "teacher.overrides.patch_size": 16,
+        "teacher.overrides.embed_dim": 32,
+        "teacher.overrides.depth": 2,
+        "teacher.overrides.num_heads": 2,
+        "teacher.overrides.clip_embed_dim": 24,
+        "teacher.overrides.attn_pool_num_heads": 2,
+        "student.overrides.embed_dim": 16,
+        "student.overrides.depth": 2,
+        "student.overrides.d_state": 4,
         # the live co-trained teacher (the demo's staged teacher is covered by test_train_staged)
-        "teacher.mode": "cotrain", "teacher.cache_features": False,
+        "teacher.mode": "cotrain",
+        "teacher.cache_features": False,
     }.items():
         set_field(c, key, value)
     return c
@@ -24,8 +32,8 @@ def tiny_heterogeneous():
 
 def test_videomamba_student_trains_against_the_teacher_feature():
     from internvqa_jax.train import plan_jobs
-    from internvqa_jax.training.loop import builder_step
     from internvqa_jax.training import builder
+    from internvqa_jax.training.loop import builder_step
 
     c = tiny_heterogeneous()
     jobs = plan_jobs(c)
@@ -36,7 +44,10 @@ def test_videomamba_student_trains_against_the_teacher_feature():
     assert proj["kernel"].shape == (16, 24)  # student cls width -> teacher pooled width
     state = jax.jit(built.init_fn)()
     rng = np.random.default_rng(0)
-    batch = {"frames": rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8), "label": rng.random(4, dtype=np.float32)}
+    batch = {
+        "frames": rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8),
+        "label": rng.random(4, dtype=np.float32),
+    }
     step = jax.jit(builder_step(built))
     state2, m = step(state, batch)
     state2, m = step(state2, batch)  # step 0 has lr 0 (warm-up)

@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 from flax import nnx
-
 from test_train_support import tiny_config
 
 
@@ -26,7 +25,9 @@ def test_teacher_init_loads_matching_params_and_reports_missing(tmp_path):
     for part in ("params", "frozen"):
         for path, var in nnx.to_flat_state(loaded[part]["teacher"]):
             if path[0] == "head":  # shape mismatch: keeps its fresh initialisation
-                np.testing.assert_array_equal(var.get_value(), dict(nnx.to_flat_state(state[part]["teacher"]))[path].get_value())
+                np.testing.assert_array_equal(
+                    var.get_value(), dict(nnx.to_flat_state(state[part]["teacher"]))[path].get_value()
+                )
             else:
                 np.testing.assert_array_equal(var.get_value(), src[path].get_value())
     # the student was not asked for: untouched; optimiser moments re-initialised to zero

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from test_train_support import PROJECT_ROOT, build_shards, free_port, subprocess_env, train_command
 
 LOSS_LINE = re.compile(r"distill step (\d+) loss ([-+0-9.eE]+) lr \S+ \(process (\d)\)")
@@ -21,7 +20,12 @@ def run_together(cmds: list[list[str]], timeout: float) -> list[str]:
     """Starts one process per command (1 CPU device each), waits for all, asserts each exited 0; their outputs.
 
     A timeout kills every process, so a peer stuck in a collective never outlives the test."""
-    procs = [subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in cmds]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=PROJECT_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for cmd in cmds
+    ]
     outs = []
     for p in procs:
         try:
@@ -41,15 +45,21 @@ def test_two_processes_agree_on_the_loss(tmp_path):
     workdir = str(tmp_path / "w")
     cmds = [
         train_command(
-            workdir, shard_dir,
-            f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
-            f"--config.distributed.process_id={pid}", "--config.run_baseline=False", "--config.optim.max_steps=4",
+            workdir,
+            shard_dir,
+            f"--config.distributed.coordinator=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={pid}",
+            "--config.run_baseline=False",
+            "--config.optim.max_steps=4",
             "--config.checkpoint.every_steps=2",
         )
         for pid in range(2)
     ]
     outs = run_together(cmds, timeout=900)
-    losses = [{int(m[1]): float(m[2]) for m in LOSS_LINE.finditer(out) if int(m[3]) == pid} for pid, out in enumerate(outs)]
+    losses = [
+        {int(m[1]): float(m[2]) for m in LOSS_LINE.finditer(out) if int(m[3]) == pid} for pid, out in enumerate(outs)
+    ]
     assert sorted(losses[0]) == [1, 2, 3, 4], outs[0][-3000:]
     assert losses[0] == losses[1]
     # both processes took part in the checkpoints and process 0 wrote the report

@@ -17,8 +17,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-
-from test_train_support import build_shards, run, subprocess_env, tiny_config, train_command, PROJECT_ROOT
+from test_train_support import PROJECT_ROOT, build_shards, run, subprocess_env, tiny_config, train_command
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +54,20 @@ def test_in_process_run_writes_everything(shard_dir, tmp_path):
     for name in ("student", "teacher", "baseline_student"):
         model, meta = saving.load_model_dir(os.path.join(workdir, "export", name))
         inf = meta.get("inference") or json.load(open(os.path.join(workdir, "export", name, "inference.json")))
-        assert inf["frames"] == 2 and inf["size"] == 28 and inf["spatial_mode"] == "resize_crop" and inf["label"]["kind"] == "vmaf"
+        assert (
+            inf["frames"] == 2
+            and inf["size"] == 28
+            and inf["spatial_mode"] == "resize_crop"
+            and inf["label"]["kind"] == "vmaf"
+        )
     # test rows and exports come from the kept step with the best validation SRCC
     for job in ("distill", "baseline"):
         result = json.load(open(os.path.join(workdir, job, "result.json")))
-        val = {r["step"]: r["val_srcc"] for r in map(json.loads, open(os.path.join(workdir, job, "metrics.jsonl"))) if r["split"] == "val"}
+        val = {
+            r["step"]: r["val_srcc"]
+            for r in map(json.loads, open(os.path.join(workdir, job, "metrics.jsonl")))
+            if r["split"] == "val"
+        }
         assert result["best_val_srcc"] == pytest.approx(max(val.values()))
         assert val[result["test_from_step"]] == pytest.approx(max(val.values()))
         assert report["jobs"][job]["test_from_step"] == result["test_from_step"]
@@ -92,10 +100,16 @@ def test_test_metrics_and_export_come_from_the_best_validation_step(shard_dir, t
     workdir = str(tmp_path / "w")
     report = train.run(tiny_config(shard_dir, distill=False, checkpoint__async_save=False), workdir)
     result = json.load(open(os.path.join(workdir, "baseline", "result.json")))
-    val_steps = [r["step"] for r in map(json.loads, open(os.path.join(workdir, "baseline", "metrics.jsonl"))) if r["split"] == "val"]
+    val_steps = [
+        r["step"]
+        for r in map(json.loads, open(os.path.join(workdir, "baseline", "metrics.jsonl")))
+        if r["split"] == "val"
+    ]
     assert len(val_steps) >= 2 and result["steps"] == val_steps[-1]
     assert result["test_from_step"] == val_steps[0] and result["best_val_srcc"] == 1.0
-    assert report["jobs"]["baseline"] == {k: result[k] for k in ("steps", "test_from_step", "best_val_srcc", "export", "labels")}
+    assert report["jobs"]["baseline"] == {
+        k: result[k] for k in ("steps", "test_from_step", "best_val_srcc", "export", "labels")
+    }
     # the exported student holds the best step's weights, which differ from the last step's
     best, last = restored_steps(workdir, val_steps[0], result["steps"])
     assert_export_holds(workdir, _flat(best["params"]["student"]), other=_flat(last["params"]["student"]))
@@ -108,7 +122,12 @@ def test_test_from_last_exports_the_final_moving_average(shard_dir, tmp_path, mo
 
     force_falling_val_srcc(monkeypatch)
     workdir = str(tmp_path / "w")
-    train.run(tiny_config(shard_dir, distill=False, checkpoint__async_save=False, checkpoint__test_from="last", optim__ema_decay=0.9), workdir)
+    train.run(
+        tiny_config(
+            shard_dir, distill=False, checkpoint__async_save=False, checkpoint__test_from="last", optim__ema_decay=0.9
+        ),
+        workdir,
+    )
     result = json.load(open(os.path.join(workdir, "baseline", "result.json")))
     assert result["test_from_step"] == result["steps"] and result["best_val_srcc"] == 1.0
     (last,) = restored_steps(workdir, result["steps"])
@@ -122,7 +141,9 @@ def restored_steps(workdir: str, *steps: int) -> list[dict]:
     from internvqa_jax import checkpoints
 
     mgr = checkpoints.make_manager(os.path.join(workdir, "baseline", "checkpoints"))
-    target = lambda step: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mgr.item_metadata(step)["state"])
+    target = lambda step: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mgr.item_metadata(step)["state"]
+    )
     states = [checkpoints.restore(mgr, step, target(step))[0] for step in steps]
     mgr.close()
     return states
@@ -164,7 +185,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(shard_dir, tmp
 
     monkeypatch.setattr(loop, "global_batch", poisoned)
     workdir = str(tmp_path / "w")
-    c = tiny_config(shard_dir, checkpoint__every_steps=4, log_every_steps=100, distill=False, checkpoint__async_save=False)
+    c = tiny_config(
+        shard_dir, checkpoint__every_steps=4, log_every_steps=100, distill=False, checkpoint__async_save=False
+    )
     with pytest.raises(loop.NonFiniteLoss, match=r"non-finite loss at step 6\b.*step 4"):
         train.run(c, workdir)
     ckpt = os.path.join(workdir, "baseline", "checkpoints")
@@ -182,7 +205,9 @@ def _wait_for_checkpoint(ckpt_dir: str, proc: subprocess.Popen, min_step: int, t
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"training ended (rc {proc.returncode}) before checkpoint {min_step}: {proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"training ended (rc {proc.returncode}) before checkpoint {min_step}: {proc.stderr.read()[-3000:]}"
+            )
         if os.path.isdir(ckpt_dir):
             done = [int(s) for s in os.listdir(ckpt_dir) if s.isdigit()]
             if done and max(done) >= min_step:
@@ -193,7 +218,12 @@ def _wait_for_checkpoint(ckpt_dir: str, proc: subprocess.Popen, min_step: int, t
 
 @pytest.mark.slow
 def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(shard_dir, tmp_path):
-    args = ("--config.distill=False", "--config.checkpoint.every_steps=2", "--config.optim.epochs=4", "--config.checkpoint.async_save=False")
+    args = (
+        "--config.distill=False",
+        "--config.checkpoint.every_steps=2",
+        "--config.optim.epochs=4",
+        "--config.checkpoint.async_save=False",
+    )
     ref = run(train_command(str(tmp_path / "ref"), shard_dir, *args), timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
     ref_result = json.load(open(tmp_path / "ref" / "baseline" / "result.json"))
@@ -202,14 +232,18 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(shard_dir, tmp_pat
     workdir = str(tmp_path / "killed")
     ckpt = os.path.join(workdir, "baseline", "checkpoints")
     cmd = train_command(workdir, shard_dir, *args)
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     seen = _wait_for_checkpoint(ckpt, proc, 2)
     proc.kill()  # SIGKILL: no chance to save or clean up
     proc.wait()
     assert seen < total and not os.path.exists(os.path.join(workdir, "baseline", "result.json"))
 
     # SIGTERM on the resumed run: it saves the step it is at, then exits with 143
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     _wait_for_checkpoint(ckpt, proc, seen + 2)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=300)[1]
@@ -225,7 +259,12 @@ def test_kill9_and_sigterm_resume_to_the_uninterrupted_result(shard_dir, tmp_pat
     assert result["steps"] == total
     for k in ("srcc", "plcc", "krcc", "rmse"):
         assert result["test"]["student"][k] == pytest.approx(ref_result["test"]["student"][k], rel=1e-6, abs=1e-7)
-    np.testing.assert_allclose(result["test"]["student"]["predictions"]["pred"], ref_result["test"]["student"]["predictions"]["pred"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        result["test"]["student"]["predictions"]["pred"],
+        ref_result["test"]["student"]["predictions"]["pred"],
+        rtol=1e-6,
+        atol=1e-7,
+    )
     # the metrics log is one consistent history: each train step exactly once
     rows = [json.loads(line) for line in open(os.path.join(workdir, "baseline", "metrics.jsonl"))]
     train_steps = [r["step"] for r in rows if r["split"] == "train"]
@@ -240,9 +279,18 @@ def test_diverged_predictions_stop_like_a_nan_loss_and_keep_the_last_checkpoint(
     from internvqa_jax.training import loop
 
     workdir = str(tmp_path / "w")
-    c = tiny_config(shard_dir, optim__base_lr=1e30, checkpoint__every_steps=1, eval_every_steps=1,
-                    log_every_steps=100, distill=False, checkpoint__async_save=False)
-    with pytest.raises(loop.NonFinitePredictions, match=r"non-finite predictions \(job baseline, val split\): student: \d+ of \d+") as err:
+    c = tiny_config(
+        shard_dir,
+        optim__base_lr=1e30,
+        checkpoint__every_steps=1,
+        eval_every_steps=1,
+        log_every_steps=100,
+        distill=False,
+        checkpoint__async_save=False,
+    )
+    with pytest.raises(
+        loop.NonFinitePredictions, match=r"non-finite predictions \(job baseline, val split\): student: \d+ of \d+"
+    ) as err:
         train.run(c, workdir)
     assert isinstance(err.value, loop.NonFiniteLoss)  # train.main maps it to the NaN guard's exit status
     ckpt = os.path.join(workdir, "baseline", "checkpoints")

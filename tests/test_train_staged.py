@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_train_support import build_shards, tiny_config
 
 
@@ -23,7 +22,9 @@ def shard_dir(tmp_path_factory):
 def test_plan_jobs_staged_order_and_lengths(shard_dir):
     from internvqa_jax import train
 
-    jobs = train.plan_jobs(tiny_config(shard_dir, teacher__mode="staged", teacher__epochs=3.0, teacher__cache_features=True))
+    jobs = train.plan_jobs(
+        tiny_config(shard_dir, teacher__mode="staged", teacher__epochs=3.0, teacher__cache_features=True)
+    )
     assert [j.name for j in jobs] == ["teacher", "distill", "baseline"]
     teacher, distill, baseline = jobs
     assert teacher.nets == ("teacher",) and teacher.epochs == 3.0 and "teacher_mse" in teacher.weights
@@ -31,7 +32,9 @@ def test_plan_jobs_staged_order_and_lengths(shard_dir):
     assert not any(k.startswith("teacher_") for k in distill.weights), "a frozen teacher has no regression terms"
     assert baseline.init_exports == () and baseline.epochs == 0.0
     # without distillation there is nothing to fine-tune the teacher for
-    assert [j.name for j in train.plan_jobs(tiny_config(shard_dir, teacher__mode="staged", distill=False))] == ["baseline"]
+    assert [j.name for j in train.plan_jobs(tiny_config(shard_dir, teacher__mode="staged", distill=False))] == [
+        "baseline"
+    ]
 
 
 @pytest.mark.slow
@@ -51,7 +54,8 @@ def test_staged_run_distils_from_the_teacher_jobs_export(shard_dir, tmp_path, mo
         if "teacher" in inits:  # every teacher leaf after loading, trainable or frozen part
             loaded["teacher_params"] = {
                 "/".join(map(str, path)): np.asarray(var.get_value())
-                for part in ("params", "frozen") if "teacher" in out[part]
+                for part in ("params", "frozen")
+                if "teacher" in out[part]
                 for path, var in nnx.to_flat_state(out[part]["teacher"])
             }
         return out
@@ -60,7 +64,14 @@ def test_staged_run_distils_from_the_teacher_jobs_export(shard_dir, tmp_path, mo
     workdir = tmp_path / "w"
     # with a moving average of the weights, as the demo: checkpoints, the best-step restore and the
     # exports carry it (the export the distillation job loads is the teacher's average)
-    fields = dict(teacher__mode="staged", teacher__epochs=4.0, teacher__cache_features=True, teacher__cache_views=2, optim__epochs=2.0, optim__ema_decay=0.9)
+    fields = dict(
+        teacher__mode="staged",
+        teacher__epochs=4.0,
+        teacher__cache_features=True,
+        teacher__cache_views=2,
+        optim__epochs=2.0,
+        optim__ema_decay=0.9,
+    )
     report = train.run(tiny_config(shard_dir, **fields), str(workdir))
 
     teacher_result = json.load(open(workdir / "teacher" / "result.json"))
@@ -72,7 +83,10 @@ def test_staged_run_distils_from_the_teacher_jobs_export(shard_dir, tmp_path, mo
     assert set(distill_result["test"]) == {"student"}, "the reused teacher is tested by the teacher job alone"
     # the frozen teacher of the distillation job is the teacher job's export, leaf for leaf
     exported, _ = saving.load_model_dir(str(export))
-    want = {"/".join(map(str, path)): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(nnx.state(exported, nnx.Param))}
+    want = {
+        "/".join(map(str, path)): np.asarray(var.get_value())
+        for path, var in nnx.to_flat_state(nnx.state(exported, nnx.Param))
+    }
     got = loaded["teacher_params"]
     assert want.keys() == got.keys()
     for key in want:
@@ -87,5 +101,7 @@ def test_staged_run_distils_from_the_teacher_jobs_export(shard_dir, tmp_path, mo
     assert set(rows) == {"teacher", "student (distilled)", "student (no distillation)"}
     pooled = ("n", "srcc", "plcc", "krcc", "rmse")
     assert {k: rows["teacher"][k] for k in pooled} == {k: teacher_result["test"]["teacher"][k] for k in pooled}
-    assert rows["teacher"]["srcc_cross_source"] == pytest.approx(rows["teacher"]["srcc"]), "the pooled SRCC is the cross-source one"
+    assert rows["teacher"]["srcc_cross_source"] == pytest.approx(rows["teacher"]["srcc"]), (
+        "the pooled SRCC is the cross-source one"
+    )
     assert report["jobs"]["teacher"]["steps"] == teacher_result["steps"]

@@ -5,12 +5,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from internvqa_jax import losses
-from internvqa_jax.training import optim, step as step_lib, state as state_lib
+from internvqa_jax.training import optim
+from internvqa_jax.training import state as state_lib
+from internvqa_jax.training import step as step_lib
 
 
 def tiny(seed, **overrides):
@@ -27,7 +28,7 @@ def groups_of(model):
     return registry.family_of(model.config).param_groups
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_run(teacher_mode="authors"):
     """One built run (and its jitted step) shared by the tests that only read from it."""
     networks, st, train_step = make_run(teacher_mode)
@@ -40,7 +41,10 @@ def make_run(teacher_mode="authors", weights=None, token_layers=0, seed=0):
     teacher = tiny(seed, depth=3)
     student = tiny(seed + 1, embed_dim=32)
     models = {"student": student, "teacher": teacher}
-    filters = {"student": nnx.Param, "teacher": {"authors": internvideo2.teacher_trainable_filter(teacher), "frozen": None}[teacher_mode]}
+    filters = {
+        "student": nnx.Param,
+        "teacher": {"authors": internvideo2.teacher_trainable_filter(teacher), "frozen": None}[teacher_mode],
+    }
     pairs = ()
     if token_layers:
         pairs = tuple(losses.aligned_teacher_layers(2, 3, token_layers))
@@ -48,7 +52,11 @@ def make_run(teacher_mode="authors", weights=None, token_layers=0, seed=0):
     networks, params, frozen = state_lib.split_networks(models, filters)
     schedule = optim.learning_rate_schedule(1e-2, 256, 100, 2)
     tx = optim.make_optimizer(
-        params, schedule=schedule, weight_decay=0.05, layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)}, grad_clip=1.0,
+        params,
+        schedule=schedule,
+        weight_decay=0.05,
+        layer_decay={"student": (2, 0.75), "teacher": (3, 0.75)},
+        grad_clip=1.0,
         param_groups={"student": groups_of(student), "teacher": groups_of(teacher)},
     )
     weights = weights or {"feature": 1.0, "student_mse": 1.0, "teacher_mse": 0.0 if teacher_mode == "frozen" else 1.0}
@@ -95,7 +103,9 @@ def test_steps_reduce_loss_and_leave_frozen_params():
 
 
 def test_frozen_teacher_has_no_trainable_state_and_token_kd_runs():
-    networks, st, train_step = make_run("frozen", token_layers=2, weights={"feature": 1.0, "student_mse": 1.0, "token": 0.5})
+    networks, st, train_step = make_run(
+        "frozen", token_layers=2, weights={"feature": 1.0, "student_mse": 1.0, "token": 0.5}
+    )
     assert set(st["params"]) == {"student", "decoders"}
     train_step = jax.jit(train_step)
     st2, m = train_step(st, batch())
@@ -140,11 +150,19 @@ def test_layer_decay_and_schedule():
 def test_layer_decay_scanned_layout_matches_list_layout():
     list_model = tiny(0, depth=3)
     scan_model = tiny(0, depth=3, scan_layers=True)
-    f_list = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(list_model, nnx.Param), 3, 0.5, groups_of(list_model)))
-    f_scan = nnx.to_pure_dict(optim.layer_decay_factors(nnx.state(scan_model, nnx.Param), 3, 0.5, groups_of(scan_model)))
+    f_list = nnx.to_pure_dict(
+        optim.layer_decay_factors(nnx.state(list_model, nnx.Param), 3, 0.5, groups_of(list_model))
+    )
+    f_scan = nnx.to_pure_dict(
+        optim.layer_decay_factors(nnx.state(scan_model, nnx.Param), 3, 0.5, groups_of(scan_model))
+    )
     stacked = np.asarray(f_scan["blocks"]["scanned"]["mlp"]["fc1"]["kernel"]).reshape(-1)
     np.testing.assert_allclose(stacked, [float(f_list["blocks"][i]["mlp"]["fc1"]["kernel"]) for i in range(2)])
-    assert float(f_scan["blocks"]["last"]["mlp"]["fc1"]["kernel"]) == float(f_list["blocks"][2]["mlp"]["fc1"]["kernel"]) == 0.5
+    assert (
+        float(f_scan["blocks"]["last"]["mlp"]["fc1"]["kernel"])
+        == float(f_list["blocks"][2]["mlp"]["fc1"]["kernel"])
+        == 0.5
+    )
 
 
 def test_ema_follows_its_formula_and_eval_reads_it():

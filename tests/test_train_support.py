@@ -40,7 +40,13 @@ def make_items(n: int = 48, sources: int = 12) -> list[VideoItem]:
     labels = np.linspace(0.05, 0.95, n)
     order = np.random.default_rng(0).permutation(n)
     return [
-        VideoItem(path=f"/synthetic/v{i}.mp4", video_id=f"v{i:03d}", source_id=f"src{i % sources}", label=float(labels[order[i]]), label_kind="vmaf")
+        VideoItem(
+            path=f"/synthetic/v{i}.mp4",
+            video_id=f"v{i:03d}",
+            source_id=f"src{i % sources}",
+            label=float(labels[order[i]]),
+            label_kind="vmaf",
+        )
         for i in range(n)
     ]
 
@@ -49,7 +55,9 @@ def build_shards(out: str | os.PathLike, n: int = 48) -> str:
     """Writes the synthetic dataset's shards (train/val/test by source) into `out`."""
     config = prepare.PrepareConfig(frames=STORED_FRAMES, short_side=None, records_per_shard=16)
     split = prepare.SplitConfig(val_fraction=0.17, test_fraction=0.25, seed=0)
-    prepare.prepare_items(make_items(n), out, config, split, loader=synthetic_loader, progress=False, dataset="synthetic")
+    prepare.prepare_items(
+        make_items(n), out, config, split, loader=synthetic_loader, progress=False, dataset="synthetic"
+    )
     return str(out)
 
 
@@ -93,7 +101,7 @@ def tiny_config(shard_dir: str, **fields):
 
     c = homologous.get_config()
     for flag in TINY_OVERRIDES:
-        key, value = flag[len("--config."):].split("=", 1)
+        key, value = flag[len("--config.") :].split("=", 1)
         set_field(c, key, value)
     c.data.shard_dir = str(shard_dir)
     for key, value in fields.items():
@@ -124,7 +132,16 @@ def free_port() -> int:
 
 def train_command(workdir: str, shard_dir: str, *extra: str) -> list[str]:
     """`python -m internvqa_jax.train` with the tiny config."""
-    return [sys.executable, "-m", "internvqa_jax.train", "--config=configs/homologous.py", f"--workdir={workdir}", f"--config.data.shard_dir={shard_dir}", *TINY_OVERRIDES, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "internvqa_jax.train",
+        "--config=configs/homologous.py",
+        f"--workdir={workdir}",
+        f"--config.data.shard_dir={shard_dir}",
+        *TINY_OVERRIDES,
+        *extra,
+    ]
 
 
 def subprocess_env(devices: int = 1) -> dict[str, str]:
@@ -138,7 +155,9 @@ def subprocess_env(devices: int = 1) -> dict[str, str]:
 
 def run(cmd: list[str], devices: int = 1, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Runs a child process in the project root; output captured as text."""
-    return subprocess.run(cmd, cwd=PROJECT_ROOT, env=subprocess_env(devices), capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        cmd, cwd=PROJECT_ROOT, env=subprocess_env(devices), capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def test_synthetic_labels_are_learnable_from_noise_energy(tmp_path):
@@ -174,11 +193,16 @@ def test_videomamba_state_matrices_have_no_weight_decay_and_layers_get_lr_decay(
     model = nnx.eval_shape(lambda: registry.create_model(cfg, nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
     groups = registry.family_of(cfg).param_groups
-    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(optim.weight_decay_mask(params, groups)))}
+    flat = {
+        jax.tree_util.keystr(p): v
+        for p, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(optim.weight_decay_mask(params, groups)))
+    }
     a_logs = [k for k in flat if k.endswith("'A_log']") or k.endswith("'A_b_log']")]
     assert a_logs and not any(flat[k] for k in a_logs)
     assert any(v for k, v in flat.items() if "in_proj" in k)  # matrices still decay
-    names = optim.path_names((jax.tree_util.DictKey("layers"), jax.tree_util.DictKey(1), jax.tree_util.DictKey("mixer")))
+    names = optim.path_names(
+        (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey(1), jax.tree_util.DictKey("mixer"))
+    )
     assert groups.layer_id(names, cfg.depth) == 2
 
 
@@ -205,13 +229,22 @@ def test_report_rows_carry_cross_and_within_source_figures():
     records = {i: {"index": i, "source_id": "ab"[i // 3], "codec": ["h264", "vp9", "av1"][i % 3]} for i in range(6)}
     pred = [0.1, 0.3, 0.2, 0.6, 0.5, 0.4]
     label = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-    row = {"n": 6, "srcc": 0.5, "plcc": 0.4, "krcc": 0.3, "rmse": 0.2, "predictions": {"index": [5, 4, 3, 2, 1, 0], "pred": pred[::-1], "label": label[::-1]}}
+    row = {
+        "n": 6,
+        "srcc": 0.5,
+        "plcc": 0.4,
+        "krcc": 0.3,
+        "rmse": 0.2,
+        "predictions": {"index": [5, 4, 3, 2, 1, 0], "pred": pred[::-1], "label": label[::-1]},
+    }
     results = {"distill": {"steps": 10, "test": {"student": row}, "export": {}}}
     got = report.build_report(results, "staged", records)["test"]["student (distilled)"]
     want = metrics_lib.source_metrics(pred, label, ["a", "a", "a", "b", "b", "b"], ["h264", "vp9", "av1"] * 2)
     for key in metrics_lib.SOURCE_FIELDS:
         assert got[key] == pytest.approx(want[key]), key
-    assert got["srcc_within_source_min"] == pytest.approx(-1.0) and got["srcc_per_codec"] == pytest.approx(want["srcc_per_codec"])
+    assert got["srcc_within_source_min"] == pytest.approx(-1.0) and got["srcc_per_codec"] == pytest.approx(
+        want["srcc_per_codec"]
+    )
     assert "predictions" not in got and got["srcc"] == 0.5  # the pooled row stays as training measured it
     table = report.format_table({"student (distilled)": got})
     assert "in-src" in table and "SRCC per codec" in table and "across sources" in table

@@ -121,8 +121,12 @@ def test_resampling_matches_torch_interpolate():
     rng = np.random.default_rng(0)
     temporal = rng.normal(size=(1, 8, 5)).astype(np.float32)
     for t_out in (16, 4, 5, 1):
-        expected = torch.nn.functional.interpolate(torch.from_numpy(temporal).permute(0, 2, 1), size=t_out, mode="linear")
-        np.testing.assert_allclose(layout.interpolate_temporal(temporal, t_out), expected.permute(0, 2, 1).numpy(), rtol=1e-5, atol=1e-6)
+        expected = torch.nn.functional.interpolate(
+            torch.from_numpy(temporal).permute(0, 2, 1), size=t_out, mode="linear"
+        )
+        np.testing.assert_allclose(
+            layout.interpolate_temporal(temporal, t_out), expected.permute(0, 2, 1).numpy(), rtol=1e-5, atol=1e-6
+        )
     pos = rng.normal(size=(1, 1 + 14 * 14, 5)).astype(np.float32)
     for side in (16, 7):
         grid = torch.from_numpy(pos[:, 1:]).reshape(1, 14, 14, 5).permute(0, 3, 1, 2)
@@ -138,7 +142,9 @@ def test_conversion_to_another_frame_count_and_size(folder):
     assert (model.config.num_frames, model.config.img_size) == (8, 48)
     temporal = model.temporal_pos_embedding[...]
     assert temporal.shape == (1, 8, 64)
-    expected = torch.nn.functional.interpolate(torch.from_numpy(state_dict["temporal_pos_embedding"]).permute(0, 2, 1), size=8, mode="linear")
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(state_dict["temporal_pos_embedding"]).permute(0, 2, 1), size=8, mode="linear"
+    )
     np.testing.assert_allclose(temporal, expected.permute(0, 2, 1).numpy(), rtol=1e-5, atol=1e-6)
     assert model.pos_embed[...].shape == (1, 10, 64)
     np.testing.assert_array_equal(model.pos_embed[...][:, 0], state_dict["pos_embed"][:, 0])  # cls row kept
@@ -195,7 +201,9 @@ def test_export_sidecar_carries_the_official_constructor_kwargs(folder, tmp_path
 
     state_dict = _state_dict(folder, "videomamba_tiny_b")
     config = layout.config_from_state_dict(_shapes(state_dict))
-    model_dir = saving.save_model_dir(layout.torch_to_flax(state_dict, config), tmp_path / "vm", inference={"frames": config.num_frames})
+    model_dir = saving.save_model_dir(
+        layout.torch_to_flax(state_dict, config), tmp_path / "vm", inference={"frames": config.num_frames}
+    )
     out = tmp_path / "vm.safetensors"
     flax_to_torch.export(model_dir, out)
     kwargs = json.loads(out.with_suffix(".json").read_text())["official_kwargs"]
@@ -212,9 +220,13 @@ def test_reset_head_through_the_converter_entry_point(folder, tmp_path):
     state_dict = _state_dict(folder, "videomamba_tiny_b")
     path = tmp_path / "vm.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
-    model, _ = converter.convert_checkpoint(str(path), arch="videomamba", model_kwargs={"num_classes": 1}, reset_head=True, seed=3)
+    model, _ = converter.convert_checkpoint(
+        str(path), arch="videomamba", model_kwargs={"num_classes": 1}, reset_head=True, seed=3
+    )
     back = layout.flax_to_torch(model)
     assert back["head.weight"].shape == (1, state_dict["head.weight"].shape[1]) and np.all(back["head.bias"] == 0)
-    again, _ = converter.convert_checkpoint(str(path), arch="videomamba", model_kwargs={"num_classes": 1}, reset_head=True, seed=3)
+    again, _ = converter.convert_checkpoint(
+        str(path), arch="videomamba", model_kwargs={"num_classes": 1}, reset_head=True, seed=3
+    )
     np.testing.assert_array_equal(layout.flax_to_torch(again)["head.weight"], back["head.weight"])
     np.testing.assert_array_equal(back["layers.0.mixer.A_log"], state_dict["layers.0.mixer.A_log"])

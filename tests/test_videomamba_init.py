@@ -34,7 +34,9 @@ def test_lecun_scales_the_projections_by_fan_in_and_nothing_else():
     for name in changed:
         fan_in = official[name].shape[0]
         assert official[name].std() == pytest.approx(0.02 * 0.88, rel=0.15), name  # std-0.02 normal truncated at 2 std
-        assert lecun[name].std() == pytest.approx(fan_in**-0.5, rel=0.15), name  # variance_scaling corrects for the truncation
+        assert lecun[name].std() == pytest.approx(fan_in**-0.5, rel=0.15), (
+            name
+        )  # variance_scaling corrects for the truncation
     for name in official.keys() - set(changed):  # dt, A, D, conv, out_proj, embeddings, norms: as before
         np.testing.assert_array_equal(official[name], lecun[name], err_msg=name)
 

@@ -92,9 +92,14 @@ def test_every_fixture_array(fixtures_dir, index, name):
         np.testing.assert_allclose(stream_in, arrays[f"layers.{i}.residual"], err_msg=f"layer {i} residual", **TOL)
         layer = per_layer[i]
         np.testing.assert_allclose(layer["norm"], arrays[f"layers.{i}.mixer_in"], err_msg=f"layer {i} mixer_in", **TOL)
-        np.testing.assert_allclose(layer["hidden"], arrays[f"layers.{i}.hidden_states"], err_msg=f"layer {i} hidden", **TOL)
         np.testing.assert_allclose(
-            np.transpose(layer["fwd"], (0, 2, 1)), arrays[f"layers.{i}.mixer_fwd_scan_out"], err_msg=f"layer {i} fwd scan", **TOL
+            layer["hidden"], arrays[f"layers.{i}.hidden_states"], err_msg=f"layer {i} hidden", **TOL
+        )
+        np.testing.assert_allclose(
+            np.transpose(layer["fwd"], (0, 2, 1)),
+            arrays[f"layers.{i}.mixer_fwd_scan_out"],
+            err_msg=f"layer {i} fwd scan",
+            **TOL,
         )
         np.testing.assert_allclose(
             np.transpose(layer["bwd"], (0, 2, 1)),

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,9 @@ def _torch():
     try:
         import torch
     except ImportError as err:  # pragma: no cover - torch is an optional extra
-        raise CheckpointError("reading .pt/.pth/.bin checkpoints needs torch (pip install internvqa_jax[torch])") from err
+        raise CheckpointError(
+            "reading .pt/.pth/.bin checkpoints needs torch (pip install internvqa_jax[torch])"
+        ) from err
     return torch
 
 
@@ -68,7 +71,7 @@ class TensorSource:
         self.outside_keys: list[str] = []
         for raw in raw_shapes:
             if raw.startswith(self.prefix):
-                self._raw_names[raw[len(self.prefix):]] = raw
+                self._raw_names[raw[len(self.prefix) :]] = raw
             else:
                 self.outside_keys.append(raw)
         self.shapes: dict[str, tuple[int, ...]] = {k: tuple(raw_shapes[r]) for k, r in self._raw_names.items()}
@@ -85,7 +88,9 @@ class TensorSource:
         except CheckpointError:
             raise
         except Exception as err:
-            raise CheckpointError(f"{self.path}: cannot read safetensors file ({err}); is it truncated or corrupt?") from err
+            raise CheckpointError(
+                f"{self.path}: cannot read safetensors file ({err}); is it truncated or corrupt?"
+            ) from err
         return self._handle.shapes()
 
     def _open_torch(self) -> dict[str, tuple[int, ...]]:
@@ -94,10 +99,14 @@ class TensorSource:
             obj = torch.load(str(self.path), map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError as err:
             if "mmap" not in str(err):
-                raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({_first_line(err)}); is it truncated or corrupt?") from None
+                raise CheckpointError(
+                    f"{self.path}: cannot read torch checkpoint ({_first_line(err)}); is it truncated or corrupt?"
+                ) from None
             obj = self._load_legacy(torch)
         except Exception as err:
-            raise CheckpointError(f"{self.path}: cannot read torch checkpoint ({type(err).__name__}: {_first_line(err)}); is it truncated or corrupt?") from None
+            raise CheckpointError(
+                f"{self.path}: cannot read torch checkpoint ({type(err).__name__}: {_first_line(err)}); is it truncated or corrupt?"
+            ) from None
         obj = unwrap_state_dict(obj, self.path)
         self._tensors = obj
         return {k: tuple(v.shape) for k, v in obj.items()}
@@ -135,8 +144,16 @@ class TensorSource:
 
 # safetensors dtype names -> numpy dtypes (BF16 is widened by hand: numpy has no bfloat16).
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 
 
@@ -156,11 +173,15 @@ class SafetensorsReader:
                 raise CheckpointError(f"{path}: file too short for a safetensors header; is it truncated or corrupt?")
             header_len = int.from_bytes(prefix, "little")
             if header_len <= 0 or 8 + header_len > size:
-                raise CheckpointError(f"{path}: invalid safetensors header length {header_len}; is it truncated or corrupt?")
+                raise CheckpointError(
+                    f"{path}: invalid safetensors header length {header_len}; is it truncated or corrupt?"
+                )
             try:
                 header = json.loads(f.read(header_len))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise CheckpointError(f"{path}: unreadable safetensors header ({err}); is it truncated or corrupt?") from err
+                raise CheckpointError(
+                    f"{path}: unreadable safetensors header ({err}); is it truncated or corrupt?"
+                ) from err
         header.pop("__metadata__", None)
         self._base = 8 + header_len
         self._entries = header
@@ -199,7 +220,9 @@ def unwrap_state_dict(obj: Any, path: pathlib.Path | str = "<checkpoint>") -> di
     """Unwraps `{'model': sd}` / `{'module': sd}` wrappers until a flat name -> tensor dict remains."""
     for _ in range(4):
         if not isinstance(obj, Mapping):
-            raise CheckpointError(f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+            raise CheckpointError(
+                f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}"
+            )
         wrapped = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
         if wrapped and not any(hasattr(v, "shape") and k not in WRAPPER_KEYS for k, v in obj.items()):
             obj = obj[wrapped[0]]
@@ -221,7 +244,7 @@ def _vision_prefix(shapes: Mapping[str, Any], path: pathlib.Path) -> str:
     while rest:
         for known in STRIPPED_PREFIXES:
             if rest.startswith(known):
-                rest = rest[len(known):]
+                rest = rest[len(known) :]
                 break
         else:
             raise CheckpointError(

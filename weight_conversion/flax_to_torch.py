@@ -85,7 +85,9 @@ def write_state_dict(state: dict[str, np.ndarray], out: pathlib.Path) -> None:
             torch.save({k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in state.items()}, str(tmp))
 
 
-def export(model_dir: str | os.PathLike, out: str | os.PathLike, which: str = "student") -> tuple[pathlib.Path, pathlib.Path]:
+def export(
+    model_dir: str | os.PathLike, out: str | os.PathLike, which: str = "student"
+) -> tuple[pathlib.Path, pathlib.Path]:
     """Converts a model directory (or workdir) to `out` and its JSON sidecar; returns both paths."""
     source = saving.resolve_model_dir(model_dir, which)
     model, meta = saving.load_model_dir(source)
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="model directory or training workdir")
     parser.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt")
-    parser.add_argument("--which", default="student", choices=("student", "teacher"), help="export/<which> of a workdir")
+    parser.add_argument(
+        "--which", default="student", choices=("student", "teacher"), help="export/<which> of a workdir"
+    )
     args = parser.parse_args(argv)
     try:
         out, sidecar = export(args.checkpoint, args.out, args.which)

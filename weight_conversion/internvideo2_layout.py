@@ -16,7 +16,8 @@ align_corners=False, cls kept) and tubelet inflation of a tubelet-1 patch embedd
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -132,7 +133,9 @@ def _mlp_ratio(hidden: int, dim: int) -> float:
     return ratio
 
 
-def infer_kwargs(shapes: Mapping[str, Sequence[int]], *, pretrain: bool, hints: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def infer_kwargs(
+    shapes: Mapping[str, Sequence[int]], *, pretrain: bool, hints: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Official constructor arguments recovered from a state dict's shapes.
 
     `hints` (user-given kwargs) settle what shapes cannot: num_heads and attn_pool_num_heads of
@@ -145,7 +148,9 @@ def infer_kwargs(shapes: Mapping[str, Sequence[int]], *, pretrain: bool, hints: 
     patch, tubelet = kernel[-1], kernel[2]
     num_heads = hints.get("num_heads", KNOWN_NUM_HEADS.get(dim))
     if num_heads is None:
-        raise LayoutError(f"cannot infer num_heads for embed_dim {dim}; pass it (--model-kwargs '{{\"num_heads\": ...}}')")
+        raise LayoutError(
+            f"cannot infer num_heads for embed_dim {dim}; pass it (--model-kwargs '{{\"num_heads\": ...}}')"
+        )
     # The pooler's q/k/v/proj are (D, D) whatever its head count, so shapes never tell it. Every
     # published size uses 16; for any other network (another embed_dim, or num_heads other than the
     # published size's) 16 would be a guess that silently changes the pooled output: refuse it.
@@ -156,7 +161,9 @@ def infer_kwargs(shapes: Mapping[str, Sequence[int]], *, pretrain: bool, hints: 
             f"cannot infer attn_pool_num_heads (embed_dim {dim}, num_heads {num_heads} is not a published size, and the "
             f"pooler's shapes do not determine its heads); pass attn_pool_num_heads in the model kwargs"
         )
-    t_src, side_src = source_grid(shapes, patch=patch, img_size_hint=hints.get("img_size"), frames_hint=hints.get("num_frames"), tubelet=tubelet)
+    t_src, side_src = source_grid(
+        shapes, patch=patch, img_size_hint=hints.get("img_size"), frames_hint=hints.get("num_frames"), tubelet=tubelet
+    )
     kwargs: dict[str, Any] = dict(
         img_size=side_src * patch,
         patch_size=patch,
@@ -177,7 +184,9 @@ def infer_kwargs(shapes: Mapping[str, Sequence[int]], *, pretrain: bool, hints: 
         kwargs.update(
             sep_image_video_pos_embed="img_pos_embed" in shapes,
             clip_teacher_embed_dim=shapes["clip_decoder.0.head.weight"][0] if decoders else 0,
-            clip_teacher_final_dim=shapes["final_clip_decoder.head.weight"][0] if "final_clip_decoder.head.weight" in shapes else 0,
+            clip_teacher_final_dim=shapes["final_clip_decoder.head.weight"][0]
+            if "final_clip_decoder.head.weight" in shapes
+            else 0,
             clip_return_layer=len(decoders),
         )
     else:
@@ -264,7 +273,9 @@ def interpolate_pos_embed(pos: np.ndarray, src_grid: tuple[int, int], dst_grid: 
 def inflate_tubelet(kernel: np.ndarray, tubelet: int) -> np.ndarray:
     """Torch Conv3d weight (O, I, 1, p, p) -> (O, I, tubelet, p, p), averaged so a static clip embeds the same."""
     if kernel.shape[2] != 1:
-        raise LayoutError(f"patch_embed.proj.weight: can only inflate a tubelet-1 kernel, got time size {kernel.shape[2]}")
+        raise LayoutError(
+            f"patch_embed.proj.weight: can only inflate a tubelet-1 kernel, got time size {kernel.shape[2]}"
+        )
     return np.repeat(kernel, tubelet, axis=2) / tubelet
 
 
@@ -286,12 +297,22 @@ def adapt_tensor(
     if key in ("pos_embed", "clip_pos_embed") and array.shape[-1] == expected[-1]:
         array, note = interpolate_pos_embed(array, src_grid, dst_grid), f"interpolated {src_grid} -> {dst_grid}"
     elif key in ("img_pos_embed", "clip_img_pos_embed") and array.shape[-1] == expected[-1]:
-        array, note = interpolate_pos_embed(array, (1, src_grid[1]), (1, dst_grid[1])), f"interpolated side {src_grid[1]} -> {dst_grid[1]}"
+        array, note = (
+            interpolate_pos_embed(array, (1, src_grid[1]), (1, dst_grid[1])),
+            f"interpolated side {src_grid[1]} -> {dst_grid[1]}",
+        )
     elif key == "pos_embed_temporal" and array.shape[-1] == expected[-1]:
-        array, note = resize_time(array[0][:, None, :], dst_grid[0])[:, 0][None], f"interpolated T {src_grid[0]} -> {dst_grid[0]}"
+        array, note = (
+            resize_time(array[0][:, None, :], dst_grid[0])[:, 0][None],
+            f"interpolated T {src_grid[0]} -> {dst_grid[0]}",
+        )
     elif key == "pos_embed_spatial" and array.shape[-1] == expected[-1]:
         array, note = resize_space(array, dst_grid[1]), f"interpolated side {src_grid[1]} -> {dst_grid[1]}"
-    elif key == "patch_embed.proj.weight" and array.shape[2] == 1 and array.shape[:2] + array.shape[3:] == expected[:2] + expected[3:]:
+    elif (
+        key == "patch_embed.proj.weight"
+        and array.shape[2] == 1
+        and array.shape[:2] + array.shape[3:] == expected[:2] + expected[3:]
+    ):
         array, note = inflate_tubelet(array, expected[2]), f"inflated tubelet 1 -> {expected[2]}"
     if tuple(array.shape) != expected:
         raise LayoutError(f"{key}: checkpoint shape {tuple(array.shape)} does not fit model shape {expected}")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -224,7 +225,13 @@ class InternVideo2Torch(nn.Module):
                 kept[i] = tokens
         pooled = self.clip_projector(tokens)
         normed = self.fc_norm(pooled)
-        return dict(blocks=tuple(kept[i] for i in wanted), tokens=tokens, pooled=pooled, fc_norm=normed, logits=self.head(normed))
+        return dict(
+            blocks=tuple(kept[i] for i in wanted),
+            tokens=tokens,
+            pooled=pooled,
+            fc_norm=normed,
+            logits=self.head(normed),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits `(B, num_classes)` of normalised video `(B, 3, T, H, W)`."""

@@ -19,8 +19,9 @@ import importlib
 import json
 import sys
 import zlib
+from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -305,8 +306,14 @@ def convert_checkpoint(
     source = TensorSource(path)
     family = family_of_state_dict(source.keys()) if arch == "auto" else registry.family(arch)
     return family_layout(family).convert_checkpoint(
-        source, arch=arch, preset=preset, model_kwargs=dict(model_kwargs or {}), num_frames=num_frames,
-        img_size=img_size, reset_head=reset_head, seed=seed,
+        source,
+        arch=arch,
+        preset=preset,
+        model_kwargs=dict(model_kwargs or {}),
+        num_frames=num_frames,
+        img_size=img_size,
+        reset_head=reset_head,
+        seed=seed,
     )
 
 
@@ -327,16 +334,25 @@ def convert_internvideo2_checkpoint(
     # auto: stage-2 by its keys (clip decoders, clip position embeddings) unless a fine-tuning preset
     # says otherwise; `arch="internvideo2"` turns a stage-2 checkpoint into a fine-tuning model.
     stage2_keys = layout.detect_layout(source.keys()) == layout.STAGE2
-    pretrain = arch == PretrainInternVideo2Config.arch or (arch == "auto" and (bool(_PRETRAIN_ONLY & set(model_kwargs)) or (stage2_keys and preset is None)))
+    pretrain = arch == PretrainInternVideo2Config.arch or (
+        arch == "auto" and (bool(_PRETRAIN_ONLY & set(model_kwargs)) or (stage2_keys and preset is None))
+    )
     if preset is not None and preset.endswith("_stage2"):
         pretrain = True
     config, src_grid = resolve_internvideo2_config(
-        source.shapes, pretrain=pretrain, preset=preset, model_kwargs=model_kwargs, num_frames=num_frames, img_size=img_size
+        source.shapes,
+        pretrain=pretrain,
+        preset=preset,
+        model_kwargs=model_kwargs,
+        num_frames=num_frames,
+        img_size=img_size,
     )
     return convert_internvideo2(source, config, src_grid, reset_head=reset_head, seed=seed)
 
 
-def load_torch_checkpoint(path: str, *, return_report: bool = False, **official_kwargs: Any) -> nnx.Module | tuple[nnx.Module, ConversionReport | None]:
+def load_torch_checkpoint(
+    path: str, *, return_report: bool = False, **official_kwargs: Any
+) -> nnx.Module | tuple[nnx.Module, ConversionReport | None]:
     """Flax model from an official checkpoint; kwargs are the official constructor's (plus JAX options).
 
     A stage-2 checkpoint (its keys, or stage-2-only kwargs such as clip_teacher_embed_dim) gives
@@ -377,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--model-kwargs", default=None, help="JSON of official constructor kwargs")
     group.add_argument("--preset", default=None, help=f"preset name, one of {registry.preset_names()}")
     parser.add_argument("--num-frames", type=int, default=None, help="target frames (position embeddings interpolated)")
-    parser.add_argument("--img-size", type=int, default=None, help="target image size (position embeddings interpolated)")
+    parser.add_argument(
+        "--img-size", type=int, default=None, help="target image size (position embeddings interpolated)"
+    )
     parser.add_argument("--arch", default="auto", choices=arch_choices())
     parser.add_argument("--reset-head", action="store_true", help="drop the checkpoint's head and initialise a new one")
     args = parser.parse_args(argv)

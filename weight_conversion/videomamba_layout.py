@@ -17,7 +17,8 @@ space, both align_corners=False, cls row kept).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -284,7 +285,14 @@ def _fresh_head(config: VideoMambaConfig, seed: int) -> dict[str, Any]:
     """Newly initialised head parameters by official key (empty when the config has no head)."""
     if config.num_classes == 0:
         return {}
-    head = linear(config.embed_dim, config.num_classes, ("embed", "classes"), use_bias=True, dtype=config.dtype, rngs=nnx.Rngs(seed))
+    head = linear(
+        config.embed_dim,
+        config.num_classes,
+        ("embed", "classes"),
+        use_bias=True,
+        dtype=config.dtype,
+        rngs=nnx.Rngs(seed),
+    )
     return {"head.weight": head.kernel.get_value(), "head.bias": head.bias.get_value()}
 
 

@@ -90,7 +90,9 @@ def raw_yuv_options(path: str) -> dict[str, str]:
     name = os.path.basename(path)
     size = _RAW_SIZE.search(name)
     if size is None:
-        raise VideoDecodeError(path, "raw .yuv file name must contain the frame size as WxH (e.g. clip_1920x1080_25fps.yuv)")
+        raise VideoDecodeError(
+            path, "raw .yuv file name must contain the frame size as WxH (e.g. clip_1920x1080_25fps.yuv)"
+        )
     fps = _RAW_FPS.search(name.replace(size.group(0), ""))
     bits = _RAW_BITS.search(name)
     chroma = "444" if "444" in name else "422" if "422" in name else "420"
@@ -231,7 +233,9 @@ def _check_complete(path: str, container: Any, stream: Any, packets: int) -> Non
     declared = int(stream.frames or 0)
     # One frame of slack: AVI with interleaved audio counts an empty video chunk as a frame.
     if declared > packets + 1:
-        raise VideoDecodeError(path, f"truncated: {packets} of {declared} frames present (the container lists {declared})")
+        raise VideoDecodeError(
+            path, f"truncated: {packets} of {declared} frames present (the container lists {declared})"
+        )
     fmt = (container.format.name or "") if container.format is not None else ""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
@@ -241,14 +245,16 @@ def _check_complete(path: str, container: Any, stream: Any, packets: int) -> Non
         missing = expected - packets
         if missing > expected * TRUNCATION_TOLERANCE + 1 and missing / fps > TRUNCATION_MIN_SECONDS:
             raise VideoDecodeError(
-                path, f"truncated: {packets} of ~{expected} frames present (the header declares {seconds:.2f} s at {fps:g} fps)"
+                path,
+                f"truncated: {packets} of ~{expected} frames present (the header declares {seconds:.2f} s at {fps:g} fps)",
             )
     if "mpegts" in fmt.split(","):
         size, packet = os.path.getsize(path), _ts_packet_size(path)
         if size % packet:
             raise VideoDecodeError(
-                path, f"truncated: {packets} frames present, then the file ends inside a transport packet "
-                f"({size} bytes is no multiple of its {packet}-byte packets); its full length is unknown"
+                path,
+                f"truncated: {packets} frames present, then the file ends inside a transport packet "
+                f"({size} bytes is no multiple of its {packet}-byte packets); its full length is unknown",
             )
 
 
@@ -382,8 +388,7 @@ class _Reader:
                 raise VideoDecodeError(self.path, f"seek to pts {start_pts} failed ({err})") from err
         try:
             for packet in self.container.demux(self.stream):
-                for frame in packet.decode():
-                    yield frame
+                yield from packet.decode()
         except av.FFmpegError as err:
             raise VideoDecodeError(self.path, f"decoding failed ({err})") from err
 
@@ -417,7 +422,9 @@ def _decode_by_pts(reader: _Reader, index: _FrameIndex, wanted: Sequence[int]) -
             # with B-frames, open GOPs skip leading pictures): step back one keyframe.
             k -= 1
         if first not in got:
-            raise VideoDecodeError(reader.path, f"frame {first} (pts {index.pts[first]}) was not produced by the decoder")
+            raise VideoDecodeError(
+                reader.path, f"frame {first} (pts {index.pts[first]}) was not produced by the decoder"
+            )
         found.update(got)
         pending = [i for i in pending if i not in found]
     return found
@@ -484,7 +491,8 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int] | None = None)
         missing = sorted(set(wanted) - set(found))
         if missing:
             raise VideoDecodeError(
-                path, f"{len(missing)} of the requested frames could not be decoded (first: {missing[0]}); file truncated?"
+                path,
+                f"{len(missing)} of the requested frames could not be decoded (first: {missing[0]}); file truncated?",
             )
         return np.stack([found[i] for i in wanted])
     finally:

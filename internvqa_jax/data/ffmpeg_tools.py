@@ -47,7 +47,16 @@ CODECS: dict[str, Codec] = {
         "mp4",
         "-crf",
         51,
-        ("-preset", "faster", "-x265-params", "log-level=error:pools=1:frame-threads=1", "-tag:v", "hvc1", "-pix_fmt", "yuv420p"),
+        (
+            "-preset",
+            "faster",
+            "-x265-params",
+            "log-level=error:pools=1:frame-threads=1",
+            "-tag:v",
+            "hvc1",
+            "-pix_fmt",
+            "yuv420p",
+        ),
     ),
     "vp9": Codec(
         "vp9",
@@ -89,7 +98,7 @@ def run_ffmpeg(args: Sequence[str], what: str, timeout_s: float = 600.0) -> str:
     return proc.stderr
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _listing(kind: str) -> str:
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", f"-{kind}"], capture_output=True, text=True, check=True)
     return proc.stdout
@@ -153,7 +162,10 @@ def quality_metrics(distorted: str, reference: str, model: str = "vmaf_v0.6.1", 
             f"[dis][ref]libvmaf=model=version={model}:feature=name=psnr|name=float_ssim"
             f":log_fmt=json:log_path={log}:n_threads={threads}"
         )
-        run_ffmpeg(["-i", distorted, "-i", reference, "-lavfi", graph, "-f", "null", "-"], f"scoring {distorted} against {reference}")
+        run_ffmpeg(
+            ["-i", distorted, "-i", reference, "-lavfi", graph, "-f", "null", "-"],
+            f"scoring {distorted} against {reference}",
+        )
         with open(log) as f:
             result = json.load(f)
     finally:

@@ -9,14 +9,14 @@ picks a random draw, eval takes draw k mod D for segment k.
 
 Batches are dicts of numpy arrays:
 - train: `frames` uint8 (B, T, H, W, 3), `label` float32 (B,), `index` int64 (B,) (the video's row
-  in the manifest's `records`, see `record_table`), `labeled` bool (B,) (False: an unlabelled clip,
+  in the manifest's `records`, see `record_table`), `labeled` bool (B,) (False: an unlabeled clip,
   whose `label` is 0 and must not reach a label loss);
 - eval: `frames` uint8 (B, V, T, H, W, 3), `label`, `index`, `mask` bool (B,) (False = padding).
 Normalisation (`sampling.normalize`) runs on the device.
 
-Labelled and unlabelled training clips: `label_partition` is the one owner of which training
+Labeled and unlabeled training clips: `label_partition` is the one owner of which training
 records keep their label (`data.labeled_fraction`, by source, seeded; a NaN label is always
-unlabelled); `train_dataset(indices=..., labelled=...)` takes its answer.
+unlabeled); `train_dataset(indices=..., labeled=...)` takes its answer.
 
 Iterator state: `it.get_state()` / `it.set_state(state)` (JSON-able dicts), saved by
 `save_iterator_state` or through orbax with Grain's handler:
@@ -61,7 +61,7 @@ def split_indices(shard_dir: str | os.PathLike, split: str) -> np.ndarray:
 
 
 # What `label_partition` draws whole: "group" (content groups, `splits`' unit, so no cut of a file is
-# labelled while another cut of it is not) or "source" (a group's sources may fall on both sides).
+# labeled while another cut of it is not) or "source" (a group's sources may fall on both sides).
 LABEL_UNITS = ("group", "source")
 
 
@@ -72,28 +72,33 @@ class LabelPartition:
 
     fraction: float
     seed: int
-    labelled: np.ndarray  # (L,) int64 record indices, sorted
-    unlabelled: np.ndarray  # (U,) int64
-    labelled_sources: int
-    unlabelled_sources: int
+    labeled: np.ndarray  # (L,) int64 record indices, sorted
+    unlabeled: np.ndarray  # (U,) int64
+    labeled_sources: int
+    unlabeled_sources: int
     unit: str  # one of LABEL_UNITS
-    labelled_groups: int  # content groups with a labelled source
+    labeled_groups: int  # content groups with a labeled source
     groups: int  # content groups of the training split
 
     def summary(self) -> dict[str, Any]:
         """JSON-able counts for results and the report."""
         return {
-            "labeled_fraction": self.fraction, "labeled_seed": self.seed, "labeled_by": self.unit,
-            "train_sources_labeled": self.labelled_sources, "train_sources_unlabeled": self.unlabelled_sources,
-            "train_groups_labeled": self.labelled_groups, "train_groups": self.groups,
-            "train_videos_labeled": int(self.labelled.size), "train_videos_unlabeled": int(self.unlabelled.size),
+            "labeled_fraction": self.fraction,
+            "labeled_seed": self.seed,
+            "labeled_by": self.unit,
+            "train_sources_labeled": self.labeled_sources,
+            "train_sources_unlabeled": self.unlabeled_sources,
+            "train_groups_labeled": self.labeled_groups,
+            "train_groups": self.groups,
+            "train_videos_labeled": int(self.labeled.size),
+            "train_videos_unlabeled": int(self.unlabeled.size),
         }
 
 
 def _draw_sources(sources: list[str], group_of: dict[str, str], fraction: float, seed: int, unit: str) -> list[str]:
     """A seeded draw of about `fraction` of `sources` (at least one), whole `unit`s at a time.
 
-    By group: groups are taken in a seeded order until the labelled sources reach the target
+    By group: groups are taken in a seeded order until the labeled sources reach the target
     `round(fraction * S)`; the last group is kept only when that lands nearer the target.
     """
     target = max(1, int(round(fraction * len(sources))))
@@ -114,16 +119,18 @@ def _draw_sources(sources: list[str], group_of: dict[str, str], fraction: float,
     return keep
 
 
-def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: int = 0, split: str = "train", *, unit: str) -> LabelPartition:
-    """Splits the records of the training `split` into labelled and unlabelled, for every job of a run.
+def label_partition(
+    shard_dir: str | os.PathLike, fraction: float = 1.0, seed: int = 0, split: str = "train", *, unit: str
+) -> LabelPartition:
+    """Splits the records of the training `split` into labeled and unlabeled, for every job of a run.
 
     A seeded draw of about `round(fraction * S)` (at least 1) of the S training sources with a
     label keep their labels, taken whole content groups at a time (`unit="group"`, each record's
     `content_group`, the source itself where it has none) or source by source (`unit="source"`),
     so all encodes of a source, and by group all cuts of one file, fall on the same side (the
     run's choice is the config's `data.labeled_by`, which owns the default). A record
-    whose stored label is NaN (CSV row with an empty score) is unlabelled wherever its source falls.
-    The evaluation splits keep every label: an unlabelled record there is an error.
+    whose stored label is NaN (CSV row with an empty score) is unlabeled wherever its source falls.
+    The evaluation splits keep every label: an unlabeled record there is an error.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"data.labeled_fraction: expected a fraction in (0, 1], got {fraction}")
@@ -131,9 +138,15 @@ def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: i
         raise ValueError(f"data.labeled_by: expected one of {LABEL_UNITS}, got {unit!r}")
     records = {int(r["index"]): r for r in record_table(shard_dir)}
     for name in splits.EVAL_SPLITS:
-        bad = [records[i]["video_id"] for i in splits.select(list(records.values()), name) if not is_label(records[i]["label"])]
+        bad = [
+            records[i]["video_id"]
+            for i in splits.select(list(records.values()), name)
+            if not is_label(records[i]["label"])
+        ]
         if bad:
-            raise ValueError(f"{shard_dir}: split {name!r} holds {len(bad)} video(s) without a label (first: {bad[:3]}); evaluation needs every label")
+            raise ValueError(
+                f"{shard_dir}: split {name!r} holds {len(bad)} video(s) without a label (first: {bad[:3]}); evaluation needs every label"
+            )
     indices = split_indices(shard_dir, split)
     has_label = {int(i): is_label(records[int(i)]["label"]) for i in indices}
     group_of: dict[str, str] = {}  # training source -> its content group (itself in manifests without groups)
@@ -143,10 +156,21 @@ def label_partition(shard_dir: str | os.PathLike, fraction: float = 1.0, seed: i
     sources = sorted({str(records[i]["source_id"]) for i, ok in has_label.items() if ok})
     keep = _draw_sources(sources, group_of, fraction, seed, unit) if fraction < 1.0 and sources else sources
     keep_set = set(keep)
-    labelled = np.asarray([i for i, ok in has_label.items() if ok and str(records[i]["source_id"]) in keep_set], np.int64)
-    unlabelled = np.setdiff1d(indices, labelled)
-    return LabelPartition(float(fraction), int(seed), np.sort(labelled), unlabelled, len(keep_set), len(set(group_of) - keep_set),
-                          unit=unit, labelled_groups=len({group_of[s] for s in keep_set}), groups=len(set(group_of.values())))
+    labeled = np.asarray(
+        [i for i, ok in has_label.items() if ok and str(records[i]["source_id"]) in keep_set], np.int64
+    )
+    unlabeled = np.setdiff1d(indices, labeled)
+    return LabelPartition(
+        float(fraction),
+        int(seed),
+        np.sort(labeled),
+        unlabeled,
+        len(keep_set),
+        len(set(group_of) - keep_set),
+        unit=unit,
+        labeled_groups=len({group_of[s] for s in keep_set}),
+        groups=len(set(group_of.values())),
+    )
 
 
 def process_part(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
@@ -179,12 +203,20 @@ class TrainTransform(grain.transforms.RandomMap):
     fragment positions, then flip.
     """
 
-    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, flip: bool = True, unlabelled: np.ndarray | None = None):
+    def __init__(
+        self,
+        shard_dir: str,
+        num_frames: int,
+        size: int,
+        spatial_mode: str,
+        flip: bool = True,
+        unlabeled: np.ndarray | None = None,
+    ):
         self.store = _Records(shard_dir)
         self.num_frames, self.size, self.flip = num_frames, size, flip
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
         # Records whose label is withheld (`label_partition`): their examples carry label 0, labeled False.
-        self.unlabelled = frozenset(int(i) for i in (() if unlabelled is None else unlabelled))
+        self.unlabeled = frozenset(int(i) for i in (() if unlabeled is None else unlabeled))
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One training example `{"frames", "label", "index", "labeled"}` of video `index`."""
@@ -193,14 +225,16 @@ class TrainTransform(grain.transforms.RandomMap):
         if draws:  # pre-drawn mosaics: pick a draw, then frames within it; no spatial sampling
             per_draw = records.num_frames(index) // draws
             draw = int(rng.integers(draws))
-            clip, meta = records.read(index, draw * per_draw + sampling.train_segment_indices(per_draw, self.num_frames, rng))
+            clip, meta = records.read(
+                index, draw * per_draw + sampling.train_segment_indices(per_draw, self.num_frames, rng)
+            )
             clip = sampling.random_flip(clip, rng) if self.flip else clip
             clip = np.ascontiguousarray(clip)
         else:
             idx = sampling.train_segment_indices(records.num_frames(index), self.num_frames, rng)
             frames, meta = records.read_views(index, idx)  # fragments gather from the views directly
             clip = sampling.spatial_train(frames, self.size, self.spatial_mode, rng, self.flip)
-        labeled = index not in self.unlabelled and is_label(meta["label"])
+        labeled = index not in self.unlabeled and is_label(meta["label"])
         # A withheld label never leaves the pipeline: the step masks the clip out of the label losses.
         label = np.float32(meta["label"]) if labeled else np.float32(0.0)
         return {"frames": clip, "label": label, "index": np.int64(index), "labeled": np.bool_(labeled)}
@@ -240,13 +274,22 @@ def check_store(shard_dir: str | os.PathLike, spatial_mode: str, size: int) -> N
     config = shards.load_manifest(shard_dir)["config"]
     if config.get("fragment_draws"):
         if spatial_mode != "fragments":
-            raise ValueError(f"{shard_dir}: shards hold pre-drawn fragments (fragment_draws={config['fragment_draws']}); spatial_mode must be 'fragments', got {spatial_mode!r}")
+            raise ValueError(
+                f"{shard_dir}: shards hold pre-drawn fragments (fragment_draws={config['fragment_draws']}); spatial_mode must be 'fragments', got {spatial_mode!r}"
+            )
         if int(config["fragment_size"]) != size:
-            raise ValueError(f"{shard_dir}: pre-drawn fragments are {config['fragment_size']} px; size must match, got {size}")
+            raise ValueError(
+                f"{shard_dir}: pre-drawn fragments are {config['fragment_size']} px; size must match, got {size}"
+            )
 
 
 def _split_for_process(
-    shard_dir: str | os.PathLike, split: str, spatial_mode: str, size: int, process_index: int | None, process_count: int | None
+    shard_dir: str | os.PathLike,
+    split: str,
+    spatial_mode: str,
+    size: int,
+    process_index: int | None,
+    process_count: int | None,
 ) -> tuple[np.ndarray, int, int]:
     """The record indices of `split` and this process's (index, count), after checking the store fits the view."""
     process_index, process_count = _process_slot(process_index, process_count)
@@ -256,9 +299,13 @@ def _split_for_process(
 
 def _finish(ds: grain.MapDataset, workers: int, read_threads: int, prefetch: int) -> grain.IterDataset:
     # Small buffers: an element here is a whole batch of video clips (tens of MB).
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch)))
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch))
+    )
     if workers > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch))
+        )
     return it_ds
 
 
@@ -279,17 +326,19 @@ def train_dataset(
     process_count: int | None = None,
     transform: grain.transforms.RandomMap | None = None,
     indices: np.ndarray | None = None,
-    unlabelled: np.ndarray | None = None,
+    unlabeled: np.ndarray | None = None,
 ) -> grain.IterDataset:
     """Infinite shuffled training dataset of this process's part of `split` (see module doc).
 
     `transform` (record index, rng) -> example replaces the default `TrainTransform` (the
     frozen-teacher cache draws one of its seeded views instead); shuffle, split and seeds stay.
-    `indices` (records of `split`, e.g. `label_partition(...).labelled`) restricts the records read;
-    `unlabelled` names those whose label is withheld (the default transform marks them `labeled`
+    `indices` (records of `split`, e.g. `label_partition(...).labeled`) restricts the records read;
+    `unlabeled` names those whose label is withheld (the default transform marks them `labeled`
     False; a custom transform takes them itself).
     """
-    all_indices, process_index, process_count = _split_for_process(shard_dir, split, spatial_mode, size, process_index, process_count)
+    all_indices, process_index, process_count = _split_for_process(
+        shard_dir, split, spatial_mode, size, process_index, process_count
+    )
     if indices is None:
         indices = all_indices
     else:
@@ -299,12 +348,14 @@ def train_dataset(
             raise ValueError(f"{shard_dir}: records {foreign[:5].tolist()} are not in split {split!r}")
     part = process_part(indices, process_index, process_count)
     if part.size == 0:
-        raise ValueError(f"{shard_dir}: split {split!r} leaves no record for process {process_index} of {process_count}")
+        raise ValueError(
+            f"{shard_dir}: split {split!r} leaves no record for process {process_index} of {process_count}"
+        )
     ds = grain.MapDataset.source(part)
     # Each process shuffles its own part with a process-specific seed; repeat reshuffles every epoch.
     ds = ds.shuffle(seed=seed * 1009 + process_index).repeat()
     if transform is None:
-        transform = TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip, unlabelled=unlabelled)
+        transform = TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip, unlabeled=unlabeled)
     ds = ds.random_map(transform, seed=seed * 1009 + process_index + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
     return _finish(ds, workers, read_threads, prefetch)
@@ -348,9 +399,13 @@ def eval_dataset(
     process_count: int | None = None,
 ) -> grain.IterDataset:
     """Finite deterministic evaluation dataset (see module doc); views per clip = `num_eval_views`."""
-    indices, process_index, process_count = _split_for_process(shard_dir, split, spatial_mode, size, process_index, process_count)
+    indices, process_index, process_count = _split_for_process(
+        shard_dir, split, spatial_mode, size, process_index, process_count
+    )
     rows = eval_elements(indices, batch_size, process_index, process_count)
-    ds = grain.MapDataset.source(rows).map(EvalTransform(str(shard_dir), num_frames, size, spatial_mode, num_segments, seed))
+    ds = grain.MapDataset.source(rows).map(
+        EvalTransform(str(shard_dir), num_frames, size, spatial_mode, num_segments, seed)
+    )
     ds = ds.batch(batch_size, drop_remainder=False)
     return _finish(ds, workers, read_threads, prefetch)
 

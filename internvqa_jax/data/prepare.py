@@ -35,7 +35,8 @@ import pathlib
 import signal
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,9 @@ class PrepareConfig:
         if self.fragment_draws < 0:
             raise ValueError(f"PrepareConfig.fragment_draws must be >= 0, got {self.fragment_draws}")
         if self.fragment_draws and self.short_side is not None:
-            raise ValueError("PrepareConfig: fragment_draws are cut from native frames; set short_side=None (--short-side=native)")
+            raise ValueError(
+                "PrepareConfig: fragment_draws are cut from native frames; set short_side=None (--short-side=native)"
+            )
         sampling.fragment_geometry(self.fragment_size)  # raises unless a multiple of 32
 
     def fingerprint(self) -> str:
@@ -224,15 +227,34 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
                 if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3:
                     raise ValueError(f"decoded frames have shape {frames.shape}, expected (T>=1, H, W, 3)")
                 if config.fragment_draws:
-                    stored = {**stored, "fragment_draws": config.fragment_draws, "frames_per_draw": int(frames.shape[0])}
+                    stored = {
+                        **stored,
+                        "fragment_draws": config.fragment_draws,
+                        "frames_per_draw": int(frames.shape[0]),
+                    }
                     frames = draw_fragments(frames, item.video_id, config)
                 source = source_description(item, stored)
                 video = shards.encode_video(frames, {**item.to_dict(), **stored, **source})
             except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
-                skipped.append({"video_id": item.video_id, "path": item.path, "reason": f"{type(e).__name__}: {e}", "stage": "decode"})
+                skipped.append(
+                    {
+                        "video_id": item.video_id,
+                        "path": item.path,
+                        "reason": f"{type(e).__name__}: {e}",
+                        "stage": "decode",
+                    }
+                )
                 log.warning("skipping %s (%s): %s: %s", item.video_id, item.path, type(e).__name__, e)
                 continue
-            metas.append({**item.to_dict(), **source, "stored_shape": list(frames.shape), "position": written, "fragment_draws": config.fragment_draws})
+            metas.append(
+                {
+                    **item.to_dict(),
+                    **source,
+                    "stored_shape": list(frames.shape),
+                    "position": written,
+                    "fragment_draws": config.fragment_draws,
+                }
+            )
             written += len(video)
             yield from video
 
@@ -271,7 +293,11 @@ def finished_sidecar(out_dir: pathlib.Path, task: ShardTask, config: PrepareConf
         side = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if side.get("key") != task.key or side.get("fingerprint") != config.fingerprint() or side.get("video_ids") != [it.video_id for it in task.items]:
+    if (
+        side.get("key") != task.key
+        or side.get("fingerprint") != config.fingerprint()
+        or side.get("video_ids") != [it.video_id for it in task.items]
+    ):
         return None
     if side["num_records"] == 0:
         return side
@@ -325,7 +351,9 @@ def _previous_identities(out: pathlib.Path) -> dict[str, tuple[str, dict[str, An
     return found
 
 
-def change_reason(previous: tuple[str, dict[str, Any]] | None, fingerprint: str, identity: dict[str, Any]) -> str | None:
+def change_reason(
+    previous: tuple[str, dict[str, Any]] | None, fingerprint: str, identity: dict[str, Any]
+) -> str | None:
     """Why a video's stored records must be made again (None: unchanged since the earlier run)."""
     if previous is None:
         return "new video"
@@ -344,7 +372,9 @@ def change_reason(previous: tuple[str, dict[str, Any]] | None, fingerprint: str,
     return "; ".join(reasons) or None
 
 
-def explain_rebuilds(pending: Sequence[ShardTask], previous: dict[str, tuple[str, dict[str, Any]]], fingerprint: str) -> list[dict[str, Any]]:
+def explain_rebuilds(
+    pending: Sequence[ShardTask], previous: dict[str, tuple[str, dict[str, Any]]], fingerprint: str
+) -> list[dict[str, Any]]:
     """One row per shard to (re)write after an earlier run: the shard and each changed video with why."""
     if not previous:
         return []  # a first run builds everything; nothing to explain
@@ -368,34 +398,44 @@ def content_groups(items: Sequence[VideoItem]) -> dict[str, str]:
     for it in items:
         group = str(it.extra.get("content_group") or it.source_id)
         if groups.setdefault(it.source_id, group) != group:
-            raise ValueError(f"source {it.source_id!r}: its items name content groups {groups[it.source_id]!r} and {group!r} ({it.video_id})")
+            raise ValueError(
+                f"source {it.source_id!r}: its items name content groups {groups[it.source_id]!r} and {group!r} ({it.video_id})"
+            )
     return groups
 
 
-def assign_splits(items: Sequence[VideoItem], split_config: SplitConfig) -> tuple[dict[str, str], dict[str, int] | None, list[str]]:
+def assign_splits(
+    items: Sequence[VideoItem], split_config: SplitConfig
+) -> tuple[dict[str, str], dict[str, int] | None, list[str]]:
     """(source -> split, source -> fold or None, named test sources that no item carries).
 
     Whole content groups (`content_groups`) are assigned, so no cut of a held-out file reaches
-    training; items without a group split by source as before. A source with an unlabelled video
+    training; items without a group split by source as before. A source with an unlabeled video
     (CSV row with an empty score) goes to train with its whole group, where distillation can use it;
-    the val/test fractions apply to the fully labelled groups."""
+    the val/test fractions apply to the fully labeled groups."""
     all_sources = [it.source_id for it in items]
     groups = content_groups(items)
-    # A group with an unlabelled video trains whole, so no cut of it is held out while another trains.
-    unlabelled_groups = {groups.get(it.source_id, it.source_id) for it in items if not it.is_labelled}
-    unlabelled = sorted({s for s in all_sources if groups.get(s, s) in unlabelled_groups})
-    named_unlabelled = sorted(set(unlabelled) & set(split_config.test_sources or ()))
-    if named_unlabelled:
-        raise ValueError(f"test sources {named_unlabelled} have videos without a label; a test source needs every label")
-    sources = [s for s in all_sources if s not in set(unlabelled)]
+    # A group with an unlabeled video trains whole, so no cut of it is held out while another trains.
+    unlabeled_groups = {groups.get(it.source_id, it.source_id) for it in items if not it.is_labeled}
+    unlabeled = sorted({s for s in all_sources if groups.get(s, s) in unlabeled_groups})
+    named_unlabeled = sorted(set(unlabeled) & set(split_config.test_sources or ()))
+    if named_unlabeled:
+        raise ValueError(f"test sources {named_unlabeled} have videos without a label; a test source needs every label")
+    sources = [s for s in all_sources if s not in set(unlabeled)]
     missing: list[str] = []
     if split_config.test_sources is not None:
-        assignment = splits.named_test_split(sources, split_config.test_sources, split_config.val_fraction, split_config.seed, groups=groups)
+        assignment = splits.named_test_split(
+            sources, split_config.test_sources, split_config.val_fraction, split_config.seed, groups=groups
+        )
         missing = splits.missing_sources(sources, split_config.test_sources)
     else:
-        assignment = splits.seeded_split(sources, split_config.val_fraction, split_config.test_fraction, split_config.seed, groups=groups)
-    assignment.update({s: "train" for s in unlabelled})
-    folds = splits.kfold(all_sources, split_config.folds, split_config.seed, groups=groups) if split_config.folds else None
+        assignment = splits.seeded_split(
+            sources, split_config.val_fraction, split_config.test_fraction, split_config.seed, groups=groups
+        )
+    assignment.update({s: "train" for s in unlabeled})
+    folds = (
+        splits.kfold(all_sources, split_config.folds, split_config.seed, groups=groups) if split_config.folds else None
+    )
     return assignment, folds, missing
 
 
@@ -463,7 +503,16 @@ def prepare_items(
         _run_jobs(jobs, workers, sidecars, bar)
     bar.close()
 
-    manifest = build_manifest(items, tasks, sidecars, config, split_config, dataset, resumed=len(tasks) - len(pending), listing_skipped=listing_skipped)
+    manifest = build_manifest(
+        items,
+        tasks,
+        sidecars,
+        config,
+        split_config,
+        dataset,
+        resumed=len(tasks) - len(pending),
+        listing_skipped=listing_skipped,
+    )
     manifest["rebuilt"] = rebuilt
     shards.write_json_atomic(out / shards.MANIFEST, manifest)
     # Only now, with the new manifest in place, are shards that no manifest names removed.
@@ -558,9 +607,21 @@ def build_manifest(
         "format": shards.MANIFEST_FORMAT,
         "dataset": dataset,
         "config": dataclasses.asdict(config),
-        "split_config": {**dataclasses.asdict(split_config), "test_sources": None if split_config.test_sources is None else list(split_config.test_sources)},
-        "counts": {"listed": len(items) + len(listing_skipped), "records": len(records), "frame_records": offset, "skipped": len(skipped), "shards": len(tasks), "resumed_shards": resumed, "per_split": per_split,
-                   "sources_per_split": {k: len(v) for k, v in split_sources.items()}, "groups_per_split": {k: len(v) for k, v in split_groups.items()}},
+        "split_config": {
+            **dataclasses.asdict(split_config),
+            "test_sources": None if split_config.test_sources is None else list(split_config.test_sources),
+        },
+        "counts": {
+            "listed": len(items) + len(listing_skipped),
+            "records": len(records),
+            "frame_records": offset,
+            "skipped": len(skipped),
+            "shards": len(tasks),
+            "resumed_shards": resumed,
+            "per_split": per_split,
+            "sources_per_split": {k: len(v) for k, v in split_sources.items()},
+            "groups_per_split": {k: len(v) for k, v in split_groups.items()},
+        },
         "shards": shard_rows,
         "splits": split_sources,
         "split_groups": split_groups,
@@ -611,7 +672,9 @@ def dataset_module(name: str):
         raise ValueError(f"dataset {name!r} unknown: no module internvqa_jax.data.datasets.{name}") from e
 
 
-def list_dataset(name: str, root: str | None, workers: int = 1, out: str | os.PathLike | None = None) -> tuple[Sequence[VideoItem], tuple[str, ...] | None]:
+def list_dataset(
+    name: str, root: str | None, workers: int = 1, out: str | os.PathLike | None = None
+) -> tuple[Sequence[VideoItem], tuple[str, ...] | None]:
     """Items of a registered dataset and its named test sources (None where it has none).
 
     The demo dataset is built (or completed) first, in `root` or by default in `<out>/source_videos`.
@@ -655,7 +718,16 @@ def prepare_dataset(
     """Lists (for demo: builds) dataset `name` and prepares its shards in `out_dir`; returns the manifest."""
     items, test_sources = list_dataset(name, root, workers, out_dir)
     split_config = SplitConfig(test_sources, val_fraction, test_fraction, folds, seed)
-    return prepare_items(items, out_dir, config, split_config, workers=workers, dataset=name, progress=progress, listing_skipped=listing_skips(items))
+    return prepare_items(
+        items,
+        out_dir,
+        config,
+        split_config,
+        workers=workers,
+        dataset=name,
+        progress=progress,
+        listing_skipped=listing_skips(items),
+    )
 
 
 def parse_short_side(text: str) -> int | None:
@@ -676,27 +748,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m internvqa_jax.data.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="demo, csv, bvi_hd, waterloo_ivc4k")
     p.add_argument("--out", required=True, help="output shard directory")
-    p.add_argument("--root", default=None, help="dataset root (csv: the CSV file; demo: cache directory, default OUT/source_videos)")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="dataset root (csv: the CSV file; demo: cache directory, default OUT/source_videos)",
+    )
     p.add_argument("--frames", type=int, default=PrepareConfig.frames, help="frames stored per video")
-    p.add_argument("--short-side", type=parse_short_side, default=PrepareConfig.short_side, help="stored short side, or 'native'")
-    p.add_argument("--compression", choices=sorted(shards.COMPRESSIONS), default=PrepareConfig.compression, help="none (fastest to read) or zstd (lossless, per frame)")
-    p.add_argument("--records-per-shard", type=int, default=PrepareConfig.records_per_shard, help="videos per shard file")
-    p.add_argument("--fragment-draws", type=int, default=0, help="store this many pre-drawn fragment mosaics per video instead of native frames (needs --short-side=native)")
-    p.add_argument("--fragment-size", type=int, default=PrepareConfig.fragment_size, help="side of a pre-drawn mosaic (multiple of 32)")
+    p.add_argument(
+        "--short-side", type=parse_short_side, default=PrepareConfig.short_side, help="stored short side, or 'native'"
+    )
+    p.add_argument(
+        "--compression",
+        choices=sorted(shards.COMPRESSIONS),
+        default=PrepareConfig.compression,
+        help="none (fastest to read) or zstd (lossless, per frame)",
+    )
+    p.add_argument(
+        "--records-per-shard", type=int, default=PrepareConfig.records_per_shard, help="videos per shard file"
+    )
+    p.add_argument(
+        "--fragment-draws",
+        type=int,
+        default=0,
+        help="store this many pre-drawn fragment mosaics per video instead of native frames (needs --short-side=native)",
+    )
+    p.add_argument(
+        "--fragment-size",
+        type=int,
+        default=PrepareConfig.fragment_size,
+        help="side of a pre-drawn mosaic (multiple of 32)",
+    )
     p.add_argument("--workers", type=int, default=1, help="decoding processes (each writes whole shards)")
     p.add_argument("--folds", type=int, default=0, help="k for seeded k-fold by content group (else source) (0 = none)")
     p.add_argument("--val-fraction", type=float, default=SplitConfig.val_fraction)
-    p.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction, help="ignored where the dataset names its test sources")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=SplitConfig.test_fraction,
+        help="ignored where the dataset names its test sources",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, folds and fragment draws")
     args = p.parse_args(argv)
     try:
-        config = PrepareConfig(args.frames, args.short_side, args.compression, args.records_per_shard, args.fragment_draws, args.fragment_size, args.seed)
+        config = PrepareConfig(
+            args.frames,
+            args.short_side,
+            args.compression,
+            args.records_per_shard,
+            args.fragment_draws,
+            args.fragment_size,
+            args.seed,
+        )
     except ValueError as e:
         p.error(str(e))
     try:
         manifest = prepare_dataset(
-            args.dataset, args.out, args.root, config, workers=args.workers, folds=args.folds,
-            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+            args.dataset,
+            args.out,
+            args.root,
+            config,
+            workers=args.workers,
+            folds=args.folds,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
         )
     except (ValueError, OSError) as err:
         # Unusable input (unknown dataset, unreadable CSV, no usable row, bad split settings): the

@@ -13,8 +13,8 @@ class VideoItem:
 
     `label` is on the dataset's published scale divided as in the method (BVI-HD DMOS/100, Waterloo
     MOS/100, demo VMAF/100), so higher is always better except for `label_kind == "dmos"`, where the
-    dataset's own convention (higher = worse) is kept and recorded. An unlabelled video (a CSV row
-    with an empty score) has `label` NaN; `is_labelled` says which.
+    dataset's own convention (higher = worse) is kept and recorded. An unlabeled video (a CSV row
+    with an empty score) has `label` NaN; `is_labeled` says which.
     """
 
     path: str
@@ -30,7 +30,7 @@ class VideoItem:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
-    def is_labelled(self) -> bool:
+    def is_labeled(self) -> bool:
         """False for a video without a quality label (`label` NaN: usable only by distillation)."""
         return is_label(self.label)
 
@@ -39,7 +39,7 @@ class VideoItem:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VideoItem":
+    def from_dict(cls, d: dict[str, Any]) -> VideoItem:
         """Inverse of `to_dict`; unknown keys are an error naming the key."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
@@ -49,7 +49,7 @@ class VideoItem:
 
 
 def is_label(value: Any) -> bool:
-    """True if `value` (a stored or listed label) is a quality label; NaN or None mark an unlabelled video."""
+    """True if `value` (a stored or listed label) is a quality label; NaN or None mark an unlabeled video."""
     return value is not None and math.isfinite(float(value))
 
 

@@ -15,7 +15,7 @@ Two spatial modes:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -64,7 +64,9 @@ def evenly_spaced_indices(num_total: int, num_frames: int, offset: float = 0.5) 
     floor((i + offset) * stride). With fewer frames than requested, indices repeat.
     """
     if num_total < 1 or num_frames < 1:
-        raise ValueError(f"evenly_spaced_indices: need num_total >= 1 and num_frames >= 1, got {num_total}, {num_frames}")
+        raise ValueError(
+            f"evenly_spaced_indices: need num_total >= 1 and num_frames >= 1, got {num_total}, {num_frames}"
+        )
     if not 0.0 <= offset < 1.0:
         raise ValueError(f"evenly_spaced_indices: offset must be in [0, 1), got {offset}")
     stride = num_total / num_frames
@@ -84,7 +86,9 @@ def test_segment_indices(num_total: int, num_frames: int, num_segments: int) -> 
     """
     if num_segments < 1:
         raise ValueError(f"test_segment_indices: num_segments must be >= 1, got {num_segments}")
-    return np.stack([evenly_spaced_indices(num_total, num_frames, (k + 0.5) / num_segments) for k in range(num_segments)])
+    return np.stack(
+        [evenly_spaced_indices(num_total, num_frames, (k + 0.5) / num_segments) for k in range(num_segments)]
+    )
 
 
 # --------------------------------------------------------------------------- resize / crop / flip
@@ -170,7 +174,9 @@ def upscale_for_fragments(frames: np.ndarray, grid: int = 7, patch: int = 32) ->
     return resize_short_side(frames, need)
 
 
-def fragment_positions(height: int, width: int, rng: np.random.Generator, grid: int = 7, patch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def fragment_positions(
+    height: int, width: int, rng: np.random.Generator, grid: int = 7, patch: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners `(grid, grid)` of the mini-patches: one uniform position per grid cell.
 
     Cell (i, j) spans rows [i*H//grid, (i+1)*H//grid) (the same for columns); the patch lies inside it.
@@ -180,7 +186,9 @@ def fragment_positions(height: int, width: int, rng: np.random.Generator, grid: 
     cell_h = np.diff(np.append(ys0, height))
     cell_w = np.diff(np.append(xs0, width))
     if cell_h.min() < patch or cell_w.min() < patch:
-        raise ValueError(f"fragment_positions: frames {height}x{width} too small for a {grid}x{grid} grid of {patch}px patches; upscale first")
+        raise ValueError(
+            f"fragment_positions: frames {height}x{width} too small for a {grid}x{grid} grid of {patch}px patches; upscale first"
+        )
     ys = ys0[:, None] + rng.integers(0, cell_h[:, None] - patch + 1, size=(grid, grid))
     xs = xs0[None, :] + rng.integers(0, cell_w[None, :] - patch + 1, size=(grid, grid))
     return ys, xs
@@ -204,7 +212,9 @@ def splice_fragments(frames: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: 
     return frames[:, src_y, src_x]
 
 
-def sample_fragments(frames: np.ndarray | Sequence[np.ndarray], rng: np.random.Generator, grid: int = 7, patch: int = 32) -> np.ndarray:
+def sample_fragments(
+    frames: np.ndarray | Sequence[np.ndarray], rng: np.random.Generator, grid: int = 7, patch: int = 32
+) -> np.ndarray:
     """FAST-VQA grid mini-patch sampling at native resolution, aligned across frames.
 
     `frames` is `(T, H, W, 3)` or a sequence of `(H, W, 3)` frames; a sequence is gathered frame by
@@ -235,7 +245,14 @@ def fragment_geometry(size: int, patch: int = 32) -> tuple[int, int]:
 # --------------------------------------------------------------------------- clip-level recipes
 
 
-def spatial_train(frames: np.ndarray | Sequence[np.ndarray], size: int, mode: str, rng: np.random.Generator, flip: bool = True, patch: int = 32) -> np.ndarray:
+def spatial_train(
+    frames: np.ndarray | Sequence[np.ndarray],
+    size: int,
+    mode: str,
+    rng: np.random.Generator,
+    flip: bool = True,
+    patch: int = 32,
+) -> np.ndarray:
     """Training view of already temporally sampled frames: random crop or fragments, then flip.
 
     `frames`: `(T, H, W, 3)` or a sequence of `(H, W, 3)` frames (same result).
@@ -252,7 +269,13 @@ def spatial_train(frames: np.ndarray | Sequence[np.ndarray], size: int, mode: st
     return np.ascontiguousarray(out)
 
 
-def spatial_eval(frames: np.ndarray | Sequence[np.ndarray], size: int, mode: str, rng: np.random.Generator | None = None, patch: int = 32) -> list[np.ndarray]:
+def spatial_eval(
+    frames: np.ndarray | Sequence[np.ndarray],
+    size: int,
+    mode: str,
+    rng: np.random.Generator | None = None,
+    patch: int = 32,
+) -> list[np.ndarray]:
     """Test views of already temporally sampled frames: 3 crops, or one fragment draw from `rng`.
 
     `frames`: `(T, H, W, 3)` or a sequence of `(H, W, 3)` frames (same result).
@@ -267,14 +290,18 @@ def spatial_eval(frames: np.ndarray | Sequence[np.ndarray], size: int, mode: str
     return [sample_fragments(frames, rng, grid, patch)]
 
 
-def train_clip(frames: np.ndarray, num_frames: int, size: int, mode: str, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+def train_clip(
+    frames: np.ndarray, num_frames: int, size: int, mode: str, rng: np.random.Generator, flip: bool = True
+) -> np.ndarray:
     """One training clip `(num_frames, size, size, 3)` from all frames of a video."""
     _check_frames(frames, "train_clip")
     idx = train_segment_indices(frames.shape[0], num_frames, rng)
     return spatial_train(frames[idx], size, mode, rng, flip)
 
 
-def eval_views(frames: np.ndarray, num_frames: int, size: int, mode: str, num_segments: int, seed: int | Sequence[int] = 0) -> np.ndarray:
+def eval_views(
+    frames: np.ndarray, num_frames: int, size: int, mode: str, num_segments: int, seed: int | Sequence[int] = 0
+) -> np.ndarray:
     """All test views `(V, num_frames, size, size, 3)`: K segments x 3 crops, or K fragment draws.
 
     Fragment draws are seeded by `seed` (pass e.g. `(seed, record_index)`) so evaluation repeats.
@@ -284,7 +311,9 @@ def eval_views(frames: np.ndarray, num_frames: int, size: int, mode: str, num_se
     return views_of_clips([frames[idx] for idx in plan], size, mode, seed)
 
 
-def views_of_clips(clips: Sequence[np.ndarray | Sequence[np.ndarray]], size: int, mode: str, seed: int | Sequence[int] = 0) -> np.ndarray:
+def views_of_clips(
+    clips: Sequence[np.ndarray | Sequence[np.ndarray]], size: int, mode: str, seed: int | Sequence[int] = 0
+) -> np.ndarray:
     """Test views of temporally sampled clips (one per segment, in plan order), as `eval_views`.
 
     Lets a reader that fetched only the planned frames produce exactly `eval_views`' output.

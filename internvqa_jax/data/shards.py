@@ -24,7 +24,8 @@ import json
 import os
 import pathlib
 import struct
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -200,7 +201,9 @@ class FrameRecords:
                 raise ShardError(f"{self.shard_dir}: shards hold {len(self._source)} records, manifest says {total}")
         return self._source
 
-    def read_views(self, index: int, frame_indices: Sequence[int] | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    def read_views(
+        self, index: int, frame_indices: Sequence[int] | None = None
+    ) -> tuple[list[np.ndarray], dict[str, Any]]:
         """Frames `frame_indices` (default all, repeats allowed) of video `index` as read-only
         `(H, W, 3)` views of the records (no stacking copy), and the video's metadata."""
         if not 0 <= index < len(self.rows):
@@ -218,7 +221,9 @@ class FrameRecords:
         for f in dict.fromkeys(int(f) for f in wanted):
             rec = source[first + 1 + f]
             if len(rec) != h * w * c:
-                raise ShardError(f"{self.shard_dir}: video {index} frame {f} has {len(rec)} bytes, header shape {header['shape']} needs {h * w * c}")
+                raise ShardError(
+                    f"{self.shard_dir}: video {index} frame {f} has {len(rec)} bytes, header shape {header['shape']} needs {h * w * c}"
+                )
             views[f] = np.frombuffer(rec, np.uint8).reshape(h, w, c)
         return [views[int(f)] for f in wanted], header["meta"]
 

@@ -11,7 +11,8 @@ group) whole groups; they are seeded, so the same listing always gives the same 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,11 @@ def _take_count(num: int, fraction: float, keep_rest: int) -> int:
 
 
 def named_test_split(
-    source_ids: Iterable[str], test_sources: Sequence[str], val_fraction: float = 0.1, seed: int = 0, groups: Mapping[str, str] | None = None
+    source_ids: Iterable[str],
+    test_sources: Sequence[str],
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Named `test_sources` form the test split; a seeded `val_fraction` of the rest is validation.
 
@@ -88,7 +93,11 @@ def missing_sources(source_ids: Iterable[str], named: Sequence[str]) -> list[str
 
 
 def seeded_split(
-    source_ids: Iterable[str], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, groups: Mapping[str, str] | None = None
+    source_ids: Iterable[str],
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Seeded train/val/test assignment of sources, by whole content group when `groups` is given.
 
@@ -96,18 +105,24 @@ def seeded_split(
     when possible. Returns source -> split.
     """
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise ValueError(f"seeded_split: need val_fraction, test_fraction >= 0 with sum < 1, got {val_fraction}, {test_fraction}")
+        raise ValueError(
+            f"seeded_split: need val_fraction, test_fraction >= 0 with sum < 1, got {val_fraction}, {test_fraction}"
+        )
     group_of = _group_map(source_ids, groups)
     names = _unique_sorted(group_of.values())
     rng = np.random.default_rng(seed)
     order = [names[i] for i in rng.permutation(len(names))]
     n_test = _take_count(len(order), test_fraction, keep_rest=1)
     n_val = _take_count(len(order) - n_test, val_fraction, keep_rest=1)
-    by_group = {g: "test" if pos < n_test else "val" if pos < n_test + n_val else "train" for pos, g in enumerate(order)}
+    by_group = {
+        g: "test" if pos < n_test else "val" if pos < n_test + n_val else "train" for pos, g in enumerate(order)
+    }
     return _per_source(group_of, by_group)
 
 
-def kfold(source_ids: Iterable[str], num_folds: int, seed: int = 0, groups: Mapping[str, str] | None = None) -> dict[str, int]:
+def kfold(
+    source_ids: Iterable[str], num_folds: int, seed: int = 0, groups: Mapping[str, str] | None = None
+) -> dict[str, int]:
     """Seeded k-fold over sources, by whole content group when `groups` is given: fold sizes differ
     by at most one group (source). Returns source -> fold."""
     group_of = _group_map(source_ids, groups)

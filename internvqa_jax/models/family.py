@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 # An nnx filter `(path, value) -> bool` over a model's parameters.
 ParamFilter = Callable[[Any, Any], bool]
@@ -46,7 +47,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         """Builds a config from `to_dict()` output (an `arch` key is ignored); unknown keys fail with their names."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names - {"arch"})
@@ -54,7 +55,7 @@ class ModelConfig:
             raise ValueError(f"{cls.__name__}: unknown config keys {unknown}; expected a subset of {sorted(names)}")
         return cls(**{k: v for k, v in d.items() if k != "arch"})
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -95,7 +96,7 @@ class ParamGroups:
                 return None  # stacked by nnx.scan: the leading axis is the layer
         if self.blocks:
             # Flat dotted names (`blocks.3.mlp...`), as in official state dicts.
-            m = re.search(r"(?:%s)[._](\d+)" % "|".join(map(re.escape, self.blocks)), text)
+            m = re.search(r"(?:{})[._](\d+)".format("|".join(map(re.escape, self.blocks))), text)
             if m:
                 return int(m.group(1)) + 1
         return num_layers + 1

@@ -40,19 +40,38 @@ UNTRAINED_HEAD_SCALE = "none: UNTRAINED head (converted weights, not fine-tuned 
 # Scores are the head's raw regression output, never clipped: a clip better (or worse) than any
 # training label scores past the scale's end (VMAF/100 above 1 for near-lossless video).
 RAW_OUTPUT_NOTE = "raw regression output, not clipped: scores can fall a little outside {range} (clip or rank them if you need the range)"
-LABEL_RANGES = {"vmaf": "0..1", "mos": "the training MOS range", "dmos": "the training DMOS range", "score": "the training CSV's score range"}
+LABEL_RANGES = {
+    "vmaf": "0..1",
+    "mos": "the training MOS range",
+    "dmos": "the training DMOS range",
+    "score": "the training CSV's score range",
+}
 
 NORMALISATION_INPUT = "uint8 RGB, (x - mean) / std"
 
 # Top-level keys of files written before InferenceInfo, mapped to their field.
 LEGACY_KEYS = {"label_kind": "label_kind"}  # weight conversion wrote the label kind flat
-_TOP_LEVEL = {"preset": "preset", "frames": "frames", "size": "size", "spatial_mode": "spatial_mode",
-              "test_segments": "num_segments", "seed": "seed", "head_trained": "head_trained",
-              "source_checkpoint": "source_checkpoint", "note": "note",
-              "based_on_preset": "based_on_preset", "preset_overrides": "preset_overrides"}
+_TOP_LEVEL = {
+    "preset": "preset",
+    "frames": "frames",
+    "size": "size",
+    "spatial_mode": "spatial_mode",
+    "test_segments": "num_segments",
+    "seed": "seed",
+    "head_trained": "head_trained",
+    "source_checkpoint": "source_checkpoint",
+    "note": "note",
+    "based_on_preset": "based_on_preset",
+    "preset_overrides": "preset_overrides",
+}
 _SECTIONS = {
     "normalisation": {"mean": "mean", "std": "std", "input": None},
-    "label": {"dataset": "dataset", "kind": "label_kind", "scale": "label_scale", "higher_is_better": "higher_is_better"},
+    "label": {
+        "dataset": "dataset",
+        "kind": "label_kind",
+        "scale": "label_scale",
+        "higher_is_better": "higher_is_better",
+    },
     "prepare": {"frames": "stored_frames", "short_side": "short_side"},
 }
 
@@ -137,11 +156,17 @@ class InferenceInfo:
         """One line saying which values a score can take (the stated scale's ends are not bounds)."""
         if not self.head_trained:
             return "meaningless until the model is fine-tuned (untrained head)"
-        return RAW_OUTPUT_NOTE.format(range=LABEL_RANGES.get(str(self.label_kind).lower(), "the training labels' range"))
+        return RAW_OUTPUT_NOTE.format(
+            range=LABEL_RANGES.get(str(self.label_kind).lower(), "the training labels' range")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of `inference.json` (module doc); `from_dict` reads it back."""
-        custom = {"based_on_preset": self.based_on_preset, "preset_overrides": dict(self.preset_overrides)} if self.based_on_preset else {}
+        custom = (
+            {"based_on_preset": self.based_on_preset, "preset_overrides": dict(self.preset_overrides)}
+            if self.based_on_preset
+            else {}
+        )
         return {
             "preset": self.preset,
             **custom,
@@ -152,14 +177,19 @@ class InferenceInfo:
             "seed": int(self.seed),
             "head_trained": self.head_trained,
             "normalisation": {"mean": list(self.mean), "std": list(self.std), "input": NORMALISATION_INPUT},
-            "label": {"dataset": self.dataset, "kind": self.label_kind, "scale": self.label_scale, "higher_is_better": self.higher_is_better},
+            "label": {
+                "dataset": self.dataset,
+                "kind": self.label_kind,
+                "scale": self.label_scale,
+                "higher_is_better": self.higher_is_better,
+            },
             "prepare": {"frames": self.stored_frames, "short_side": self.short_side},
             "source_checkpoint": self.source_checkpoint,
             "note": self.note,
         }
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = io_utils.INFERENCE_FILE) -> "InferenceInfo":
+    def from_dict(cls, d: Any, where: str = io_utils.INFERENCE_FILE) -> InferenceInfo:
         """Reads the layout `to_dict` writes (and the legacy files of the module doc); errors name `where`."""
         if not isinstance(d, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
@@ -167,10 +197,14 @@ class InferenceInfo:
         for key, value in d.items():
             if key in _SECTIONS:
                 if not isinstance(value, dict):
-                    raise ValueError(f"{where}: '{key}' must be an object with keys {sorted(_SECTIONS[key])}, got {value!r}")
+                    raise ValueError(
+                        f"{where}: '{key}' must be an object with keys {sorted(_SECTIONS[key])}, got {value!r}"
+                    )
                 for sub, sub_value in value.items():
                     if sub not in _SECTIONS[key]:
-                        raise ValueError(f"{where}: unknown key '{key}.{sub}'; expected one of {sorted(_SECTIONS[key])}")
+                        raise ValueError(
+                            f"{where}: unknown key '{key}.{sub}'; expected one of {sorted(_SECTIONS[key])}"
+                        )
                     if _SECTIONS[key][sub] is not None:
                         fields[_SECTIONS[key][sub]] = sub_value
             elif key in _TOP_LEVEL or key in LEGACY_KEYS:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,13 +38,12 @@ from internvqa_jax.models.layers import (
     Block,
     LinearDecoder,
     PatchEmbed,
+    ReturnLayers,
     dense,
     layer_norm,
     linear_init,
-    ReturnLayers,
     normalise_return_layers,
     param,
-    partitioned,
 )
 
 _ATTENTION_IMPLS = ATTENTION_IMPLS  # owned by layers (the code that dispatches on them)
@@ -85,7 +85,9 @@ class InternVideo2Config(ModelConfig):
     gelu_approximate: bool = False  # False = exact erf GELU (fixtures); True = tanh (flash-attn fused MLP)
     dtype: str = "float32"  # compute dtype; parameters are always float32
     param_dtype: str = "float32"
-    attention_impl: str | None = "auto"  # "auto" (chunked CPU, splash TPU, cudnn GPU) | "xla" | "cudnn" | "chunked" | "splash" | None
+    attention_impl: str | None = (
+        "auto"  # "auto" (chunked CPU, splash TPU, cudnn GPU) | "xla" | "cudnn" | "chunked" | "splash" | None
+    )
     remat: bool = False
     scan_layers: bool = False
     # Weights of the Linear layers when the model is created (not when it is loaded): "official"
@@ -301,7 +303,9 @@ class InternVideo2(_Trunk):
             self.pos_embed_cls = param(TRUNC_NORMAL, (1, 1, cfg.embed_dim), (None, None, "embed"), rngs)
         else:
             self.pos_embed = param(TRUNC_NORMAL, (1, 1 + t * h * w, cfg.embed_dim), (None, None, "embed"), rngs)
-        self.clip_projector = AttentionPool(cfg.embed_dim, cfg.attn_pool_num_heads, cfg.clip_embed_dim, dtype=dtype, rngs=rngs)
+        self.clip_projector = AttentionPool(
+            cfg.embed_dim, cfg.attn_pool_num_heads, cfg.clip_embed_dim, dtype=dtype, rngs=rngs
+        )
         self.fc_norm = layer_norm(cfg.clip_embed_dim, 1e-5, "out", dtype, rngs)
         self.head = dense(cfg.clip_embed_dim, cfg.num_classes, ("out", "classes"), dtype=dtype, rngs=rngs)
 
@@ -401,7 +405,9 @@ class PretrainInternVideo2(_Trunk):
         if cfg.sep_image_video_pos_embed:
             self.img_pos_embed = param(TRUNC_NORMAL, (1, image_len, cfg.embed_dim), axes, rngs)
             self.clip_img_pos_embed = param(TRUNC_NORMAL, (1, image_len, cfg.embed_dim), axes, rngs)
-        self.clip_projector = AttentionPool(cfg.embed_dim, cfg.attn_pool_num_heads, cfg.clip_embed_dim, dtype=dtype, rngs=rngs)
+        self.clip_projector = AttentionPool(
+            cfg.embed_dim, cfg.attn_pool_num_heads, cfg.clip_embed_dim, dtype=dtype, rngs=rngs
+        )
         self.clip_decoder = nnx.List(
             [
                 LinearDecoder(cfg.embed_dim, cfg.clip_teacher_embed_dim, cfg.clip_norm_type, dtype=dtype, rngs=rngs)
@@ -453,7 +459,9 @@ class PretrainInternVideo2(_Trunk):
             return dict(tokens=x_vis)
         x_pool_vis = self.clip_projector(x_vis)
         x_align = self.final_clip_decoder(x_pool_vis) if self.final_clip_decoder is not None else x_pool_vis
-        clip_pos = self._image_pos(self.clip_pos_embed[...], "clip_img_pos_embed") if use_image else self.clip_pos_embed[...]
+        clip_pos = (
+            self._image_pos(self.clip_pos_embed[...], "clip_img_pos_embed") if use_image else self.clip_pos_embed[...]
+        )
         clip_pos = jnp.broadcast_to(clip_pos, (x_vis.shape[0],) + clip_pos.shape[1:]).astype(x_vis.dtype)
         if keep_index is not None:
             clip_pos = jnp.take_along_axis(clip_pos, keep_index[..., None], axis=1)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +123,9 @@ def normalise_return_layers(return_layers: ReturnLayers, depth: int) -> tuple[in
     return tuple(indices)
 
 
-def conv_embed(in_channels: int, embed_dim: int, kernel: tuple[int, int, int], dtype: Any, kernel_init: Init, rngs: nnx.Rngs) -> nnx.Conv:
+def conv_embed(
+    in_channels: int, embed_dim: int, kernel: tuple[int, int, int], dtype: Any, kernel_init: Init, rngs: nnx.Rngs
+) -> nnx.Conv:
     """Channels-last Conv3d with kernel = stride (non-overlapping tubelet x patch x patch), float32 params."""
     return nnx.Conv(
         in_channels,
@@ -172,7 +175,9 @@ class LayerScale(nnx.Module):
 
     def __init__(self, dim: int, init_values: float, dtype: Any = jnp.float32):
         self.dtype = dtype
-        self.gamma = nnx.Param(partitioned(nnx.initializers.constant(init_values), ("embed",))(None, (dim,), jnp.float32))
+        self.gamma = nnx.Param(
+            partitioned(nnx.initializers.constant(init_values), ("embed",))(None, (dim,), jnp.float32)
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Scales `x` channel by channel."""
@@ -276,17 +281,28 @@ def select_attention_impl(
         raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     if impl == "auto":
         if backend == "tpu" and unpartitionable:
-            return "xla", "auto on TPU, kernel not shardable (no mesh set with jax.set_mesh, or a batch the mesh does not divide): XLA attention"
+            return (
+                "xla",
+                "auto on TPU, kernel not shardable (no mesh set with jax.set_mesh, or a batch the mesh does not divide): XLA attention",
+            )
         if backend == "tpu":
             return "splash", "auto on TPU: Pallas splash attention"
         if backend == "gpu":
             why = cudnn_unsupported_reason(dtype, head_dim)
-            return ("xla", f"auto on GPU, {why}: XLA attention") if why else ("cudnn", "auto on GPU: cuDNN flash attention")
+            return (
+                ("xla", f"auto on GPU, {why}: XLA attention")
+                if why
+                else ("cudnn", "auto on GPU: cuDNN flash attention")
+            )
         if backend == "cpu":
             return "chunked", "auto on CPU: exact query-chunked attention"
         return "xla", f"auto on {backend}: XLA attention"
     if impl == "cudnn":
-        why = cudnn_unsupported_reason(dtype, head_dim) if backend == "gpu" else f"cudnn needs a GPU, backend is {backend}"
+        why = (
+            cudnn_unsupported_reason(dtype, head_dim)
+            if backend == "gpu"
+            else f"cudnn needs a GPU, backend is {backend}"
+        )
         return ("xla", f"cudnn requested but {why}: XLA attention") if why else ("cudnn", "cudnn requested")
     if impl == "splash" and backend != "tpu":
         return "splash", f"splash requested on {backend}: Pallas interpret mode (slow, for checks)"
@@ -305,7 +321,9 @@ def attention_target() -> tuple[str, int | None]:
     return jax.default_backend(), None
 
 
-def resolve_attention_impl(impl: str | None, dtype: Any = jnp.float32, head_dim: int = 64, batch: int = 1) -> str | None:
+def resolve_attention_impl(
+    impl: str | None, dtype: Any = jnp.float32, head_dim: int = 64, batch: int = 1
+) -> str | None:
     """The concrete attention path for `impl` on the platform that traces the model; logged once.
 
     Called while tracing, so the target that compiles the model decides (a config saved on a CPU
@@ -348,9 +366,14 @@ def _splash_kernel(heads: int, padded: int, interpret: bool) -> Any:
 
     block = next(b for b in SPLASH_BLOCKS if padded % b == 0)
     sizes = splash.BlockSizes(
-        block_q=block, block_kv=block, block_kv_compute=block,
-        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-        block_q_dq=block, block_kv_dq=block,
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
     )
     mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
     return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
@@ -421,7 +444,9 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = ATT
         def one_chunk(q_chunk: jax.Array) -> jax.Array:
             scores = jnp.einsum("qd,kd->qk", q_chunk, head_keys, preferred_element_type=jnp.float32)
             probs = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-            out = jnp.einsum("qk,kd->qd", probs.astype(head_values.dtype), head_values, preferred_element_type=jnp.float32)
+            out = jnp.einsum(
+                "qk,kd->qd", probs.astype(head_values.dtype), head_values, preferred_element_type=jnp.float32
+            )
             return (out / jnp.sum(probs, axis=-1, keepdims=True)).astype(head_values.dtype)
 
         return jax.lax.map(one_chunk, head_queries)

@@ -102,7 +102,9 @@ def _a_log_init(d_inner: int, d_state: int) -> Init:
 
     def init(key, shape, dtype):
         del key, shape
-        return jnp.broadcast_to(jnp.log(jnp.arange(1, d_state + 1, dtype=jnp.float32)), (d_inner, d_state)).astype(dtype)
+        return jnp.broadcast_to(jnp.log(jnp.arange(1, d_state + 1, dtype=jnp.float32)), (d_inner, d_state)).astype(
+            dtype
+        )
 
     return init
 
@@ -131,14 +133,24 @@ class MambaMixer(nnx.Module):
             dt_std = dt_rank**-0.5 * cfg.dt_scale
             dt_kernel = lambda key, shape, dtype, s=dt_std: jax.random.uniform(key, shape, dtype, -s, s)
             setattr(self, "conv1d" + suffix, CausalConv1d(d_inner, cfg.d_conv, cfg.conv_bias, rngs))
-            setattr(self, "x_proj" + suffix, linear(d_inner, dt_rank + 2 * d_state, ("mlp", None), use_bias=False, dtype=dtype, rngs=rngs))
-            dt_proj = linear(dt_rank, d_inner, (None, "mlp"), use_bias=True, dtype=dtype, rngs=rngs, kernel_init=dt_kernel)
-            dt_proj.bias = param(_dt_bias_init(d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor), (d_inner,), ("mlp",), rngs)
+            setattr(
+                self,
+                "x_proj" + suffix,
+                linear(d_inner, dt_rank + 2 * d_state, ("mlp", None), use_bias=False, dtype=dtype, rngs=rngs),
+            )
+            dt_proj = linear(
+                dt_rank, d_inner, (None, "mlp"), use_bias=True, dtype=dtype, rngs=rngs, kernel_init=dt_kernel
+            )
+            dt_proj.bias = param(
+                _dt_bias_init(d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor), (d_inner,), ("mlp",), rngs
+            )
             setattr(self, "dt_proj" + suffix, dt_proj)
             a_name = "A_log" if not suffix else "A_b_log"
             setattr(self, a_name, param(_a_log_init(d_inner, d_state), (d_inner, d_state), ("mlp", None), rngs))
             setattr(self, "D" + suffix, param(nnx.initializers.ones_init(), (d_inner,), ("mlp",), rngs))
-        self.out_proj = linear(d_inner, dim, ("mlp", "embed"), use_bias=cfg.proj_bias, dtype=dtype, rngs=rngs, kernel_init=out_init)
+        self.out_proj = linear(
+            d_inner, dim, ("mlp", "embed"), use_bias=cfg.proj_bias, dtype=dtype, rngs=rngs, kernel_init=out_init
+        )
 
     def _direction_params(self, suffix: str) -> dict[str, jax.Array | None]:
         """The arrays one scan direction uses, as a dict (stackable across directions)."""
@@ -198,4 +210,3 @@ class MambaMixer(nnx.Module):
         forward, backward = self.direction_outputs(hidden)
         out = forward if backward is None else forward + backward[:, ::-1]
         return self.out_proj(out.astype(self.dtype))
-

@@ -13,7 +13,8 @@ only when one of its presets or configs is asked for. `register(family)` adds a 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flax import nnx
 

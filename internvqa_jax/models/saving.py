@@ -22,7 +22,8 @@ import json
 import os
 import pathlib
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,7 +49,17 @@ class ModelDirError(ValueError):
 
 
 # Orbax / TensorStore status codes that mean the bytes on disk are damaged, not the model different.
-_DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND", "Truncated", "Error reading", "Error decoding", "Expecting value", "Unterminated")
+_DAMAGE_CODES = (
+    "DATA_LOSS",
+    "OUT_OF_RANGE",
+    "FAILED_PRECONDITION",
+    "NOT_FOUND",
+    "Truncated",
+    "Error reading",
+    "Error decoding",
+    "Expecting value",
+    "Unterminated",
+)
 
 # The process that writes model directories in a multi-process run (orbax's default primary host).
 PRIMARY_PROCESS = 0
@@ -65,10 +76,27 @@ _SAVED = nnx.Not(nnx.RngState)
 
 # Config fields that do not make a network another one: compute choices, the clip geometry (position
 # embeddings are resampled to it), the head width training sets, regularisation and init ranges.
-NOT_ARCHITECTURE = frozenset({
-    "dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "scan_impl", "scan_chunk", "linear_init",
-    "gelu_approximate", "fused_add_norm", "num_frames", "img_size", "num_classes", "dt_min", "dt_max", "dt_init_floor", "dt_scale",
-})
+NOT_ARCHITECTURE = frozenset(
+    {
+        "dtype",
+        "param_dtype",
+        "attention_impl",
+        "remat",
+        "scan_layers",
+        "scan_impl",
+        "scan_chunk",
+        "linear_init",
+        "gelu_approximate",
+        "fused_add_norm",
+        "num_frames",
+        "img_size",
+        "num_classes",
+        "dt_min",
+        "dt_max",
+        "dt_init_floor",
+        "dt_scale",
+    }
+)
 
 
 def preset_fields(config: Any, preset: str) -> dict[str, Any]:
@@ -81,7 +109,8 @@ def preset_fields(config: Any, preset: str) -> dict[str, Any]:
     except (KeyError, ValueError):
         reference = {}
     changed = {
-        k: v for k, v in _config_dict(config).items()
+        k: v
+        for k, v in _config_dict(config).items()
         if k not in NOT_ARCHITECTURE and "drop" not in k and reference.get(k, object()) != v
     }
     if not changed and reference:
@@ -147,7 +176,9 @@ def _write_model_dir(state: Any, out_dir: pathlib.Path, texts: dict[str, str]) -
         # buffers at once, doubling peak memory when a converter saves a 1B model.
         in_flight_gb = _in_flight_gb(state)
         handler = ocp.PyTreeCheckpointHandler(
-            save_concurrent_gb=in_flight_gb, save_device_host_concurrent_gb=in_flight_gb, multiprocessing_options=_PRIMARY_ONLY
+            save_concurrent_gb=in_flight_gb,
+            save_device_host_concurrent_gb=in_flight_gb,
+            multiprocessing_options=_PRIMARY_ONLY,
         )
         with ocp.Checkpointer(handler, multiprocessing_options=_PRIMARY_ONLY) as checkpointer:
             checkpointer.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(state))
@@ -183,7 +214,9 @@ def verify_params(path: pathlib.Path) -> None:
             raise ModelDirError(f"{f}: missing: the parameter checkpoint is incomplete (corrupted or truncated)")
         size = f.stat().st_size
         if size != want["bytes"]:
-            raise ModelDirError(f"{f}: {size} bytes, {want['bytes']} were written: the parameter checkpoint is corrupted or truncated")
+            raise ModelDirError(
+                f"{f}: {size} bytes, {want['bytes']} were written: the parameter checkpoint is corrupted or truncated"
+            )
         if sha256_file(f) != want["sha256"]:
             raise ModelDirError(f"{f}: sha256 differs from the one written: the parameter checkpoint is corrupted")
 
@@ -203,7 +236,9 @@ def _restore_error(params_path: pathlib.Path, err: BaseException) -> ModelDirErr
     return ModelDirError(f"{params_path}: parameters do not match the model of {CONFIG_FILE} ({detail})")
 
 
-def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: InferenceInfo | Mapping[str, Any] | None = None) -> pathlib.Path:
+def save_model_dir(
+    model: nnx.Module, out_dir: str | os.PathLike, inference: InferenceInfo | Mapping[str, Any] | None = None
+) -> pathlib.Path:
     """Writes `model` (config + parameters) and optional `inference` metadata to `out_dir`.
 
     `inference` is the model's `InferenceInfo` (what training and conversion write); a plain
@@ -232,7 +267,11 @@ def save_model_dir(model: nnx.Module, out_dir: str | os.PathLike, inference: Inf
             error = err
     if jax.process_count() > 1:
         # Collective, so also the barrier: no process returns before the directory is complete.
-        written = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None), is_source=jax.process_index() == PRIMARY_PROCESS))
+        written = bool(
+            multihost_utils.broadcast_one_to_all(
+                np.int32(error is None), is_source=jax.process_index() == PRIMARY_PROCESS
+            )
+        )
         if not written and error is None:
             raise RuntimeError(f"save_model_dir: process {PRIMARY_PROCESS} failed to write {out_dir} (see its log)")
     if error is not None:
@@ -261,7 +300,9 @@ def read_inference(path: str | os.PathLike, stored: Mapping[str, Any] | None = N
     file = pathlib.Path(path) / INFERENCE_FILE
     if stored is None:
         if not file.is_file():
-            raise FileNotFoundError(f"{file}: missing; the scorer needs the test-time protocol (frames, size, spatial mode, label scale) that training writes there")
+            raise FileNotFoundError(
+                f"{file}: missing; the scorer needs the test-time protocol (frames, size, spatial mode, label scale) that training writes there"
+            )
         stored = io_utils.read_json(file, error=ModelDirError)
     return InferenceInfo.from_dict(stored, where=str(file))
 
@@ -276,7 +317,9 @@ def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathli
         return exported
     if not p.exists():
         raise FileNotFoundError(f"{p}: checkpoint not found (expected a model directory or a training workdir)")
-    raise FileNotFoundError(f"{p}: neither a model directory (no {CONFIG_FILE}) nor a training workdir (no {io_utils.EXPORT_DIR}/{which}/{CONFIG_FILE})")
+    raise FileNotFoundError(
+        f"{p}: neither a model directory (no {CONFIG_FILE}) nor a training workdir (no {io_utils.EXPORT_DIR}/{which}/{CONFIG_FILE})"
+    )
 
 
 def _is_closed_loop_callback(unraisable: Any) -> bool:

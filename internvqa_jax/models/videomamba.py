@@ -25,7 +25,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from internvqa_jax.models.family import ModelConfig, ModelFamily, ParamGroups
-from internvqa_jax.models.layers import LINEAR_INITS, TORCH_DEFAULT, TRUNC_NORMAL, ReturnLayers, conv_embed, linear, linear_init, normalise_return_layers, param
+from internvqa_jax.models.layers import (
+    LINEAR_INITS,
+    TORCH_DEFAULT,
+    TRUNC_NORMAL,
+    ReturnLayers,
+    conv_embed,
+    linear,
+    linear_init,
+    normalise_return_layers,
+    param,
+)
 from internvqa_jax.models.mamba_mixer import LayerNorm, MambaMixer, RMSNorm, make_norm
 from internvqa_jax.models.selective_scan import SCAN_IMPLS
 
@@ -79,9 +89,13 @@ class VideoMambaConfig(ModelConfig):
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
-            raise ValueError(f"VideoMambaConfig: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"VideoMambaConfig: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.kernel_size < 1 or self.num_frames % self.kernel_size:
-            raise ValueError(f"VideoMambaConfig: num_frames {self.num_frames} is not a multiple of kernel_size {self.kernel_size}")
+            raise ValueError(
+                f"VideoMambaConfig: num_frames {self.num_frames} is not a multiple of kernel_size {self.kernel_size}"
+            )
         if self.depth < 1:
             raise ValueError(f"VideoMambaConfig: depth must be >= 1, got {self.depth}")
         if self.num_classes < 0:
@@ -94,7 +108,9 @@ class VideoMambaConfig(ModelConfig):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"VideoMambaConfig: {name} must be in [0, 1), got {getattr(self, name)}")
         if self.linear_init not in LINEAR_INITS:
-            raise ValueError(f"VideoMambaConfig: linear_init must be one of {sorted(LINEAR_INITS)}, got {self.linear_init!r}")
+            raise ValueError(
+                f"VideoMambaConfig: linear_init must be one of {sorted(LINEAR_INITS)}, got {self.linear_init!r}"
+            )
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
     @property
@@ -245,7 +261,11 @@ class VideoMamba(nnx.Module):
                 kept[i] = residual
         tokens = self.norm_f(residual)
         pooled = tokens[:, 0]
-        out = dict(blocks=tuple(kept[i] for i in normalise_return_layers(return_layers, cfg.depth)), tokens=tokens, pooled=pooled)
+        out = dict(
+            blocks=tuple(kept[i] for i in normalise_return_layers(return_layers, cfg.depth)),
+            tokens=tokens,
+            pooled=pooled,
+        )
         if self.head is not None:
             out["logits"] = self.head(self.head_drop(pooled) if self.head_drop is not None else pooled)
         return out

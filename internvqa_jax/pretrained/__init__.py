@@ -36,7 +36,11 @@ def bundled_model_dir() -> pathlib.Path:
     """The bundled model directory; FileNotFoundError naming the expected folder when it is not there
     (a broken or partial install, or a source tree where no model was installed yet)."""
     path = bundled_path()
-    missing = [name for name in (io_utils.MODEL_CONFIG_FILE, io_utils.PARAMS_DIR, io_utils.INFERENCE_FILE) if not (path / name).exists()]
+    missing = [
+        name
+        for name in (io_utils.MODEL_CONFIG_FILE, io_utils.PARAMS_DIR, io_utils.INFERENCE_FILE)
+        if not (path / name).exists()
+    ]
     if missing:
         raise FileNotFoundError(
             f"no bundled model: expected a model directory at {path} (missing {', '.join(missing)}). "

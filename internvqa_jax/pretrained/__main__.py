@@ -22,13 +22,21 @@ from internvqa_jax.pretrained import bundled_path, read_figures
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments (see module doc)."""
-    p = argparse.ArgumentParser(prog="python -m internvqa_jax.pretrained", description="Install or show the bundled default scorer.")
+    p = argparse.ArgumentParser(
+        prog="python -m internvqa_jax.pretrained", description="Install or show the bundled default scorer."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help="install a training workdir's exported student as the bundled model")
     inst.add_argument("--workdir", required=True, help="finished training workdir (report.json, export/<which>)")
     inst.add_argument("--which", default="student", help="exported network: student, baseline_student, teacher")
-    inst.add_argument("--videos", default=io_utils.DEMO_VIDEOS_DIR, help="built demo videos the run was prepared from (else the test sources are rebuilt)")
-    inst.add_argument("--train-command", default="", help="the command that trained the workdir, recorded in figures.json")
+    inst.add_argument(
+        "--videos",
+        default=io_utils.DEMO_VIDEOS_DIR,
+        help="built demo videos the run was prepared from (else the test sources are rebuilt)",
+    )
+    inst.add_argument(
+        "--train-command", default="", help="the command that trained the workdir, recorded in figures.json"
+    )
     inst.add_argument("--dest", default="", help="install here instead of the package's folder (tests)")
     inst.add_argument("--workers", type=int, default=2, help="ffmpeg processes when test videos are rebuilt")
     show = sub.add_parser("show", help="print the README table of the bundled model's figures (markdown)")

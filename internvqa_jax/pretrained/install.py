@@ -53,7 +53,9 @@ def source_levels(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     by_source: dict[str, dict[str, set[int]]] = {}
     for r in records:
         by_source.setdefault(str(r["source_id"]), {}).setdefault(str(r["codec"]), set()).add(crf_of(r))
-    return [{"source_id": s, "levels": {c: sorted(q) for c, q in sorted(lv.items())}} for s, lv in sorted(by_source.items())]
+    return [
+        {"source_id": s, "levels": {c: sorted(q) for c, q in sorted(lv.items())}} for s, lv in sorted(by_source.items())
+    ]
 
 
 def rebuild_test_videos(test_sources: Sequence[dict[str, Any]], cache_dir: str, workers: int = 2) -> dict[str, Any]:
@@ -75,7 +77,9 @@ def rebuild_test_videos(test_sources: Sequence[dict[str, Any]], cache_dir: str, 
     return items
 
 
-def find_test_videos(test_sources: Sequence[dict[str, Any]], wanted: Sequence[str], videos_dir: str, tmp_dir: str, workers: int = 2) -> dict[str, Any]:
+def find_test_videos(
+    test_sources: Sequence[dict[str, Any]], wanted: Sequence[str], videos_dir: str, tmp_dir: str, workers: int = 2
+) -> dict[str, Any]:
     """{video_id: VideoItem} of the `wanted` encodes: from the built demo folder `videos_dir` when it
     holds all of them (the files the run was prepared from), else rebuilt into `tmp_dir`."""
     from internvqa_jax.data.datasets import demo
@@ -87,17 +91,24 @@ def find_test_videos(test_sources: Sequence[dict[str, Any]], wanted: Sequence[st
             items = {}
         if all(v in items for v in wanted):
             return items
-    print(f"install: {videos_dir} lacks some test videos; rebuilding {len(test_sources)} source(s) in {tmp_dir}", flush=True)
+    print(
+        f"install: {videos_dir} lacks some test videos; rebuilding {len(test_sources)} source(s) in {tmp_dir}",
+        flush=True,
+    )
     return rebuild_test_videos(test_sources, tmp_dir, workers)
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def held_out_figures(scores: Sequence[float], labels: Sequence[float], sources: Sequence[str], codecs: Sequence[str]) -> dict[str, Any]:
+def held_out_figures(
+    scores: Sequence[float], labels: Sequence[float], sources: Sequence[str], codecs: Sequence[str]
+) -> dict[str, Any]:
     """Pooled SRCC/PLCC/KRCC/RMSE and `metrics.source_metrics` (cross-source, within-source, per codec)."""
     pooled = metrics.compute_metrics(scores, labels)
-    return {k: pooled[k] for k in ("n", "srcc", "plcc", "krcc", "rmse")} | metrics.source_metrics(scores, labels, sources, codecs)
+    return {k: pooled[k] for k in ("n", "srcc", "plcc", "krcc", "rmse")} | metrics.source_metrics(
+        scores, labels, sources, codecs
+    )
 
 
 def describe(held_out: dict[str, Any], codecs: Sequence[str]) -> tuple[str, str]:
@@ -118,7 +129,9 @@ def describe(held_out: dict[str, Any], codecs: Sequence[str]) -> tuple[str, str]
     within = f"within-source SRCC {fmt('srcc_within_source_mean')}, min {fmt('srcc_within_source_min')}"
     across = f"cross-source SRCC {fmt('srcc_cross_source')}, PLCC {fmt('plcc_cross_source')}"
     good_within = (held_out.get("srcc_within_source_mean") or 0.0) >= GOOD_SRCC
-    comparable = f"{'good at ordering' if good_within else 'orders'} encodes of the same content ({within} on held-out sources)"
+    comparable = (
+        f"{'good at ordering' if good_within else 'orders'} encodes of the same content ({within} on held-out sources)"
+    )
     if (held_out.get("srcc_cross_source") or 0.0) >= GOOD_SRCC:
         comparable += f" and compares across contents ({across})"
     else:
@@ -130,7 +143,11 @@ def train_summary(report: dict[str, Any], which: str, command: str) -> dict[str,
     """What trained the model, from the run's report.json: job, student preset, steps, seed, dataset."""
     cfg = report.get("config", {})
     jobs = report.get("jobs", {})
-    job = "baseline" if which == "baseline_student" else ("teacher" if which == "teacher" and "teacher" in jobs else "distill")
+    job = (
+        "baseline"
+        if which == "baseline_student"
+        else ("teacher" if which == "teacher" and "teacher" in jobs else "distill")
+    )
     return {
         "command": command or "not recorded (pass --train-command)",
         "job": cfg.get("job"),
@@ -147,16 +164,40 @@ def train_summary(report: dict[str, Any], which: str, command: str) -> dict[str,
     }
 
 
-def make_figures(records: Sequence[dict[str, Any]], items: dict[str, Any], scores: Sequence[float], report: dict[str, Any], shard_manifest: dict[str, Any], which: str, command: str) -> dict[str, Any]:
+def make_figures(
+    records: Sequence[dict[str, Any]],
+    items: dict[str, Any],
+    scores: Sequence[float],
+    report: dict[str, Any],
+    shard_manifest: dict[str, Any],
+    which: str,
+    command: str,
+) -> dict[str, Any]:
     """figures.json: provenance, the test sources and levels, per-video scores and the held-out figures."""
     from internvqa_jax.data.datasets import demo
 
     videos = []
     for r, s in zip(records, scores):
-        group = items[r["video_id"]].extra.get("content_group", r["source_id"]) if r["video_id"] in items else r["source_id"]
-        videos.append(dict(zip(VIDEO_FIELDS, (r["video_id"], r["source_id"], group, r["codec"], crf_of(r), float(r["label"]), float(s)))))
+        group = (
+            items[r["video_id"]].extra.get("content_group", r["source_id"])
+            if r["video_id"] in items
+            else r["source_id"]
+        )
+        videos.append(
+            dict(
+                zip(
+                    VIDEO_FIELDS,
+                    (r["video_id"], r["source_id"], group, r["codec"], crf_of(r), float(r["label"]), float(s)),
+                )
+            )
+        )
     codecs = sorted({v["codec"] for v in videos})
-    held_out = held_out_figures([v["score"] for v in videos], [v["label"] for v in videos], [v["source_id"] for v in videos], [v["codec"] for v in videos])
+    held_out = held_out_figures(
+        [v["score"] for v in videos],
+        [v["label"] for v in videos],
+        [v["source_id"] for v in videos],
+        [v["codec"] for v in videos],
+    )
     predicts, comparable = describe(held_out, codecs)
     groups = {v["source_id"]: v["content_group"] for v in videos}
     test_sources = [e | {"content_group": groups[e["source_id"]]} for e in source_levels(records)]
@@ -166,8 +207,17 @@ def make_figures(records: Sequence[dict[str, Any]], items: dict[str, Any], score
         "predicts": predicts,
         "comparable": comparable,
         "label": {"kind": "vmaf", "scale": "VMAF/100", "vmaf_model": demo.VMAF_MODEL},
-        "train": train_summary(report, which, command) | {"train_sources": shard_manifest.get("splits", {}).get("train", [])},
-        "data": {"dataset": "demo", "format": demo.FORMAT_VERSION, "width": demo.WIDTH, "height": demo.HEIGHT, "fps": demo.FPS, "num_frames": demo.NUM_FRAMES, "split_config": shard_manifest.get("split_config")},
+        "train": train_summary(report, which, command)
+        | {"train_sources": shard_manifest.get("splits", {}).get("train", [])},
+        "data": {
+            "dataset": "demo",
+            "format": demo.FORMAT_VERSION,
+            "width": demo.WIDTH,
+            "height": demo.HEIGHT,
+            "fps": demo.FPS,
+            "num_frames": demo.NUM_FRAMES,
+            "split_config": shard_manifest.get("split_config"),
+        },
         "test_sources": test_sources,
         "held_out": held_out,
         "videos": videos,
@@ -182,9 +232,13 @@ def _shard_dir(report: dict[str, Any], workdir: str) -> str:
     data = report.get("config", {}).get("data", {})
     shard_dir = data.get("shard_dir") or io_utils.default_shard_dir(str(data.get("name", "demo")))
     if str(data.get("name", "demo")) != "demo":
-        raise ValueError(f"{workdir}: trained on dataset {data.get('name')!r}; the bundled model is trained on the demo data")
+        raise ValueError(
+            f"{workdir}: trained on dataset {data.get('name')!r}; the bundled model is trained on the demo data"
+        )
     if not os.path.isfile(os.path.join(shard_dir, io_utils.MANIFEST_FILE)):
-        raise FileNotFoundError(f"{shard_dir}: no {io_utils.MANIFEST_FILE}; run install from the folder the training ran in")
+        raise FileNotFoundError(
+            f"{shard_dir}: no {io_utils.MANIFEST_FILE}; run install from the folder the training ran in"
+        )
     return shard_dir
 
 
@@ -196,7 +250,9 @@ def scrub_paths(model_dir: pathlib.Path) -> None:
     marker = model_dir / io_utils.PARAMS_DIR / "commit_success.txt"
     if marker.is_file():
         marker.write_text("Checkpoint commit was successful\n")
-        io_utils.atomic_write_json(model_dir / saving.PARAMS_CHECKSUMS, saving.params_checksums(model_dir / io_utils.PARAMS_DIR))
+        io_utils.atomic_write_json(
+            model_dir / saving.PARAMS_CHECKSUMS, saving.params_checksums(model_dir / io_utils.PARAMS_DIR)
+        )
 
 
 def score_videos(model_dir: str | os.PathLike, paths: Sequence[str]) -> list[float]:
@@ -211,7 +267,14 @@ def score_videos(model_dir: str | os.PathLike, paths: Sequence[str]) -> list[flo
     return [float(r.score) for r in results]
 
 
-def install(workdir: str, which: str = "student", videos_dir: str = io_utils.DEMO_VIDEOS_DIR, dest: str | os.PathLike | None = None, command: str = "", workers: int = 2) -> dict[str, Any]:
+def install(
+    workdir: str,
+    which: str = "student",
+    videos_dir: str = io_utils.DEMO_VIDEOS_DIR,
+    dest: str | os.PathLike | None = None,
+    command: str = "",
+    workers: int = 2,
+) -> dict[str, Any]:
     """Installs `WORKDIR/export/<which>` as the bundled model at `dest` (default: the package's
     `vmaf_demo/`) with its figures.json; returns the figures. The old bundle stays until the new one is complete."""
     from internvqa_jax.data import shards
@@ -270,14 +333,26 @@ def markdown_table(figures: dict[str, Any]) -> str:
     ]
     for codec in sorted(h.get("srcc_per_codec", {})):
         sel = [v for v in videos if v["codec"] == codec]
-        per = held_out_figures([v["score"] for v in sel], [v["label"] for v in sel], [v["source_id"] for v in sel], [v["codec"] for v in sel]) if len(sel) >= 2 else {}
+        per = (
+            held_out_figures(
+                [v["score"] for v in sel],
+                [v["label"] for v in sel],
+                [v["source_id"] for v in sel],
+                [v["codec"] for v in sel],
+            )
+            if len(sel) >= 2
+            else {}
+        )
         lines.append(
             f"| {codec} | {len(sel)} | {num(per.get('srcc_cross_source'))} | {num(per.get('plcc_cross_source'))} | "
             f"{num(per.get('srcc_within_source_mean'))} / {num(per.get('srcc_within_source_min'))} |"
         )
     t = figures["train"]
-    lines += ["", f"Trained by: `{t['command']}` ({t['job']} job, student {t['student_preset']}, {t['steps']} steps, seed {t['seed']}; "
-              f"{len(t.get('train_sources', []))} train sources)."]
+    lines += [
+        "",
+        f"Trained by: `{t['command']}` ({t['job']} job, student {t['student_preset']}, {t['steps']} steps, seed {t['seed']}; "
+        f"{len(t.get('train_sources', []))} train sources).",
+    ]
     return "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,9 @@ import optax
 from flax import nnx
 
 from internvqa_jax import losses
-from internvqa_jax.training import optim, state as state_lib, step as step_lib
+from internvqa_jax.training import optim
+from internvqa_jax.training import state as state_lib
+from internvqa_jax.training import step as step_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -38,9 +41,9 @@ class JobSpec:
     # (network, export folder of an earlier job of the run) pairs: the network starts from those
     # weights instead of config.<network>.init, and is not exported again (staged teacher)
     init_exports: tuple[tuple[str, str], ...] = ()
-    # True: the job reads every training clip, the unlabelled ones (data.labeled_fraction < 1, NaN
-    # labels) reaching only the teacher terms; False: only the labelled part, never loading the rest
-    unlabelled_clips: bool = False
+    # True: the job reads every training clip, the unlabeled ones (data.labeled_fraction < 1, NaN
+    # labels) reaching only the teacher terms; False: only the labeled part, never loading the rest
+    unlabeled_clips: bool = False
 
 
 @dataclasses.dataclass
@@ -90,7 +93,9 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     token_pairs: tuple[tuple[int, int], ...] = ()
     use_tokens = bool(job.weights.get("token")) and "student" in cfgs and "teacher" in cfgs
     if use_tokens:
-        token_pairs = tuple(losses.aligned_teacher_layers(cfgs["student"].depth, cfgs["teacher"].depth, int(config.loss.token_layers)))
+        token_pairs = tuple(
+            losses.aligned_teacher_layers(cfgs["student"].depth, cfgs["teacher"].depth, int(config.loss.token_layers))
+        )
 
     # A student whose pooled feature is narrower or wider than the teacher's (VideoMamba's cls feature
     # vs the teacher's clip_projector output) is mapped to the teacher's width by a learned linear
@@ -109,7 +114,10 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
             models["projector"] = nnx.Linear(*project, rngs=nnx.Rngs(int(config.seed) * 1000 + 8))
         if use_tokens:
             models["decoders"] = losses.TokenDecoders(
-                len(token_pairs), cfgs["student"].embed_dim, cfgs["teacher"].embed_dim, rngs=nnx.Rngs(int(config.seed) * 1000 + 7)
+                len(token_pairs),
+                cfgs["student"].embed_dim,
+                cfgs["teacher"].embed_dim,
+                rngs=nnx.Rngs(int(config.seed) * 1000 + 7),
             )
         return models
 
@@ -122,7 +130,9 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
         elif config.teacher.trainable == "authors":
             partial = registry.family_of(cfgs["teacher"]).trainable_filter
             if partial is None:
-                raise ValueError(f"config.teacher.trainable='authors': the {cfgs['teacher'].arch} family defines no partially trained teacher; use 'all'")
+                raise ValueError(
+                    f"config.teacher.trainable='authors': the {cfgs['teacher'].arch} family defines no partially trained teacher; use 'all'"
+                )
             filters["teacher"] = partial(cfgs["teacher"])
 
     abstract_models = nnx.eval_shape(make_models)
@@ -130,18 +140,33 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
 
     o = config.optim
     schedule = optim.learning_rate_schedule(
-        o.base_lr, o.batch_size * o.grad_accum_steps, total_steps, warmup_steps=int(round(total_steps * o.warmup_epochs / max(o.epochs, 1e-9))), min_lr_ratio=o.min_lr_ratio
+        o.base_lr,
+        o.batch_size * o.grad_accum_steps,
+        total_steps,
+        warmup_steps=int(round(total_steps * o.warmup_epochs / max(o.epochs, 1e-9))),
+        min_lr_ratio=o.min_lr_ratio,
     )
     layer_decay = {name: (cfgs[name].depth, float(o.layer_decay)) for name in abs_params if name in cfgs}
     param_groups = {name: registry.family_of(cfgs[name]).param_groups for name in cfgs}
     tx = optim.make_optimizer(
-        abs_params, schedule=schedule, weight_decay=o.weight_decay, layer_decay=layer_decay, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2,
-        grad_accum_steps=int(o.grad_accum_steps), param_groups=param_groups,
+        abs_params,
+        schedule=schedule,
+        weight_decay=o.weight_decay,
+        layer_decay=layer_decay,
+        grad_clip=o.grad_clip,
+        b1=o.b1,
+        b2=o.b2,
+        grad_accum_steps=int(o.grad_accum_steps),
+        param_groups=param_groups,
     )
     mask_ratio = float(config.loss.token_mask_ratio)
     spec = step_lib.LossSpec(
-        weights=dict(job.weights), smooth_l1_beta=float(config.loss.smooth_l1_beta), token_pairs=token_pairs,
-        teacher_frozen=job.teacher_frozen, cached_teacher=job.teacher_cached, token_mask_ratio=mask_ratio,
+        weights=dict(job.weights),
+        smooth_l1_beta=float(config.loss.smooth_l1_beta),
+        token_pairs=token_pairs,
+        teacher_frozen=job.teacher_frozen,
+        cached_teacher=job.teacher_cached,
+        token_mask_ratio=mask_ratio,
     )
 
     ema_decay = float(o.ema_decay)
@@ -154,7 +179,9 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     return Built(networks, spec, tx, schedule, init_fn, abstract_state, cfgs, dtype, ema_decay)
 
 
-def copy_matching(dst: nnx.State, src: nnx.State, what: str, allow_none: bool = False) -> tuple[nnx.State, dict[str, Any]]:
+def copy_matching(
+    dst: nnx.State, src: nnx.State, what: str, allow_none: bool = False
+) -> tuple[nnx.State, dict[str, Any]]:
     """Copies every leaf of `src` whose path and shape exist in `dst` (non-strict load, as the authors').
 
     Returns the new state and a report: missing / unexpected / shape-mismatched keys and the count
@@ -179,8 +206,17 @@ def copy_matching(dst: nnx.State, src: nnx.State, what: str, allow_none: bool = 
     report["unexpected"] = ["/".join(map(str, p)) for p in src_flat if p not in dst_flat]
     report["copied"] = copied
     if copied == 0 and not allow_none:
-        raise ValueError(f"{what}: no parameter of the checkpoint matches the model (first missing keys: {report['missing'][:5]})")
-    logging.info("%s: loaded %d tensors; missing %s; unexpected %s; shape mismatch %s", what, copied, report["missing"][:10], report["unexpected"][:10], report["shape_mismatch"][:10])
+        raise ValueError(
+            f"{what}: no parameter of the checkpoint matches the model (first missing keys: {report['missing'][:5]})"
+        )
+    logging.info(
+        "%s: loaded %d tensors; missing %s; unexpected %s; shape mismatch %s",
+        what,
+        copied,
+        report["missing"][:10],
+        report["unexpected"][:10],
+        report["shape_mismatch"][:10],
+    )
     return nnx.from_flat_state(dst_flat), report
 
 
@@ -200,7 +236,9 @@ def load_initial_weights(state: dict, built: Built, inits: Mapping[str, str]) ->
         copied_any = False
         for part in ("params", "frozen"):
             if name in state[part] and jax.tree.leaves(state[part][name]):
-                state[part][name], report = copy_matching(state[part][name], src, f"{name} init from {path}", allow_none=True)
+                state[part][name], report = copy_matching(
+                    state[part][name], src, f"{name} init from {path}", allow_none=True
+                )
                 copied_any |= report["copied"] > 0
         if not copied_any:
             raise ValueError(f"{name} init from {path}: no parameter of the checkpoint matches the {name} network")

@@ -34,7 +34,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
 
 
 def _check_labels(config: ml_collections.ConfigDict) -> None:
-    """The labelled part of the training split (`pipeline.label_partition`): a fraction in (0, 1]."""
+    """The labeled part of the training split (`pipeline.label_partition`): a fraction in (0, 1]."""
     fraction = float(config.data.labeled_fraction)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(
@@ -42,7 +42,9 @@ def _check_labels(config: ml_collections.ConfigDict) -> None:
         )
     seed = config.data.labeled_seed
     if not isinstance(seed, int) or seed < -1:
-        raise ValueError(f"config.data.labeled_seed: expected an integer seed >= 0, or -1 for the run's seed, got {seed!r}")
+        raise ValueError(
+            f"config.data.labeled_seed: expected an integer seed >= 0, or -1 for the run's seed, got {seed!r}"
+        )
     unit = config.data.labeled_by
     if unit not in pipeline.LABEL_UNITS:
         raise ValueError(f"config.data.labeled_by: expected one of {list(pipeline.LABEL_UNITS)}, got {unit!r}")
@@ -55,7 +57,9 @@ def _check_jobs(config: ml_collections.ConfigDict) -> None:
     if mode not in TEACHER_MODES:
         raise ValueError(f"config.teacher.mode: expected one of {list(TEACHER_MODES)}, got '{mode}'")
     if float(config.teacher.epochs) < 0:
-        raise ValueError(f"config.teacher.epochs: expected >= 0 (0: config.optim.epochs), got {float(config.teacher.epochs)}")
+        raise ValueError(
+            f"config.teacher.epochs: expected >= 0 (0: config.optim.epochs), got {float(config.teacher.epochs)}"
+        )
     if config.teacher.trainable not in TEACHER_TRAINABLE:
         raise ValueError(f"config.teacher.trainable: expected 'authors' or 'all', got '{config.teacher.trainable}'")
     missing = [term for term in losses.LOSS_TERMS if term not in config.loss]
@@ -80,7 +84,9 @@ def _check_teacher_cache(config: ml_collections.ConfigDict) -> None:
             f"(config.loss.token={token}) needs the live teacher's tokens: set one of them off"
         )
     if int(config.teacher.cache_views) < 1:
-        raise ValueError(f"config.teacher.cache_views: expected >= 1 seeded views per clip, got {config.teacher.cache_views}")
+        raise ValueError(
+            f"config.teacher.cache_views: expected >= 1 seeded views per clip, got {config.teacher.cache_views}"
+        )
 
 
 def _check_optim(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
@@ -89,7 +95,9 @@ def _check_optim(config: ml_collections.ConfigDict, num_devices: int | None) -> 
         num_devices = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp)).devices.size
     processes = jax.process_count()
     if o.batch_size % num_devices or o.batch_size % processes:
-        raise ValueError(f"config.optim.batch_size={o.batch_size} must divide by the {num_devices} devices and {processes} processes")
+        raise ValueError(
+            f"config.optim.batch_size={o.batch_size} must divide by the {num_devices} devices and {processes} processes"
+        )
     ema_decay = float(o.ema_decay)
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"config.optim.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.995; got {ema_decay}")
@@ -97,9 +105,15 @@ def _check_optim(config: ml_collections.ConfigDict, num_devices: int | None) -> 
 
 def _check_rest(config: ml_collections.ConfigDict) -> None:
     if str(config.checkpoint.test_from) not in TEST_FROM:
-        raise ValueError(f"config.checkpoint.test_from: expected 'best_val' or 'last', got '{config.checkpoint.test_from}'")
+        raise ValueError(
+            f"config.checkpoint.test_from: expected 'best_val' or 'last', got '{config.checkpoint.test_from}'"
+        )
     if config.compute_dtype not in builder.DTYPES:
-        raise ValueError(f"config.compute_dtype: unknown '{config.compute_dtype}'; expected one of {sorted(builder.DTYPES)}")
+        raise ValueError(
+            f"config.compute_dtype: unknown '{config.compute_dtype}'; expected one of {sorted(builder.DTYPES)}"
+        )
     mask_ratio = float(config.loss.token_mask_ratio)
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"config.loss.token_mask_ratio: expected a fraction in [0, 1) (0.8 = InternVideo2/UMT), got {mask_ratio}")
+        raise ValueError(
+            f"config.loss.token_mask_ratio: expected a fraction in [0, 1) (0.8 = InternVideo2/UMT), got {mask_ratio}"
+        )

@@ -16,7 +16,8 @@ from internvqa_jax import io_utils
 from internvqa_jax.data import sampling, shards
 from internvqa_jax.models import saving
 from internvqa_jax.models.inference_info import InferenceInfo, higher_is_better
-from internvqa_jax.training import builder, state as state_lib
+from internvqa_jax.training import builder
+from internvqa_jax.training import state as state_lib
 
 
 def export_name(job: builder.JobSpec, net: str) -> str:
@@ -42,7 +43,9 @@ def label_kind(manifest: dict[str, Any]) -> str:
     return kinds.pop() if len(kinds) == 1 else "score"
 
 
-def inference_info(config: ml_collections.ConfigDict, net: str, manifest: dict[str, Any], model_config: Any = None) -> InferenceInfo:
+def inference_info(
+    config: ml_collections.ConfigDict, net: str, manifest: dict[str, Any], model_config: Any = None
+) -> InferenceInfo:
     """The test-time protocol of network `net` trained by `config` on the shards of `manifest`.
 
     With the trained network's `model_config`, the preset is named only when the network is that
@@ -69,7 +72,14 @@ def inference_info(config: ml_collections.ConfigDict, net: str, manifest: dict[s
     )
 
 
-def export_networks(config: ml_collections.ConfigDict, job: builder.JobSpec, built: builder.Built, state: dict, workdir: str, shard_dir: str) -> dict[str, str]:
+def export_networks(
+    config: ml_collections.ConfigDict,
+    job: builder.JobSpec,
+    built: builder.Built,
+    state: dict,
+    workdir: str,
+    shard_dir: str,
+) -> dict[str, str]:
     """Writes each trained network of `job` as a model directory; returns `{network: its path}`.
 
     Collective: every process calls it, process 0 writes. A network loaded from an earlier job's

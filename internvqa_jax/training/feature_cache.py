@@ -19,8 +19,8 @@ killed build leaves no half cache under the real name):
 `load` returns None for a missing, partial or stale cache (the manifest's identity differs: other
 teacher checkpoint, shards, clip geometry, seed or K), and `ensure` then rebuilds it.
 `teacher_cache` is what a training job calls: the cache of its frozen teacher, reused or built.
-It covers every record of the training split, labelled or not (`pipeline.label_partition`): on an
-unlabelled clip the teacher's cached outputs are all the student learns from.
+It covers every record of the training split, labeled or not (`pipeline.label_partition`): on an
+unlabeled clip the teacher's cached outputs are all the student learns from.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grain
 import jax
@@ -42,7 +43,8 @@ import numpy as np
 from internvqa_jax import io_utils
 from internvqa_jax.data import pipeline, shards
 from internvqa_jax.io_utils import atomic_dir, atomic_write_json, read_json
-from internvqa_jax.training import multihost, step as step_lib
+from internvqa_jax.training import multihost
+from internvqa_jax.training import step as step_lib
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,17 @@ def view_rng(seed: int, index: int, view: int) -> np.random.Generator:
 class ViewTransform(grain.transforms.Map):
     """(record index, view) -> that seeded training view: `frames`, `label`, `index`, `view`."""
 
-    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, seed: int, flip: bool = True, unlabelled: np.ndarray | None = None):
-        self.clip = pipeline.TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip, unlabelled=unlabelled)
+    def __init__(
+        self,
+        shard_dir: str,
+        num_frames: int,
+        size: int,
+        spatial_mode: str,
+        seed: int,
+        flip: bool = True,
+        unlabeled: np.ndarray | None = None,
+    ):
+        self.clip = pipeline.TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip, unlabeled=unlabeled)
         self.seed = int(seed)
 
     def view(self, index: int, view: int) -> dict[str, np.ndarray]:
@@ -83,9 +94,17 @@ class CachedViewTransform(grain.transforms.RandomMap):
     """Record index -> one of its K cached views, `v` drawn from the element's random stream."""
 
     def __init__(
-        self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, seed: int, num_views: int, flip: bool = True, unlabelled: np.ndarray | None = None
+        self,
+        shard_dir: str,
+        num_frames: int,
+        size: int,
+        spatial_mode: str,
+        seed: int,
+        num_views: int,
+        flip: bool = True,
+        unlabeled: np.ndarray | None = None,
     ):
-        self.views = ViewTransform(shard_dir, num_frames, size, spatial_mode, seed, flip, unlabelled=unlabelled)
+        self.views = ViewTransform(shard_dir, num_frames, size, spatial_mode, seed, flip, unlabeled=unlabeled)
         self.num_views = int(num_views)
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -109,20 +128,31 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     indices: np.ndarray | None = None,
-    unlabelled: np.ndarray | None = None,
+    unlabeled: np.ndarray | None = None,
 ) -> grain.DatasetIterator:
     """Infinite training iterator over cached views; batches as `pipeline.train_iterator` plus `view` (B,).
 
     `pipeline.train_iterator` with the cached-view transform: the same shuffle, per-process split and
     seeds; only the view draw differs (see module doc). Its state saves and restores through orbax
-    like the uncached iterator's. `indices` and `unlabelled` as in `pipeline.train_dataset` (the
-    cache covers every training record, labelled or not).
+    like the uncached iterator's. `indices` and `unlabeled` as in `pipeline.train_dataset` (the
+    cache covers every training record, labeled or not).
     """
-    views = CachedViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed, num_views, unlabelled=unlabelled)
+    views = CachedViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed, num_views, unlabeled=unlabeled)
     return pipeline.train_iterator(
-        shard_dir, split, batch_size=batch_size, num_frames=num_frames, size=size, spatial_mode=spatial_mode, seed=seed,
-        workers=workers, read_threads=read_threads, prefetch=prefetch, process_index=process_index,
-        process_count=process_count, transform=views, indices=indices,
+        shard_dir,
+        split,
+        batch_size=batch_size,
+        num_frames=num_frames,
+        size=size,
+        spatial_mode=spatial_mode,
+        seed=seed,
+        workers=workers,
+        read_threads=read_threads,
+        prefetch=prefetch,
+        process_index=process_index,
+        process_count=process_count,
+        transform=views,
+        indices=indices,
     )
 
 
@@ -208,7 +238,9 @@ class FeatureCache:
         pos = np.minimum(pos, len(self.index) - 1)
         missing = self.index[pos] != index
         if np.any(missing) or np.any(view < 0) or np.any(view >= self.pool.shape[1]):
-            raise KeyError(f"teacher cache: records {index[missing].tolist()} or views {view.tolist()} are not in the cache (K={self.pool.shape[1]})")
+            raise KeyError(
+                f"teacher cache: records {index[missing].tolist()} or views {view.tolist()} are not in the cache (K={self.pool.shape[1]})"
+            )
         return {"teacher_pool": self.pool[pos, view], "teacher_score": self.score[pos, view]}
 
     def attach(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -234,7 +266,12 @@ def load(cache_dir: str | os.PathLike, expected: Mapping[str, Any]) -> FeatureCa
         return None
     shapes = {name: list(a.shape) for name, a in arrays.items()}
     if shapes != manifest.get("shapes"):
-        log.warning("teacher cache %s: shapes %s differ from the manifest's %s, rebuilding", cache_dir, shapes, manifest.get("shapes"))
+        log.warning(
+            "teacher cache %s: shapes %s differ from the manifest's %s, rebuilding",
+            cache_dir,
+            shapes,
+            manifest.get("shapes"),
+        )
         return None
     return FeatureCache(arrays["index"], arrays["pool"], arrays["score"])
 
@@ -262,7 +299,9 @@ def write(cache_dir: str | os.PathLike, cache: FeatureCache, ident: Mapping[str,
 
 def view_rows(indices: np.ndarray, num_views: int) -> np.ndarray:
     """`(N*K, 2)` rows (record index, view), record-major: row r is record r // K, view r % K."""
-    return np.stack([np.repeat(indices, num_views), np.tile(np.arange(num_views), len(indices))], axis=1).astype(np.int64)
+    return np.stack([np.repeat(indices, num_views), np.tile(np.arange(num_views), len(indices))], axis=1).astype(
+        np.int64
+    )
 
 
 def local_rows(rows: np.ndarray, global_batch: int, process_index: int, process_count: int) -> np.ndarray:
@@ -326,7 +365,9 @@ def compute(
         score[got[valid]] = np.asarray(out["teacher_score"], np.float32)[valid]
         filled[got[valid]] = True
     if pool is None or not filled.all():
-        raise RuntimeError(f"teacher cache: {int((~filled).sum())} of {len(rows)} (record, view) rows were not computed")
+        raise RuntimeError(
+            f"teacher cache: {int((~filled).sum())} of {len(rows)} (record, view) rows were not computed"
+        )
     n, k = len(indices), num_views
     return FeatureCache(np.asarray(indices, np.int64), pool.reshape(n, k, -1), score.reshape(n, k))
 
@@ -364,7 +405,15 @@ def ensure(
 
 
 def teacher_cache(
-    config: ml_collections.ConfigDict, built: Any, state: dict, state_sh: Any, batch_sh: Any, shard_dir: str, workdir: str, local_batch: int, teacher_init: str
+    config: ml_collections.ConfigDict,
+    built: Any,
+    state: dict,
+    state_sh: Any,
+    batch_sh: Any,
+    shard_dir: str,
+    workdir: str,
+    local_batch: int,
+    teacher_init: str,
 ) -> FeatureCache:
     """The frozen teacher's features of every (train clip, cached view) for a job built as `built`
     (`builder.Built`): reused from `WORKDIR/teacher_cache` when built for this teacher
@@ -373,28 +422,60 @@ def teacher_cache(
     d = config.data
     views = int(config.teacher.cache_views)
     pidx, pcount = jax.process_index(), jax.process_count()
-    geometry = dict(num_frames=int(d.frames), size=int(d.size), spatial_mode=str(d.spatial_mode), seed=int(config.seed), num_views=views)
+    geometry = dict(
+        num_frames=int(d.frames),
+        size=int(d.size),
+        spatial_mode=str(d.spatial_mode),
+        seed=int(config.seed),
+        num_views=views,
+    )
     ident = identity(
-        shard_dir=shard_dir, split="train", teacher_config=built.model_configs["teacher"].to_dict(), teacher_init=teacher_init,
-        compute_dtype=str(config.compute_dtype), **geometry,
+        shard_dir=shard_dir,
+        split="train",
+        teacher_config=built.model_configs["teacher"].to_dict(),
+        teacher_init=teacher_init,
+        compute_dtype=str(config.compute_dtype),
+        **geometry,
     )
     if not teacher_init:
-        log.warning("teacher cache: the frozen teacher has no config.teacher.init, so its features are those of random weights")
-    features = jax.jit(step_lib.make_teacher_features(built.networks, built.compute_dtype), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
+        log.warning(
+            "teacher cache: the frozen teacher has no config.teacher.init, so its features are those of random weights"
+        )
+    features = jax.jit(
+        step_lib.make_teacher_features(built.networks, built.compute_dtype),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=batch_sh,
+    )
 
     def teacher_fn(local: dict) -> dict:
         batch = multihost.global_batch(local, batch_sh, ("frames", "row"))
         out = features(state, {"frames": batch["frames"]})
-        return {name: multihost.gather(v) for name, v in (("teacher_pool", out["teacher_pool"]), ("teacher_score", out["teacher_score"]), ("row", batch["row"]))}
+        return {
+            name: multihost.gather(v)
+            for name, v in (
+                ("teacher_pool", out["teacher_pool"]),
+                ("teacher_score", out["teacher_score"]),
+                ("row", batch["row"]),
+            )
+        }
 
     def build() -> FeatureCache:
         return compute(
-            teacher_fn, shard_dir=shard_dir, indices=pipeline.split_indices(shard_dir, "train"), global_batch=local_batch * pcount,
-            process_index=pidx, process_count=pcount, **geometry,
+            teacher_fn,
+            shard_dir=shard_dir,
+            indices=pipeline.split_indices(shard_dir, "train"),
+            global_batch=local_batch * pcount,
+            process_index=pidx,
+            process_count=pcount,
+            **geometry,
         )
 
     cache, _ = ensure(
-        os.path.join(workdir, io_utils.TEACHER_CACHE_DIR), ident, build, process_index=pidx,
-        all_processes=multihost.all_processes, barrier=multihost.barrier,
+        os.path.join(workdir, io_utils.TEACHER_CACHE_DIR),
+        ident,
+        build,
+        process_index=pidx,
+        all_processes=multihost.all_processes,
+        barrier=multihost.barrier,
     )
     return cache

@@ -20,15 +20,29 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from internvqa_jax import checkpoints, io_utils, metrics as metrics_lib, sharding
+from internvqa_jax import checkpoints, io_utils, sharding
+from internvqa_jax import metrics as metrics_lib
 from internvqa_jax.data import pipeline
-from internvqa_jax.training import builder, export, feature_cache, multihost, state as state_lib, step as step_lib, writers
+from internvqa_jax.training import (
+    builder,
+    export,
+    feature_cache,
+    multihost,
+    writers,
+)
+from internvqa_jax.training import (
+    state as state_lib,
+)
+from internvqa_jax.training import (
+    step as step_lib,
+)
 from internvqa_jax.training.multihost import gather, global_batch  # the loop's names for them (tests patch these)
 
 log = logging.getLogger(__name__)
@@ -55,7 +69,7 @@ class StopFlag:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         for s in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -103,7 +117,12 @@ def evaluate(
         bad = ~np.isfinite(p)
         if bad.any():
             # No metrics from NaN/inf: check_finite_predictions stops the run with this record.
-            out[name] = {"n": int(p.size), "nonfinite": int(bad.sum()), "first_nonfinite_index": int(idx[bad][0]), "example": float(p[bad][0])}
+            out[name] = {
+                "n": int(p.size),
+                "nonfinite": int(bad.sum()),
+                "first_nonfinite_index": int(idx[bad][0]),
+                "example": float(p[bad][0]),
+            }
             continue
         out[name] = {
             "n": int(p.size),
@@ -139,7 +158,9 @@ def check_finite(state: dict, manager, where: str) -> None:
         )
 
 
-def check_finite_predictions(result: Mapping[str, Mapping[str, Any]], manager, where: str) -> Mapping[str, Mapping[str, Any]]:
+def check_finite_predictions(
+    result: Mapping[str, Mapping[str, Any]], manager, where: str
+) -> Mapping[str, Mapping[str, Any]]:
     """Returns `result` (of `evaluate`) if every network's predictions are finite; else raises
     NonFinitePredictions after in-flight saves finish, without saving (the last good checkpoint stays)."""
     bad = {name: m for name, m in result.items() if m.get("nonfinite")}
@@ -190,7 +211,9 @@ def save_checkpoint(manager, step: int, state: dict, data_iterator, meta: dict, 
 
 def builder_step(built: builder.Built) -> Callable:
     """The job's train step function (unjitted)."""
-    return step_lib.make_train_step(built.networks, built.spec, built.tx, built.schedule, built.compute_dtype, built.ema_decay)
+    return step_lib.make_train_step(
+        built.networks, built.spec, built.tx, built.schedule, built.compute_dtype, built.ema_decay
+    )
 
 
 def eval_fn(built: builder.Built, nets: tuple[str, ...] = ("student", "teacher")) -> Callable:
@@ -214,7 +237,9 @@ def initial_weights(config: ml_collections.ConfigDict, job: builder.JobSpec, wor
     for net, folder in job.init_exports:
         inits[net] = export.export_path(workdir, folder)
         if not os.path.isdir(inits[net]):
-            raise FileNotFoundError(f"{job.name}: the {net} starts from {inits[net]}, the export of an earlier job of this run, which does not exist")
+            raise FileNotFoundError(
+                f"{job.name}: the {net} starts from {inits[net]}, the export of an earlier job of this run, which does not exist"
+            )
     return inits
 
 
@@ -254,8 +279,17 @@ class JobSetup:
 
         def batches() -> Iterator[Mapping[str, np.ndarray]]:
             return pipeline.eval_iterator(
-                self.shard_dir, split, batch_size=self.eval_batch_size, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
-                num_segments=int(c.test_views), seed=int(c.seed), workers=0, process_index=pidx, process_count=pcount,
+                self.shard_dir,
+                split,
+                batch_size=self.eval_batch_size,
+                num_frames=d.frames,
+                size=d.size,
+                spatial_mode=d.spatial_mode,
+                num_segments=int(c.test_views),
+                seed=int(c.seed),
+                workers=0,
+                process_index=pidx,
+                process_count=pcount,
             )
 
         nets = self.val_nets if split == "val" else self.test_nets
@@ -264,7 +298,7 @@ class JobSetup:
 
 
 def label_partition(config: ml_collections.ConfigDict, shard_dir: str) -> pipeline.LabelPartition:
-    """The run's labelled and unlabelled training records (`pipeline.label_partition`, the one owner),
+    """The run's labeled and unlabeled training records (`pipeline.label_partition`, the one owner),
     from `data.labeled_fraction`, `data.labeled_seed` (-1: the run's `seed`) and `data.labeled_by`."""
     d = config.data
     seed = int(d.labeled_seed) if int(d.labeled_seed) >= 0 else int(config.seed)
@@ -274,8 +308,8 @@ def label_partition(config: ml_collections.ConfigDict, shard_dir: str) -> pipeli
 def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> tuple[int, int, int]:
     """(steps per epoch, steps this run trains, steps the learning-rate schedule spans).
 
-    An epoch is a pass over the whole training split, labelled or not, in every job: a job that reads
-    only the labelled part (`data.labeled_fraction` < 1) trains as many steps as the others, so it
+    An epoch is a pass over the whole training split, labeled or not, in every job: a job that reads
+    only the labeled part (`data.labeled_fraction` < 1) trains as many steps as the others, so it
     sees its own clips 1 / fraction times per epoch instead of getting fewer steps."""
     o = config.optim
     num_train = len(pipeline.split_indices(shard_dir, "train"))
@@ -287,14 +321,27 @@ def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     return steps_per_epoch, total_steps, optim_steps
 
 
-def _train_iterator(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, labels: pipeline.LabelPartition) -> Any:
+def _train_iterator(
+    config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, labels: pipeline.LabelPartition
+) -> Any:
     """This process's part of the shuffled training batches (of the cached views for a cached teacher):
-    every training clip, the unlabelled ones flagged (`job.unlabelled_clips`), or the labelled ones only."""
+    every training clip, the unlabeled ones flagged (`job.unlabeled_clips`), or the labeled ones only."""
     d, pcount = config.data, jax.process_count()
-    records = dict(indices=None, unlabelled=labels.unlabelled) if job.unlabelled_clips else dict(indices=labels.labelled, unlabelled=None)
+    records = (
+        dict(indices=None, unlabeled=labels.unlabeled)
+        if job.unlabeled_clips
+        else dict(indices=labels.labeled, unlabeled=None)
+    )
     args = dict(
-        batch_size=config.optim.batch_size // pcount, num_frames=d.frames, size=d.size, spatial_mode=d.spatial_mode,
-        seed=int(config.seed), workers=int(d.workers), process_index=jax.process_index(), process_count=pcount, **records,
+        batch_size=config.optim.batch_size // pcount,
+        num_frames=d.frames,
+        size=d.size,
+        spatial_mode=d.spatial_mode,
+        seed=int(config.seed),
+        workers=int(d.workers),
+        process_index=jax.process_index(),
+        process_count=pcount,
+        **records,
     )
     if job.teacher_cached:  # one of K seeded views per clip, the views the teacher cache holds
         return feature_cache.train_iterator(shard_dir, "train", num_views=int(config.teacher.cache_views), **args)
@@ -325,20 +372,52 @@ def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     built = builder.build(config, job, optim_steps)
     state_sh = sharding.state_shardings(built.abstract_state, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_step = under_mesh(mesh, jax.jit(builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,)))
+    train_step = under_mesh(
+        mesh,
+        jax.jit(
+            builder_step(built),
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, replicated),
+            donate_argnums=(0,),
+        ),
+    )
     # Validation scores only the trained networks (a frozen teacher's scores never change); the test
     # skips a network reused from an earlier job of the run, which that job has tested already.
     val_nets = tuple(n for n in job.nets if not (n == "teacher" and job.teacher_frozen))
     test_nets = tuple(n for n in job.nets if n not in dict(job.init_exports))
-    score_steps = {nets: under_mesh(mesh, jax.jit(eval_fn(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)) for nets in {val_nets, test_nets}}
+    score_steps = {
+        nets: under_mesh(mesh, jax.jit(eval_fn(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh))
+        for nets in {val_nets, test_nets}
+    }
     manager = checkpoints.make_manager(
-        os.path.join(jobdir, io_utils.CHECKPOINT_DIR), keep_best=int(config.checkpoint.keep_best), async_save=bool(config.checkpoint.async_save)
+        os.path.join(jobdir, io_utils.CHECKPOINT_DIR),
+        keep_best=int(config.checkpoint.keep_best),
+        async_save=bool(config.checkpoint.async_save),
     )
     writer = writers.MetricWriter(jobdir)
-    restore_target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh)
+    restore_target = jax.tree.map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh
+    )
     return JobSetup(
-        config, job, shard_dir, built, steps_per_epoch, total_steps, train_iter, eval_bs, batch_sh, state_sh, restore_target, train_step,
-        val_nets, test_nets, score_steps, manager, writer, {"job": job.name, "config": config.to_json()}, labels,
+        config,
+        job,
+        shard_dir,
+        built,
+        steps_per_epoch,
+        total_steps,
+        train_iter,
+        eval_bs,
+        batch_sh,
+        state_sh,
+        restore_target,
+        train_step,
+        val_nets,
+        test_nets,
+        score_steps,
+        manager,
+        writer,
+        {"job": job.name, "config": config.to_json()},
+        labels,
     )
 
 
@@ -356,16 +435,27 @@ def restore_or_init(setup: JobSetup, inits: Mapping[str, str]) -> tuple[dict, in
     return state, 0
 
 
-def _log_train(setup: JobSetup, step: int, m: Mapping[str, jax.Array], state: dict, rate: Throughput, progress: Any) -> None:
+def _log_train(
+    setup: JobSetup, step: int, m: Mapping[str, jax.Array], state: dict, rate: Throughput, progress: Any
+) -> None:
     """One train row: host metrics, throughput and epoch to metrics.jsonl, the log and the bar."""
     check_finite(state, setup.manager, f"job {setup.job.name}")
     values = host_metrics(m)
     values["clips_per_s"] = rate(step)
     values["epoch"] = step / setup.steps_per_epoch
     setup.writer.write(step, "train", values)
-    log.info("%s step %d loss %.7f lr %.3e (process %d)", setup.job.name, step, values["loss"], values["lr"], jax.process_index())
+    log.info(
+        "%s step %d loss %.7f lr %.3e (process %d)",
+        setup.job.name,
+        step,
+        values["loss"],
+        values["lr"],
+        jax.process_index(),
+    )
     if progress is not None:
-        progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
+        progress.set_postfix(
+            loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}"
+        )
 
 
 def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.FeatureCache | None) -> tuple[dict, int]:
@@ -378,7 +468,9 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
     if c.progress and jax.process_index() == 0:
         from tqdm import tqdm
 
-        progress = tqdm(total=setup.total_steps, initial=start, desc=setup.job.name, dynamic_ncols=True, file=sys.stdout)
+        progress = tqdm(
+            total=setup.total_steps, initial=start, desc=setup.job.name, dynamic_ncols=True, file=sys.stdout
+        )
     rate = Throughput(c.optim.batch_size)
     keys = ("frames", "label", "labeled") + (() if cache is None else ("teacher_pool", "teacher_score"))
     step = start
@@ -387,7 +479,9 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
             local = next(setup.train_iter)
             if cache is not None:
                 local = cache.attach(local)
-            state, m = setup.train_step(state, global_batch(local, setup.batch_sh, tuple(k for k in keys if k in local)))
+            state, m = setup.train_step(
+                state, global_batch(local, setup.batch_sh, tuple(k for k in keys if k in local))
+            )
             step += 1
             if progress is not None:
                 progress.update(1)
@@ -405,7 +499,9 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
                     save_checkpoint(manager, step, state, setup.train_iter, setup.meta)
                 manager.wait_until_finished()
                 manager.close()
-                raise Preempted(f"stop signal received: saved step {step} in {manager.directory}; rerun the same command to resume")
+                raise Preempted(
+                    f"stop signal received: saved step {step} in {manager.directory}; rerun the same command to resume"
+                )
     if progress is not None:
         progress.close()
     check_finite(state, manager, f"job {setup.job.name}")
@@ -426,13 +522,28 @@ def test_and_export(setup: JobSetup, state: dict, step: int, workdir: str) -> di
         if test_step != step:
             state = None  # free the final state's buffers before restoring the best one
             state, _ = checkpoints.restore(setup.manager, test_step, setup.restore_target)
-            log.info("%s: test and export from step %d (best val SRCC %.4f), trained to step %d", setup.job.name, test_step, best_val, step)
+            log.info(
+                "%s: test and export from step %d (best val SRCC %.4f), trained to step %d",
+                setup.job.name,
+                test_step,
+                best_val,
+                step,
+            )
     test = setup.evaluate("test", state)
     for net, m in test.items():
-        setup.writer.write(step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step})
-    exported = export.export_networks(setup.config, setup.job, setup.built, state_lib.eval_weights(state), workdir, setup.shard_dir)
+        setup.writer.write(
+            step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step}
+        )
+    exported = export.export_networks(
+        setup.config, setup.job, setup.built, state_lib.eval_weights(state), workdir, setup.shard_dir
+    )
     return {
-        "job": setup.job.name, "steps": step, "test_from_step": test_step, "best_val_srcc": best_val, "test": test, "export": exported,
+        "job": setup.job.name,
+        "steps": step,
+        "test_from_step": test_step,
+        "best_val_srcc": best_val,
+        "test": test,
+        "export": exported,
         "labels": job_labels(setup.job, setup.labels),
     }
 
@@ -440,11 +551,13 @@ def test_and_export(setup: JobSetup, state: dict, step: int, workdir: str) -> di
 def job_labels(job: builder.JobSpec, labels: pipeline.LabelPartition | None) -> dict[str, Any]:
     """What a job's result records of the labels: the partition's counts and which part it read."""
     out = {} if labels is None else labels.summary()
-    out["reads"] = "all" if job.unlabelled_clips else "labeled"
+    out["reads"] = "all" if job.unlabeled_clips else "labeled"
     return out
 
 
-def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str, workdir: str) -> dict[str, Any]:
+def train_job(
+    config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str, workdir: str
+) -> dict[str, Any]:
     """Trains one job to the end (resuming if it has checkpoints) and returns its test results;
     a job that finished earlier (its `result.json` exists) is not run again."""
     result_path = os.path.join(jobdir, io_utils.RESULT_FILE)
@@ -458,7 +571,15 @@ def train_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     cache = None
     if job.teacher_cached and start < setup.total_steps:
         cache = feature_cache.teacher_cache(
-            config, setup.built, state, setup.state_sh, setup.batch_sh, shard_dir, workdir, setup.eval_batch_size, inits.get("teacher", "")
+            config,
+            setup.built,
+            state,
+            setup.state_sh,
+            setup.batch_sh,
+            shard_dir,
+            workdir,
+            setup.eval_batch_size,
+            inits.get("teacher", ""),
         )
     state, step = run_steps(setup, state, start, cache)
     result = test_and_export(setup, state, step, workdir)

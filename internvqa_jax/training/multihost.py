@@ -5,14 +5,16 @@ In a single-process run every helper is the trivial local operation, so callers 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 
-def global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding, keys: tuple[str, ...]) -> dict[str, jax.Array]:
+def global_batch(
+    local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding, keys: tuple[str, ...]
+) -> dict[str, jax.Array]:
     """Assembles the processes' local batches into global arrays sharded over the batch axis."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys}
 

@@ -12,7 +12,8 @@ static tree of multipliers applied after AdamW, which is the same as giving each
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +78,9 @@ def scale_by_tree(factors: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def learning_rate_schedule(base_lr: float, batch_size: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0) -> optax.Schedule:
+def learning_rate_schedule(
+    base_lr: float, batch_size: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0
+) -> optax.Schedule:
     """lr = base_lr * batch / 256, linear warm-up from 0 then cosine decay to `min_lr_ratio` of the peak."""
     peak = base_lr * batch_size / 256.0
     total_steps = max(int(total_steps), 1)
@@ -118,7 +121,9 @@ def make_optimizer(
     for name, tree in trainable.items():
         if name in layer_decay and layer_decay[name][1] != 1.0:
             if name not in param_groups:
-                raise ValueError(f"layer decay for network {name!r} needs its parameter groups (param_groups[{name!r}])")
+                raise ValueError(
+                    f"layer decay for network {name!r} needs its parameter groups (param_groups[{name!r}])"
+                )
             depth, decay = layer_decay[name]
             factors[name] = layer_decay_factors(tree, depth, decay, groups[name])
         else:

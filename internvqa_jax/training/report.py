@@ -3,8 +3,8 @@
 `report.json` holds `test` (one row per network: n, SRCC, PLCC, KRCC, RMSE over all test encodes
 pooled, and `metrics.source_metrics`' cross-source / within-source / per-codec figures), `jobs` (per job: the
 step training ended at, the step its test rows and export come from and that step's validation
-SRCC, the export paths, `labels`: the labelled fraction, labelled/unlabelled train sources and
-videos, and whether the job read all train clips or the labelled ones only), `test_split` (which clips were scored, so `compare_reports` only compares
+SRCC, the export paths, `labels`: the labeled fraction, labeled/unlabeled train sources and
+videos, and whether the job read all train clips or the labeled ones only), `test_split` (which clips were scored, so `compare_reports` only compares
 runs that scored the same ones) and the run's `config`.
 """
 
@@ -30,10 +30,14 @@ def source_rows(result: dict[str, Any], records: dict[int, dict[str, Any]]) -> d
     if not pred or len(pred.get("pred", ())) < 2:
         return {}
     rows = [records[int(i)] for i in pred["index"]]
-    return metrics.source_metrics(pred["pred"], pred["label"], [r.get("source_id", "") for r in rows], [r.get("codec") or "" for r in rows])
+    return metrics.source_metrics(
+        pred["pred"], pred["label"], [r.get("source_id", "") for r in rows], [r.get("codec") or "" for r in rows]
+    )
 
 
-def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrain", records: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+def build_report(
+    results: dict[str, dict[str, Any]], teacher_mode: str = "cotrain", records: dict[int, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Rows of the final table (teacher and student of the distillation job, the baseline student) and,
     per job, its steps, the step its test rows and export come from (best validation SRCC) and that SRCC.
     `teacher_mode` names the distillation job's teacher row: co-trained, or frozen (pre-fine-tuned). In
@@ -44,29 +48,44 @@ def build_report(results: dict[str, dict[str, Any]], teacher_mode: str = "cotrai
     rows = {}
     for job_name, res in results.items():
         for net, m in res["test"].items():
-            label = {"distill": f"{net} (distilled)" if net == "student" else teacher_row, "baseline": "student (no distillation)", "teacher": "teacher"}[job_name]
+            label = {
+                "distill": f"{net} (distilled)" if net == "student" else teacher_row,
+                "baseline": "student (no distillation)",
+                "teacher": "teacher",
+            }[job_name]
             rows[label] = {k: m[k] for k in ROW_METRICS} | (source_rows(m, records) if records else {})
     jobs = {
-        k: {"steps": v["steps"], "test_from_step": v.get("test_from_step"), "best_val_srcc": v.get("best_val_srcc"), "export": v["export"], "labels": v.get("labels")}
+        k: {
+            "steps": v["steps"],
+            "test_from_step": v.get("test_from_step"),
+            "best_val_srcc": v.get("best_val_srcc"),
+            "export": v["export"],
+            "labels": v.get("labels"),
+        }
         for k, v in results.items()
     }
     return {"test": rows, "jobs": jobs}
 
 
 def labels_line(jobs: dict[str, dict[str, Any]]) -> str:
-    """One line on the labelled part of the training split and which jobs read what ("" for results
+    """One line on the labeled part of the training split and which jobs read what ("" for results
     written before jobs recorded it)."""
     parts = {name: j["labels"] for name, j in jobs.items() if j.get("labels") and "labeled_fraction" in j["labels"]}
     if not parts:
         return ""
     first = next(iter(parts.values()))
-    reads = ", ".join(f"{name}: {'all train clips' if lab['reads'] == 'all' else 'labelled only'}" for name, lab in parts.items())
-    groups = (f" in {first['train_groups_labeled']} of {first['train_groups']} content groups, drawn by {first['labeled_by']}"
-              if "labeled_by" in first else "")
+    reads = ", ".join(
+        f"{name}: {'all train clips' if lab['reads'] == 'all' else 'labeled only'}" for name, lab in parts.items()
+    )
+    groups = (
+        f" in {first['train_groups_labeled']} of {first['train_groups']} content groups, drawn by {first['labeled_by']}"
+        if "labeled_by" in first
+        else ""
+    )
     return (
         f"Labels: fraction {first['labeled_fraction']:g} of train sources (seed {first['labeled_seed']}): "
-        f"{first['train_sources_labeled']} sources / {first['train_videos_labeled']} videos labelled{groups}, "
-        f"{first['train_sources_unlabeled']} / {first['train_videos_unlabeled']} unlabelled; {reads}"
+        f"{first['train_sources_labeled']} sources / {first['train_videos_labeled']} videos labeled{groups}, "
+        f"{first['train_sources_unlabeled']} / {first['train_videos_unlabeled']} unlabeled; {reads}"
     )
 
 
@@ -86,7 +105,9 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     return format_rows(rows, min_width=28)
 
 
-def make_report(results: dict[str, dict[str, Any]], config: ml_collections.ConfigDict, shard_dir: str) -> dict[str, Any]:
+def make_report(
+    results: dict[str, dict[str, Any]], config: ml_collections.ConfigDict, shard_dir: str
+) -> dict[str, Any]:
     """The whole report of a run: `build_report` + the test-split fingerprint + the config."""
     records = {int(r["index"]): r for r in shards.load_manifest(shard_dir)["records"]}
     report = build_report(results, str(config.teacher.mode), records)
@@ -99,4 +120,7 @@ def write_report(workdir: str, report: dict[str, Any], dataset: str) -> None:
     """Writes `WORKDIR/report.json` and prints the test table (process 0 calls it)."""
     io_utils.atomic_write_json(os.path.join(workdir, io_utils.REPORT_FILE), report)
     line = labels_line(report.get("jobs", {}))
-    print("\nTest split (" + str(dataset) + "):\n" + format_table(report["test"]) + ("\n" + line if line else ""), flush=True)
+    print(
+        "\nTest split (" + str(dataset) + "):\n" + format_table(report["test"]) + ("\n" + line if line else ""),
+        flush=True,
+    )

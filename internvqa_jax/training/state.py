@@ -12,11 +12,13 @@ orbax saves:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
 
 @dataclasses.dataclass
 class Networks:
@@ -26,7 +28,9 @@ class Networks:
     depths: dict[str, int]
 
 
-def split_networks(models: Mapping[str, nnx.Module], trainable_filters: Mapping[str, Any]) -> tuple[Networks, dict, dict]:
+def split_networks(
+    models: Mapping[str, nnx.Module], trainable_filters: Mapping[str, Any]
+) -> tuple[Networks, dict, dict]:
     """Splits each module into (graphdef, trainable params, rest); returns (Networks, params, frozen).
 
     A network whose filter is `None` is entirely frozen (a pre-fine-tuned teacher).

@@ -8,9 +8,9 @@ Cached teacher (`LossSpec.cached_teacher`): the frozen teacher's outputs come wi
 (`teacher_pool`, `teacher_score`, written once by `make_teacher_features` + `feature_cache`) and the
 teacher network is not run, nor even merged, in the train step.
 
-Unlabelled clips: a batch may carry `labeled` (B,) bool (`pipeline.TrainTransform`); the label
-terms are then averaged over the labelled clips only and the teacher terms over all
-(`losses.total_loss`). Without it every clip counts as labelled.
+Unlabeled clips: a batch may carry `labeled` (B,) bool (`pipeline.TrainTransform`); the label
+terms are then averaged over the labeled clips only and the teacher terms over all
+(`losses.total_loss`). Without it every clip counts as labeled.
 
 Token masking (`LossSpec.token_mask_ratio` > 0, UMT / InternVideo2 stage 1 use 0.8): the fine-tuning
 `InternVideo2` takes no token mask (only the stage-2 `PretrainInternVideo2` does), so the student
@@ -24,7 +24,8 @@ compute is saved; that needs a `mask` argument on the fine-tuning model.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,9 @@ def forward_losses(
     use_tokens = bool(spec.weights.get("token")) and spec.token_pairs
     if spec.cached_teacher:
         if use_tokens:
-            raise ValueError("cached teacher: token distillation needs the teacher's tokens, which the cache does not hold")
+            raise ValueError(
+                "cached teacher: token distillation needs the teacher's tokens, which the cache does not hold"
+            )
         outputs["teacher"] = {"pooled": batch["teacher_pool"], "logits": batch["teacher_score"][:, None]}
     for name in ("student", "teacher"):
         if name not in names or name in outputs:
@@ -108,7 +111,7 @@ def forward_losses(
         teacher_pool=None if t is None else t["pooled"],
         token_loss=token_loss,
         smooth_l1_beta=spec.smooth_l1_beta,
-        labeled=batch.get("labeled"),  # unlabelled clips reach the teacher terms only
+        labeled=batch.get("labeled"),  # unlabeled clips reach the teacher terms only
     )
 
 
@@ -118,9 +121,13 @@ def _visible_tokens(s_blocks: list, t_blocks: list, ratio: float, rng: jax.Array
         raise ValueError(f"token masking (ratio {ratio}) needs the step's rng")
     b, n = s_blocks[0].shape[:2]
     if t_blocks[0].shape[1] != n:
-        raise ValueError(f"token masking: student layers have {n} tokens, teacher layers {t_blocks[0].shape[1]}; they must match position by position")
+        raise ValueError(
+            f"token masking: student layers have {n} tokens, teacher layers {t_blocks[0].shape[1]}; they must match position by position"
+        )
     positions = losses.visible_token_indices(rng, b, n, ratio)
-    return [losses.select_tokens(x, positions) for x in s_blocks], [losses.select_tokens(x, positions) for x in t_blocks]
+    return [losses.select_tokens(x, positions) for x in s_blocks], [
+        losses.select_tokens(x, positions) for x in t_blocks
+    ]
 
 
 def make_train_step(
@@ -145,7 +152,9 @@ def make_train_step(
         # The next step's key is the first half of the split (as before masking existed), so runs
         # without masking keep their random stream; the second half draws this step's token mask.
         next_key, mask_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["frozen"], batch, mask_key)
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], state["frozen"], batch, mask_key
+        )
         updates, new_opt = tx.update(grads, state["opt"], state["params"])
         new_params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss)
@@ -162,7 +171,9 @@ def make_train_step(
         )
         if "ema" in state:
             d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
-            new_state["ema"] = jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state["ema"], new_state["params"])
+            new_state["ema"] = jax.tree.map(
+                lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state["ema"], new_state["params"]
+            )
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
         metrics.update({f"loss_{k}": v for k, v in terms.items()})
         return new_state, metrics
@@ -170,7 +181,9 @@ def make_train_step(
     return train_step
 
 
-def make_teacher_features(networks: state_lib.Networks, compute_dtype: Any = jnp.float32) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+def make_teacher_features(
+    networks: state_lib.Networks, compute_dtype: Any = jnp.float32
+) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
     """Returns `teacher_features(state, batch) -> {"teacher_pool" (B, D) f32, "teacher_score" (B,)}`.
 
     The same teacher forward as the uncached train step (same input preparation and dtype), so a
@@ -178,7 +191,9 @@ def make_teacher_features(networks: state_lib.Networks, compute_dtype: Any = jnp
     """
 
     def teacher_features(state: dict, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        out = state_lib.merge(networks, "teacher", state["params"], state["frozen"])(_prepare_input(batch["frames"], compute_dtype))
+        out = state_lib.merge(networks, "teacher", state["params"], state["frozen"])(
+            _prepare_input(batch["frames"], compute_dtype)
+        )
         return {"teacher_pool": out["pooled"].astype(jnp.float32), "teacher_score": _score(out["logits"])}
 
     return teacher_features

@@ -48,11 +48,14 @@ _SYNTH = re.compile(r"syn", re.IGNORECASE)
 def find_score_sheet(root: str) -> str:
     """The DMOS sheet under `root`: the one file named *dmos*.csv or *dmos*.txt (case-insensitive)."""
     found = sorted(
-        p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+        p
+        for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
         if "dmos" in os.path.basename(p).lower() and p.lower().endswith((".csv", ".txt")) and os.path.isfile(p)
     )
     if not found:
-        raise FileNotFoundError(f"{root}: no DMOS score sheet (*dmos*.csv or *dmos*.txt) found; export the published sheet as CSV")
+        raise FileNotFoundError(
+            f"{root}: no DMOS score sheet (*dmos*.csv or *dmos*.txt) found; export the published sheet as CSV"
+        )
     if len(found) > 1:
         raise ValueError(f"{root}: several DMOS sheets {found}; pass score_file= to choose one")
     return found[0]
@@ -72,7 +75,11 @@ def _read_sheet(sheet: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
         sample = f.read(4096)
         f.seek(0)
         delimiter = "\t" if "\t" in sample and "," not in sample else ","
-        rows = [(i + 1, [c.strip() for c in r]) for i, r in enumerate(csv.reader(f, delimiter=delimiter)) if any(c.strip() for c in r)]
+        rows = [
+            (i + 1, [c.strip() for c in r])
+            for i, r in enumerate(csv.reader(f, delimiter=delimiter))
+            if any(c.strip() for c in r)
+        ]
     if not rows:
         raise ValueError(f"{sheet}: empty score sheet")
     return [c.lower() for c in rows[0][1]], rows[1:]
@@ -143,4 +150,3 @@ def list_items(root: str, score_file: str | None = None, strict: bool = False) -
             )
         )
     return items
-

@@ -10,9 +10,9 @@ Format:
 - `source` is the source content used for content-separated splits. Without it each video is
   its own source (a clip-level split: state this when you report results).
 - Blank lines and lines starting with `#` are ignored.
-- An empty score cell (`clip.mp4,,src`; the column itself must be there) marks an unlabelled video (`label` NaN): distillation learns from it through the
+- An empty score cell (`clip.mp4,,src`; the column itself must be there) marks an unlabeled video (`label` NaN): distillation learns from it through the
   teacher alone (`data.labeled_fraction`, README "2. Train on your data"); `prepare` puts every
-  source with an unlabelled video into the training split.
+  source with an unlabeled video into the training split.
 
 Bad rows (missing file, non-numeric or non-finite score, empty path, duplicate path) raise a
 `CsvDatasetError` naming the CSV, the row number and the file when `strict=True`; by default they
@@ -119,9 +119,9 @@ def list_items(
             continue
         text = cells[cols["score"]]
         try:
-            score = float(text) if text else math.nan  # empty: an unlabelled video
+            score = float(text) if text else math.nan  # empty: an unlabeled video
         except ValueError:
-            bad(row_no, rel, f"score {text!r} is not a number (leave it empty for an unlabelled video)")
+            bad(row_no, rel, f"score {text!r} is not a number (leave it empty for an unlabeled video)")
             continue
         if text and not math.isfinite(score):
             bad(row_no, rel, f"score {text!r} is not finite")

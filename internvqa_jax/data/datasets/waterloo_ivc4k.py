@@ -34,10 +34,33 @@ from internvqa_jax.data.records import ItemList, SkippedEntry, VideoItem
 # The method's test split: sources 1-4 (source ids are the published video numbers).
 TEST_SOURCES = ("1", "2", "3", "4")
 
-ENCODERS = {"h264": "h264", "avc": "h264", "x264": "h264", "hevc": "hevc", "h265": "hevc", "x265": "hevc",
-            "vp9": "vp9", "avs2": "avs2", "av1": "av1"}
+ENCODERS = {
+    "h264": "h264",
+    "avc": "h264",
+    "x264": "h264",
+    "hevc": "hevc",
+    "h265": "hevc",
+    "x265": "hevc",
+    "vp9": "vp9",
+    "avs2": "avs2",
+    "av1": "av1",
+}
 HEIGHTS = {540: 960, 1080: 1920, 2160: 3840}  # height -> width (16:9)
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".y4m", ".yuv", ".avs2", ".ivf", ".264", ".265", ".hevc", ".bin", ".ts", ".mov")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".y4m",
+    ".yuv",
+    ".avs2",
+    ".ivf",
+    ".264",
+    ".265",
+    ".hevc",
+    ".bin",
+    ".ts",
+    ".mov",
+)
 DEFAULT_TEMPLATE = "{encoder}/{resolution}/{video}_{level}"
 _SPLIT = re.compile(r"[,\t ;]+")
 
@@ -59,7 +82,9 @@ def _find_video(root: str, template: str, encoder_raw: str, height: int, video: 
     return None
 
 
-def list_items(root: str, scores_file: str | None = None, path_template: str = DEFAULT_TEMPLATE, strict: bool = False) -> ItemList:
+def list_items(
+    root: str, scores_file: str | None = None, path_template: str = DEFAULT_TEMPLATE, strict: bool = False
+) -> ItemList:
     """Lists the Waterloo IVC 4K videos under `root` with their MOS (layout in the module docstring).
 
     Returns an ItemList (`label = MOS / 100`, `label_kind = "mos"`, `source_id` = video number,
@@ -79,7 +104,9 @@ def list_items(root: str, scores_file: str | None = None, path_template: str = D
         items.skipped.append(SkippedEntry(scores, f"line {line_no} ({text})", reason))
 
     with open(scores, encoding="utf-8-sig") as f:
-        lines = [(i + 1, line.strip()) for i, line in enumerate(f) if line.strip() and not line.lstrip().startswith("#")]
+        lines = [
+            (i + 1, line.strip()) for i, line in enumerate(f) if line.strip() and not line.lstrip().startswith("#")
+        ]
     for line_no, text in lines:
         fields = [x for x in _SPLIT.split(text) if x]
         if len(fields) != 5:
@@ -123,4 +150,3 @@ def list_items(root: str, scores_file: str | None = None, path_template: str = D
             )
         )
     return items
-
