@@ -167,7 +167,7 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
     """The teacher's jitted forward (logits) on a random batch: time, TFLOP/s, MFU."""
     from flax import nnx
 
-    from internvqa_jax.flops import internvideo2_flops
+    from internvqa_jax.flops import network_flops
     from internvqa_jax.models import registry
 
     preset = load_config(sizes, sizes.teacher_batch, dtype).teacher.preset
@@ -178,7 +178,7 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
         np.random.default_rng(0).normal(size=(sizes.teacher_batch, sizes.frames, sizes.size, sizes.size, 3)), dtype
     )
     seconds, first = timed(lambda: forward(state, x), max(3, sizes.steps), sizes.warmup)
-    flops = internvideo2_flops(cfg)["forward"] * sizes.teacher_batch
+    flops = network_flops(cfg).forward * sizes.teacher_batch
     return {
         "preset": preset,
         "batch": sizes.teacher_batch,
