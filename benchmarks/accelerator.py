@@ -194,7 +194,7 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
 def train_steps(sizes: Sizes, dtype: str, peak: float) -> dict[str, dict[str, Any]]:
     """The config's distillation job and its student-alone baseline, timed by `benchmarks/train_step.bench`."""
     from benchmarks.train_step import bench
-    from internvqa_jax.train import plan_jobs
+    from internvqa_jax.training.jobs import plan_jobs
 
     out = {}
     for key, job_name, batch in (

@@ -415,7 +415,12 @@ def plan_train(
         analytic=analytic,
         recompute=recompute,
         compute_dtype=str(config.compute_dtype),
-        attention_impl={n: attention[n] for n in built.model_configs if n in attention},
+        # a cached teacher's outputs come with the batch: the step never runs it
+        attention_impl={
+            n: attention[n]
+            for n in built.model_configs
+            if n in attention and not (n == "teacher" and job.teacher_cached)
+        },
         remat=_remat(built),
     )
 

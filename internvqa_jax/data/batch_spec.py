@@ -69,6 +69,5 @@ def check_batch(batch: Mapping[str, np.ndarray], spec: Mapping[str, jax.ShapeDty
             raise ValueError(f"{where}: batch has no field {name!r} (has {sorted(batch)})")
         got = np.asarray(batch[name])
         if got.dtype != want.dtype or got.shape[1:] != tuple(want.shape[1:]):
-            raise ValueError(
-                f"{where}: field {name!r} is {got.dtype}{list(got.shape)}, expected {want.dtype}[B, {', '.join(map(str, want.shape[1:]))}]"
-            )
+            dims = ", ".join(["B", *map(str, want.shape[1:])])
+            raise ValueError(f"{where}: field {name!r} is {got.dtype}{list(got.shape)}, expected {want.dtype}[{dims}]")
