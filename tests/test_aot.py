@@ -1,11 +1,12 @@
 """The compile-ahead planner (`python -m internvqa_jax.aot`): a tiny teacher+student run compiled for a
-TPU v5e 2x2 topology on this CPU machine (libtpu from the `tpu` extra; no TPU is used).
+TPU v5e 2x2 topology on this CPU machine (libtpu from the `tpu` extra; no TPU is used). Every config
+for a TPU and a GPU topology: tests/test_plan_every_config.py.
 
 - The CLI writes a JSON plan with every documented field, for the training step(s) and the student's
   scoring forward, and the figures hang together (peak = arguments + outputs + temporaries - aliases,
   fits = peak <= the chip's HBM, roofline = max(compute, memory) time, XLA's FLOPs near the model's).
-- In process: the authors' partly frozen teacher with remat on both networks compiles (the
-  configuration that used to fail at trace time), at two batches, and the memory per clip is positive.
+- In process: the authors' partly frozen teacher with remat on both networks compiles at two
+  batches, and the memory per clip is positive.
 - `fits` and the batch search are checked on their own with figures that do not fit.
 """
 
@@ -232,3 +233,7 @@ def test_topology_names_and_v4_megacore():
     c = homologous.get_config()
     c.mesh.fsdp = 4
     assert dict(aot.plan_mesh(c, devices).shape) == {"data": 1, "fsdp": 4}
+    # GPUs from the package's descriptions: two nodes of 8 are 16 devices on 2 processes
+    gpus, topo = aot.topology_devices("h100:2x8")
+    assert topo.chip.platform == "gpu" and len(gpus) == 16 and aot.process_count(gpus) == 2
+    assert gpus[0].device_kind == accelerators.GPUS["h100"].device_kind
