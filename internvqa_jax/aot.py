@@ -337,7 +337,8 @@ def _row(
         mem["temp"],
         mem["alias"],
     )
-    row.attention_kernel = result["kernel"]
+    # a program whose networks have no attention (VideoMamba) has no kernel to name
+    row.attention_kernel = result["kernel"] if row.attention_impl else "none (no attention in these networks)"
     row.fits = mem["peak"] <= chip.hbm_bytes
     if cost is not None:
         row.xla_flops_per_step = cost["flops"] * chips
@@ -465,7 +466,7 @@ def plan_score(config: ml_collections.ConfigDict, job: jobs.JobSpec, target: Tar
         recompute=0.0,
         views=views,
         compute_dtype=str(config.compute_dtype),
-        attention_impl={"student": attention.get("student")},
+        attention_impl={n: attention[n] for n in ("student",) if n in attention},
         remat={"student": _remat(built)["student"]},
     )
 
@@ -500,7 +501,7 @@ def plan_teacher_cache(
         analytic=analytic,
         recompute=0.0,
         compute_dtype=str(config.compute_dtype),
-        attention_impl={"teacher": attention.get("teacher")},
+        attention_impl={n: attention[n] for n in ("teacher",) if n in attention},
         remat={"teacher": _remat(built)["teacher"]},
     )
 
