@@ -672,6 +672,11 @@ def format_table(result: dict[str, Any]) -> str:
             f"{xla:>10s} {r['analytic_flops_per_step'] / 1e12:11.2f} {roof:>9s} {mfu:>6s}  {r['compile_seconds']:.0f} s"
         )
         lines.append(f"    attention: {r['attention_kernel'] or r['error']}; per network: {r['attention_impl']}")
+    if result["chip"]["platform"] == "gpu":
+        lines.append(
+            "fits: against the whole device memory; JAX's GPU allocator takes 75% of it unless "
+            "XLA_PYTHON_CLIENT_MEM_FRACTION is raised (e.g. to 0.95) for the training run"
+        )
     if any(r["flops_source"] == "analytic" for r in result["programs"]):
         lines.append(
             "roofline and MFU bound from the analytic FLOPs (no XLA cost analysis for this target) and, as memory "
