@@ -362,6 +362,25 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None) -> jax.Ar
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
 
 
+def even_length_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "cudnn") -> jax.Array:
+    """`jax.nn.dot_product_attention` on an even token count: an odd count is padded by one token,
+    masked out as a key through the sequence lengths, and the padded query row dropped (exact)."""
+    tokens = q.shape[1]
+    if tokens % 2 == 0:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    pad = ((0, 0), (0, 1), (0, 0), (0, 0))
+    lengths = jnp.full((q.shape[0],), tokens, jnp.int32)
+    out = jax.nn.dot_product_attention(
+        jnp.pad(q, pad),
+        jnp.pad(k, pad),
+        jnp.pad(v, pad),
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    return out[:, :tokens]
+
+
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """cuDNN flash attention of `(B, N, H, D)` q/k/v, trainable at any token count.
 
@@ -372,22 +391,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     the partitioner never splits the kernel's heads or tokens.
     """
 
-    def run(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        tokens = q.shape[1]
-        if tokens % 2 == 0:
-            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-        pad = ((0, 0), (0, 1), (0, 0), (0, 0))
-        lengths = jnp.full((q.shape[0],), tokens, jnp.int32)
-        out = jax.nn.dot_product_attention(
-            jnp.pad(q, pad),
-            jnp.pad(k, pad),
-            jnp.pad(v, pad),
-            query_seq_lengths=lengths,
-            key_value_seq_lengths=lengths,
-            implementation="cudnn",
-        )
-        return out[:, :tokens]
-
+    run = even_length_attention
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and q.shape[0] % mesh.size == 0:
         spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
