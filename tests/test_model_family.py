@@ -148,10 +148,10 @@ def _batch(seed: int = 0) -> dict:
 
 
 def test_the_toy_student_distils_from_the_teacher_through_the_builder(toy):
-    from internvqa_jax.training import builder
+    from internvqa_jax.training import builder, jobs
     from internvqa_jax.training import step as step_lib
 
-    job = builder.JobSpec(
+    job = jobs.JobSpec(
         name="distill", nets=("student", "teacher"), weights={"feature": 1.0, "student_mse": 1.0, "teacher_mse": 1.0}
     )
     built = builder.build(_config({}, 0.05), job, total_steps=10)
@@ -170,9 +170,9 @@ def test_the_toy_student_distils_from_the_teacher_through_the_builder(toy):
 
 def _updates(weight_decay: float) -> dict:
     """The built optimiser's third update of the toy student for all-ones gradients, by parameter path."""
-    from internvqa_jax.training import builder
+    from internvqa_jax.training import builder, jobs
 
-    job = builder.JobSpec(name="baseline", nets=("student",), weights={"student_mse": 1.0})
+    job = jobs.JobSpec(name="baseline", nets=("student",), weights={"student_mse": 1.0})
     built = builder.build(_config(dict(depth=3), weight_decay), job, total_steps=10)
     state = jax.jit(built.init_fn)()
     grads = jax.tree.map(jnp.ones_like, state["params"])
