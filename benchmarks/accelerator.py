@@ -167,7 +167,7 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
     """The teacher's jitted forward (logits) on a random batch: time, TFLOP/s, MFU."""
     from flax import nnx
 
-    from internvqa_jax.flops import internvideo2_flops
+    from internvqa_jax.flops import network_flops
     from internvqa_jax.models import registry
 
     preset = load_config(sizes, sizes.teacher_batch, dtype).teacher.preset
@@ -178,7 +178,7 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
         np.random.default_rng(0).normal(size=(sizes.teacher_batch, sizes.frames, sizes.size, sizes.size, 3)), dtype
     )
     seconds, first = timed(lambda: forward(state, x), max(3, sizes.steps), sizes.warmup)
-    flops = internvideo2_flops(cfg)["forward"] * sizes.teacher_batch
+    flops = network_flops(cfg).forward * sizes.teacher_batch
     return {
         "preset": preset,
         "batch": sizes.teacher_batch,
@@ -194,7 +194,7 @@ def teacher_forward(sizes: Sizes, dtype: str, peak: float) -> dict[str, Any]:
 def train_steps(sizes: Sizes, dtype: str, peak: float) -> dict[str, dict[str, Any]]:
     """The config's distillation job and its student-alone baseline, timed by `benchmarks/train_step.bench`."""
     from benchmarks.train_step import bench
-    from internvqa_jax.train import plan_jobs
+    from internvqa_jax.training.jobs import plan_jobs
 
     out = {}
     for key, job_name, batch in (

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import homologous  # noqa: E402
 from internvqa_jax.data import pipeline, shards  # noqa: E402
-from internvqa_jax.training import builder, loop  # noqa: E402
+from internvqa_jax.training import builder, jobs  # noqa: E402
 
 BATCH = 16
 EVAL_BATCH = 8  # clips per evaluation call (x test views)
@@ -117,12 +117,12 @@ def run_geometry(args: argparse.Namespace, size: int, patch: int, split: dict, c
         file=sys.stderr,
         flush=True,
     )
-    built = builder.build(c, builder.JobSpec("baseline", ("student",), {"student_mse": 1.0}), args.steps)
+    built = builder.build(c, jobs.JobSpec("baseline", ("student",), {"student_mse": 1.0}), args.steps)
     mc = built.model_configs["student"]
     tokens = (frames // int(mc.tubelet_size)) * (size // patch) ** 2
     state = jax.jit(built.init_fn)()
-    step = jax.jit(loop.builder_step(built), donate_argnums=(0,))
-    ev = jax.jit(loop.eval_fn(built, ("student",)))
+    step = jax.jit(builder.train_step(built), donate_argnums=(0,))
+    ev = jax.jit(builder.score_step(built, ("student",)))
     rows, draws = batch_plan(len(tr), args.views, args.steps, args.seed)
     times, srcc, losses = [], {}, []
     for s in range(args.steps):

@@ -4,7 +4,7 @@
 
 Prints the median seconds per forward of each and the ratio (torch / flax; > 1 means Flax is faster),
 the largest output difference as a sanity check, and each contender's achieved GFLOP/s (analytic
-forward FLOPs of `internvqa_jax/flops.internvideo2_flops`) against the machine's own jnp 2048^3
+forward FLOPs of `internvqa_jax/flops.network_flops`) against the machine's own jnp 2048^3
 float32 matmul rate, measured before and after the timed runs (the limit; the two figures also show
 how much the load on a shared machine moved meanwhile). fp32 on CPU by default.
 """
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from internvqa_jax.flops import internvideo2_flops  # noqa: E402
+from internvqa_jax.flops import network_flops  # noqa: E402
 from internvqa_jax.models import registry  # noqa: E402
 from weight_conversion.flax_to_torch import internvideo2_state_dict, official_kwargs  # noqa: E402
 from weight_conversion.torch_model import InternVideo2Torch  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> None:
     times = interleaved_times(runners, args.repeats, args.warmup)
     matmul_after = matmul_gflops()
     medians = {name: statistics.median(t) for name, t in times.items()}
-    flops = internvideo2_flops(config)["forward"] * args.batch
+    flops = network_flops(config).forward * args.batch
 
     print(
         f"model {args.preset}: {args.batch}x{args.frames}x{args.size}x{args.size}, {config.num_patches + 1} tokens, "

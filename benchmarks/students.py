@@ -37,33 +37,11 @@ MODELS = ("videomamba_small", "S14")
 # ---------------------------------------------------------------------------------------------
 
 
-def videomamba_flops(cfg: Any) -> float:
-    """Forward FLOPs of a VideoMamba config: patch embed, blocks (both scan directions), head."""
-    t, h, w = cfg.grid
-    patches = t * h * w
-    tokens = patches + 1
-    dim, inner, state, rank = cfg.embed_dim, cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
-    directions = 2 if cfg.bimamba else 1
-    flops = 2.0 * patches * cfg.channels * cfg.kernel_size * cfg.patch_size**2 * dim
-    per_direction = (
-        2.0 * tokens * inner * cfg.d_conv  # depthwise causal conv
-        + 2.0 * tokens * inner * (rank + 2 * state)  # x_proj
-        + 2.0 * tokens * rank * inner  # dt_proj
-        # scan: delta*A, delta*u*B, the a*h + b recurrence (2), the C readout (2)
-        + 6.0 * tokens * inner * state
-        + 4.0 * tokens * inner  # D skip and z gate
-    )
-    per_block = (
-        2.0 * tokens * dim * 2 * inner + directions * per_direction + 2.0 * tokens * inner * dim + 4.0 * tokens * dim
-    )
-    return flops + cfg.depth * per_block + 2.0 * dim * max(cfg.num_classes, 0)
+def forward_flops(cfg: Any) -> float:
+    """Forward FLOPs of one clip through a network, as its model family counts them (`internvqa_jax.flops`)."""
+    from internvqa_jax.flops import network_flops
 
-
-def internvideo2_flops(cfg: Any) -> float:
-    """Forward FLOPs of an InternVideo2 config (the package's count, `internvqa_jax.flops`)."""
-    from internvqa_jax.flops import internvideo2_flops as count
-
-    return count(cfg)["forward"]
+    return network_flops(cfg).forward
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +84,7 @@ def measure(name: str, frames: int, size: int, repeats: int, scan_impl: str, sca
         start = time.perf_counter()
         jax.block_until_ready(compiled(state, x))
         times.append(time.perf_counter() - start)
-    flops = videomamba_flops(config) if is_mamba else internvideo2_flops(config)
+    flops = forward_flops(config)
     return dict(
         model=name + (f" ({resolve_impl(scan_impl)} scan)" if is_mamba else ""),
         frames=frames,

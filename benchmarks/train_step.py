@@ -28,7 +28,7 @@ def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[s
     """Times `steps` training steps of `job` after `warmup` ones; returns the figures."""
     from internvqa_jax import sharding
     from internvqa_jax.training import builder
-    from internvqa_jax.training.loop import builder_step
+    from internvqa_jax.training.builder import train_step
 
     built = builder.build(config, job, total_steps=1000)
     mesh = sharding.make_mesh(-1, fsdp)
@@ -37,13 +37,14 @@ def bench(config, job, batch: int, steps: int, warmup: int, fsdp: int) -> dict[s
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.jit(built.init_fn, out_shardings=state_sh)()
     step = jax.jit(
-        builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,)
+        train_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,)
     )
     d = config.data
     rng = np.random.default_rng(0)
     data = {
         "frames": jax.device_put(rng.integers(0, 255, (batch, d.frames, d.size, d.size, 3), dtype=np.uint8), batch_sh),
         "label": jax.device_put(rng.random(batch, dtype=np.float32), batch_sh),
+        "labeled": jax.device_put(np.ones(batch, dtype=bool), batch_sh),
     }
     t0 = time.perf_counter()
     state, m = step(state, data)

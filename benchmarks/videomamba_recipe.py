@@ -36,7 +36,7 @@ import demo_geometry  # noqa: E402  (sibling benchmark: view drawing, batch plan
 from configs import heterogeneous  # noqa: E402
 from internvqa_jax.data import pipeline, shards  # noqa: E402
 from internvqa_jax.models import videomamba  # noqa: E402
-from internvqa_jax.training import builder, loop  # noqa: E402
+from internvqa_jax.training import builder, jobs  # noqa: E402
 
 BATCH = demo_geometry.BATCH
 
@@ -114,10 +114,10 @@ def run_variant(args: argparse.Namespace, name: str, views: dict, split: dict, c
     """Trains one variant alone; returns SRCC per checkpoint, loss, ms/step and wall seconds."""
     t0 = time.perf_counter()
     c = variant_config(name, args.steps, len(split["train"]), args.seed)
-    built = builder.build(c, builder.JobSpec("baseline", ("student",), {"student_mse": 1.0}), args.steps)
+    built = builder.build(c, jobs.JobSpec("baseline", ("student",), {"student_mse": 1.0}), args.steps)
     state = jax.jit(built.init_fn)()
-    step = jax.jit(loop.builder_step(built), donate_argnums=(0,))
-    ev = jax.jit(loop.eval_fn(built, ("student",)))
+    step = jax.jit(builder.train_step(built), donate_argnums=(0,))
+    ev = jax.jit(builder.score_step(built, ("student",)))
     rows, draws = demo_geometry.batch_plan(len(views["train"]), args.views, args.steps, args.seed)
     times, srcc, losses = [], {}, []
     for s in range(args.steps):

@@ -108,7 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field of a training run, with the paper's defaults where it has one."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.job = "homologous"  # homologous | teacher (fine-tune the teacher alone) | heterogeneous
+    # The recipe: homologous | heterogeneous | teacher (fine-tune the teacher alone). The run's jobs
+    # (teacher, distill, baseline: WORKDIR/<job>/) follow from it and the teacher mode.
+    c.job = "homologous"
     c.distill = True  # False: the student alone on its regression loss (no teacher at all)
     c.run_baseline = True  # also train the no-distillation student and report it beside
 

@@ -1,25 +1,37 @@
-"""Compile-ahead planner: compiles a config's real training steps for a TPU topology on a CPU machine.
+"""Compile-ahead planner: compiles a config's real training programs for a TPU or GPU topology on a CPU machine.
 
     python -m internvqa_jax.aot --config=configs/homologous.py:teacher=1B,student=B14,data=waterloo_ivc4k \
         --topology=v5e:2x4 --config.mesh.fsdp=8 [--batch=64[,128]] [--find-batch] [--json=plan.json]
+    JAX_PLATFORMS=cpu python -m internvqa_jax.aot --config=... --topology=h100:8 --config.compute_dtype=bfloat16
 
-Needs the `tpu` extra (`pip install -e '.[tpu]'`, which brings libtpu); no TPU is used or needed:
-run it with `JAX_PLATFORMS=cpu`. The config and its `--config.*` overrides are the train command's.
+TPU topologies need the `tpu` extra (libtpu); GPU topologies (`h100:8`, `h200:8`, `b200:8`,
+`a100-80:8`, several nodes as `h100:2x8`) the `gpu-plan` extra (the CUDA plugin and the cuDNN
+library its fused attention is compiled against). No accelerator is used or needed: run it with
+`JAX_PLATFORMS=cpu`. The config and its `--config.*` overrides are the train command's.
 
-For each job of the run (`train.plan_jobs`) the planner builds the job exactly as `internvqa_jax.train`
-does (`builder.build`: networks, trainable/frozen split, optimiser, loss, remat; `sharding`: the mesh
-of `config.mesh` and the state's shardings), from abstract shapes only (`nnx.eval_shape`: no
-parameter is allocated), and lowers `jax.jit(step, in_shardings, out_shardings, donate_argnums=0)`
-over a `jax.sharding.Mesh` of the topology's devices (`jax.experimental.topologies`). It does the
-same for the student's scoring forward (the eval step on test views). Each program is compiled by
-libtpu for that chip; XLA's `memory_analysis()` and `cost_analysis()` give the peak memory per chip
-and the FLOPs and bytes of the per-chip program, and `tpu_chips.CHIPS` the chip's capacity and peaks.
+For each job of the run (`training.jobs.plan_jobs`) the planner builds the job exactly as training
+does (`builder.build`: networks, trainable/frozen split, optimiser, loss, remat; `sharding`: the
+mesh of `config.mesh` and the state's shardings), from abstract shapes only (no parameter is
+allocated), and lowers `jax.jit(step, in_shardings, out_shardings, donate_argnums=0)` under
+`jax.set_mesh` of a mesh of the topology's devices (`jax.experimental.topologies`), on the batch
+the step sees (`data.batch_spec`, `labeled` included). It does the same for the student's score
+step (validation and test over the test views, batch rounded by each process's devices as the loop
+rounds it) and, for a job with a cached frozen teacher, the teacher's feature pass. Each program is
+compiled for the chip (libtpu for a TPU, XLA's GPU compiler for the GPU's description in
+`internvqa_jax/gpu_targets/`); `memory_analysis()` gives the peak memory per chip.
 
-Fields per program (the JSON's `programs` list): see `PlanRow`. `roofline_seconds_per_step` =
-max(XLA FLOPs per chip / peak FLOP/s, XLA bytes accessed per chip / HBM bandwidth): a lower bound on
-the step time (collectives and imperfect overlap come on top). `mfu_upper_bound` = analytic model
-FLOPs per chip / peak / roofline time. XLA's FLOPs include what remat recomputes; the model count
-excludes it and `analytic_recompute_flops_per_step` says how much that is.
+FLOPs: on a TPU XLA's `cost_analysis()` gives the per-chip program's FLOPs and bytes; a deviceless
+GPU compile has no cost analysis, so a GPU row's roofline uses the analytic FLOPs and, as its
+memory traffic, the bytes of the program's arguments and outputs (a lower bound); the row's
+`flops_source` says which ("xla" or "analytic"). Fields per program (the JSON's `programs` list):
+see `PlanRow`. `roofline_seconds_per_step` is a lower bound on the step time (collectives and
+imperfect overlap come on top); `mfu_upper_bound` = analytic model FLOPs per chip / peak / roofline
+time. XLA's FLOPs include what remat recomputes; the model count excludes it and
+`analytic_recompute_flops_per_step` says how much that is.
+
+`attention_kernel` is read from the compiled program: a cuDNN fused-attention custom call
+(`__cudnn$fmha...`), the Pallas splash kernel (`tpu_custom_call`), or XLA's own attention;
+`attention_impl` gives each network's path and, where cuDNN's constraints fail, why it fell back.
 
 `--find-batch`: compiles each training program at a first batch (1 clip per chip, or the first
 `--batch`) and twice that, extrapolates the largest global batch that fits along the line through
@@ -44,18 +56,21 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
+from internvqa_jax import accelerators, sharding
 from internvqa_jax import flops as flops_lib
-from internvqa_jax import sharding, tpu_chips
-from internvqa_jax import train as train_lib
+from internvqa_jax.data import batch_spec
 from internvqa_jax.io_utils import atomic_write_json
-from internvqa_jax.training import builder, config_rules, loop
+from internvqa_jax.training import builder, config_rules, jobs
+from internvqa_jax.training.config_flag import CONFIG
 
 # libtpu takes a machine-wide lock when it loads, so a second planner (or a test) on the same host
 # would abort; compiling for a described topology never touches a TPU, so several may share libtpu.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", None, "TPU topology libtpu accepts: v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4, ..."
+    "topology",
+    None,
+    "TPU topology libtpu accepts (v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4, ...) or GPUs (h100:8, h200:8, b200:8, a100-80:8, h100:2x8)",
 )
 _BATCH = flags.DEFINE_list(
     "batch",
@@ -65,13 +80,13 @@ _BATCH = flags.DEFINE_list(
 _FIND_BATCH = flags.DEFINE_bool("find-batch", False, "search the largest global batch that fits, per training job")
 _MAX_BATCH = flags.DEFINE_integer("max-batch", 4096, "--find-batch: largest global batch tried")
 _JOBS = flags.DEFINE_list("jobs", [], "jobs to compile (default: all of the config's: teacher, distill, baseline)")
-_SCORE = flags.DEFINE_bool("score", True, "also compile the student's scoring forward")
+_SCORE = flags.DEFINE_bool("score", True, "also compile the student's score step (validation and test)")
 _JSON = flags.DEFINE_string("json", "", "write the plan as JSON to this path")
 
 log = logging.getLogger("internvqa_jax.aot")
 
-# The compiler's words when a program does not fit in HBM, and the size it says it needed.
-_OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|exceeds available HBM", re.I)
+# The compiler's words when a program does not fit in device memory, and the size it says it needed.
+_OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|exceeds available HBM|out of memory", re.I)
 _OOM_REQUIRED = re.compile(r"total memory required[^(]*\(([\d.]+)([KMGT]?)\)")
 
 
@@ -79,17 +94,17 @@ _OOM_REQUIRED = re.compile(r"total memory required[^(]*\(([\d.]+)([KMGT]?)\)")
 class PlanRow:
     """One compiled program of the plan (the JSON object of each entry of `programs`)."""
 
-    program: str  # train_<job> | score_student
+    program: str  # train_<job> | score_student | teacher_cache_<job>
     topology: str
-    chip: str
-    chips: int
+    chip: str  # a TPU generation or a GPU (accelerators.TPUS, accelerators.GPUS)
+    chips: int  # TPU chips or GPUs
     mesh: dict[str, int]  # axis sizes
     global_batch: int  # clips per step (scoring: clips, each with `views` views)
-    hbm_bytes_per_chip: int  # capacity, from tpu_chips.CHIPS
+    hbm_bytes_per_chip: int  # device memory per chip, from accelerators
     peak_bytes_per_chip: int | None  # arguments + outputs + temporaries - aliases (memory_analysis)
     fits: bool
     xla_flops_per_step: float | None  # cost_analysis() flops of the per-chip program x chips
-    analytic_flops_per_step: float  # model FLOPs (internvqa_jax.flops), remat recompute excluded
+    analytic_flops_per_step: float  # model FLOPs (each family's count, internvqa_jax.flops), remat recompute excluded
     analytic_recompute_flops_per_step: float  # what remat adds on top of the model FLOPs
     roofline_seconds_per_step: float | None
     mfu_upper_bound: float | None
@@ -100,7 +115,9 @@ class PlanRow:
     alias_bytes: int | None = None
     views: int = 1
     compute_dtype: str = ""
-    attention_impl: dict[str, Any] = dataclasses.field(default_factory=dict)
+    attention_impl: dict[str, Any] = dataclasses.field(default_factory=dict)  # net -> path (and why, if it fell back)
+    attention_kernel: str = ""  # what the compiled program holds: cuDNN fused attention, Pallas splash or XLA
+    flops_source: str = "xla"  # "xla": cost_analysis(); "analytic": no cost analysis (deviceless GPU compile)
     remat: dict[str, bool] = dataclasses.field(default_factory=dict)
     compile_seconds: float = 0.0
     error: str | None = None  # the compiler's out-of-memory message when it refused the program
@@ -113,25 +130,41 @@ class PlanRow:
 # ============================================================================ topology and mesh
 
 
-def topology_devices(topology: str) -> tuple[list[jax.Device], tpu_chips.ChipSpec]:
-    """The devices of a TPU topology (one per chip) and the chip's figures; needs libtpu, not a TPU."""
+def topology_devices(topology: str) -> tuple[list[jax.Device], accelerators.Topology]:
+    """The devices of a TPU or GPU topology (one per chip) and its figures; needs libtpu or the CUDA
+    plugin, not the accelerator."""
     from jax.experimental import topologies
 
-    chip = tpu_chips.chip_of_topology(topology)
-    # v4/v5p chips hold two TensorCores; in the default chip config each core is a device, and mesh
-    # creation wants one device per chip, which is the "megacore" chip config (how these chips train).
-    kwargs = {"chip_config_name": "megacore"} if chip.megacore else {}
+    topo = accelerators.parse_topology(topology)
+    chip = topo.chip
     try:
-        devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices)
-    except Exception as err:  # libtpu missing, or a shape it does not know
+        if chip.platform == "gpu":
+            desc = topologies.get_topology_desc(
+                platform="cuda", target_config=accelerators.gpu_target_config(chip), topology=topo.shape
+            )
+        else:
+            # v4/v5p chips hold two TensorCores; in the default chip config each core is a device, and
+            # mesh creation wants one device per chip, which is the "megacore" chip config (how these chips train).
+            kwargs = {"chip_config_name": "megacore"} if chip.megacore else {}
+            desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
+        devices = list(desc.devices)
+    except Exception as err:  # the plugin missing, or a shape it does not know
+        extra, example = (
+            ("gpu-plan", "h100:8 or h100:2x8") if chip.platform == "gpu" else ("tpu", "v5e:2x4 or v4:2x2x1")
+        )
         raise ValueError(
-            f"--topology={topology}: libtpu could not describe it ({err}); install the tpu extra (pip install -e '.[tpu]') and use a shape such as v5e:2x4 or v4:2x2x1"
+            f"--topology={topology}: could not describe it ({err}); install the {extra} extra (pip install -e '.[{extra}]') and use a shape such as {example}"
         ) from err
     if devices[0].device_kind != chip.device_kind:
         raise ValueError(
-            f"--topology={topology}: libtpu reports {devices[0].device_kind!r} devices, the table expects {chip.device_kind!r} for {chip.name}"
+            f"--topology={topology}: the compiler reports {devices[0].device_kind!r} devices, the table expects {chip.device_kind!r} for {chip.name}"
         )
-    return devices, chip
+    return devices, topo
+
+
+def process_count(devices: list[jax.Device]) -> int:
+    """Processes (hosts) a run on these devices has: one per host of the topology."""
+    return len({d.process_index for d in devices})
 
 
 def plan_mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) -> jax.sharding.Mesh:
@@ -142,30 +175,58 @@ def plan_mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) -> j
 # ============================================================================ attention on the target
 
 
-def target_attention_impl(impl: str | None, platform: str, dtype: Any, head_dim: int) -> str | None:
-    """The attention path `impl` takes when the model is traced for `platform`.
+def cudnn_missing_reason() -> str | None:
+    """Why cuDNN attention cannot be traced here (None when it can).
 
-    The model resolves "auto" while tracing; the planner traces on the CPU host, so it asks the
-    attention module what "auto" means on the target and sets that explicitly in the networks'
-    configs (the same kernel the training run on that platform would trace).
+    JAX checks the cuDNN library's version while tracing a cuDNN attention call, so a GPU plan needs
+    the library installed (the `gpu-plan` extra), though no GPU.
     """
-    from internvqa_jax.models import layers
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo  # JAX's own check, the one tracing runs
 
-    return layers.select_attention_impl(impl, platform, dtype, head_dim)[0]
+        fused_attention_stablehlo.check_cudnn_version()
+    except Exception as err:  # the plugin or the library absent
+        return f"the cuDNN library is not installed ({str(err).splitlines()[0]}; pip install -e '.[gpu-plan]')"
+    return None
 
 
 def pin_attention(config: ml_collections.ConfigDict, nets: tuple[str, ...], platform: str) -> dict[str, Any]:
-    """Writes each network's target attention path into its overrides; returns {net: path}."""
+    """Writes each network's attention path on `platform` into its overrides; returns {net: path}.
+
+    The model resolves "auto" while tracing; the planner traces on the CPU host, so it asks the
+    attention module what the network's setting means on the target (`layers.select_attention_impl`)
+    and sets that explicitly: the kernel the training run on that platform traces. A path that fell
+    back is given with the reason, e.g. "xla (auto on GPU, cudnn needs ...: XLA attention)".
+    """
+    from internvqa_jax.models import layers
+
     chosen = {}
+    missing = cudnn_missing_reason() if platform == "gpu" else None
     for name in nets:
         cfg = builder.model_config(config[name], config.data, config.compute_dtype)
         if not hasattr(cfg, "num_heads"):
             continue
-        path = target_attention_impl(cfg.attention_impl, platform, jnp.dtype(cfg.dtype), cfg.embed_dim // cfg.num_heads)
+        path, reason = layers.select_attention_impl(
+            cfg.attention_impl, platform, jnp.dtype(cfg.dtype), cfg.embed_dim // cfg.num_heads
+        )
+        if path == "cudnn" and missing:
+            path, reason = "xla", f"{missing}: XLA attention"
         with config.unlocked():
             config[name].overrides.attention_impl = path
-        chosen[name] = path
+        fell_back = path == "xla" and cfg.attention_impl in ("auto", "cudnn") and platform == "gpu"
+        chosen[name] = f"{path} ({reason})" if fell_back else path
     return chosen
+
+
+def attention_kernel(hlo_text: str) -> str:
+    """The attention kernel a compiled program holds, from its custom calls."""
+    calls = sorted(set(re.findall(r'custom_call_target="([^"]+)"', hlo_text)))
+    cudnn = [c for c in calls if c.startswith("__cudnn$fmha")]
+    if cudnn:
+        return "cuDNN fused attention (" + ", ".join(cudnn) + ")"
+    if "tpu_custom_call" in calls:
+        return "Pallas kernel (tpu_custom_call: splash attention)"
+    return "XLA attention (no fused attention call)"
 
 
 # ============================================================================ compiling one program
@@ -178,10 +239,14 @@ def _memory(compiled: Any) -> dict[str, int]:
     return out
 
 
-def _cost(compiled: Any) -> dict[str, float]:
+def _cost(compiled: Any) -> dict[str, float] | None:
+    """XLA's FLOPs and bytes of the per-chip program; None where the compiler has no cost analysis
+    (a GPU compiled for without one)."""
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
         cost = cost[0] if cost else {}
+    if not cost:
+        return None
     return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
 
 
@@ -194,17 +259,24 @@ def _oom_bytes(message: str) -> int | None:
     return int(float(match.group(1)) * scale)
 
 
+# A deviceless GPU compile cannot autotune, and Triton GEMM fusions need tile sizes that only a
+# device can give ("Couldn't find output tile sizes"): matmuls then go to cuBLAS(Lt), as they may on a GPU.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False, "xla_gpu_autotune_level": 0}
+
+
 def compile_program(
     fn: Callable, args: tuple, in_sh: tuple, out_sh: Any, donate: tuple[int, ...], mesh: jax.sharding.Mesh
 ) -> dict[str, Any]:
-    """Lowers and compiles `fn` for the mesh; returns memory and cost figures, or the OOM error."""
+    """Lowers and compiles `fn` for the mesh; returns memory, cost and kernel figures, or the OOM error."""
     t0 = time.perf_counter()
     jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=out_sh, donate_argnums=donate)
+    gpu = mesh.devices.flat[0].platform == "gpu"
     try:
         # Tracing under the mesh tells mesh-aware code (kernels wrapped in shard_map) the target.
         with jax.set_mesh(mesh):
-            compiled = jitted.lower(*args).compile()
-    except Exception as err:  # the compiler refuses a program that does not fit in HBM
+            lowered = jitted.lower(*args)
+        compiled = lowered.compile(compiler_options=GPU_COMPILER_OPTIONS) if gpu else lowered.compile()
+    except Exception as err:  # the compiler refuses a program that does not fit in device memory
         message = str(err)
         if not _OOM.search(message):
             raise
@@ -213,7 +285,12 @@ def compile_program(
             "oom_bytes": _oom_bytes(message),
             "seconds": time.perf_counter() - t0,
         }
-    return {"memory": _memory(compiled), "cost": _cost(compiled), "seconds": time.perf_counter() - t0}
+    return {
+        "memory": _memory(compiled),
+        "cost": _cost(compiled),
+        "kernel": attention_kernel(compiled.as_text()),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _row(
@@ -221,7 +298,7 @@ def _row(
     result: dict,
     *,
     topology: str,
-    chip: tpu_chips.ChipSpec,
+    chip: accelerators.Accelerator,
     mesh: jax.sharding.Mesh,
     batch: int,
     analytic: float,
@@ -260,32 +337,24 @@ def _row(
         mem["temp"],
         mem["alias"],
     )
+    # a program whose networks have no attention (VideoMamba) has no kernel to name
+    row.attention_kernel = result["kernel"] if row.attention_impl else "none (no attention in these networks)"
     row.fits = mem["peak"] <= chip.hbm_bytes
-    row.xla_flops_per_step = cost["flops"] * chips
-    row.xla_bytes_accessed_per_chip = cost["bytes"]
-    seconds = max(cost["flops"] / chip.peak_bf16_flops, cost["bytes"] / chip.hbm_bytes_per_s)
+    if cost is not None:
+        row.xla_flops_per_step = cost["flops"] * chips
+        row.xla_bytes_accessed_per_chip = cost["bytes"]
+        flops_per_chip, bytes_per_chip = cost["flops"], cost["bytes"]
+    else:  # no cost analysis: the model's FLOPs (and remat's), and at least the arguments read and outputs written
+        row.flops_source = "analytic"
+        flops_per_chip = (analytic + recompute) / chips
+        bytes_per_chip = float(mem["argument"] + mem["output"])
+    seconds = max(flops_per_chip / chip.peak_bf16_flops, bytes_per_chip / chip.hbm_bytes_per_s)
     row.roofline_seconds_per_step = seconds
     row.mfu_upper_bound = (analytic / chips / chip.peak_bf16_flops / seconds) if seconds > 0 else None
     return row
 
 
 # ============================================================================ the programs of a run
-
-
-def _train_batch(
-    config: ml_collections.ConfigDict, built: builder.Built, job: builder.JobSpec, batch: int
-) -> dict[str, jax.ShapeDtypeStruct]:
-    """Abstract training batch as the data pipeline yields it (uint8 frames, float labels)."""
-    d = config.data
-    out = {
-        "frames": jax.ShapeDtypeStruct((batch, int(d.frames), int(d.size), int(d.size), 3), jnp.uint8),
-        "label": jax.ShapeDtypeStruct((batch,), jnp.float32),
-    }
-    if job.teacher_cached:
-        dim = builder.pooled_dim(built.model_configs["teacher"])
-        out["teacher_pool"] = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
-        out["teacher_score"] = jax.ShapeDtypeStruct((batch,), jnp.float32)
-    return out
 
 
 def _check_batch(batch: int, mesh: jax.sharding.Mesh, what: str) -> None:
@@ -296,29 +365,42 @@ def _check_batch(batch: int, mesh: jax.sharding.Mesh, what: str) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the programs are compiled: the topology's name, chip, mesh and processes."""
+
+    topology: str
+    chip: accelerators.Accelerator
+    mesh: jax.sharding.Mesh
+    processes: int
+
+
+def _shardings(built: builder.Built, mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+    return sharding.state_shardings(built.abstract_state, mesh), sharding.batch_sharding(mesh)
+
+
+def _remat(built: builder.Built) -> dict[str, bool]:
+    return {n: bool(getattr(c, "remat", False)) for n, c in built.model_configs.items()}
+
+
 def plan_train(
-    config: ml_collections.ConfigDict,
-    job: builder.JobSpec,
-    batch: int,
-    mesh: jax.sharding.Mesh,
-    chip: tpu_chips.ChipSpec,
-    topology: str,
-    attention: dict,
+    config: ml_collections.ConfigDict, job: jobs.JobSpec, batch: int, target: Target, attention: dict
 ) -> PlanRow:
-    """Compiles job `job`'s train step at global batch `batch`, as `train.train_job` jits it."""
+    """Compiles job `job`'s train step at global batch `batch`, as the training loop jits it."""
+    mesh = target.mesh
     _check_batch(batch, mesh, f"train_{job.name}")
     config = ml_collections.ConfigDict(config.to_dict())  # batch size feeds the schedule: a private copy
     config.optim.batch_size = batch
     built = builder.build(config, job, total_steps=1000)
-    state_sh = sharding.state_shardings(built.abstract_state, mesh)
-    batch_sh = sharding.batch_sharding(mesh)
-    rep = sharding.replicated(mesh)
-    abstract_batch = _train_batch(config, built, job, batch)
+    state_sh, batch_sh = _shardings(built, mesh)
+    d = config.data
+    teacher_dim = builder.pooled_dim(built.model_configs["teacher"]) if job.teacher_cached else None
+    abstract_batch = batch_spec.train_batch_spec(batch, int(d.frames), int(d.size), teacher_dim)
     result = compile_program(
-        loop.builder_step(built),
+        builder.train_step(built),
         (built.abstract_state, abstract_batch),
         (state_sh, batch_sh),
-        (state_sh, rep),
+        (state_sh, sharding.replicated(mesh)),
         (0,),
         mesh,
     )
@@ -327,42 +409,46 @@ def plan_train(
     return _row(
         f"train_{job.name}",
         result,
-        topology=topology,
-        chip=chip,
+        topology=target.topology,
+        chip=target.chip,
         mesh=mesh,
         batch=batch,
         analytic=analytic,
         recompute=recompute,
         compute_dtype=str(config.compute_dtype),
-        attention_impl={n: attention[n] for n in built.model_configs if n in attention},
-        remat={n: bool(getattr(c, "remat", False)) for n, c in built.model_configs.items()},
+        # a cached teacher's outputs come with the batch: the step never runs it
+        attention_impl={
+            n: attention[n]
+            for n in built.model_configs
+            if n in attention and not (n == "teacher" and job.teacher_cached)
+        },
+        remat=_remat(built),
     )
 
 
-def eval_views(config: ml_collections.ConfigDict) -> int:
-    """Test views per clip the eval pipeline yields: K segments x 3 crops, or K fragment draws."""
-    return int(config.test_views) * (3 if config.data.spatial_mode == "resize_crop" else 1)
+def eval_global_batch(config: ml_collections.ConfigDict, target: Target) -> int:
+    """The global batch of the score step and the teacher-cache pass: `data.eval_batch_size` rounded
+    by each process's devices, as the loop rounds it (`batch_spec.eval_batch_size`), on every process."""
+    per_process = batch_spec.eval_batch_size(
+        int(config.data.eval_batch_size), target.mesh.devices.size, target.processes
+    )
+    return per_process * target.processes
 
 
-def plan_score(
-    config: ml_collections.ConfigDict,
-    job: builder.JobSpec,
-    mesh: jax.sharding.Mesh,
-    chip: tpu_chips.ChipSpec,
-    topology: str,
-    attention: dict,
-) -> PlanRow:
-    """Compiles the student's scoring forward (the eval step over test views) for the job's state."""
+def plan_score(config: ml_collections.ConfigDict, job: jobs.JobSpec, target: Target, attention: dict) -> PlanRow:
+    """Compiles the student's score step (validation and test over the test views) for the job's state."""
+    mesh = target.mesh
     built = builder.build(config, job, total_steps=1000)
-    devices = mesh.devices.size
-    batch = max(devices, (int(config.data.eval_batch_size) // devices) * devices)  # as train_job rounds it
-    views, d = eval_views(config), config.data
-    state_sh = sharding.state_shardings(built.abstract_state, mesh)
-    batch_sh = sharding.batch_sharding(mesh)
-    frames = jax.ShapeDtypeStruct((batch, views, int(d.frames), int(d.size), int(d.size), 3), jnp.uint8)
+    batch = eval_global_batch(config, target)
+    d = config.data
+    abstract_batch = batch_spec.score_batch_spec(
+        batch, int(d.frames), int(d.size), str(d.spatial_mode), int(config.test_views)
+    )
+    views = abstract_batch["frames"].shape[1]
+    state_sh, batch_sh = _shardings(built, mesh)
     result = compile_program(
-        loop.eval_fn(built, ("student",)),
-        (built.abstract_state, {"frames": frames}),
+        builder.score_step(built, ("student",)),
+        (built.abstract_state, abstract_batch),
         (state_sh, batch_sh),
         batch_sh,
         (),
@@ -372,16 +458,51 @@ def plan_score(
     return _row(
         "score_student",
         result,
-        topology=topology,
-        chip=chip,
+        topology=target.topology,
+        chip=target.chip,
         mesh=mesh,
         batch=batch,
         analytic=analytic,
         recompute=0.0,
         views=views,
         compute_dtype=str(config.compute_dtype),
-        attention_impl={"student": attention.get("student")},
-        remat={"student": bool(getattr(built.model_configs["student"], "remat", False))},
+        attention_impl={n: attention[n] for n in ("student",) if n in attention},
+        remat={"student": _remat(built)["student"]},
+    )
+
+
+def plan_teacher_cache(
+    config: ml_collections.ConfigDict, job: jobs.JobSpec, target: Target, attention: dict
+) -> PlanRow:
+    """Compiles the frozen teacher's feature pass that fills job `job`'s feature cache, under the
+    job's mesh, at the batch `feature_cache.teacher_cache` runs it (the eval batch, one view per clip)."""
+    mesh = target.mesh
+    built = builder.build(config, job, total_steps=1000)
+    batch = eval_global_batch(config, target)
+    d = config.data
+    abstract_batch = batch_spec.teacher_cache_batch_spec(batch, int(d.frames), int(d.size))
+    state_sh, batch_sh = _shardings(built, mesh)
+    result = compile_program(
+        builder.teacher_features_step(built),
+        (built.abstract_state, abstract_batch),
+        (state_sh, batch_sh),
+        batch_sh,
+        (),
+        mesh,
+    )
+    analytic = flops_lib.forward_flops_per_clip(built.model_configs, ("teacher",)) * batch
+    return _row(
+        f"teacher_cache_{job.name}",
+        result,
+        topology=target.topology,
+        chip=target.chip,
+        mesh=mesh,
+        batch=batch,
+        analytic=analytic,
+        recompute=0.0,
+        compute_dtype=str(config.compute_dtype),
+        attention_impl={n: attention[n] for n in ("teacher",) if n in attention},
+        remat={"teacher": _remat(built)["teacher"]},
     )
 
 
@@ -462,28 +583,31 @@ def plan(
     topology: str,
     batches: list[int],
     find: bool,
-    jobs: list[str],
+    job_names: list[str],
     score: bool,
     max_batch: int,
 ) -> dict[str, Any]:
     """The whole plan: every selected program at every requested batch (or the searched one)."""
-    devices, chip = topology_devices(topology)
+    devices, topo = topology_devices(topology)
     mesh = plan_mesh(config, devices)
+    target = Target(topology, topo.chip, mesh, process_count(devices))
     config = ml_collections.ConfigDict(config.to_dict())
     config_rules.check_config(config, num_devices=mesh.devices.size)  # the train command's rules, before any compile
-    all_jobs = train_lib.plan_jobs(config)
-    unknown = sorted(set(jobs) - {j.name for j in all_jobs})
+    all_jobs = jobs.plan_jobs(config)
+    unknown = sorted(set(job_names) - {j.name for j in all_jobs})
     if unknown:
         raise ValueError(f"--jobs: {unknown} are not jobs of this config; it has {[j.name for j in all_jobs]}")
-    selected = [j for j in all_jobs if not jobs or j.name in jobs]
+    selected = [j for j in all_jobs if not job_names or j.name in job_names]
     nets = tuple(sorted({n for j in all_jobs for n in j.nets}))
-    attention = pin_attention(config, nets, "tpu")
+    attention = pin_attention(config, nets, topo.chip.platform)
     start_batch = batches[0] if batches else 0  # --find-batch starts at the first --batch, else 1 clip per chip
     batches = batches or [int(config.optim.batch_size)]
     rows: list[PlanRow] = []
     searches = []
     for job in selected:
-        plan_at = lambda b, job=job: plan_train(config, job, b, mesh, chip, topology, attention)  # noqa: E731
+        if job.teacher_cached:  # the cache pass runs before the job's steps, under the same mesh
+            rows.append(plan_teacher_cache(config, job, target, attention))
+        plan_at = lambda b, job=job: plan_train(config, job, b, target, attention)  # noqa: E731
         if find:
             best, tried, slope = find_batch(plan_at, mesh.devices.size, max_batch, start_batch=start_batch)
             searches.append(
@@ -502,10 +626,11 @@ def plan(
             rows.extend(plan_at(b) for b in batches)
     scorer = next((j for j in all_jobs if "student" in j.nets), None)
     if score and scorer is not None:
-        rows.append(plan_score(config, scorer, mesh, chip, topology, attention))
+        rows.append(plan_score(config, scorer, target, attention))
     out: dict[str, Any] = {
         "topology": topology,
-        "chip": dataclasses.asdict(chip),
+        "chip": dataclasses.asdict(topo.chip),
+        "processes": target.processes,
         "programs": [r.to_dict() for r in rows],
     }
     if searches:
@@ -531,10 +656,10 @@ def _slopes(rows: list[PlanRow]) -> dict[str, float]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The plan as a fixed-width text table."""
-    gib = tpu_chips.GiB
+    """The plan as a fixed-width text table; each program's attention kernel on the line below it."""
+    gib = accelerators.GiB
     lines = [
-        f"{'program':16s} {'topology':10s} {'mesh':>10s} {'batch':>6s} {'peak/chip':>10s} {'HBM':>7s} {'fits':>5s} {'XLA TFLOP':>10s} {'model TFLOP':>11s} {'roofline':>9s} {'MFU<=':>6s}  attention"
+        f"{'program':22s} {'topology':10s} {'mesh':>8s} {'batch':>6s} {'peak/chip':>10s} {'memory':>7s} {'fits':>5s} {'XLA TFLOP':>10s} {'model TFLOP':>11s} {'roofline':>9s} {'MFU<=':>6s}  compile"
     ]
     for r in result["programs"]:
         peak = f"{r['peak_bytes_per_chip'] / gib:.2f}G" if r["peak_bytes_per_chip"] else "?"
@@ -543,8 +668,19 @@ def format_table(result: dict[str, Any]) -> str:
         mfu = f"{100 * r['mfu_upper_bound']:.0f}%" if r["mfu_upper_bound"] else "-"
         mesh = "x".join(str(v) for v in r["mesh"].values())
         lines.append(
-            f"{r['program']:16s} {r['topology']:10s} {mesh:>10s} {r['global_batch']:6d} {peak:>10s} {r['hbm_bytes_per_chip'] / gib:6.0f}G {str(r['fits']):>5s} "
-            f"{xla:>10s} {r['analytic_flops_per_step'] / 1e12:11.2f} {roof:>9s} {mfu:>6s}  {r['attention_impl']}"
+            f"{r['program']:22s} {r['topology']:10s} {mesh:>8s} {r['global_batch']:6d} {peak:>10s} {r['hbm_bytes_per_chip'] / gib:6.0f}G {str(r['fits']):>5s} "
+            f"{xla:>10s} {r['analytic_flops_per_step'] / 1e12:11.2f} {roof:>9s} {mfu:>6s}  {r['compile_seconds']:.0f} s"
+        )
+        lines.append(f"    attention: {r['attention_kernel'] or r['error']}; per network: {r['attention_impl']}")
+    if result["chip"]["platform"] == "gpu":
+        lines.append(
+            "fits: against the whole device memory; JAX's GPU allocator takes 75% of it unless "
+            "XLA_PYTHON_CLIENT_MEM_FRACTION is raised (e.g. to 0.95) for the training run"
+        )
+    if any(r["flops_source"] == "analytic" for r in result["programs"]):
+        lines.append(
+            "roofline and MFU bound from the analytic FLOPs (no XLA cost analysis for this target) and, as memory "
+            "traffic, the program's arguments and outputs (a lower bound)"
         )
     for s in result.get("searches", []):
         slope = (
@@ -563,7 +699,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = train_lib._CONFIG.value  # the train command's --config flag: the same files, presets and overrides
+    config = CONFIG.value  # the train command's --config flag: the same files, presets and overrides
     if config is None or not _TOPOLOGY.value:
         raise app.UsageError(
             "--config and --topology are required, e.g. --config=configs/homologous.py --topology=v5e:2x4"

@@ -7,7 +7,7 @@
 The method, as a run does it:
 1. check the config (`training/config_rules.py`), then make sure the dataset's shards exist
    (the demo is built on first use);
-2. plan the jobs (`plan_jobs`): `distill` (student + co-trained or frozen teacher, the method),
+2. plan the jobs (`training/jobs.py:plan_jobs`): `distill` (student + co-trained or frozen teacher, the method),
    `baseline` (the same student without any teacher, `run_baseline=True`) or `teacher` (the
    teacher alone; in `staged` mode first, its export then distilled from frozen);
 3. train each job in `WORKDIR/<job>/` (`training/loop.py`: checkpoints, metrics.jsonl,
@@ -30,62 +30,15 @@ from typing import Any
 import jax
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
-from internvqa_jax import io_utils, losses
-from internvqa_jax.training import builder, config_rules, export, loop, multihost
+from internvqa_jax import io_utils
+from internvqa_jax.training import config_rules, jobs, loop, multihost
 from internvqa_jax.training import report as report_lib
+from internvqa_jax.training.config_flag import CONFIG
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file (configs/*.py[:presets]).", lock_config=True
-)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs, exports and report.json.")
 
 log = logging.getLogger("internvqa_jax.train")
-
-
-def plan_jobs(config: ml_collections.ConfigDict) -> list[builder.JobSpec]:
-    """The jobs a checked config asks for, in order: the teacher alone (staged mode or the teacher
-    config), distillation, then the no-distillation baseline.
-
-    Teacher modes: `cotrain` (authors: teacher and student trained together), `frozen` (teacher from
-    `teacher.init`, pre-fine-tuned elsewhere, no gradient) and `staged` (this run fine-tunes the
-    teacher alone for `teacher.epochs` first, then distils from it frozen).
-    With `data.labeled_fraction` < 1 the teacher and baseline jobs read the labeled training clips
-    only; the distillation job reads them all, unlabeled ones reaching the teacher terms only.
-    """
-    w = {k: float(config.loss[k]) for k in losses.LOSS_TERMS}
-    student_only = {k: v for k, v in w.items() if k.startswith("student_")}
-    teacher_only = {k: v for k, v in w.items() if k.startswith("teacher_")} or {"teacher_mse": 1.0}
-    mode = str(config.teacher.mode)
-    frozen = mode in config_rules.FROZEN_TEACHER_MODES
-    teacher_job = builder.JobSpec("teacher", ("teacher",), teacher_only, epochs=float(config.teacher.epochs))
-    if config.job == "teacher":
-        return [teacher_job]
-    jobs = []
-    if config.distill:
-        weights = dict(w)
-        if frozen:  # a frozen teacher has nothing to learn from its own regression terms
-            weights = {k: v for k, v in weights.items() if not k.startswith("teacher_")}
-        init_exports: tuple[tuple[str, str], ...] = ()
-        if mode == "staged":
-            jobs.append(teacher_job)
-            init_exports = (("teacher", export.export_name(teacher_job, "teacher")),)
-        cached = bool(config.teacher.cache_features)
-        jobs.append(
-            builder.JobSpec(
-                "distill",
-                ("student", "teacher"),
-                weights,
-                teacher_frozen=frozen,
-                teacher_cached=cached,
-                init_exports=init_exports,
-                unlabeled_clips=True,
-            )
-        )
-    if config.run_baseline or not config.distill:
-        jobs.append(builder.JobSpec("baseline", ("student",), student_only or {"student_mse": 1.0}))
-    return jobs
 
 
 def ensure_data(config: ml_collections.ConfigDict) -> str:
@@ -142,7 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     shard_dir = ensure_data(config)
     results = {}
-    for job in plan_jobs(config):
+    for job in jobs.plan_jobs(config):
         results[job.name] = loop.train_job(config, job, shard_dir, os.path.join(workdir, job.name), workdir)
     report = report_lib.make_report(results, config, shard_dir)
     if jax.process_index() == 0:
@@ -157,7 +110,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # orbax logs every checkpoint step at INFO through absl; keep the console to the run's own lines
     logging.getLogger("absl").setLevel(logging.WARNING)
-    config = _CONFIG.value
+    config = CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/homologous.py")
     try:

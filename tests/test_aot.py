@@ -1,11 +1,12 @@
 """The compile-ahead planner (`python -m internvqa_jax.aot`): a tiny teacher+student run compiled for a
-TPU v5e 2x2 topology on this CPU machine (libtpu from the `tpu` extra; no TPU is used).
+TPU v5e 2x2 topology on this CPU machine (libtpu from the `tpu` extra; no TPU is used). Every config
+for a TPU and a GPU topology: tests/test_plan_every_config.py.
 
 - The CLI writes a JSON plan with every documented field, for the training step(s) and the student's
   scoring forward, and the figures hang together (peak = arguments + outputs + temporaries - aliases,
   fits = peak <= the chip's HBM, roofline = max(compute, memory) time, XLA's FLOPs near the model's).
-- In process: the authors' partly frozen teacher with remat on both networks compiles (the
-  configuration that used to fail at trace time), at two batches, and the memory per clip is positive.
+- In process: the authors' partly frozen teacher with remat on both networks compiles at two
+  batches, and the memory per clip is positive.
 - `fits` and the batch search are checked on their own with figures that do not fit.
 """
 
@@ -38,9 +39,9 @@ TOPOLOGY = "v5e:2x2"  # 4 chips of 16 GiB
 def _check_row(row: dict, chips: int = 4) -> None:
     for field in FIELDS:
         assert field in row and row[field] is not None, (field, row)
-    from internvqa_jax import tpu_chips
+    from internvqa_jax import accelerators
 
-    chip = tpu_chips.CHIPS["v5e"]
+    chip = accelerators.TPUS["v5e"]
     assert row["topology"] == TOPOLOGY and row["chips"] == chips and row["hbm_bytes_per_chip"] == chip.hbm_bytes
     assert row["mesh"] == {"data": 1, "fsdp": chips}
     assert (
@@ -101,7 +102,7 @@ def test_authors_teacher_with_remat_compiles_at_two_batches():
         # XLA attention keeps activation memory growing with the batch at these tiny sizes; the
         # splash path's compile is tests/test_attention_kernels.py's.
         c[net].overrides.attention_impl = "xla"
-    plan = aot.plan(c, TOPOLOGY, [8, 16], find=False, jobs=["distill"], score=False, max_batch=64)
+    plan = aot.plan(c, TOPOLOGY, [8, 16], find=False, job_names=["distill"], score=False, max_batch=64)
     rows = plan["programs"]
     assert [r["global_batch"] for r in rows] == [8, 16]
     for row in rows:
@@ -115,9 +116,9 @@ def test_authors_teacher_with_remat_compiles_at_two_batches():
 
 
 def test_fits_is_false_above_the_chip_and_for_compiler_oom():
-    from internvqa_jax import aot, sharding, tpu_chips
+    from internvqa_jax import accelerators, aot, sharding
 
-    chip = tpu_chips.CHIPS["v5e"]
+    chip = accelerators.TPUS["v5e"]
     mesh = sharding.make_mesh(1, 1)
     big = {
         "memory": {
@@ -128,6 +129,7 @@ def test_fits_is_false_above_the_chip_and_for_compiler_oom():
             "peak": chip.hbm_bytes + 2**20,
         },
         "cost": {"flops": 1e12, "bytes": 1e9},
+        "kernel": "XLA attention (no fused attention call)",
         "seconds": 1.0,
     }
     row = aot._row("train_x", big, topology=TOPOLOGY, chip=chip, mesh=mesh, batch=8, analytic=1e12, recompute=0.0)
@@ -212,18 +214,26 @@ def test_find_batch_starts_at_the_given_batch_and_searches_down_when_it_does_not
 
 
 def test_topology_names_and_v4_megacore():
-    from internvqa_jax import aot, tpu_chips
+    from internvqa_jax import accelerators, aot
 
-    assert tpu_chips.chip_of_topology("v5e:2x4").name == "v5e" and tpu_chips.chip_of_topology("v5p:2x2x1").name == "v5p"
-    with pytest.raises(ValueError, match="unknown TPU generation"):
-        tpu_chips.chip_of_topology("v9x:2x2")
+    chip_of = accelerators.chip_of_topology
+    assert chip_of("v5e:2x4").name == "v5e" and chip_of("v5p:2x2x1").name == "v5p"
+    assert chip_of("h100:8").name == "h100" and accelerators.parse_topology("h200:2x8").shape == "2x1x8"
+    with pytest.raises(ValueError, match="unknown accelerator"):
+        chip_of("v9x:2x2")
     with pytest.raises(ValueError, match="GENERATION:SHAPE"):
-        tpu_chips.chip_of_topology("v5e-8")
+        chip_of("v5e-8")
+    with pytest.raises(ValueError, match="COUNT or NODESxCOUNT"):
+        chip_of("h100:2x2x2")
     # v4 chips have two TensorCores: one device per chip (megacore), so a mesh of 4 chips builds
-    devices, chip = aot.topology_devices("v4:2x2x1")
-    assert chip.name == "v4" and len(devices) == 4
+    devices, topo = aot.topology_devices("v4:2x2x1")
+    assert topo.chip.name == "v4" and len(devices) == 4
     from configs import homologous
 
     c = homologous.get_config()
     c.mesh.fsdp = 4
     assert dict(aot.plan_mesh(c, devices).shape) == {"data": 1, "fsdp": 4}
+    # GPUs from the package's descriptions: two nodes of 8 are 16 devices on 2 processes
+    gpus, topo = aot.topology_devices("h100:2x8")
+    assert topo.chip.platform == "gpu" and len(gpus) == 16 and aot.process_count(gpus) == 2
+    assert gpus[0].device_kind == accelerators.GPUS["h100"].device_kind

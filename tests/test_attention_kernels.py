@@ -213,3 +213,21 @@ def test_auto_attention_on_tpu_with_an_indivisible_batch_compiles_xla():
     with jax.set_mesh(mesh):
         compiled = jax.jit(lambda q, k, v: layers.attend(q, k, v, "auto")).lower(shape, shape, shape).compile()
     assert "tpu_custom_call" not in compiled.as_text()
+
+
+def test_even_length_padding_is_exact():
+    """cuDNN's path pads an odd token count by one masked token (its training kernels need an even
+    length); the same padding and masking through XLA's kernel gives plain attention, grads included."""
+    import jax
+    import jax.numpy as jnp
+
+    from internvqa_jax.models import layers
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 9, 2, 8)) for i in range(3))
+    want = jax.nn.dot_product_attention(q, k, v)
+    got = layers.even_length_attention(q, k, v, implementation="xla")
+    assert got.shape == want.shape and jnp.allclose(got, want, atol=1e-5)
+    loss = lambda f: lambda q: jnp.sum(f(q, k, v) ** 2)  # noqa: E731
+    g_want = jax.grad(loss(jax.nn.dot_product_attention))(q)
+    g_got = jax.grad(loss(lambda q, k, v: layers.even_length_attention(q, k, v, implementation="xla")))(q)
+    assert jnp.allclose(g_got, g_want, atol=1e-4)

@@ -19,6 +19,7 @@ from test_train_support import build_shards, tiny_config
 from internvqa_jax.data import pipeline
 from internvqa_jax.training import feature_cache
 from internvqa_jax.training import step as step_lib
+from internvqa_jax.training.jobs import plan_jobs
 
 GEOM = dict(num_frames=2, size=28, spatial_mode="resize_crop", seed=3)
 
@@ -214,10 +215,9 @@ def test_cached_step_never_reads_teacher_parameters():
 
 def test_plan_jobs_marks_the_distill_job_cached(shard_dir):
     """(The rules that refuse a cache are in tests/test_config_rules.py.)"""
-    from internvqa_jax import train
 
     c = tiny_config(shard_dir, teacher__cache_features=True, teacher__mode="frozen")
-    distill = train.plan_jobs(c)[0]
+    distill = plan_jobs(c)[0]
     assert distill.name == "distill" and distill.teacher_cached and distill.teacher_frozen
 
 

@@ -30,9 +30,9 @@ STEPS = 3
 
 def _run(remat: bool, scan_layers: bool) -> dict:
     """Trains STEPS distill steps of the tiny config with the authors' teacher; returns what to compare."""
-    from internvqa_jax.train import plan_jobs
     from internvqa_jax.training import builder
-    from internvqa_jax.training.loop import builder_step
+    from internvqa_jax.training.builder import train_step
+    from internvqa_jax.training.jobs import plan_jobs
 
     c = tiny_config("unused", optim__batch_size=4, optim__warmup_epochs=0.0, optim__base_lr=0.5)
     c.teacher.trainable = "authors"
@@ -50,7 +50,7 @@ def _run(remat: bool, scan_layers: bool) -> dict:
         "frames": jnp.asarray(rng.integers(0, 255, (4, 2, 28, 28, 3), dtype=np.uint8)),
         "label": jnp.asarray(rng.random(4, dtype=np.float32)),
     }
-    step = builder_step(built)
+    step = train_step(built)
     state = jax.jit(built.init_fn)()
     initial = jax.device_get(state)
     jaxpr = str(jax.make_jaxpr(step)(state, batch))

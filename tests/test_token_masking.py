@@ -153,10 +153,10 @@ def test_gradients_reach_the_decoders_and_the_rng_stream_is_unchanged():
 def test_config_field_reaches_the_loss_spec():
     from test_train_support import tiny_config
 
-    from internvqa_jax import train
     from internvqa_jax.training import builder
+    from internvqa_jax.training.jobs import plan_jobs
 
     c = tiny_config("unused", loss__token=1.0, loss__token_layers=1, loss__token_mask_ratio=0.8, run_baseline=False)
-    job = train.plan_jobs(c)[0]
+    job = plan_jobs(c)[0]
     assert builder.build(c, job, 10).spec.token_mask_ratio == 0.8
     # (a ratio outside [0, 1) is refused by config_rules: tests/test_config_rules.py)

@@ -25,8 +25,8 @@ from flax import nnx
 sys.path.insert(0, "tests")
 from test_train_support import tiny_config
 from internvqa_jax import sharding
-from internvqa_jax.train import plan_jobs
-from internvqa_jax.training.loop import builder_step
+from internvqa_jax.training.jobs import plan_jobs
+from internvqa_jax.training.builder import train_step
 from internvqa_jax.training import builder
 
 assert jax.device_count() == 8, jax.devices()
@@ -38,7 +38,7 @@ built = builder.build(c, job, total_steps=10)
 rng = np.random.default_rng(0)
 batch = {"frames": jnp.asarray(rng.integers(0, 255, (8, 2, 28, 28, 3), dtype=np.uint8)),
          "label": jnp.asarray(rng.random(8, dtype=np.float32))}
-step = builder_step(built)
+step = train_step(built)
 
 # one device: plain jit, everything on device 0
 state1 = jax.jit(built.init_fn)()
@@ -79,8 +79,8 @@ import jax, jax.numpy as jnp
 sys.path.insert(0, "tests")
 from configs import homologous
 from internvqa_jax import sharding
-from internvqa_jax.train import plan_jobs
-from internvqa_jax.training.loop import builder_step
+from internvqa_jax.training.jobs import plan_jobs
+from internvqa_jax.training.builder import train_step
 from internvqa_jax.training import builder, state as state_lib
 
 c = homologous.get_config("teacher=1B,student=B14,data=waterloo_ivc4k")
@@ -93,7 +93,7 @@ state_sh = sharding.state_shardings(built.abstract_state, mesh)
 batch_sh = sharding.batch_sharding(mesh)
 rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 abstract_batch = {"frames": jax.ShapeDtypeStruct((8, 8, 224, 224, 3), jnp.uint8), "label": jax.ShapeDtypeStruct((8,), jnp.float32)}
-fn = jax.jit(builder_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
+fn = jax.jit(train_step(built), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
 lowered = fn.lower(built.abstract_state, abstract_batch)
 text = lowered.as_text()
 n_teacher = state_lib.count_params(built.abstract_state["params"]["teacher"]) + state_lib.count_params(built.abstract_state["frozen"]["teacher"])

@@ -31,9 +31,9 @@ def tiny_heterogeneous():
 
 
 def test_videomamba_student_trains_against_the_teacher_feature():
-    from internvqa_jax.train import plan_jobs
     from internvqa_jax.training import builder
-    from internvqa_jax.training.loop import builder_step
+    from internvqa_jax.training.builder import train_step
+    from internvqa_jax.training.jobs import plan_jobs
 
     c = tiny_heterogeneous()
     jobs = plan_jobs(c)
@@ -48,7 +48,7 @@ def test_videomamba_student_trains_against_the_teacher_feature():
         "frames": rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8),
         "label": rng.random(4, dtype=np.float32),
     }
-    step = jax.jit(builder_step(built))
+    step = jax.jit(train_step(built))
     state2, m = step(state, batch)
     state2, m = step(state2, batch)  # step 0 has lr 0 (warm-up)
     assert np.isfinite(float(m["loss"])) and float(m["loss_feature"]) > 0

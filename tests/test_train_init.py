@@ -8,8 +8,8 @@ from test_train_support import tiny_config
 
 def test_teacher_init_loads_matching_params_and_reports_missing(tmp_path):
     from internvqa_jax.models import registry, saving
-    from internvqa_jax.train import plan_jobs
     from internvqa_jax.training import builder
+    from internvqa_jax.training.jobs import plan_jobs
 
     c = tiny_config("unused")
     job = plan_jobs(c)[0]

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from test_train_support import build_shards, tiny_config
 
+from internvqa_jax.training.jobs import plan_jobs
+
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
@@ -20,11 +22,8 @@ def shard_dir(tmp_path_factory):
 
 
 def test_plan_jobs_staged_order_and_lengths(shard_dir):
-    from internvqa_jax import train
 
-    jobs = train.plan_jobs(
-        tiny_config(shard_dir, teacher__mode="staged", teacher__epochs=3.0, teacher__cache_features=True)
-    )
+    jobs = plan_jobs(tiny_config(shard_dir, teacher__mode="staged", teacher__epochs=3.0, teacher__cache_features=True))
     assert [j.name for j in jobs] == ["teacher", "distill", "baseline"]
     teacher, distill, baseline = jobs
     assert teacher.nets == ("teacher",) and teacher.epochs == 3.0 and "teacher_mse" in teacher.weights
@@ -32,9 +31,7 @@ def test_plan_jobs_staged_order_and_lengths(shard_dir):
     assert not any(k.startswith("teacher_") for k in distill.weights), "a frozen teacher has no regression terms"
     assert baseline.init_exports == () and baseline.epochs == 0.0
     # without distillation there is nothing to fine-tune the teacher for
-    assert [j.name for j in train.plan_jobs(tiny_config(shard_dir, teacher__mode="staged", distill=False))] == [
-        "baseline"
-    ]
+    assert [j.name for j in plan_jobs(tiny_config(shard_dir, teacher__mode="staged", distill=False))] == ["baseline"]
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from test_train_support import STORED_FRAMES, build_shards, make_items, syntheti
 from internvqa_jax import losses
 from internvqa_jax.data import pipeline, prepare, shards
 from internvqa_jax.data.records import VideoItem
+from internvqa_jax.training.jobs import plan_jobs
 
 LABEL_TERMS = ("student_mse", "teacher_mse", "student_plcc", "student_rank", "teacher_plcc", "teacher_rank")
 
@@ -316,12 +317,11 @@ def test_distill_score_pulls_the_student_only():
 def test_the_train_step_ignores_an_unlabeled_label(shard_dir):
     """Gradients of the distillation step's parameters with a huge fake label on the unlabeled clips
     equal those with another fake label (cotrain: teacher and student both trained)."""
-    from internvqa_jax import train
     from internvqa_jax.training import builder
     from internvqa_jax.training import step as step_lib
 
     config = tiny_config(shard_dir, loss__distill_score=0.5, loss__student_rank=0.3, loss__teacher_plcc=0.3)
-    job = next(j for j in train.plan_jobs(config) if j.name == "distill")
+    job = next(j for j in plan_jobs(config) if j.name == "distill")
     built = builder.build(config, job, total_steps=10)
     state = jax.jit(built.init_fn)()
     rng = np.random.default_rng(0)
@@ -367,7 +367,6 @@ def _iterate(it, steps):
 
 @pytest.mark.parametrize("cached", [False, True])
 def test_teacher_and_baseline_never_load_an_unlabeled_clip_distill_reads_them_flagged(shard_dir, cached, monkeypatch):
-    from internvqa_jax import train
     from internvqa_jax.training import loop
 
     config = tiny_config(
@@ -386,7 +385,7 @@ def test_teacher_and_baseline_never_load_an_unlabeled_clip_distill_reads_them_fl
         "random_map",
         lambda self, index, rng: read.append(int(index)) or real(self, index, rng),
     )
-    jobs = {j.name: j for j in train.plan_jobs(config)}
+    jobs = {j.name: j for j in plan_jobs(config)}
     assert set(jobs) == {"teacher", "distill", "baseline"}
     epochs = 3 * len(pipeline.split_indices(shard_dir, "train")) // 8 + 1
     for name in ("teacher", "baseline"):
@@ -405,14 +404,13 @@ def test_teacher_and_baseline_never_load_an_unlabeled_clip_distill_reads_them_fl
 
 def test_same_steps_for_every_job_and_scarce_preset(shard_dir):
     from configs import common, homologous
-    from internvqa_jax import train
     from internvqa_jax.training import loop
 
     config = tiny_config(shard_dir, data__labeled_fraction=0.25, teacher__mode="staged")
-    steps = {j.name: loop._schedule(config, j, shard_dir)[1] for j in train.plan_jobs(config)}
+    steps = {j.name: loop._schedule(config, j, shard_dir)[1] for j in plan_jobs(config)}
     full = {
         j.name: loop._schedule(tiny_config(shard_dir, teacher__mode="staged"), j, shard_dir)[1]
-        for j in train.plan_jobs(config)
+        for j in plan_jobs(config)
     }
     assert steps == full and len(set(steps.values())) == 1, "labeled-only jobs do not get fewer steps"
 
@@ -426,7 +424,7 @@ def test_same_steps_for_every_job_and_scarce_preset(shard_dir):
     assert homologous.get_config("scarce=false").data.labeled_fraction == 1.0
     with pytest.raises(ValueError, match="labeled_fraction must be a number"):
         homologous.get_config("labeled_fraction=most")
-    jobs = {j.name: j for j in train.plan_jobs(scarce)}
+    jobs = {j.name: j for j in plan_jobs(scarce)}
     assert "distill_score" in jobs["distill"].weights and jobs["distill"].unlabeled_clips
     assert "distill_score" not in jobs["baseline"].weights and not jobs["baseline"].unlabeled_clips
     assert not jobs["teacher"].unlabeled_clips

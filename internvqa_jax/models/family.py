@@ -108,6 +108,20 @@ class ParamGroups:
 
 
 @dataclasses.dataclass(frozen=True)
+class FlopCount:
+    """Analytic FLOPs of one clip's forward pass through a network (a multiply-add is 2 FLOPs).
+
+    `weight_grad` is the forward FLOPs of the parts whose weights get gradients (a weight gradient
+    costs about one forward of its part); `blocks` the forward FLOPs of every block (what
+    rematerialisation recomputes in the backward pass).
+    """
+
+    forward: float
+    weight_grad: float
+    blocks: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelFamily:
     """One model family: construction, pooled width, parameter groups and PyTorch layout.
 
@@ -123,6 +137,9 @@ class ModelFamily:
     - `torch_layout`: module implementing the official PyTorch layout (`weight_conversion`'s
       protocol: `matches_state_dict(keys)`, `convert_checkpoint(source, **request)`,
       `state_dict(model)`, `official_kwargs(config)`); None when there is none.
+    - `flop_count`: `(config, partial) -> FlopCount` of one clip, `partial` True when only the
+      part `trainable_filter` selects trains (what `internvqa_jax.flops` and the planner count);
+      None when the family has no analytic count (the planner then reports none).
     """
 
     config_class: type
@@ -132,6 +149,7 @@ class ModelFamily:
     param_groups: ParamGroups = ParamGroups()
     trainable_filter: Callable[[Any], ParamFilter] | None = None
     torch_layout: str | None = None
+    flop_count: Callable[[Any, bool], FlopCount] | None = None
 
     @property
     def arch(self) -> str:

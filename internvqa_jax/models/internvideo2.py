@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from internvqa_jax.models.family import ModelConfig, ModelFamily, ParamGroups
+from internvqa_jax.models.family import FlopCount, ModelConfig, ModelFamily, ParamGroups
 from internvqa_jax.models.layers import (
     ATTENTION_IMPLS,
     LINEAR_INITS,
@@ -523,6 +523,32 @@ PARAM_GROUPS = ParamGroups(
     no_decay=("cls_token", "pos_embed", "bias"),
 )
 
+
+def flop_count(cfg: InternVideo2Config, partial: bool = False) -> FlopCount:
+    """Analytic FLOPs of one clip through the fine-tuning model (`family.FlopCount`).
+
+    The patch embedding; per block the fused qkv, both attention matmuls (the N^2 terms included),
+    the output projection and the MLP; then the attention pooling and the head. Elementwise work
+    (norms, softmax, GELU) is left out: a few percent of the matmuls. `partial`: the authors'
+    teacher (`teacher_trainable_filter`), whose last block, embeddings, pooling and head train.
+    """
+    t, h, w = cfg.grid
+    n = 1 + t * h * w
+    d = cfg.embed_dim
+    hidden = int(d * cfg.mlp_ratio)
+    patch = 2 * t * h * w * (3 * cfg.patch_size**2 * cfg.tubelet_size) * d
+    block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
+    c = cfg.clip_embed_dim
+    pool = 2 * d * d + 2 * 2 * n * d * d + 2 * 2 * n * d + 2 * d * c  # q on the mean token; k, v over all tokens
+    head = 2 * c * cfg.num_classes
+    trained_blocks = 1 if partial else cfg.depth
+    return FlopCount(
+        forward=float(patch + cfg.depth * block + pool + head),
+        weight_grad=float(patch + trained_blocks * block + pool + head),
+        blocks=float(cfg.depth * block),
+    )
+
+
 FAMILY = ModelFamily(
     config_class=InternVideo2Config,
     model_class=InternVideo2,
@@ -531,11 +557,17 @@ FAMILY = ModelFamily(
     param_groups=PARAM_GROUPS,
     trainable_filter=teacher_trainable_filter,
     torch_layout="weight_conversion.internvideo2_layout",
+    flop_count=flop_count,
 )
 
 # The stage-2 encoder: same parameter names, groups and layout module as the fine-tuning model.
+# Its clip decoders are not counted: the stage-2 encoder is converted and scored, never trained here.
 PRETRAIN_FAMILY = dataclasses.replace(
-    FAMILY, config_class=PretrainInternVideo2Config, model_class=PretrainInternVideo2, presets=PRETRAIN_PRESETS
+    FAMILY,
+    config_class=PretrainInternVideo2Config,
+    model_class=PretrainInternVideo2,
+    presets=PRETRAIN_PRESETS,
+    flop_count=None,
 )
 
 FAMILIES = (FAMILY, PRETRAIN_FAMILY)

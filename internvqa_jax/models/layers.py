@@ -357,7 +357,46 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None) -> jax.Ar
         return chunked_attention(q, k, v)
     if impl == "splash":
         return splash_attention(q, k, v, interpret=attention_target()[0] != "tpu")
+    if impl == "cudnn":
+        return cudnn_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+
+def even_length_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "cudnn") -> jax.Array:
+    """`jax.nn.dot_product_attention` on an even token count: an odd count is padded by one token,
+    masked out as a key through the sequence lengths, and the padded query row dropped (exact)."""
+    tokens = q.shape[1]
+    if tokens % 2 == 0:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    pad = ((0, 0), (0, 1), (0, 0), (0, 0))
+    lengths = jnp.full((q.shape[0],), tokens, jnp.int32)
+    out = jax.nn.dot_product_attention(
+        jnp.pad(q, pad),
+        jnp.pad(k, pad),
+        jnp.pad(v, pad),
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    return out[:, :tokens]
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """cuDNN flash attention of `(B, N, H, D)` q/k/v, trainable at any token count.
+
+    cuDNN's training kernels need an even sequence length (InternVideo2 has 1 + T*H*W tokens, odd
+    at 8 x 16 x 16), so an odd count is padded by one token and the pad is masked out as a key
+    through the sequence lengths (cuDNN's padding mask); the padded query row is dropped. Under a
+    mesh set with `jax.set_mesh` the call runs per shard of the batch (`shard_map`, as splash), so
+    the partitioner never splits the kernel's heads or tokens.
+    """
+
+    run = even_length_attention
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and q.shape[0] % mesh.size == 0:
+        spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+        run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    return run(q, k, v)
 
 
 def _splash_kernel(heads: int, padded: int, interpret: bool) -> Any:

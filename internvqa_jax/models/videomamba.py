@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from internvqa_jax.models.family import ModelConfig, ModelFamily, ParamGroups
+from internvqa_jax.models.family import FlopCount, ModelConfig, ModelFamily, ParamGroups
 from internvqa_jax.models.layers import (
     LINEAR_INITS,
     TORCH_DEFAULT,
@@ -280,8 +280,29 @@ PARAM_GROUPS = ParamGroups(
     no_decay=("cls_token", "pos_embed", "bias", "A_log", "A_b_log"),
 )
 
+
 # The pooled feature is the cls token after norm_f (embed_dim wide). No partially trainable teacher
 # is defined for VideoMamba (config.teacher.trainable="all" trains it whole).
+def flop_count(cfg: VideoMambaConfig, partial: bool = False) -> FlopCount:
+    """Analytic FLOPs of one clip through VideoMamba (`family.FlopCount`; every part trains).
+
+    The patch embedding; per block the shared `in_proj` and `out_proj`, the residual adds and norm,
+    and per scan direction (two with `bimamba`) the depthwise causal conv, `x_proj`, `dt_proj`, the
+    selective scan (delta A, delta u B, the a h + b recurrence, the C read-out: 6 FLOPs per token,
+    channel and state) and the D skip and z gate; then the head.
+    """
+    del partial  # VideoMamba defines no partially trained network
+    t, h, w = cfg.grid
+    patches = t * h * w
+    n = patches + 1
+    d, e, s, r = cfg.embed_dim, cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
+    patch = 2.0 * patches * cfg.channels * cfg.kernel_size * cfg.patch_size**2 * d
+    direction = 2.0 * n * e * cfg.d_conv + 2.0 * n * e * (r + 2 * s) + 2.0 * n * r * e + 6.0 * n * e * s + 4.0 * n * e
+    block = 2.0 * n * d * 2 * e + (2 if cfg.bimamba else 1) * direction + 2.0 * n * e * d + 4.0 * n * d
+    forward = patch + cfg.depth * block + 2.0 * d * max(cfg.num_classes, 0)
+    return FlopCount(forward=forward, weight_grad=forward, blocks=float(cfg.depth * block))
+
+
 FAMILY = ModelFamily(
     config_class=VideoMambaConfig,
     model_class=VideoMamba,
@@ -289,6 +310,7 @@ FAMILY = ModelFamily(
     pooled_dim=lambda cfg: int(cfg.embed_dim),
     param_groups=PARAM_GROUPS,
     torch_layout="weight_conversion.videomamba_layout",
+    flop_count=flop_count,
 )
 
 FAMILIES = (FAMILY,)

@@ -14,36 +14,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from internvqa_jax import losses
-from internvqa_jax.training import optim
+from internvqa_jax.training import config_rules, optim
 from internvqa_jax.training import state as state_lib
 from internvqa_jax.training import step as step_lib
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-@dataclasses.dataclass(frozen=True)
-class JobSpec:
-    """One training job of a run: which networks it trains and with which loss weights."""
-
-    name: str  # distill | baseline | teacher
-    nets: tuple[str, ...]  # subset of ("student", "teacher")
-    weights: Mapping[str, float]
-    teacher_frozen: bool = False
-    teacher_cached: bool = False  # frozen teacher's outputs read from the feature cache (see feature_cache.py)
-    epochs: float = 0.0  # length of this job in epochs (0: config.optim.epochs)
-    # (network, export folder of an earlier job of the run) pairs: the network starts from those
-    # weights instead of config.<network>.init, and is not exported again (staged teacher)
-    init_exports: tuple[tuple[str, str], ...] = ()
-    # True: the job reads every training clip, the unlabeled ones (data.labeled_fraction < 1, NaN
-    # labels) reaching only the teacher terms; False: only the labeled part, never loading the rest
-    unlabeled_clips: bool = False
+from internvqa_jax.training.jobs import JobSpec
 
 
 @dataclasses.dataclass
@@ -63,7 +43,7 @@ class Built:
 
 def compute_dtype(name: str) -> Any:
     """jnp dtype of a config string (checked by `config_rules.check_config`)."""
-    return DTYPES[name]
+    return config_rules.DTYPES[name]
 
 
 def model_config(net_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict, dtype_name: str) -> Any:
@@ -90,6 +70,7 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
 
     dtype = compute_dtype(config.compute_dtype)
     cfgs = {name: model_config(config[name], config.data, config.compute_dtype) for name in job.nets}
+    families = {name: registry.family_of(cfg) for name, cfg in cfgs.items()}  # one lookup per network
     token_pairs: tuple[tuple[int, int], ...] = ()
     use_tokens = bool(job.weights.get("token")) and "student" in cfgs and "teacher" in cfgs
     if use_tokens:
@@ -102,14 +83,14 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
     # projection before the plain LayerNorm of the feature loss.
     project = None
     if job.weights.get("feature") and "student" in cfgs and "teacher" in cfgs:
-        s_dim, t_dim = pooled_dim(cfgs["student"]), pooled_dim(cfgs["teacher"])
+        s_dim, t_dim = (int(families[n].pooled_dim(cfgs[n])) for n in ("student", "teacher"))
         if s_dim != t_dim:
             project = (s_dim, t_dim)
 
     def make_models() -> dict[str, nnx.Module]:
         models = {}
         for i, name in enumerate(sorted(cfgs)):
-            models[name] = registry.create_model(cfgs[name], nnx.Rngs(int(config.seed) * 1000 + i))
+            models[name] = families[name].create(cfgs[name], nnx.Rngs(int(config.seed) * 1000 + i))
         if project is not None:
             models["projector"] = nnx.Linear(*project, rngs=nnx.Rngs(int(config.seed) * 1000 + 8))
         if use_tokens:
@@ -128,7 +109,7 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
         if job.teacher_frozen:
             filters["teacher"] = None
         elif config.teacher.trainable == "authors":
-            partial = registry.family_of(cfgs["teacher"]).trainable_filter
+            partial = families["teacher"].trainable_filter
             if partial is None:
                 raise ValueError(
                     f"config.teacher.trainable='authors': the {cfgs['teacher'].arch} family defines no partially trained teacher; use 'all'"
@@ -147,7 +128,7 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
         min_lr_ratio=o.min_lr_ratio,
     )
     layer_decay = {name: (cfgs[name].depth, float(o.layer_decay)) for name in abs_params if name in cfgs}
-    param_groups = {name: registry.family_of(cfgs[name]).param_groups for name in cfgs}
+    param_groups = {name: families[name].param_groups for name in cfgs}
     tx = optim.make_optimizer(
         abs_params,
         schedule=schedule,
@@ -177,6 +158,25 @@ def build(config: ml_collections.ConfigDict, job: JobSpec, total_steps: int) -> 
 
     abstract_state = jax.eval_shape(init_fn)
     return Built(networks, spec, tx, schedule, init_fn, abstract_state, cfgs, dtype, ema_decay)
+
+
+def train_step(built: Built) -> Callable[[dict, Mapping[str, jax.Array]], tuple[dict, dict[str, jax.Array]]]:
+    """The job's train step (unjitted): what the loop jits and the planner compiles."""
+    return step_lib.make_train_step(
+        built.networks, built.spec, built.tx, built.schedule, built.compute_dtype, built.ema_decay
+    )
+
+
+def score_step(
+    built: Built, nets: tuple[str, ...] = ("student", "teacher")
+) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """The job's score step (unjitted): those of `nets` the job has, over test views (validation, test)."""
+    return step_lib.make_score_step(built.networks, built.compute_dtype, nets)
+
+
+def teacher_features_step(built: Built) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """The frozen teacher's feature pass (unjitted) that fills the feature cache."""
+    return step_lib.make_teacher_features(built.networks, built.compute_dtype)
 
 
 def copy_matching(

@@ -7,13 +7,16 @@ rest of the training code trusts a checked config and does not test its fields a
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from internvqa_jax import losses, sharding
 from internvqa_jax.data import pipeline
-from internvqa_jax.training import builder
 
-JOBS = ("homologous", "heterogeneous", "teacher")
+# Recipes, the values of `config.job`: which networks a run involves (its jobs are `jobs.plan_jobs`'s).
+RECIPES = ("homologous", "heterogeneous", "teacher")
+# Compute dtypes by their config names (`config.compute_dtype`).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TEACHER_MODES = ("cotrain", "frozen", "staged")
 FROZEN_TEACHER_MODES = ("frozen", "staged")  # the teacher gets no gradient in the distillation job
 TEACHER_TRAINABLE = ("authors", "all")
@@ -26,7 +29,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     `num_devices` (default: the mesh `config.mesh` makes of all devices) is what the global batch
     must divide by, besides the process count.
     """
-    _check_jobs(config)
+    _check_recipe(config)
     _check_teacher_cache(config)
     _check_optim(config, num_devices)
     _check_labels(config)
@@ -50,9 +53,11 @@ def _check_labels(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.labeled_by: expected one of {list(pipeline.LABEL_UNITS)}, got {unit!r}")
 
 
-def _check_jobs(config: ml_collections.ConfigDict) -> None:
-    if config.job not in JOBS:
-        raise ValueError(f"config.job: expected one of {list(JOBS)}, got '{config.job}'")
+def _check_recipe(config: ml_collections.ConfigDict) -> None:
+    if config.job not in RECIPES:
+        raise ValueError(
+            f"config.job: expected one of {list(RECIPES)} (the run's recipe; its jobs follow from it), got '{config.job}'"
+        )
     mode = str(config.teacher.mode)
     if mode not in TEACHER_MODES:
         raise ValueError(f"config.teacher.mode: expected one of {list(TEACHER_MODES)}, got '{mode}'")
@@ -108,10 +113,8 @@ def _check_rest(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.checkpoint.test_from: expected 'best_val' or 'last', got '{config.checkpoint.test_from}'"
         )
-    if config.compute_dtype not in builder.DTYPES:
-        raise ValueError(
-            f"config.compute_dtype: unknown '{config.compute_dtype}'; expected one of {sorted(builder.DTYPES)}"
-        )
+    if config.compute_dtype not in DTYPES:
+        raise ValueError(f"config.compute_dtype: unknown '{config.compute_dtype}'; expected one of {sorted(DTYPES)}")
     mask_ratio = float(config.loss.token_mask_ratio)
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(

@@ -16,13 +16,8 @@ from internvqa_jax import io_utils
 from internvqa_jax.data import sampling, shards
 from internvqa_jax.models import saving
 from internvqa_jax.models.inference_info import InferenceInfo, higher_is_better
-from internvqa_jax.training import builder
+from internvqa_jax.training import builder, jobs
 from internvqa_jax.training import state as state_lib
-
-
-def export_name(job: builder.JobSpec, net: str) -> str:
-    """Folder under export/: the method's networks are `student` and `teacher`; the baseline's `baseline_student`."""
-    return net if job.name in ("distill", "teacher") else f"{job.name}_{net}"
 
 
 def export_path(workdir: str, folder: str) -> str:
@@ -74,7 +69,7 @@ def inference_info(
 
 def export_networks(
     config: ml_collections.ConfigDict,
-    job: builder.JobSpec,
+    job: jobs.JobSpec,
     built: builder.Built,
     state: dict,
     workdir: str,
@@ -94,7 +89,7 @@ def export_networks(
         if net in reused:
             out[net] = export_path(workdir, reused[net])
             continue
-        path = export_path(workdir, export_name(job, net))
+        path = export_path(workdir, jobs.export_name(job, net))
         model = state_lib.merge(built.networks, net, state["params"], state["frozen"])
         saving.save_model_dir(model, path, inference=inference_info(config, net, manifest, model.config))
         out[net] = path

@@ -43,8 +43,7 @@ import numpy as np
 from internvqa_jax import io_utils
 from internvqa_jax.data import pipeline, shards
 from internvqa_jax.io_utils import atomic_dir, atomic_write_json, read_json
-from internvqa_jax.training import multihost
-from internvqa_jax.training import step as step_lib
+from internvqa_jax.training import builder, multihost
 
 log = logging.getLogger(__name__)
 
@@ -441,15 +440,14 @@ def teacher_cache(
         log.warning(
             "teacher cache: the frozen teacher has no config.teacher.init, so its features are those of random weights"
         )
-    features = jax.jit(
-        step_lib.make_teacher_features(built.networks, built.compute_dtype),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=batch_sh,
-    )
+    features = jax.jit(builder.teacher_features_step(built), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
 
     def teacher_fn(local: dict) -> dict:
         batch = multihost.global_batch(local, batch_sh, ("frames", "row"))
-        out = features(state, {"frames": batch["frames"]})
+        # Traced under the job's mesh, as the train step is: attention "auto" then takes the kernel
+        # the mesh's platform runs (splash per device on TPU), the one the planner compiles.
+        with jax.set_mesh(batch_sh.mesh):
+            out = features(state, {"frames": batch["frames"]})
         return {
             name: multihost.gather(v)
             for name, v in (

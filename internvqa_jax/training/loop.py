@@ -29,19 +29,17 @@ import numpy as np
 
 from internvqa_jax import checkpoints, io_utils, sharding
 from internvqa_jax import metrics as metrics_lib
-from internvqa_jax.data import pipeline
+from internvqa_jax.data import batch_spec, pipeline
 from internvqa_jax.training import (
     builder,
     export,
     feature_cache,
+    jobs,
     multihost,
     writers,
 )
 from internvqa_jax.training import (
     state as state_lib,
-)
-from internvqa_jax.training import (
-    step as step_lib,
 )
 from internvqa_jax.training.multihost import gather, global_batch  # the loop's names for them (tests patch these)
 
@@ -89,8 +87,8 @@ class StopFlag:
         return multihost.any_process(self.signum is not None)
 
 
-def evaluate(
-    eval_fn: Callable[[dict, Mapping[str, jax.Array]], Mapping[str, jax.Array]],
+def score_split(
+    score_step: Callable[[dict, Mapping[str, jax.Array]], Mapping[str, jax.Array]],
     state: dict,
     make_iterator: Callable[[], Iterator[Mapping[str, np.ndarray]]],
     batch_sharding: jax.sharding.Sharding,
@@ -100,7 +98,7 @@ def evaluate(
     labels, masks, indices = [], [], []
     for local in make_iterator():
         batch = global_batch(local, batch_sharding, ("frames", "label", "mask", "index"))
-        scores = eval_fn(state, {"frames": batch["frames"]})
+        scores = score_step(state, {"frames": batch["frames"]})
         for name, s in scores.items():
             preds.setdefault(name, []).append(gather(s))
         labels.append(gather(batch["label"]))
@@ -161,7 +159,7 @@ def check_finite(state: dict, manager, where: str) -> None:
 def check_finite_predictions(
     result: Mapping[str, Mapping[str, Any]], manager, where: str
 ) -> Mapping[str, Mapping[str, Any]]:
-    """Returns `result` (of `evaluate`) if every network's predictions are finite; else raises
+    """Returns `result` (of `score_split`) if every network's predictions are finite; else raises
     NonFinitePredictions after in-flight saves finish, without saving (the last good checkpoint stays)."""
     bad = {name: m for name, m in result.items() if m.get("nonfinite")}
     if not bad:
@@ -209,18 +207,6 @@ def save_checkpoint(manager, step: int, state: dict, data_iterator, meta: dict, 
 # ============================================================================ one job
 
 
-def builder_step(built: builder.Built) -> Callable:
-    """The job's train step function (unjitted)."""
-    return step_lib.make_train_step(
-        built.networks, built.spec, built.tx, built.schedule, built.compute_dtype, built.ema_decay
-    )
-
-
-def eval_fn(built: builder.Built, nets: tuple[str, ...] = ("student", "teacher")) -> Callable:
-    """The job's eval step function (unjitted) scoring those of `nets` the job has."""
-    return step_lib.make_eval_step(built.networks, built.compute_dtype, nets)
-
-
 def best_checkpoint(manager) -> tuple[int, float] | None:
     """(step, validation SRCC) of the kept checkpoint with the best validation SRCC, or None."""
     best = checkpoints.best_step(manager)
@@ -230,7 +216,7 @@ def best_checkpoint(manager) -> tuple[int, float] | None:
     return int(best), float(metrics[checkpoints.BEST_METRIC])
 
 
-def initial_weights(config: ml_collections.ConfigDict, job: builder.JobSpec, workdir: str) -> dict[str, str]:
+def initial_weights(config: ml_collections.ConfigDict, job: jobs.JobSpec, workdir: str) -> dict[str, str]:
     """`{network: model directory}` a fresh job starts from: `config.<net>.init`, or the export of an
     earlier job of this run (`job.init_exports`, the staged teacher), which must exist."""
     inits = {n: str(config[n].init) for n in job.nets if config[n].init}
@@ -243,12 +229,12 @@ def initial_weights(config: ml_collections.ConfigDict, job: builder.JobSpec, wor
     return inits
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class JobSetup:
     """Everything a job's loop needs besides its state: schedule, data, jitted steps, sinks."""
 
     config: ml_collections.ConfigDict
-    job: builder.JobSpec
+    job: jobs.JobSpec
     shard_dir: str
     built: builder.Built
     steps_per_epoch: int
@@ -272,7 +258,7 @@ class JobSetup:
         """The network whose validation SRCC ranks the checkpoints."""
         return "student" if "student" in self.job.nets else "teacher"
 
-    def evaluate(self, split: str, state: dict) -> dict[str, dict[str, Any]]:
+    def split_metrics(self, split: str, state: dict) -> dict[str, dict[str, Any]]:
         """Scores `split` ("val": the trained networks; "test": those this job tests) with the eval weights."""
         d, c = self.config.data, self.config
         pidx, pcount = jax.process_index(), jax.process_count()
@@ -293,7 +279,7 @@ class JobSetup:
             )
 
         nets = self.val_nets if split == "val" else self.test_nets
-        result = evaluate(self.score_steps[nets], state_lib.eval_weights(state), batches, self.batch_sh)
+        result = score_split(self.score_steps[nets], state_lib.eval_weights(state), batches, self.batch_sh)
         return check_finite_predictions(result, self.manager, f"job {self.job.name}, {split} split")
 
 
@@ -305,7 +291,7 @@ def label_partition(config: ml_collections.ConfigDict, shard_dir: str) -> pipeli
     return pipeline.label_partition(shard_dir, float(d.labeled_fraction), seed, unit=str(d.labeled_by))
 
 
-def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str) -> tuple[int, int, int]:
+def _schedule(config: ml_collections.ConfigDict, job: jobs.JobSpec, shard_dir: str) -> tuple[int, int, int]:
     """(steps per epoch, steps this run trains, steps the learning-rate schedule spans).
 
     An epoch is a pass over the whole training split, labeled or not, in every job: a job that reads
@@ -322,7 +308,7 @@ def _schedule(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
 
 
 def _train_iterator(
-    config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, labels: pipeline.LabelPartition
+    config: ml_collections.ConfigDict, job: jobs.JobSpec, shard_dir: str, labels: pipeline.LabelPartition
 ) -> Any:
     """This process's part of the shuffled training batches (of the cached views for a cached teacher):
     every training clip, the unlabeled ones flagged (`job.unlabeled_clips`), or the labeled ones only."""
@@ -360,22 +346,21 @@ def under_mesh(mesh: jax.sharding.Mesh, step: Callable) -> Callable:
     return call
 
 
-def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str) -> JobSetup:
+def setup_job(config: ml_collections.ConfigDict, job: jobs.JobSpec, shard_dir: str, jobdir: str) -> JobSetup:
     """Mesh -> data -> models + optimiser -> shardings -> jitted steps -> checkpoint manager and writer."""
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     batch_sh = sharding.batch_sharding(mesh)
     steps_per_epoch, total_steps, optim_steps = _schedule(config, job, shard_dir)
     labels = label_partition(config, shard_dir)
     train_iter = _train_iterator(config, job, shard_dir, labels)
-    local_devices = max(1, mesh.devices.size // jax.process_count())
-    eval_bs = max(local_devices, (int(config.data.eval_batch_size) // local_devices) * local_devices)
+    eval_bs = batch_spec.eval_batch_size(int(config.data.eval_batch_size), mesh.devices.size, jax.process_count())
     built = builder.build(config, job, optim_steps)
     state_sh = sharding.state_shardings(built.abstract_state, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_step = under_mesh(
         mesh,
         jax.jit(
-            builder_step(built),
+            builder.train_step(built),
             in_shardings=(state_sh, batch_sh),
             out_shardings=(state_sh, replicated),
             donate_argnums=(0,),
@@ -386,7 +371,9 @@ def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
     val_nets = tuple(n for n in job.nets if not (n == "teacher" and job.teacher_frozen))
     test_nets = tuple(n for n in job.nets if n not in dict(job.init_exports))
     score_steps = {
-        nets: under_mesh(mesh, jax.jit(eval_fn(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh))
+        nets: under_mesh(
+            mesh, jax.jit(builder.score_step(built, nets), in_shardings=(state_sh, batch_sh), out_shardings=batch_sh)
+        )
         for nets in {val_nets, test_nets}
     }
     manager = checkpoints.make_manager(
@@ -399,25 +386,25 @@ def setup_job(config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir
         lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), built.abstract_state, state_sh
     )
     return JobSetup(
-        config,
-        job,
-        shard_dir,
-        built,
-        steps_per_epoch,
-        total_steps,
-        train_iter,
-        eval_bs,
-        batch_sh,
-        state_sh,
-        restore_target,
-        train_step,
-        val_nets,
-        test_nets,
-        score_steps,
-        manager,
-        writer,
-        {"job": job.name, "config": config.to_json()},
-        labels,
+        config=config,
+        job=job,
+        shard_dir=shard_dir,
+        built=built,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        train_iter=train_iter,
+        eval_batch_size=eval_bs,
+        batch_sh=batch_sh,
+        state_sh=state_sh,
+        restore_target=restore_target,
+        train_step=train_step,
+        val_nets=val_nets,
+        test_nets=test_nets,
+        score_steps=score_steps,
+        manager=manager,
+        writer=writer,
+        meta={"job": job.name, "config": config.to_json()},
+        labels=labels,
     )
 
 
@@ -458,6 +445,13 @@ def _log_train(
         )
 
 
+def train_spec(setup: JobSetup, cache: feature_cache.FeatureCache | None) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch the job's train step takes (`batch_spec.train_batch_spec`)."""
+    d = setup.config.data
+    teacher_dim = None if cache is None else int(cache.pool.shape[-1])
+    return batch_spec.train_batch_spec(int(setup.config.optim.batch_size), int(d.frames), int(d.size), teacher_dim)
+
+
 def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.FeatureCache | None) -> tuple[dict, int]:
     """Trains from step `start` to `setup.total_steps`: log, validate and checkpoint on schedule;
     a stop signal saves and raises `Preempted`. Returns (state, last step)."""
@@ -472,16 +466,18 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
             total=setup.total_steps, initial=start, desc=setup.job.name, dynamic_ncols=True, file=sys.stdout
         )
     rate = Throughput(c.optim.batch_size)
-    keys = ("frames", "label", "labeled") + (() if cache is None else ("teacher_pool", "teacher_score"))
+    # The batch the step sees (batch_spec, what the planner compiles); the pipeline's bookkeeping
+    # (index, view) stays on the host. The first batch is checked against it.
+    spec = train_spec(setup, cache)
     step = start
     with StopFlag() as stop:
         while step < setup.total_steps:
             local = next(setup.train_iter)
             if cache is not None:
                 local = cache.attach(local)
-            state, m = setup.train_step(
-                state, global_batch(local, setup.batch_sh, tuple(k for k in keys if k in local))
-            )
+            if step == start:
+                batch_spec.check_batch(local, spec, f"job {setup.job.name}: training batch")
+            state, m = setup.train_step(state, global_batch(local, setup.batch_sh, tuple(spec)))
             step += 1
             if progress is not None:
                 progress.update(1)
@@ -490,7 +486,7 @@ def run_steps(setup: JobSetup, state: dict, start: int, cache: feature_cache.Fea
             val_metrics = None
             if step % eval_every == 0 or step == setup.total_steps:
                 check_finite(state, manager, f"job {setup.job.name}")
-                val_metrics = flat_eval_metrics(setup.evaluate("val", state), setup.main_net)
+                val_metrics = flat_eval_metrics(setup.split_metrics("val", state), setup.main_net)
                 setup.writer.write(step, "val", val_metrics)
             if val_metrics is not None or step % ckpt_every == 0:
                 save_checkpoint(manager, step, state, setup.train_iter, setup.meta, val_metrics)
@@ -529,7 +525,7 @@ def test_and_export(setup: JobSetup, state: dict, step: int, workdir: str) -> di
                 best_val,
                 step,
             )
-    test = setup.evaluate("test", state)
+    test = setup.split_metrics("test", state)
     for net, m in test.items():
         setup.writer.write(
             step, "test", {f"{net}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")} | {"test_from_step": test_step}
@@ -548,7 +544,7 @@ def test_and_export(setup: JobSetup, state: dict, step: int, workdir: str) -> di
     }
 
 
-def job_labels(job: builder.JobSpec, labels: pipeline.LabelPartition | None) -> dict[str, Any]:
+def job_labels(job: jobs.JobSpec, labels: pipeline.LabelPartition | None) -> dict[str, Any]:
     """What a job's result records of the labels: the partition's counts and which part it read."""
     out = {} if labels is None else labels.summary()
     out["reads"] = "all" if job.unlabeled_clips else "labeled"
@@ -556,7 +552,7 @@ def job_labels(job: builder.JobSpec, labels: pipeline.LabelPartition | None) -> 
 
 
 def train_job(
-    config: ml_collections.ConfigDict, job: builder.JobSpec, shard_dir: str, jobdir: str, workdir: str
+    config: ml_collections.ConfigDict, job: jobs.JobSpec, shard_dir: str, jobdir: str, workdir: str
 ) -> dict[str, Any]:
     """Trains one job to the end (resuming if it has checkpoints) and returns its test results;
     a job that finished earlier (its `result.json` exists) is not run again."""

@@ -11,7 +11,6 @@ static tree of multipliers applied after AdamW, which is the same as giving each
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,8 +141,3 @@ def make_optimizer(
     if grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
     return tx
-
-
-def steps_for(epochs: float, num_train: int, batch_size: int) -> int:
-    """Optimiser steps for `epochs` passes over `num_train` clips at `batch_size` (at least 1)."""
-    return max(1, int(math.ceil(epochs * num_train / batch_size)))

@@ -199,13 +199,13 @@ def make_teacher_features(
     return teacher_features
 
 
-def make_eval_step(
+def make_score_step(
     networks: state_lib.Networks, compute_dtype: Any = jnp.float32, nets: Sequence[str] = ("student", "teacher")
 ) -> Callable[[dict, Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """Returns `eval_step(state, batch) -> {net: scores (B,)}` for those of `nets` the job has,
+    """Returns `score_step(state, batch) -> {net: scores (B,)}` for those of `nets` the job has,
     averaging the logits over test views."""
 
-    def eval_step(state: dict, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    def score_step(state: dict, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         frames = batch["frames"]  # (B, V, T, H, W, 3)
         b, v = frames.shape[:2]
         x = _prepare_input(jnp.reshape(frames, (b * v,) + frames.shape[2:]), compute_dtype)
@@ -216,4 +216,4 @@ def make_eval_step(
                 scores[name] = jnp.mean(jnp.reshape(_score(out["logits"]), (b, v)), axis=1)
         return scores
 
-    return eval_step
+    return score_step
