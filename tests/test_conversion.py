@@ -39,7 +39,7 @@ def test_round_trip_is_bit_exact(name, scan_layers):
     kwargs = dict(INDEX[name]["constructor_kwargs"], scan_layers=scan_layers)
     model, report = convert_checkpoint(fixture(name), arch=arch_of(name), model_kwargs=kwargs)
     assert sorted(report.consumed) == sorted(original) and not report.dropped and not report.initialised
-    back = flax_to_torch.internvideo2_state_dict(model)
+    back = internvideo2_layout.state_dict(model)
     assert sorted(back) == sorted(original)
     for key, value in original.items():
         assert back[key].shape == value.shape, key
@@ -105,10 +105,10 @@ def test_wrappers_and_prefixes_give_the_same_model(tmp_path):
         "mp_rank_00_model_states.pt": {"module": {f"module.encoder.{k}": v for k, v in sd.items()}, "dp_world_size": 1},
         "mm.bin": {**{f"vision_encoder.{k}": v for k, v in sd.items()}, "text_encoder.emb.weight": torch.zeros(3, 2)},
     }
-    reference = flax_to_torch.internvideo2_state_dict(load_torch_checkpoint(fixture(name), **kwargs))
+    reference = internvideo2_layout.state_dict(load_torch_checkpoint(fixture(name), **kwargs))
     for filename, payload in variants.items():
         model, report = convert_checkpoint(write_pt(tmp_path / filename, payload), model_kwargs=kwargs)
-        got = flax_to_torch.internvideo2_state_dict(model)
+        got = internvideo2_layout.state_dict(model)
         for key in reference:
             np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{filename}: {key}")
         if filename == "mm.bin":
