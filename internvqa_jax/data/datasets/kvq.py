@@ -57,6 +57,31 @@ def find_label_files(root: str) -> dict[str, str]:
     return found
 
 
+def _row_item(root: str, split: str, label_file: str, cells: list[str]) -> VideoItem | str:
+    """The VideoItem of one label-file row, or the reason it is left out."""
+    if len(cells) < 2:
+        return f"expected `filename,...,mos`, got {len(cells)} column(s)"
+    name, text = cells[0], cells[-1]
+    try:
+        mos = float(text)
+    except ValueError:
+        return f"MOS {text!r} of {name!r} is not a number"
+    if not math.isfinite(mos):
+        return f"MOS {text!r} of {name!r} is not finite"
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+        return f"video {name!r} not found at {path}"
+    video_id = os.path.splitext(name.replace("\\", "/"))[0]
+    return VideoItem(
+        path=path,
+        video_id=video_id,
+        source_id=video_id,
+        label=mos / LABEL_SCALE,
+        label_kind="mos",
+        extra={"published_split": split, "mos": mos, "label_file": os.path.basename(label_file)},
+    )
+
+
 def list_items(root: str, strict: bool = False) -> ItemList:
     """Lists KVQ's videos as VideoItems (label MOS / 5, the published split in `extra`); see module doc."""
     root = os.fspath(root)
@@ -69,48 +94,18 @@ def list_items(root: str, strict: bool = False) -> ItemList:
             rows = list(csv.reader(f))
         for row_no, row in enumerate(rows, start=1):
             cells = [c.strip() for c in row]
-            if not cells or not any(cells):
+            if not any(cells) or (row_no == 1 and cells[0].lower() in HEADER_NAMES):
                 continue
-            if row_no == 1 and cells[0].lower() in HEADER_NAMES:
-                continue
-            where = f"row {row_no}"
-
-            def bad(reason: str, where: str = where) -> None:
+            item = _row_item(root, split, label_file, cells)
+            if isinstance(item, VideoItem) and item.video_id in seen:
+                item = f"video {cells[0]!r} is listed again (first in {seen[item.video_id]})"
+            if isinstance(item, str):
                 if strict:
-                    raise ValueError(f"{label_file} {where}: {reason}")
-                items.skipped.append(SkippedEntry(label_file, where, reason))
-
-            if len(cells) < 2:
-                bad(f"expected `filename,...,mos`, got {len(cells)} column(s)")
+                    raise ValueError(f"{label_file} row {row_no}: {item}")
+                items.skipped.append(SkippedEntry(label_file, f"row {row_no}", item))
                 continue
-            name, text = cells[0], cells[-1]
-            try:
-                mos = float(text)
-            except ValueError:
-                bad(f"MOS {text!r} of {name!r} is not a number")
-                continue
-            if not math.isfinite(mos):
-                bad(f"MOS {text!r} of {name!r} is not finite")
-                continue
-            path = os.path.join(root, name)
-            if not os.path.isfile(path):
-                bad(f"video {name!r} not found at {path}")
-                continue
-            video_id = os.path.splitext(name.replace("\\", "/"))[0]
-            if video_id in seen:
-                bad(f"video {name!r} is listed again (first in {seen[video_id]})")
-                continue
-            seen[video_id] = f"{os.path.basename(label_file)} {where}"
-            items.append(
-                VideoItem(
-                    path=path,
-                    video_id=video_id,
-                    source_id=video_id,
-                    label=mos / LABEL_SCALE,
-                    label_kind="mos",
-                    extra={"published_split": split, "mos": mos, "label_file": os.path.basename(label_file)},
-                )
-            )
+            seen[item.video_id] = f"{os.path.basename(label_file)} row {row_no}"
+            items.append(item)
     if not items:
         raise ValueError(f"{root}: no usable KVQ rows ({len(items.skipped)} left out: {items.skipped[:3]})")
     return items
