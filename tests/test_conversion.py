@@ -403,3 +403,30 @@ def test_legacy_pickles_fail_in_one_line(tmp_path, kind):
     good = tmp_path / "legacy.pt"
     torch.save(tensors, good, _use_new_zipfile_serialization=False)
     assert len(TensorSource(good).keys()) == len(tensors)
+
+
+def test_torch_zip_files_read_tensor_by_tensor_as_torch_load_does(tmp_path):
+    """bf16/fp16/fp32/int tensors, a transposed view, two views of one storage and DeepSpeed's other
+    entries (an argparse.Namespace among them): the plain-read zip reader gives what torch.load gives."""
+    import argparse
+    import collections
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 7
+    module = collections.OrderedDict(
+        bf16=torch.randn(3, 5).to(torch.bfloat16),
+        fp16=torch.randn(2, 3).to(torch.float16),
+        fp32=torch.randn(7),
+        ints=torch.arange(5),
+        transposed=base.t(),
+        row=base[2],
+        scalar=torch.tensor(1.5),
+    )
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": module, "optimizer": None, "args": argparse.Namespace(lr=1e-3), "ds_version": "0.16"}, path)
+    source = TensorSource(path)
+    assert sorted(source.keys()) == sorted(module)
+    for key, tensor in module.items():
+        expected = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+        got = source.get(key)
+        assert got.shape == tuple(tensor.shape) and got.dtype == expected.dtype, key
+        np.testing.assert_array_equal(got, expected, err_msg=key)

@@ -29,7 +29,7 @@ from flax import nnx
 from internvqa_jax import io_utils
 from internvqa_jax.models import registry, saving
 from weight_conversion.checkpoint_io import is_remote
-from weight_conversion.conversion import family_layout, official_kwargs
+from weight_conversion.conversion import family_layout, official_kwargs, return_freed_memory_promptly
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64"}
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "--which", default="student", choices=("student", "teacher"), help="export/<which> of a workdir"
     )
     args = parser.parse_args(argv)
+    return_freed_memory_promptly()
     try:
         out, sidecar = export(args.checkpoint, args.out, args.which)
     except (FileNotFoundError, ValueError, KeyError) as err:

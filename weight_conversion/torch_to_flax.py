@@ -33,6 +33,7 @@ from weight_conversion.conversion import (
     arch_choices,
     convert_checkpoint,
     converted_inference,
+    return_freed_memory_promptly,
 )
 
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the checkpoint is this released quality model: keep its trained head and score with its authors' test path",
     )
     args = parser.parse_args(argv)
+    return_freed_memory_promptly()
     request = parse_request(args, parser)
     try:
         model, report = convert_checkpoint(args.checkpoint, request)

@@ -2,8 +2,9 @@
 
 Train: the split's records for this JAX process -> shuffle -> repeat -> random segment + crop or
 fragments + flip (seeded per element) -> batch -> worker processes -> prefetch. Infinite.
-Eval: every record of the split exactly once (over all processes together), deterministic K
-segments x 3 crops (or K fragment draws), padded to equal batch counts per process with a mask.
+Eval: every record of the split exactly once (over all processes together), its test views cut by
+`sampling.test_views` (K segments x 3 crops, K fragment draws, or a named protocol; the same views
+the scorer cuts from the file), padded to equal batch counts per process with a mask.
 Shards of pre-drawn fragment mosaics (`prepare --fragment-draws=D`) skip spatial sampling: train
 picks a random draw, eval takes draw k mod D for segment k.
 

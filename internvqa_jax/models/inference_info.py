@@ -1,7 +1,7 @@
 """`inference.json` of a model directory: how the model is fed and what its scores mean.
 
 `InferenceInfo` is the one owner of this file. Training's export (`training/export.py`) and weight
-conversion (`weight_conversion/torch_to_flax.py`) build one and `saving.save_model_dir` writes its
+conversion (`weight_conversion/conversion.py:converted_inference`) build one and `saving.save_model_dir` writes its
 `to_dict()`; the scorer, `evaluate` and `predict` read it back with `from_dict`. On disk:
 
     {"preset": "tiny", "frames": 8, "size": 224, "spatial_mode": "resize_crop", "test_segments": 4,
