@@ -430,3 +430,16 @@ def test_torch_zip_files_read_tensor_by_tensor_as_torch_load_does(tmp_path):
         got = source.get(key)
         assert got.shape == tuple(tensor.shape) and got.dtype == expected.dtype, key
         np.testing.assert_array_equal(got, expected, err_msg=key)
+
+
+def test_protocol_flag_errors_are_one_line(tmp_path, capsys):
+    source = fixture("sm_tiny_joint")
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit):
+        torch_to_flax.main(["--checkpoint", source, "--out", str(out), "--protocol", "internvqa-kvq", "--reset-head"])
+    assert "cannot go with --reset-head" in capsys.readouterr().err
+    kwargs = json.dumps(INDEX["sm_tiny_joint"]["constructor_kwargs"])
+    argv = ["--checkpoint", source, "--out", str(out), "--protocol", "internvqa-kvq", "--model-kwargs", kwargs]
+    assert torch_to_flax.main(argv) == 1
+    assert "protocol 'internvqa-kvq' feeds 8 frames of 224 px" in capsys.readouterr().err
+    assert not out.exists()

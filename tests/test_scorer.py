@@ -277,3 +277,27 @@ def test_bad_frames_input_is_named():
     s = scorer_lib.Scorer(BrightnessModel(), SPEC_CROP)
     with pytest.raises(ValueError, match="expected uint8 frames"):
         s.score(np.zeros((4, 32, 32, 3), np.float32))
+
+
+def test_a_released_models_protocol_is_named_in_inference_json():
+    """`--protocol internvqa-kvq`'s inference.json: the trained head kept, the authors' test path named."""
+    from weight_conversion.conversion import converted_inference
+
+    class _Config:
+        num_frames, img_size = 8, 224
+
+    info = converted_inference(_Config(), "mp_rank_00_model_states.pt", protocol="internvqa-kvq")
+    assert info.to_dict()["protocol"] == "internvqa-kvq" and InferenceInfo.from_dict(info.to_dict()) == info
+    assert info.head_trained and info.views_per_clip == 1 and info.describe_scale().startswith("MOS/5")
+    assert "internvqa-kvq" in info.describe_protocol()
+    frames = np.random.default_rng(0).integers(0, 256, size=(70, 300, 180, 3), dtype=np.uint8)
+    views = scorer_lib.clip_views(frames, info)
+    np.testing.assert_array_equal(views[0], sampling.AUTHOR_PROTOCOLS["internvqa-kvq"].view(frames[0:64:8]))
+
+    class _Small:
+        num_frames, img_size = 4, 56
+
+    with pytest.raises(ValueError, match="feeds 8 frames of 224 px; the converted model takes 4 frames of 56 px"):
+        converted_inference(_Small(), "x.pt", protocol="internvqa-kvq")
+    with pytest.raises(ValueError, match="inference.json: protocol 'bogus' unknown"):
+        InferenceInfo.from_dict({"protocol": "bogus"})
