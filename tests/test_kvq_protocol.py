@@ -198,6 +198,8 @@ def test_released_checkpoint_converts_and_predict_gives_their_scores(videos, tmp
     assert torch_to_flax.main(argv) == 0
     info = saving.read_inference(out)
     assert info.protocol == "internvqa-kvq" and info.head_trained and info.views_per_clip == 1
+    # Their InternVideo2 runs flash-attn's fused MLP (tanh GELU); the converted model does too.
+    assert saving.read_meta(out)["config"]["gelu_approximate"] is True
     assert json.loads((out / "inference.json").read_text())["protocol"] == "internvqa-kvq"
 
     csv_path = tmp_path / "scores.csv"
@@ -208,7 +210,7 @@ def test_released_checkpoint_converts_and_predict_gives_their_scores(videos, tmp
             row["path"]: float(row["score"]) for row in csv.DictReader(line for line in f if not line.startswith("#"))
         }
 
-    reference = InternVideo2Torch(**official_kwargs(config))
+    reference = InternVideo2Torch(**official_kwargs(config), gelu_approximate=True)
     missing, unexpected = reference.load_state_dict(their_loader(ckpt), strict=False)
     assert not missing and not unexpected
     reference.eval()

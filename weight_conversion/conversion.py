@@ -32,6 +32,11 @@ from internvqa_jax.models.family import ModelFamily
 from internvqa_jax.models.inference_info import InferenceInfo
 from weight_conversion.checkpoint_io import TensorSource
 
+# Model settings of released quality models that their checkpoints do not show, by protocol name
+# (`sampling.AUTHOR_PROTOCOLS`). "internvqa-kvq": InternVQA_KVQ's `InternVideo2` builds its blocks
+# with flash-attn's fused MLP by default (use_fused_mlp=True), whose activation is the tanh GELU.
+RELEASED_MODEL_KWARGS: dict[str, dict[str, Any]] = {"internvqa-kvq": {"gelu_approximate": True}}
+
 
 @dataclasses.dataclass(frozen=True)
 class ConversionRequest:

@@ -29,6 +29,7 @@ from internvqa_jax.data import sampling
 from internvqa_jax.models import registry, saving
 from weight_conversion.checkpoint_io import CheckpointError, is_remote
 from weight_conversion.conversion import (
+    RELEASED_MODEL_KWARGS,
     ConversionRequest,
     arch_choices,
     convert_checkpoint,
@@ -65,6 +66,9 @@ def parse_request(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(f"--model-kwargs is not valid JSON: {err}")
     if args.protocol and args.reset_head:
         parser.error("--protocol keeps the checkpoint's trained head; it cannot go with --reset-head")
+    if args.protocol:
+        # The released model's own settings, unless the flags say otherwise.
+        kwargs = {**RELEASED_MODEL_KWARGS.get(args.protocol, {}), **kwargs}
     return ConversionRequest(
         arch=args.arch,
         preset=args.preset,
