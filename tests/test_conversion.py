@@ -443,3 +443,21 @@ def test_protocol_flag_errors_are_one_line(tmp_path, capsys):
     assert torch_to_flax.main(argv) == 1
     assert "protocol 'internvqa-kvq' feeds 8 frames of 224 px" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_remote_paths_are_staged_locally_and_copied(tmp_path, monkeypatch):
+    """gs:// outputs are written to a local temp folder, then copied (here a local folder plays the bucket)."""
+    from internvqa_jax.models import saving
+
+    remote_dir, remote_file = tmp_path / "bucket" / "model", tmp_path / "bucket" / "export.safetensors"
+    monkeypatch.setattr(torch_to_flax, "is_remote", lambda p: str(p).startswith(str(tmp_path / "bucket")))
+    monkeypatch.setattr(flax_to_torch, "is_remote", lambda p: str(p).startswith(str(tmp_path / "bucket")))
+    kwargs = json.dumps(INDEX["sm_tiny_joint"]["constructor_kwargs"])
+    argv = ["--checkpoint", fixture("sm_tiny_joint"), "--out", str(remote_dir), "--model-kwargs", kwargs]
+    assert torch_to_flax.main(argv) == 0
+    model, _ = saving.load_model_dir(remote_dir)  # complete: checksums and all
+    out, sidecar = flax_to_torch.export(remote_dir, remote_file)
+    assert (out, sidecar) == (str(remote_file), str(remote_file.with_suffix(".json")))
+    got = load_file(str(remote_file))
+    for key, value in internvideo2_layout.state_dict(model).items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)

@@ -124,14 +124,16 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, which: str = "s
 
 
 def _download(remote: epath.Path, local: epath.Path) -> None:
-    """Copies a remote folder tree to `local`."""
+    """Copies a remote folder tree to `local` (walked level by level: GCS globs no `**`)."""
     if not remote.is_dir():
         raise FileNotFoundError(f"{remote}: model directory not found")
-    for f in remote.rglob("*"):
-        if f.is_file():
-            target = local / f.relative_to(remote)
+    for child in remote.iterdir():
+        target = local / child.name
+        if child.is_dir():
+            _download(child, target)
+        else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            f.copy(target)
+            child.copy(target)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,18 +44,20 @@ def save_model_dir(model, out: str, inference) -> str:
         return str(saving.save_model_dir(model, out, inference=inference))
     with tempfile.TemporaryDirectory() as tmp:
         local = saving.save_model_dir(model, os.path.join(tmp, "model"), inference=inference)
-        upload_dir(epath.Path(local), epath.Path(out))
+        upload_dir(local, epath.Path(out))
     return out
 
 
-def upload_dir(local: epath.Path, remote: epath.Path) -> None:
-    """Copies a local folder to `remote`; its top-level JSON files last, so a reader never sees a
+def upload_dir(local: str | os.PathLike, remote: epath.Path) -> None:
+    """Copies a local folder to `remote`; its top-level files last, so a reader never sees a
     configuration without its parameters."""
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    for f in sorted(files, key=lambda p: (p.parent == local, str(p))):
-        target = remote / f.relative_to(local)
+    files = [
+        os.path.relpath(os.path.join(folder, name), local) for folder, _, names in os.walk(local) for name in names
+    ]
+    for rel in sorted(files, key=lambda r: (os.sep not in r, r)):
+        target = remote / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        f.copy(target, overwrite=True)
+        epath.Path(os.path.join(local, rel)).copy(target, overwrite=True)
 
 
 def parse_request(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ConversionRequest:
