@@ -27,7 +27,8 @@ from flax import nnx  # noqa: E402
 
 from internvqa_jax.flops import network_flops  # noqa: E402
 from internvqa_jax.models import registry  # noqa: E402
-from weight_conversion.flax_to_torch import internvideo2_state_dict, official_kwargs  # noqa: E402
+from weight_conversion.conversion import official_kwargs  # noqa: E402
+from weight_conversion.internvideo2_layout import state_dict as internvideo2_state_dict  # noqa: E402
 from weight_conversion.torch_model import InternVideo2Torch  # noqa: E402
 
 

@@ -37,6 +37,7 @@ from flax import nnx  # noqa: E402
 from internvqa_jax import scorer as scorer_lib  # noqa: E402
 from internvqa_jax.data import decode  # noqa: E402
 from internvqa_jax.models import registry  # noqa: E402
+from internvqa_jax.models.inference_info import InferenceInfo  # noqa: E402
 
 
 def make_clip(out: pathlib.Path, seconds: float, width: int, height: int) -> pathlib.Path:
@@ -109,7 +110,7 @@ def count_params(model: nnx.Module) -> int:
 
 
 def time_model(
-    name: str, cfg, spec: scorer_lib.InferenceSpec, clip: pathlib.Path, repeats: int, batch_size: int
+    name: str, cfg, spec: InferenceInfo, clip: pathlib.Path, repeats: int, batch_size: int
 ) -> dict[str, float]:
     """Median seconds of decode+sample, model and end to end for one model on `clip`."""
     model = registry.create_model(cfg, nnx.Rngs(0))
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     demo, data = demo_model_configs()
     frames = args.frames or data["frames"]
     size = args.size or data["size"]
-    spec = scorer_lib.InferenceSpec(
+    spec = InferenceInfo(
         frames=frames,
         size=size,
         spatial_mode=args.spatial_mode or data["spatial_mode"],

@@ -22,6 +22,8 @@ DATASETS = {
     "demo": dict(frames=2, size=64, spatial_mode="fragments", epochs=56, warmup_epochs=1, batch_size=16),
     "bvi_hd": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     "waterloo_ivc4k": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
+    # KVQ (--config.data.source_root=<the release's folder>): MOS / 5, the published split.
+    "kvq": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
     # Any `path,score[,source]` CSV (--config.data.source_root=labels.csv); scores are used as given.
     "csv": dict(frames=8, size=224, spatial_mode="resize_crop", epochs=30, warmup_epochs=5, batch_size=32),
 }

@@ -119,6 +119,7 @@ def score_split(
         size=spec.size,
         spatial_mode=spec.spatial_mode,
         num_segments=spec.num_segments,
+        protocol=spec.protocol,
         seed=spec.seed,
         workers=0,
         process_index=0,
@@ -259,10 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from internvqa_jax import plots
     from internvqa_jax import scorer as scorer_lib
+    from internvqa_jax.models import saving
 
     try:
         model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which)
-        spec = scorer_lib.read_inference_spec(model_dir)
+        spec = saving.read_inference(model_dir)
         shard_dir = resolve_shard_dir(args.data, args.config, spec.dataset)
         if not os.path.isfile(os.path.join(shard_dir, io_utils.MANIFEST_FILE)):
             raise FileNotFoundError(

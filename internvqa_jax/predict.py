@@ -267,9 +267,7 @@ def _print_header(scorer: Any, model_dir: Any, bundled: bool = False) -> None:
             file=sys.stderr,
         )
         print("# WARNING: untrained head (converted weights); scores carry no meaning until fine-tuned")
-    print(
-        f"# protocol: {scorer.spec.num_segments} segments x {scorer.spec.frames} frames, {scorer.spec.spatial_mode} {scorer.spec.size}px, seed {scorer.spec.seed}"
-    )
+    print(f"# protocol: {scorer.spec.describe_protocol()}")
 
 
 def _report(result: Any, no_progress: bool) -> None:

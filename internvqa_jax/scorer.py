@@ -1,10 +1,11 @@
 """Scoring videos with a trained model: `load(model_dir_or_workdir)` -> `Scorer`.
 
-A `Scorer` runs the test-time protocol written by training into the model directory's
-`inference.json` (see `models/inference_info.py`): frames sampled from the file, K temporal clips x 3 crops
-(resize_crop) or K seeded fragment draws, each view scored by the model, and the video's score =
-the mean over its views, on the training label's scale. Everything that could vary is seeded, so
-the same file gives the same score on every call, alone or in a batch with others.
+A `Scorer` runs the test-time protocol written into the model directory's `inference.json` (see
+`models/inference_info.py`): the views `sampling.test_views` cuts (K temporal clips x 3 crops,
+K seeded fragment draws, or a released model's named protocol), each scored by the model, and
+the video's score = the mean over its views, on the training label's scale. The views depend on
+the frames, the protocol and its seed only, so the same file gives the same score on every call,
+alone or in a batch, and the same score `evaluate` gives it from prepared shards.
 
 Per-segment scores (`score(..., per_segment=True)`) cut the video into consecutive windows of
 `segment_seconds` and score each window on its own with the same spatial protocol: a quality
@@ -60,11 +61,6 @@ VIDEO_EXTENSIONS = (
     ".265",
     ".obu",
 )
-
-# The test-time protocol is the model directory's `inference.json`, owned by `InferenceInfo`;
-# `InferenceSpec` is its older name here, kept for callers of the scorer.
-InferenceSpec = InferenceInfo
-
 
 # --------------------------------------------------------------------------- results
 
@@ -123,25 +119,22 @@ def _windows(num_frames: int, fps: float | None, segment_seconds: float) -> list
 
 
 def _views_from_plan(take: Callable[[np.ndarray], np.ndarray], num_kept: int, spec: InferenceInfo) -> np.ndarray:
-    """The K x crops test views, reading frames through `take(kept positions) -> uint8 frames`.
+    """The test views, reading frames through `take(kept positions) -> uint8 frames`.
 
-    Same plan and random stream as `sampling.eval_views` on the kept frames (shrinking each clip's
-    frames equals shrinking all frames first, since the resize works frame by frame), but only
-    the frames the K clips use are ever touched.
+    `sampling.test_views` on the kept frames (shrinking each clip's frames equals shrinking all
+    frames first, since the resize works frame by frame), but only the frames the plan uses are
+    ever touched.
     """
-    rng = np.random.default_rng(spec.seed)
-    views: list[np.ndarray] = []
-    for idx in sampling.test_segment_indices(num_kept, spec.frames, spec.num_segments):
-        clip = _shrink(take(idx), spec.short_side)
-        views.extend(sampling.spatial_eval(clip, spec.size, spec.spatial_mode, rng))
-    return np.stack(views)
+    protocol = spec.view_protocol
+    plan = sampling.test_frame_plan(num_kept, protocol)
+    return sampling.views_of_clips([_shrink(take(idx), spec.short_side) for idx in plan], protocol, spec.seed)
 
 
 def clip_views(frames: np.ndarray, spec: InferenceInfo) -> np.ndarray:
-    """Test views `(V, T, S, S, 3)` of a frame array: stored-frame selection, shrink, K x crops.
+    """Test views `(V, T, S, S, 3)` of a frame array: stored-frame selection, shrink, then the protocol.
 
     Mirrors what evaluation does on prepared shards: keep `spec.stored_frames` evenly spread
-    frames, shrink the short side to `spec.short_side`, then `sampling.eval_views` seeded by
+    frames, shrink the short side to `spec.short_side`, then `sampling.test_views` seeded by
     `spec.seed`.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -159,11 +152,11 @@ def _shrink(frames: np.ndarray, short_side: int | None) -> np.ndarray:
 
 
 def _window_views(frames: np.ndarray, spec: InferenceInfo, window_index: int) -> np.ndarray:
-    """Views of one time window: T evenly spread frames, then the spatial test views."""
+    """Views of one time window: T evenly spread frames, then the protocol's spatial views of that one clip."""
     idx = sampling.evenly_spaced_indices(frames.shape[0], spec.frames)
-    rng = np.random.default_rng((spec.seed, 1 + window_index))
     clip = _shrink(frames[idx], spec.short_side)
-    return np.stack(sampling.spatial_eval(clip, spec.size, spec.spatial_mode, rng))
+    protocol = dataclasses.replace(spec.view_protocol, num_segments=1)
+    return sampling.views_of_clips([clip], protocol, seed=(spec.seed, 1 + window_index))
 
 
 def _file_clip_indices(num_frames: int, spec: InferenceInfo) -> np.ndarray:
@@ -187,7 +180,7 @@ def prepare_file(path: str, spec: InferenceInfo, per_segment: bool = False, segm
         keep = _file_clip_indices(info.num_frames, spec)
         # Only the frames the K clips touch are decoded: the temporal plan is computed on the kept
         # frame list first and mapped back to file frame numbers.
-        plan = sampling.test_segment_indices(len(keep), spec.frames, spec.num_segments)
+        plan = sampling.test_frame_plan(len(keep), spec.view_protocol)
         needed = set(keep[np.unique(plan)].tolist())
         windows: list[tuple[int, int]] = []
         if per_segment:
@@ -445,12 +438,6 @@ class Scorer:
 # --------------------------------------------------------------------------- loading
 
 
-def read_inference_spec(model_dir: str | os.PathLike, meta: Any = None) -> InferenceInfo:
-    """The model's `InferenceInfo`, from the loader's metadata (`meta["inference"]`) or `inference.json` on disk."""
-    stored = meta.get("inference") if isinstance(meta, dict) else None
-    return saving.read_inference(model_dir, stored)
-
-
 def load(
     checkpoint: str | os.PathLike,
     batch_size: int = 8,
@@ -464,7 +451,7 @@ def load(
     """
     model_dir = resolve_model_dir(checkpoint, which)
     model, meta = saving.load_model_dir(model_dir)
-    spec = read_inference_spec(model_dir, meta)
+    spec = saving.read_inference(model_dir, meta.get("inference"))
     if spec_overrides:
         spec = dataclasses.replace(spec, **spec_overrides)
     return Scorer(model, spec, batch_size=batch_size, device=device, name=model_dir.name)

@@ -52,7 +52,7 @@ def _targets(node: ast.AST, modules: dict[str, pathlib.Path]) -> list[str]:
     return out
 
 
-def _module_arrows() -> dict[str, set[str]]:
+def module_arrows() -> dict[str, set[str]]:
     """{module: project modules it imports}."""
     modules = module_files()
     return {
@@ -64,7 +64,7 @@ def _module_arrows() -> dict[str, set[str]]:
 def room_arrows() -> dict[str, set[str]]:
     """{room: rooms its modules import}, self-imports left out."""
     arrows: dict[str, set[str]] = {}
-    for module, targets in _module_arrows().items():
+    for module, targets in module_arrows().items():
         arrows.setdefault(room(module), set()).update(room(t) for t in targets if room(t) != room(module))
     return arrows
 
@@ -72,7 +72,7 @@ def room_arrows() -> dict[str, set[str]]:
 def package_arrows(package: str) -> dict[str, set[str]]:
     """{module: modules of the same package it imports} for the modules of `package` (short names)."""
     prefix = package + "."
-    inside = {m: ts for m, ts in _module_arrows().items() if m.startswith(prefix)}
+    inside = {m: ts for m, ts in module_arrows().items() if m.startswith(prefix)}
     return {m[len(prefix) :]: {t[len(prefix) :] for t in ts if t.startswith(prefix)} for m, ts in inside.items()}
 
 

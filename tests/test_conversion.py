@@ -39,7 +39,7 @@ def test_round_trip_is_bit_exact(name, scan_layers):
     kwargs = dict(INDEX[name]["constructor_kwargs"], scan_layers=scan_layers)
     model, report = convert_checkpoint(fixture(name), arch=arch_of(name), model_kwargs=kwargs)
     assert sorted(report.consumed) == sorted(original) and not report.dropped and not report.initialised
-    back = flax_to_torch.internvideo2_state_dict(model)
+    back = internvideo2_layout.state_dict(model)
     assert sorted(back) == sorted(original)
     for key, value in original.items():
         assert back[key].shape == value.shape, key
@@ -105,10 +105,10 @@ def test_wrappers_and_prefixes_give_the_same_model(tmp_path):
         "mp_rank_00_model_states.pt": {"module": {f"module.encoder.{k}": v for k, v in sd.items()}, "dp_world_size": 1},
         "mm.bin": {**{f"vision_encoder.{k}": v for k, v in sd.items()}, "text_encoder.emb.weight": torch.zeros(3, 2)},
     }
-    reference = flax_to_torch.internvideo2_state_dict(load_torch_checkpoint(fixture(name), **kwargs))
+    reference = internvideo2_layout.state_dict(load_torch_checkpoint(fixture(name), **kwargs))
     for filename, payload in variants.items():
         model, report = convert_checkpoint(write_pt(tmp_path / filename, payload), model_kwargs=kwargs)
-        got = flax_to_torch.internvideo2_state_dict(model)
+        got = internvideo2_layout.state_dict(model)
         for key in reference:
             np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{filename}: {key}")
         if filename == "mm.bin":
@@ -403,3 +403,61 @@ def test_legacy_pickles_fail_in_one_line(tmp_path, kind):
     good = tmp_path / "legacy.pt"
     torch.save(tensors, good, _use_new_zipfile_serialization=False)
     assert len(TensorSource(good).keys()) == len(tensors)
+
+
+def test_torch_zip_files_read_tensor_by_tensor_as_torch_load_does(tmp_path):
+    """bf16/fp16/fp32/int tensors, a transposed view, two views of one storage and DeepSpeed's other
+    entries (an argparse.Namespace among them): the plain-read zip reader gives what torch.load gives."""
+    import argparse
+    import collections
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 7
+    module = collections.OrderedDict(
+        bf16=torch.randn(3, 5).to(torch.bfloat16),
+        fp16=torch.randn(2, 3).to(torch.float16),
+        fp32=torch.randn(7),
+        ints=torch.arange(5),
+        transposed=base.t(),
+        row=base[2],
+        scalar=torch.tensor(1.5),
+    )
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": module, "optimizer": None, "args": argparse.Namespace(lr=1e-3), "ds_version": "0.16"}, path)
+    source = TensorSource(path)
+    assert sorted(source.keys()) == sorted(module)
+    for key, tensor in module.items():
+        expected = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+        got = source.get(key)
+        assert got.shape == tuple(tensor.shape) and got.dtype == expected.dtype, key
+        np.testing.assert_array_equal(got, expected, err_msg=key)
+
+
+def test_protocol_flag_errors_are_one_line(tmp_path, capsys):
+    source = fixture("sm_tiny_joint")
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit):
+        torch_to_flax.main(["--checkpoint", source, "--out", str(out), "--protocol", "internvqa-kvq", "--reset-head"])
+    assert "cannot go with --reset-head" in capsys.readouterr().err
+    kwargs = json.dumps(INDEX["sm_tiny_joint"]["constructor_kwargs"])
+    argv = ["--checkpoint", source, "--out", str(out), "--protocol", "internvqa-kvq", "--model-kwargs", kwargs]
+    assert torch_to_flax.main(argv) == 1
+    assert "protocol 'internvqa-kvq' feeds 8 frames of 224 px" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_remote_paths_are_staged_locally_and_copied(tmp_path, monkeypatch):
+    """gs:// outputs are written to a local temp folder, then copied (here a local folder plays the bucket)."""
+    from internvqa_jax.models import saving
+
+    remote_dir, remote_file = tmp_path / "bucket" / "model", tmp_path / "bucket" / "export.safetensors"
+    monkeypatch.setattr(torch_to_flax, "is_remote", lambda p: str(p).startswith(str(tmp_path / "bucket")))
+    monkeypatch.setattr(flax_to_torch, "is_remote", lambda p: str(p).startswith(str(tmp_path / "bucket")))
+    kwargs = json.dumps(INDEX["sm_tiny_joint"]["constructor_kwargs"])
+    argv = ["--checkpoint", fixture("sm_tiny_joint"), "--out", str(remote_dir), "--model-kwargs", kwargs]
+    assert torch_to_flax.main(argv) == 0
+    model, _ = saving.load_model_dir(remote_dir)  # complete: checksums and all
+    out, sidecar = flax_to_torch.export(remote_dir, remote_file)
+    assert (out, sidecar) == (str(remote_file), str(remote_file.with_suffix(".json")))
+    got = load_file(str(remote_file))
+    for key, value in internvideo2_layout.state_dict(model).items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)

@@ -219,6 +219,7 @@ def test_registry():
     assert get_dataset("bvi_hd") is bvi_hd and get_dataset("BVI-HD") is bvi_hd
     assert get_dataset("waterloo") is waterloo_ivc4k and get_dataset("csv") is csv_dataset
     assert hasattr(get_dataset("demo"), "build")
-    with pytest.raises(KeyError, match="unknown dataset 'kvq'"):
-        get_dataset("kvq")
+    assert get_dataset("KVQ").__name__ == "internvqa_jax.data.datasets.kvq"
+    with pytest.raises(KeyError, match="unknown dataset 'lsvq'"):
+        get_dataset("lsvq")
     assert isinstance(VideoItem("p", "v", "s", 0.5, "score"), VideoItem)

@@ -20,7 +20,8 @@ from scoring_helpers import tiny_inference  # noqa: E402
 
 from internvqa_jax import scorer as scorer_lib  # noqa: E402
 from internvqa_jax.models import registry, saving  # noqa: E402
-from weight_conversion import flax_to_torch, torch_model  # noqa: E402
+from internvqa_jax.models.inference_info import InferenceInfo  # noqa: E402
+from weight_conversion import flax_to_torch, internvideo2_layout, torch_model  # noqa: E402
 
 # In the layout training writes (training/export.py).
 INFERENCE = tiny_inference(input="uint8 RGB, (x - mean) / std")
@@ -75,7 +76,7 @@ def test_exported_student_scores_like_jax(name, tmp_path, capsys):
 
     # PyTorch side: only the export and its sidecar.
     torch_net = torch_model.load_exported(out)  # strict=True inside
-    spec = scorer_lib.InferenceSpec.from_dict(inference, where="sidecar")
+    spec = InferenceInfo.from_dict(inference, where="sidecar")
     frames = np.random.default_rng(1).integers(0, 256, size=(24, 72, 96, 3), dtype=np.uint8)
     views = scorer_lib.clip_views(frames, spec)  # (V, T, S, S, 3) uint8
     mean = np.asarray(inference["normalisation"]["mean"], np.float32)
@@ -109,5 +110,5 @@ def test_exported_keys_and_shapes_match_official_students(size, fixtures_dir):
     graphdef, state = nnx.split(abstract)
     # Zero parameters of the right shapes: the export's names/shapes do not depend on values.
     model = nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state))
-    exported = flax_to_torch.internvideo2_state_dict(model)
+    exported = internvideo2_layout.state_dict(model)
     assert {k: list(v.shape) for k, v in exported.items()} == {k: list(v) for k, v in manifest.items()}

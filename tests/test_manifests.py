@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from internvqa_jax.models import registry
-from weight_conversion.flax_to_torch import internvideo2_torch_shapes
+from weight_conversion.internvideo2_layout import torch_shapes as internvideo2_torch_shapes
 
 MANIFEST_PATH = pathlib.Path(__file__).resolve().parent / "fixtures" / "internvideo2" / "state_dict_manifests.json"
 MANIFESTS = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.is_file() else {}

@@ -114,11 +114,11 @@ def test_unregistered_or_clashing_families_fail_by_name(toy):
 
 
 def test_a_family_without_a_pytorch_layout_says_so(toy):
-    from weight_conversion import flax_to_torch
+    from weight_conversion import conversion
 
     model = registry.create_model(registry.get_config("toy_test"), nnx.Rngs(0))
     with pytest.raises(ValueError, match="no PyTorch layout for arch 'toy_pool'"):
-        flax_to_torch.model_state_dict(model)
+        conversion.model_state_dict(model)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 import re
 
-from module_map import ROOT, arrow_lines, package_arrows, room_arrows
+from module_map import ROOT, arrow_lines, module_arrows, package_arrows, room_arrows
 
 
 def _map_section() -> str:
@@ -43,17 +43,35 @@ def test_the_listed_arrows_are_the_code_arrows():
     assert _arrow_block(section, "Arrows inside `training`") == arrow_lines(package_arrows("internvqa_jax.training"))
 
 
-def test_no_cycle_inside_training():
-    arrows = package_arrows("internvqa_jax.training")
+def _cycle(arrows: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph `arrows` (module -> modules it imports), or None."""
     done: set[str] = set()
 
-    def visit(module: str, path: tuple[str, ...]) -> None:
-        assert module not in path, f"import cycle: {' -> '.join(path + (module,))}"
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
         if module in done:
-            return
-        for target in arrows.get(module, ()):
-            visit(target, path + (module,))
+            return None
+        for target in sorted(arrows.get(module, ())):
+            found = visit(target, path + [module])
+            if found:
+                return found
         done.add(module)
+        return None
 
-    for module in arrows:
-        visit(module, ())
+    for module in sorted(arrows):
+        found = visit(module, [])
+        if found:
+            return found
+    return None
+
+
+def test_no_import_cycle_between_any_modules():
+    # Every module of the project, inside packages too (imports inside functions count).
+    cycle = _cycle(module_arrows())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None

@@ -178,7 +178,7 @@ def test_eval_covers_every_record_once_over_two_processes(shard_dir):
     )
 
 
-def test_eval_views_equal_sampling_on_all_frames(shard_dir):
+def test_eval_views_equal_test_views_on_all_frames(shard_dir):
     from internvqa_jax.data import sampling
 
     records = shards.FrameRecords(shard_dir)
@@ -187,7 +187,7 @@ def test_eval_views_equal_sampling_on_all_frames(shard_dir):
         batch = next(pipeline.eval_iterator(shard_dir, "test", batch_size=2, process_index=0, process_count=1, **kw))
         for j, idx in enumerate(batch["index"]):
             frames, _ = records[int(idx)]
-            expected = sampling.eval_views(frames, 3, 32, mode, 2, seed=(4, int(idx)))
+            expected = sampling.test_views(frames, sampling.ViewProtocol(3, 32, mode, 2), seed=4)
             np.testing.assert_array_equal(batch["frames"][j], expected)
 
 

@@ -151,16 +151,20 @@ def test_small_frames_are_upscaled_before_fragments():
         sampling.fragment_positions(100, 150, np.random.default_rng(0))
 
 
-def test_custom_fragment_size_and_eval_views():
+def test_custom_fragment_size_and_test_views():
     frames = coord_frames(16, 120, 200)
-    views = sampling.eval_views(frames, 8, 64, "fragments", num_segments=3, seed=(7, 1))
+    fragments = sampling.ViewProtocol(8, 64, "fragments", num_segments=3)
+    views = sampling.test_views(frames, fragments, seed=7)
     assert views.shape == (3, 8, 64, 64, 3)
-    np.testing.assert_array_equal(views, sampling.eval_views(frames, 8, 64, "fragments", 3, seed=(7, 1)))
-    crops = sampling.eval_views(frames, 8, 64, "resize_crop", num_segments=2)
+    np.testing.assert_array_equal(views, sampling.test_views(frames, fragments, seed=7))
+    assert not np.array_equal(views, sampling.test_views(frames, fragments, seed=8))
+    crops = sampling.test_views(frames, sampling.ViewProtocol(8, 64, "resize_crop", num_segments=2))
     assert crops.shape == (6, 8, 64, 64, 3)
-    assert sampling.num_eval_views("resize_crop", 2) == 6 and sampling.num_eval_views("fragments", 3) == 3
+    assert sampling.ViewProtocol(8, 64, "resize_crop", 2).num_views == 6 and fragments.num_views == 3
     with pytest.raises(ValueError, match="multiple of the patch"):
-        sampling.eval_views(frames, 8, 50, "fragments", 1)
+        sampling.test_views(frames, sampling.ViewProtocol(8, 50, "fragments", 1))
+    with pytest.raises(ValueError, match="protocol 'bogus' unknown"):
+        sampling.ViewProtocol(name="bogus")
 
 
 # --------------------------------------------------------------------------- normalisation

@@ -1,7 +1,7 @@
 """Scorer: test protocol, determinism, files vs frames, batching, broken files, per-segment curve.
 
 A toy NNX model (mean brightness through a learned affine map) makes every expected score
-computable by hand from `sampling.eval_views`; the real models are exercised in test_predict.py.
+computable by hand from `sampling.test_views`; the real models are exercised in test_predict.py.
 """
 
 import json
@@ -14,6 +14,8 @@ from scoring_helpers import make_lavfi_video
 
 from internvqa_jax import scorer as scorer_lib
 from internvqa_jax.data import decode, sampling
+from internvqa_jax.models import saving
+from internvqa_jax.models.inference_info import InferenceInfo
 
 
 class BrightnessModel(nnx.Module):
@@ -28,8 +30,8 @@ class BrightnessModel(nnx.Module):
         return {"logits": value[:, None], "pooled": value[:, None]}
 
 
-def _expected(frames: np.ndarray, spec: scorer_lib.InferenceSpec, w=2.0, b=0.5) -> float:
-    views = sampling.eval_views(frames, spec.frames, spec.size, spec.spatial_mode, spec.num_segments, seed=spec.seed)
+def _expected(frames: np.ndarray, spec: InferenceInfo, w=2.0, b=0.5) -> float:
+    views = sampling.test_views(frames, spec.view_protocol, seed=spec.seed)
     x = (views.astype(np.float32) - np.float32(spec.mean)) / np.float32(spec.std)
     return float(np.mean(x.mean(axis=(1, 2, 3, 4)) * w + b))
 
@@ -52,8 +54,8 @@ def videos(tmp_path_factory):
     return root, good_a, good_b, broken
 
 
-SPEC_FRAG = scorer_lib.InferenceSpec(frames=4, size=64, spatial_mode="fragments", num_segments=3, seed=7)
-SPEC_CROP = scorer_lib.InferenceSpec(frames=4, size=48, spatial_mode="resize_crop", num_segments=2)
+SPEC_FRAG = InferenceInfo(frames=4, size=64, spatial_mode="fragments", num_segments=3, seed=7)
+SPEC_CROP = InferenceInfo(frames=4, size=48, spatial_mode="resize_crop", num_segments=2)
 
 
 @pytest.mark.parametrize("spec", [SPEC_FRAG, SPEC_CROP], ids=["fragments", "resize_crop"])
@@ -68,16 +70,14 @@ def test_frames_score_matches_protocol_by_hand(spec):
 
 def test_stored_frames_and_short_side_follow_prepare():
     # With stored_frames/short_side, the scorer must see what evaluation on prepared shards sees:
-    # evenly spread stored frames, short side shrunk, then eval_views.
+    # evenly spread stored frames, short side shrunk, then test_views.
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, size=(30, 80, 120, 3), dtype=np.uint8)
-    spec = scorer_lib.InferenceSpec(
-        frames=4, size=32, spatial_mode="fragments", num_segments=2, stored_frames=8, short_side=40
-    )
+    spec = InferenceInfo(frames=4, size=32, spatial_mode="fragments", num_segments=2, stored_frames=8, short_side=40)
     stored = sampling.resize_short_side(frames[sampling.evenly_spaced_indices(30, 8)], 40)
-    base = scorer_lib.InferenceSpec(frames=4, size=32, spatial_mode="fragments", num_segments=2)
+    base = InferenceInfo(frames=4, size=32, spatial_mode="fragments", num_segments=2)
     np.testing.assert_array_equal(
-        scorer_lib.clip_views(frames, spec), sampling.eval_views(stored, 4, 32, "fragments", 2, seed=0)
+        scorer_lib.clip_views(frames, spec), sampling.test_views(stored, base.view_protocol, seed=0)
     )
     got = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=3).score(frames)
     assert float(got) == pytest.approx(_expected(stored, base), abs=1e-5)
@@ -116,7 +116,7 @@ def test_per_segment_curve_follows_brightness_over_time():
     # Frames get brighter every second: per-window scores must rise window after window.
     fps = 10
     frames = np.concatenate([np.full((fps, 64, 64, 3), 40 + 50 * k, np.uint8) for k in range(4)])
-    spec = scorer_lib.InferenceSpec(frames=2, size=32, spatial_mode="resize_crop", num_segments=2)
+    spec = InferenceInfo(frames=2, size=32, spatial_mode="resize_crop", num_segments=2)
     result = scorer_lib.Scorer(BrightnessModel(), spec, batch_size=4).score(
         frames, per_segment=True, segment_seconds=1.0, fps=fps
     )
@@ -139,7 +139,7 @@ def test_per_segment_from_file_has_windows_in_seconds(videos):
 
 
 def test_inference_spec_reading(tmp_path):
-    spec = scorer_lib.InferenceSpec.from_dict(
+    spec = InferenceInfo.from_dict(
         {
             "frames": 4,
             "size": 112,
@@ -153,27 +153,27 @@ def test_inference_spec_reading(tmp_path):
     assert (spec.frames, spec.size, spec.num_segments, spec.stored_frames, spec.short_side) == (4, 112, 2, 16, 256)
     assert spec.mean == (1.0, 2.0, 3.0) and spec.std == (4.0, 5.0, 6.0)
     assert spec.higher_is_better is False and spec.describe_scale() == "DMOS/100 (differential MOS; higher is WORSE)"
-    vmaf = scorer_lib.InferenceSpec.from_dict({"test_segments": 3, "label": {"kind": "vmaf", "scale": 100.0}})
+    vmaf = InferenceInfo.from_dict({"test_segments": 3, "label": {"kind": "vmaf", "scale": 100.0}})
     assert vmaf.num_segments == 3
     assert vmaf.describe_scale() == "VMAF/100 (0 = worst, 1 = visually lossless; higher is better)"
-    assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
+    assert InferenceInfo.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="inference.json: spatial mode 'bogus' unknown"):
-        scorer_lib.InferenceSpec.from_dict({"spatial_mode": "bogus"})
+        InferenceInfo.from_dict({"spatial_mode": "bogus"})
     with pytest.raises(ValueError, match="frames must be >= 1"):
-        scorer_lib.InferenceSpec.from_dict({"frames": 0})
+        InferenceInfo.from_dict({"frames": 0})
     # one layout, no synonyms: a key it does not have is named, top level or inside a section
     with pytest.raises(ValueError, match="unknown key 'num_frames'"):
-        scorer_lib.InferenceSpec.from_dict({"num_frames": 4})
+        InferenceInfo.from_dict({"num_frames": 4})
     with pytest.raises(ValueError, match="unknown key 'label.divisor'"):
-        scorer_lib.InferenceSpec.from_dict({"label": {"divisor": 100}})
+        InferenceInfo.from_dict({"label": {"divisor": 100}})
     # Reading from disk: a missing or broken inference.json is named.
     with pytest.raises(FileNotFoundError, match="inference.json: missing"):
-        scorer_lib.read_inference_spec(tmp_path)
+        saving.read_inference(tmp_path)
     (tmp_path / "inference.json").write_text("{oops")
     with pytest.raises(ValueError, match="inference.json: not valid JSON"):
-        scorer_lib.read_inference_spec(tmp_path)
+        saving.read_inference(tmp_path)
     (tmp_path / "inference.json").write_text(json.dumps({"frames": 2, "size": 32}))
-    assert scorer_lib.read_inference_spec(tmp_path).frames == 2
+    assert saving.read_inference(tmp_path).frames == 2
 
 
 # inference.json files as the code before InferenceInfo wrote them (train.export_networks and
@@ -205,7 +205,7 @@ OLD_CONVERTED_INFERENCE = {
 
 
 def test_inference_files_written_before_inference_info_still_load():
-    trained = scorer_lib.InferenceSpec.from_dict(OLD_TRAIN_INFERENCE)
+    trained = InferenceInfo.from_dict(OLD_TRAIN_INFERENCE)
     assert (trained.frames, trained.size, trained.spatial_mode, trained.num_segments, trained.seed) == (
         2,
         64,
@@ -215,13 +215,13 @@ def test_inference_files_written_before_inference_info_still_load():
     )
     assert (trained.stored_frames, trained.short_side, trained.preset, trained.dataset) == (16, None, "tiny", "demo")
     assert trained.describe_scale() == "VMAF/100 (0 = worst, 1 = visually lossless; higher is better)"
-    converted = scorer_lib.InferenceSpec.from_dict(OLD_CONVERTED_INFERENCE)
+    converted = InferenceInfo.from_dict(OLD_CONVERTED_INFERENCE)
     assert (converted.frames, converted.size, converted.head_trained, converted.label_kind) == (8, 224, False, "none")
     assert (
         converted.source_checkpoint == "official.pt" and converted.describe_scale() == scorer_lib.UNTRAINED_HEAD_SCALE
     )
     for spec in (trained, converted):  # and they come back unchanged from the current layout
-        assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
+        assert InferenceInfo.from_dict(spec.to_dict()) == spec
 
 
 def test_both_writers_produce_inference_info():
@@ -229,7 +229,7 @@ def test_both_writers_produce_inference_info():
     from configs import homologous
     from internvqa_jax.models.inference_info import InferenceInfo
     from internvqa_jax.training import export
-    from weight_conversion.torch_to_flax import converted_inference
+    from weight_conversion.conversion import converted_inference
 
     class _Config:
         num_frames, img_size = 4, 56
@@ -247,18 +247,18 @@ def test_both_writers_produce_inference_info():
 
 def test_untrained_head_is_stated_instead_of_a_label_scale():
     """A converted model's inference.json (head_trained: false) makes every score say it means nothing yet."""
-    from weight_conversion.torch_to_flax import converted_inference
+    from weight_conversion.conversion import converted_inference
 
     class _Config:
         num_frames, img_size = 4, 56
 
-    spec = scorer_lib.InferenceSpec.from_dict(converted_inference(_Config(), "official.pt").to_dict())
+    spec = InferenceInfo.from_dict(converted_inference(_Config(), "official.pt").to_dict())
     assert spec.head_trained is False and spec.frames == 4 and spec.size == 56
     assert spec.describe_scale() == scorer_lib.UNTRAINED_HEAD_SCALE and "no meaning" in spec.describe_scale()
-    assert scorer_lib.InferenceSpec.from_dict(spec.to_dict()) == spec
-    assert scorer_lib.InferenceSpec.from_dict({"label": {"kind": "vmaf", "scale": 100}}).head_trained is True
+    assert InferenceInfo.from_dict(spec.to_dict()) == spec
+    assert InferenceInfo.from_dict({"label": {"kind": "vmaf", "scale": 100}}).head_trained is True
     with pytest.raises(ValueError, match="head_trained must be true or false"):
-        scorer_lib.InferenceSpec.from_dict({"head_trained": "no"})
+        InferenceInfo.from_dict({"head_trained": "no"})
 
 
 def test_resolve_model_dir(tmp_path):
@@ -277,3 +277,27 @@ def test_bad_frames_input_is_named():
     s = scorer_lib.Scorer(BrightnessModel(), SPEC_CROP)
     with pytest.raises(ValueError, match="expected uint8 frames"):
         s.score(np.zeros((4, 32, 32, 3), np.float32))
+
+
+def test_a_released_models_protocol_is_named_in_inference_json():
+    """`--protocol internvqa-kvq`'s inference.json: the trained head kept, the authors' test path named."""
+    from weight_conversion.conversion import converted_inference
+
+    class _Config:
+        num_frames, img_size = 8, 224
+
+    info = converted_inference(_Config(), "mp_rank_00_model_states.pt", protocol="internvqa-kvq")
+    assert info.to_dict()["protocol"] == "internvqa-kvq" and InferenceInfo.from_dict(info.to_dict()) == info
+    assert info.head_trained and info.views_per_clip == 1 and info.describe_scale().startswith("MOS/5")
+    assert "internvqa-kvq" in info.describe_protocol()
+    frames = np.random.default_rng(0).integers(0, 256, size=(70, 300, 180, 3), dtype=np.uint8)
+    views = scorer_lib.clip_views(frames, info)
+    np.testing.assert_array_equal(views[0], sampling.AUTHOR_PROTOCOLS["internvqa-kvq"].view(frames[0:64:8]))
+
+    class _Small:
+        num_frames, img_size = 4, 56
+
+    with pytest.raises(ValueError, match="feeds 8 frames of 224 px; the converted model takes 4 frames of 56 px"):
+        converted_inference(_Small(), "x.pt", protocol="internvqa-kvq")
+    with pytest.raises(ValueError, match="inference.json: protocol 'bogus' unknown"):
+        InferenceInfo.from_dict({"protocol": "bogus"})

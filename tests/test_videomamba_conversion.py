@@ -166,7 +166,7 @@ def test_reset_head(folder):
 
 def test_official_pth_through_the_converter_entry_point(folder, tmp_path):
     """A `.pth` wrapped as {'model': ...} with a `module.` prefix, detected as VideoMamba (--arch auto)."""
-    from weight_conversion import torch_to_flax as converter
+    from weight_conversion import conversion as converter
 
     state_dict = _state_dict(folder, "videomamba_tiny_b")
     arrays = np.load(folder / "videomamba_tiny_b.npz")
@@ -215,7 +215,7 @@ def test_export_sidecar_carries_the_official_constructor_kwargs(folder, tmp_path
 
 def test_reset_head_through_the_converter_entry_point(folder, tmp_path):
     """`convert_checkpoint(..., reset_head=True)` (the CLI's --reset-head) gives VideoMamba a new head."""
-    from weight_conversion import torch_to_flax as converter
+    from weight_conversion import conversion as converter
 
     state_dict = _state_dict(folder, "videomamba_tiny_b")
     path = tmp_path / "vm.pth"

@@ -10,17 +10,28 @@ last block under `blocks/last`.
 
 Also here: recognising the layout of a state dict, inferring the constructor arguments from its
 shapes, position-embedding interpolation (linear over time, bicubic over space with
-align_corners=False, cls kept) and tubelet inflation of a tubelet-1 patch embedding.
+align_corners=False, cls kept), tubelet inflation of a tubelet-1 patch embedding, and the
+family's conversion both ways (`convert_checkpoint`, `state_dict`, `official_kwargs`; see
+`weight_conversion.conversion`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from internvqa_jax.models import registry
+from internvqa_jax.models.internvideo2 import InternVideo2Config, PretrainInternVideo2Config
+from weight_conversion.checkpoint_io import TensorSource
+from weight_conversion.conversion import ConversionReport, ConversionRequest
 from weight_conversion.interpolation import bicubic_matrix, linear_matrix
 from weight_conversion.kernel_layout import kernel_to_flax, kernel_to_torch
 
@@ -343,11 +354,14 @@ def can_adapt(key: str, src_shape: Sequence[int], expected: Sequence[int]) -> bo
 
 
 # ---------------------------------------------------------------------------------------------
-# The conversion protocol of a model family's layout module (`ModelFamily.torch_layout`)
+# Conversion, both ways: the family's layout-module protocol (`weight_conversion.conversion`)
 # ---------------------------------------------------------------------------------------------
-# The InternVideo2 converters themselves live in `weight_conversion.torch_to_flax` and
-# `weight_conversion.flax_to_torch`, which import this module; these entry points import them when
-# called, not at import time.
+
+_PRETRAIN_ONLY = {f.name for f in dataclasses.fields(PretrainInternVideo2Config)} - {
+    f.name for f in dataclasses.fields(InternVideo2Config)
+}
+# JAX-only config fields that the official constructor does not take.
+JAX_ONLY_FIELDS = ("gelu_approximate", "dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "linear_init")
 
 
 def matches_state_dict(keys: Sequence[str]) -> bool:
@@ -359,22 +373,228 @@ def matches_state_dict(keys: Sequence[str]) -> bool:
     return True
 
 
-def convert_checkpoint(source: Any, **request: Any) -> tuple[Any, Any]:
-    """`(model, ConversionReport)` of a checkpoint; see `torch_to_flax.convert_internvideo2_checkpoint`."""
-    from weight_conversion import torch_to_flax
+def resolve_config(
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    pretrain: bool,
+    preset: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+) -> tuple[InternVideo2Config, tuple[int, int]]:
+    """Target config (inferred <- preset <- model kwargs <- frame/size overrides) and the source grid."""
+    model_kwargs = dict(model_kwargs or {})
+    preset_kwargs = {}
+    if preset is not None:
+        preset_config = registry.get_config(preset)
+        if not isinstance(preset_config, InternVideo2Config):
+            raise ValueError(f"preset {preset!r} is not an InternVideo2 preset")
+        preset_kwargs = preset_config.to_dict()
+        if not pretrain:
+            preset_kwargs = {k: v for k, v in preset_kwargs.items() if k not in _PRETRAIN_ONLY}
+    hints = {**preset_kwargs, **model_kwargs}
+    inferred = infer_kwargs(shapes, pretrain=pretrain, hints=hints)
+    src_grid = (inferred["num_frames"] // inferred["tubelet_size"], inferred["img_size"] // inferred["patch_size"])
+    fields = {**inferred, **preset_kwargs, **model_kwargs}
+    if num_frames is not None:
+        fields["num_frames"] = num_frames
+    if img_size is not None:
+        fields["img_size"] = img_size
+    cls = PretrainInternVideo2Config if pretrain else InternVideo2Config
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown model kwargs {unknown} for {cls.__name__}")
+    return cls(**fields), src_grid
 
-    return torch_to_flax.convert_internvideo2_checkpoint(source, **request)
+
+def _fresh_value(path: tuple, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Initial value of a parameter absent from the checkpoint (new fc_norm / head)."""
+    leaf = str(getattr(path[-1], "key", path[-1]))
+    if leaf == "scale":
+        return np.ones(shape, np.float32)
+    if leaf in ("bias",):
+        return np.zeros(shape, np.float32)
+    # crc32, not hash(): str hashes change between processes, and the new head must be reproducible.
+    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32("/".join(map(str, path)).encode()) % (2**31))
+    return np.asarray(jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) * 0.02)
 
 
-def state_dict(model: Any) -> dict[str, np.ndarray]:
-    """Official-layout numpy state dict of a Flax InternVideo2 / PretrainInternVideo2."""
-    from weight_conversion import flax_to_torch
+def convert(
+    source: TensorSource,
+    config: InternVideo2Config,
+    src_grid: tuple[int, int],
+    *,
+    reset_head: bool = False,
+    seed: int = 0,
+) -> tuple[nnx.Module, ConversionReport]:
+    """Builds the Flax model of `config` from `source`, checking every key before reading any tensor."""
+    source_layout = detect_layout(source.keys())
+    target_layout = STAGE2 if isinstance(config, PretrainInternVideo2Config) else FINETUNE
+    dst_grid = (config.grid[0], config.grid[1])
+    abstract = nnx.eval_shape(lambda: registry.create_model(config, nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    flat = list(nnx.to_flat_state(abstract_state))
+    report = ConversionReport()
 
-    return flax_to_torch.internvideo2_state_dict(model)
+    # Pass 1: shapes only, so a wrong checkpoint fails before any tensor is read.
+    missing, misshaped, plan = [], [], []
+    may_be_missing = (target_layout == FINETUNE and source_layout == STAGE2) or reset_head
+    for path, var in flat:
+        leading = var.shape[0] if is_stacked(path) else None
+        names = torch_names(path, config.depth, leading)
+        expected = torch_shape(path, var.shape)
+        present = [n for n in names if n in source]
+        if len(present) < len(names):
+            absent = [n for n in names if n not in source]
+            fresh_ok = may_be_missing and all(n.startswith(FINETUNE_ONLY_PREFIXES) for n in absent)
+            if reset_head and all(n.startswith("head.") for n in names):
+                fresh_ok = True
+            if fresh_ok and not present:
+                plan.append((path, var, None, expected))
+                continue
+            missing += [f"{n} (model shape {expected})" for n in absent]
+            continue
+        if reset_head and all(n.startswith("head.") for n in names):
+            for n in names:
+                report.dropped[n] = "head reset on request"
+            plan.append((path, var, None, expected))
+            continue
+        for n in names:
+            if not can_adapt(n, source.shapes[n], expected):
+                misshaped.append(f"{n}: checkpoint {source.shapes[n]} vs model {expected}")
+        plan.append((path, var, names, expected))
+    used = {n for _, _, names, _ in plan if names for n in names}
+    unexpected = []
+    for key in source.keys():
+        if key in used or key in report.dropped:
+            continue
+        reason = drop_reason(key, target_layout)
+        if reason is None:
+            unexpected.append(f"{key} {source.shapes[key]}")
+        else:
+            report.dropped[key] = reason
+    for key in source.outside_keys:
+        report.dropped[key] = f"outside the vision encoder (prefix {source.prefix!r})"
+    _raise_if_problems(source, config, missing, misshaped, unexpected)
+
+    # Pass 2: read, adapt and place one tensor at a time.
+    new_flat = []
+    for path, var, names, expected in plan:
+        if names is None:
+            value = _fresh_value(path, var.shape, seed)
+            report.initialised.append("/".join(str(getattr(p, "key", p)) for p in path))
+        else:
+            # Stacked leaves are filled layer by layer into one buffer (no list + stack copy).
+            stacked = is_stacked(path)
+            value = np.empty(var.shape, np.float32) if stacked else None
+            for i, n in enumerate(names):
+                array, note = adapt_tensor(n, source.get(n), expected, src_grid, dst_grid)
+                if note:
+                    report.adapted[n] = note
+                array = to_flax(path, array)
+                if stacked:
+                    value[i] = array
+                else:
+                    value = np.asarray(array, np.float32)
+                report.consumed.append(n)
+                del array
+        new_flat.append((path, var.replace(jnp.asarray(value))))
+        del value
+    model = nnx.merge(graphdef, nnx.from_flat_state(new_flat))
+    return model, report
+
+
+def _raise_if_problems(source: TensorSource, config: Any, missing: list, misshaped: list, unexpected: list) -> None:
+    """One error listing every missing, mis-shaped and unexpected key."""
+    if not (missing or misshaped or unexpected):
+        return
+    parts = [
+        f"{source.path}: checkpoint does not match {type(config).__name__}"
+        f"(embed_dim={config.embed_dim}, depth={config.depth}, num_frames={config.num_frames}, img_size={config.img_size})"
+        + _size_diagnosis(source, config)
+        + ":"
+    ]
+    for title, items in (("mis-shaped", misshaped), ("missing", missing), ("unexpected", unexpected)):
+        if items:
+            # Top-level tensors (cls_token, patch_embed, ...) first: they name the size most clearly.
+            items = sorted(items, key=_problem_rank)
+            parts.append(f"  {len(items)} {title} keys: " + "; ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
+    raise LayoutError("\n".join(parts))
+
+
+def _problem_rank(item: str) -> tuple[int, str]:
+    """Sort order of problem lines: top-level tensors, then patch_embed, blocks, the rest."""
+    key = item.split(":")[0].split(" ")[0]
+    if "." not in key:
+        return (0, item)
+    if key.startswith("patch_embed."):
+        return (1, item)
+    return (2 if key.startswith("blocks.") else 3, item)
+
+
+def _size_diagnosis(source: TensorSource, config: Any) -> str:
+    """' -- the checkpoint is embed_dim=.., depth=..' when its size differs from the model's."""
+    try:
+        dim = source.shapes["cls_token"][-1]
+        depth = 1 + max(int(k.split(".")[1]) for k in source.keys() if k.startswith("blocks."))
+    except (KeyError, ValueError):
+        return ""
+    if (dim, depth) == (config.embed_dim, config.depth):
+        return ""
+    return f" -- the checkpoint is a different size: embed_dim={dim}, depth={depth}"
+
+
+def convert_checkpoint(source: TensorSource, request: ConversionRequest) -> tuple[nnx.Module, ConversionReport]:
+    """`(model, report)` of a checkpoint: the stage-2 encoder when asked for (arch, a *_stage2
+    preset, or stage-2-only kwargs with arch "auto"), else the fine-tuning model."""
+    arch, preset, model_kwargs = request.arch, request.preset, dict(request.model_kwargs)
+    # auto: stage-2 by its keys (clip decoders, clip position embeddings) unless a fine-tuning preset
+    # says otherwise; `arch="internvideo2"` turns a stage-2 checkpoint into a fine-tuning model.
+    stage2_keys = detect_layout(source.keys()) == STAGE2
+    pretrain = arch == PretrainInternVideo2Config.arch or (
+        arch == "auto" and (bool(_PRETRAIN_ONLY & set(model_kwargs)) or (stage2_keys and preset is None))
+    )
+    if preset is not None and preset.endswith("_stage2"):
+        pretrain = True
+    config, src_grid = resolve_config(
+        source.shapes,
+        pretrain=pretrain,
+        preset=preset,
+        model_kwargs=model_kwargs,
+        num_frames=request.num_frames,
+        img_size=request.img_size,
+    )
+    return convert(source, config, src_grid, reset_head=request.reset_head, seed=request.seed)
+
+
+def state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Official-layout numpy state dict of a Flax InternVideo2 / PretrainInternVideo2 (stacked blocks split)."""
+    return dict(sorted(iter_state_dict(model)))
+
+
+def iter_state_dict(model: nnx.Module) -> Iterator[tuple[str, np.ndarray]]:
+    """`(official key, numpy array)` one tensor at a time, so a writer can stream them."""
+    depth = model.config.depth
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        leading = var.shape[0] if is_stacked(path) else None
+        names = torch_names(path, depth, leading)
+        for i, name in enumerate(names):
+            layer = var[...][i] if leading is not None else var[...]
+            yield name, np.ascontiguousarray(to_torch(path, np.asarray(layer)))
+
+
+def torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """Official key -> shape of a (possibly abstract, `nnx.eval_shape`) InternVideo2 model; reads no values."""
+    depth = model.config.depth
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        leading = var.shape[0] if is_stacked(path) else None
+        for name in torch_names(path, depth, leading):
+            shapes[name] = torch_shape(path, var.shape)
+    return shapes
 
 
 def official_kwargs(config: Any) -> dict[str, Any]:
-    """What the official constructor takes: the config without the JAX-only fields."""
-    from weight_conversion import flax_to_torch
-
-    return flax_to_torch.internvideo2_official_kwargs(config)
+    """What the official InternVideo2 constructor takes: the config without the JAX-only fields."""
+    return {k: v for k, v in config.to_dict().items() if k not in JAX_ONLY_FIELDS}

@@ -27,6 +27,7 @@ from flax import nnx
 
 from internvqa_jax.models.layers import linear
 from internvqa_jax.models.videomamba import VideoMamba, VideoMambaConfig
+from weight_conversion.conversion import ConversionRequest
 from weight_conversion.interpolation import bicubic_matrix, linear_matrix
 from weight_conversion.kernel_layout import kernel_to_flax, kernel_to_torch
 
@@ -370,25 +371,18 @@ def matches_state_dict(keys: Sequence[str]) -> bool:
     return is_videomamba_state_dict(keys)
 
 
-def convert_checkpoint(
-    source: Any,
-    *,
-    arch: str = "videomamba",
-    preset: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    num_frames: int | None = None,
-    img_size: int | None = None,
-    reset_head: bool = False,
-    seed: int = 0,
-) -> tuple[VideoMamba, None]:
+def convert_checkpoint(source: Any, request: ConversionRequest) -> tuple[VideoMamba, None]:
     """`(model, None)` of a checkpoint's `TensorSource`: the config is read off its shapes, then
-    `model_kwargs` and `img_size` override it (`preset` is not needed: the shapes say everything)."""
-    del arch, preset
-    overrides = dict(model_kwargs or {})
-    if img_size is not None:
-        overrides["img_size"] = img_size
+    the request's `model_kwargs` and `img_size` override it (a preset is not needed: the shapes say
+    everything)."""
+    overrides = dict(request.model_kwargs)
+    if request.img_size is not None:
+        overrides["img_size"] = request.img_size
     config = config_from_state_dict(dict(source.shapes), **overrides)
-    return torch_to_flax(_SourceArrays(source), config, num_frames=num_frames, reset_head=reset_head, seed=seed), None
+    model = torch_to_flax(
+        _SourceArrays(source), config, num_frames=request.num_frames, reset_head=request.reset_head, seed=request.seed
+    )
+    return model, None
 
 
 def state_dict(model: VideoMamba) -> dict[str, np.ndarray]:

@@ -2,8 +2,9 @@
 
 Train: the split's records for this JAX process -> shuffle -> repeat -> random segment + crop or
 fragments + flip (seeded per element) -> batch -> worker processes -> prefetch. Infinite.
-Eval: every record of the split exactly once (over all processes together), deterministic K
-segments x 3 crops (or K fragment draws), padded to equal batch counts per process with a mask.
+Eval: every record of the split exactly once (over all processes together), its test views cut by
+`sampling.test_views` (K segments x 3 crops, K fragment draws, or a named protocol; the same views
+the scorer cuts from the file), padded to equal batch counts per process with a mask.
 Shards of pre-drawn fragment mosaics (`prepare --fragment-draws=D`) skip spatial sampling: train
 picks a random draw, eval takes draw k mod D for segment k.
 
@@ -241,30 +242,30 @@ class TrainTransform(grain.transforms.RandomMap):
 
 
 class EvalTransform(grain.transforms.Map):
-    """(video index, valid) -> all deterministic test views, equal to `sampling.eval_views`."""
+    """(video index, valid) -> all test views of the stored frames, `sampling.test_views(frames, protocol, seed)`."""
 
-    def __init__(self, shard_dir: str, num_frames: int, size: int, spatial_mode: str, num_segments: int, seed: int):
+    def __init__(self, shard_dir: str, protocol: sampling.ViewProtocol, seed: int):
         self.store = _Records(shard_dir)
-        self.num_frames, self.size, self.num_segments, self.seed = num_frames, size, num_segments, seed
-        self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
+        self.protocol, self.seed = protocol, seed
 
     def map(self, element) -> dict[str, np.ndarray]:
         """One eval example `{"frames" (V, T, S, S, 3), "label", "index", "mask"}` of row (index, valid)."""
         index, valid = int(element[0]), bool(element[1])
-        records = self.store.records
+        records, protocol = self.store.records, self.protocol
         draws = records.fragment_draws(index)
         if draws:  # pre-drawn mosaics: segment k comes from draw k mod D
             per_draw = records.num_frames(index) // draws
-            plan = sampling.test_segment_indices(per_draw, self.num_frames, self.num_segments)
-            plan = plan + (np.arange(self.num_segments) % draws)[:, None] * per_draw
+            plan = sampling.test_segment_indices(per_draw, protocol.frames, protocol.num_segments)
+            plan = plan + (np.arange(protocol.num_segments) % draws)[:, None] * per_draw
             frames, meta = records.read(index, plan.reshape(-1))
             views = frames.reshape(plan.shape + frames.shape[1:])
         else:
-            plan = sampling.test_segment_indices(records.num_frames(index), self.num_frames, self.num_segments)
+            plan = sampling.test_frame_plan(records.num_frames(index), protocol)
             frames, meta = records.read_views(index, plan.reshape(-1))  # views: no stacking of native frames
-            clips = [frames[k * self.num_frames : (k + 1) * self.num_frames] for k in range(self.num_segments)]
-            # Fragment draws are seeded by (seed, video index): the same views on every run/process.
-            views = sampling.views_of_clips(clips, self.size, self.spatial_mode, seed=(self.seed, index))
+            t = plan.shape[1]
+            clips = [frames[k * t : (k + 1) * t] for k in range(plan.shape[0])]
+            # The views depend on the frames, the protocol and the seed only: the scorer cuts the same.
+            views = sampling.views_of_clips(clips, protocol, seed=self.seed)
         return {"frames": views, "label": np.float32(meta["label"]), "index": np.int64(index), "mask": np.bool_(valid)}
 
 
@@ -391,6 +392,7 @@ def eval_dataset(
     size: int = 224,
     spatial_mode: str = "resize_crop",
     num_segments: int = 4,
+    protocol: str = "",
     seed: int = 0,
     workers: int = 0,
     read_threads: int = 2,
@@ -398,13 +400,18 @@ def eval_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
-    """Finite deterministic evaluation dataset (see module doc); views per clip = `num_eval_views`."""
+    """Finite deterministic evaluation dataset (see module doc); views per clip = `ViewProtocol.num_views`.
+
+    `protocol`: "" (the project's, from the geometry arguments) or a name of `sampling.AUTHOR_PROTOCOLS`.
+    """
     indices, process_index, process_count = _split_for_process(
         shard_dir, split, spatial_mode, size, process_index, process_count
     )
     rows = eval_elements(indices, batch_size, process_index, process_count)
     ds = grain.MapDataset.source(rows).map(
-        EvalTransform(str(shard_dir), num_frames, size, spatial_mode, num_segments, seed)
+        EvalTransform(
+            str(shard_dir), sampling.ViewProtocol(num_frames, size, spatial_mode, num_segments, protocol), seed
+        )
     )
     ds = ds.batch(batch_size, drop_remainder=False)
     return _finish(ds, workers, read_threads, prefetch)

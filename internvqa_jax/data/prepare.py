@@ -412,7 +412,8 @@ def assign_splits(
     Whole content groups (`content_groups`) are assigned, so no cut of a held-out file reaches
     training; items without a group split by source as before. A source with an unlabeled video
     (CSV row with an empty score) goes to train with its whole group, where distillation can use it;
-    the val/test fractions apply to the fully labeled groups."""
+    the val/test fractions apply to the fully labeled groups. A dataset that publishes its split
+    (every item carries `extra["published_split"]`, as KVQ's lister does) keeps it."""
     all_sources = [it.source_id for it in items]
     groups = content_groups(items)
     # A group with an unlabeled video trains whole, so no cut of it is held out while another trains.
@@ -423,7 +424,11 @@ def assign_splits(
         raise ValueError(f"test sources {named_unlabeled} have videos without a label; a test source needs every label")
     sources = [s for s in all_sources if s not in set(unlabeled)]
     missing: list[str] = []
-    if split_config.test_sources is not None:
+    published = {it.source_id: it.extra["published_split"] for it in items if "published_split" in it.extra}
+    if published and len(published) == len(set(all_sources)):
+        # The dataset's own split (KVQ's label files), kept as published.
+        assignment = dict(published)
+    elif split_config.test_sources is not None:
         assignment = splits.named_test_split(
             sources, split_config.test_sources, split_config.val_fraction, split_config.seed, groups=groups
         )
@@ -746,7 +751,7 @@ def parse_short_side(text: str) -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m internvqa_jax.data.prepare", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help="demo, csv, bvi_hd, waterloo_ivc4k")
+    p.add_argument("--dataset", required=True, help="demo, csv, bvi_hd, waterloo_ivc4k, kvq")
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument(
         "--root",

@@ -4,6 +4,12 @@ Everything random takes an explicit `numpy.random.Generator`, so a clip is a pur
 (frames, seed). Frames are uint8 `(T, H, W, 3)` numpy arrays throughout; only `normalize` also
 accepts JAX arrays, because normalisation runs on the accelerator.
 
+Test views come from one function, `test_views(frames, protocol, seed)` (`test_frame_plan` then
+`views_of_clips`, for readers that fetch only the planned frames): evaluation's pipeline and the
+scorer both call it, so `evaluate` and `predict` see the same views of a video. A protocol is the
+project's own (K segments x spatial mode) or a named one of `AUTHOR_PROTOCOLS` (a released
+model's own test path, reproduced exactly).
+
 Two spatial modes:
 - "resize_crop": short side resized to the crop size, then a random (train) or centre/3-crop
   (test) square. This is the InternVideo2 fine-tuning protocol.
@@ -15,6 +21,7 @@ Two spatial modes:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -299,29 +306,177 @@ def train_clip(
     return spatial_train(frames[idx], size, mode, rng, flip)
 
 
-def eval_views(
-    frames: np.ndarray, num_frames: int, size: int, mode: str, num_segments: int, seed: int | Sequence[int] = 0
-) -> np.ndarray:
-    """All test views `(V, num_frames, size, size, 3)`: K segments x 3 crops, or K fragment draws.
+# --------------------------------------------------------------------------- the authors' released test path
 
-    Fragment draws are seeded by `seed` (pass e.g. `(seed, record_index)`) so evaluation repeats.
+
+# cv2.resize(INTER_LINEAR) on uint8 works in fixed point: 11-bit interpolation weights, a
+# horizontal pass into int32 rows, then a vertical pass in 16-bit arithmetic (its SIMD form,
+# which OpenCV applies to whole rows of 3-channel uint8 images). Reproduced here step by step so
+# that the authors' scores come out without OpenCV; an exact 2x reduction is OpenCV's 2x2 mean.
+_RESIZE_COEF_SCALE = np.float32(2048)
+
+
+def _linear_taps(src: int, dst: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source positions and 11-bit weights of OpenCV's INTER_LINEAR along one axis.
+
+    The columns clamp the fraction at the edges (`clamp`); the rows keep it and repeat the edge row.
     """
-    _check_frames(frames, "eval_views")
-    plan = test_segment_indices(frames.shape[0], num_frames, num_segments)
-    return views_of_clips([frames[idx] for idx in plan], size, mode, seed)
+    f = ((np.arange(dst) + 0.5) * (src / dst) - 0.5).astype(np.float32)
+    s = np.floor(f).astype(np.int64)
+    f = (f - s.astype(np.float32)).astype(np.float32)
+    if clamp:
+        f[s < 0], s[s < 0] = 0, 0
+        high = s >= src - 1
+        f[high], s[high] = 0, src - 1
+    w0 = np.rint((np.float32(1) - f) * _RESIZE_COEF_SCALE).astype(np.int64)
+    w1 = np.rint(f * _RESIZE_COEF_SCALE).astype(np.int64)
+    return np.clip(s, 0, src - 1), np.clip(s + 1, 0, src - 1), w0, w1
+
+
+def cv2_linear_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)` of a uint8 `(H, W, 3)` frame, bit-exact."""
+    h, w = frame.shape[:2]
+    if (h, w) == (height, width):
+        return frame.copy()
+    if (h, w) == (2 * height, 2 * width):
+        x = frame.astype(np.int32)
+        return ((x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2] + 2) >> 2).astype(np.uint8)
+    x0, x1, a0, a1 = _linear_taps(w, width, clamp=True)
+    y0, y1, b0, b1 = _linear_taps(h, height, clamp=False)
+    src = frame.astype(np.int64)
+    rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]
+    b0, b1 = b0[:, None, None], b1[:, None, None]
+    out = ((((rows[y0] >> 4) * b0) >> 16) + (((rows[y1] >> 4) * b1) >> 16) + 2) >> 2
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def truncated_short_side_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """`(h, w)` with the short side `short_side` and the long side `int(short_side * long / short)` (truncated)."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
+def rounded_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """The centred `size x size` square at offsets `int(round((dim - size) / 2))`."""
+    _, h, w, _ = frames.shape
+    if h < size or w < size:
+        raise ValueError(f"center crop: frames {h}x{w} smaller than crop {size}")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return frames[:, top : top + size, left : left + size]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthorProtocol:
+    """A test path released with a quality model, reproduced exactly.
+
+    One clip of `frames` frames at `range(0, min(frames * stride, n), stride)` (the last index
+    repeated while there are fewer), each frame resized so its short side is `size` with OpenCV's
+    INTER_LINEAR (`cv2_linear_resize`, long side truncated), centre-cropped at rounded offsets;
+    the score is the head's raw output. `label_*`, `dataset`, `note`: what the score means.
+    """
+
+    frames: int
+    stride: int
+    size: int
+    label_kind: str
+    label_scale: str
+    dataset: str
+    note: str
+
+    def frame_indices(self, num_total: int) -> np.ndarray:
+        """`(frames,)` frame numbers of the one clip."""
+        if num_total < 1:
+            raise ValueError("test views: got zero frames")
+        idx = list(range(0, min(self.frames * self.stride, num_total), self.stride))
+        idx += [idx[-1]] * (self.frames - len(idx))
+        return np.asarray(idx, np.int64)
+
+    def view(self, clip: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """The one `(frames, size, size, 3)` view of a clip's frames."""
+        frames = clip if isinstance(clip, np.ndarray) else np.stack(clip)
+        h, w = truncated_short_side_shape(frames.shape[1], frames.shape[2], self.size)
+        resized = np.stack([cv2_linear_resize(f, h, w) for f in frames])
+        return np.ascontiguousarray(rounded_center_crop(resized, self.size))
+
+
+# Named protocols of released checkpoints. "internvqa-kvq": the InternVQA authors' KVQ baseline
+# (NTIRE 2025 KVQE challenge, InternVQA_KVQ/run_KVQ_test.sh and datasets/kvq_datasets.py in test
+# mode: --num_frames 8 --sampling_rate 8 --input_size 224 --short_side_size 224; their MOS / 5).
+AUTHOR_PROTOCOLS = {
+    "internvqa-kvq": AuthorProtocol(
+        frames=8,
+        stride=8,
+        size=224,
+        label_kind="mos",
+        label_scale="5",
+        dataset="kvq",
+        note="the InternVQA authors' KVQ baseline, scored with their released test path",
+    ),
+}
+
+
+def author_protocol(name: str) -> AuthorProtocol:
+    """The named protocol `name` of `AUTHOR_PROTOCOLS`; raises naming the choices."""
+    if name not in AUTHOR_PROTOCOLS:
+        raise ValueError(f"protocol {name!r} unknown; expected one of {sorted(AUTHOR_PROTOCOLS)}")
+    return AUTHOR_PROTOCOLS[name]
+
+
+# --------------------------------------------------------------------------- test views
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewProtocol:
+    """How test views are cut from a video's frames.
+
+    `name` "" is the project's protocol: `num_segments` clips of `frames` frames (`test_segment_indices`),
+    each giving 3 crops (resize_crop) or one fragment draw. Any other `name` is a protocol of
+    `AUTHOR_PROTOCOLS`, which fixes everything itself.
+    """
+
+    frames: int = 8
+    size: int = 224
+    spatial_mode: str = "resize_crop"
+    num_segments: int = 4
+    name: str = ""
+
+    def __post_init__(self):
+        check_spatial_mode(self.spatial_mode)
+        if self.name:
+            author_protocol(self.name)
+
+    @property
+    def num_views(self) -> int:
+        """Views per video."""
+        if self.name:
+            return 1
+        return self.num_segments * (3 if self.spatial_mode == "resize_crop" else 1)
+
+
+def test_frame_plan(num_total: int, protocol: ViewProtocol) -> np.ndarray:
+    """`(K, T)` frame numbers of the clips the protocol cuts from `num_total` frames."""
+    if protocol.name:
+        return author_protocol(protocol.name).frame_indices(num_total)[None]
+    return test_segment_indices(num_total, protocol.frames, protocol.num_segments)
 
 
 def views_of_clips(
-    clips: Sequence[np.ndarray | Sequence[np.ndarray]], size: int, mode: str, seed: int | Sequence[int] = 0
+    clips: Sequence[np.ndarray | Sequence[np.ndarray]], protocol: ViewProtocol, seed: int | Sequence[int] = 0
 ) -> np.ndarray:
-    """Test views of temporally sampled clips (one per segment, in plan order), as `eval_views`.
+    """The test views `(V, T, S, S, 3)` of the clips `test_frame_plan` planned, in plan order.
 
-    Lets a reader that fetched only the planned frames produce exactly `eval_views`' output.
+    Fragment draws come from one stream seeded by `seed`, so the views depend on the frames,
+    the protocol and the seed only.
     """
+    if protocol.name:
+        release = author_protocol(protocol.name)
+        return np.stack([release.view(clip) for clip in clips])
     rng = np.random.default_rng(seed)
-    return np.stack([view for clip in clips for view in spatial_eval(clip, size, mode, rng)])
+    return np.stack([view for clip in clips for view in spatial_eval(clip, protocol.size, protocol.spatial_mode, rng)])
 
 
-def num_eval_views(mode: str, num_segments: int) -> int:
-    """Views per clip that `eval_views` returns."""
-    return num_segments * (3 if check_spatial_mode(mode) == "resize_crop" else 1)
+def test_views(frames: np.ndarray, protocol: ViewProtocol, seed: int = 0) -> np.ndarray:
+    """All test views `(V, T, S, S, 3)` of a video's uint8 frames under `protocol` (see module doc)."""
+    _check_frames(frames, "test_views")
+    return views_of_clips([frames[idx] for idx in test_frame_plan(frames.shape[0], protocol)], protocol, seed)

@@ -1,11 +1,11 @@
 """`inference.json` of a model directory: how the model is fed and what its scores mean.
 
 `InferenceInfo` is the one owner of this file. Training's export (`training/export.py`) and weight
-conversion (`weight_conversion/torch_to_flax.py`) build one and `saving.save_model_dir` writes its
+conversion (`weight_conversion/conversion.py:converted_inference`) build one and `saving.save_model_dir` writes its
 `to_dict()`; the scorer, `evaluate` and `predict` read it back with `from_dict`. On disk:
 
     {"preset": "tiny", "frames": 8, "size": 224, "spatial_mode": "resize_crop", "test_segments": 4,
-     "seed": 0, "head_trained": true,
+     "protocol": "", "seed": 0, "head_trained": true,
      "normalisation": {"mean": [...], "std": [...], "input": "uint8 RGB, (x - mean) / std"},
      "label": {"dataset": "demo", "kind": "vmaf", "scale": "VMAF/100", "higher_is_better": true},
      "prepare": {"frames": 16, "short_side": null},
@@ -57,6 +57,7 @@ _TOP_LEVEL = {
     "size": "size",
     "spatial_mode": "spatial_mode",
     "test_segments": "num_segments",
+    "protocol": "protocol",
     "seed": "seed",
     "head_trained": "head_trained",
     "source_checkpoint": "source_checkpoint",
@@ -86,7 +87,10 @@ class InferenceInfo:
     """How a model expects to be fed at test time and what its scores mean.
 
     frames, size: clip length and side of the square view. spatial_mode: "resize_crop" or
-    "fragments". num_segments: K temporal clips at test time. seed: fragment draws. mean, std:
+    "fragments". num_segments: K temporal clips at test time. protocol: "" for the project's
+    test protocol (the fields above), or the name of a released model's own test path
+    (`sampling.AUTHOR_PROTOCOLS`, e.g. "internvqa-kvq"), which then fixes the views itself.
+    seed: fragment draws. mean, std:
     normalisation in 0..255 units. stored_frames, short_side: how training data were prepared
     (that many evenly spread frames kept per video, short side shrunk to `short_side`); applying
     the same at scoring time makes `predict` see what `evaluate` saw (None = all frames / native
@@ -103,6 +107,7 @@ class InferenceInfo:
     size: int = 224
     spatial_mode: str = "resize_crop"
     num_segments: int = 4
+    protocol: str = ""
     seed: int = 0
     mean: tuple[float, float, float] = tuple(sampling.MEAN)
     std: tuple[float, float, float] = tuple(sampling.STD)
@@ -121,6 +126,8 @@ class InferenceInfo:
 
     def __post_init__(self):
         sampling.check_spatial_mode(self.spatial_mode)
+        if self.protocol:
+            sampling.author_protocol(self.protocol)
         for name in ("frames", "size", "num_segments"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"inference spec: {name} must be >= 1, got {getattr(self, name)}")
@@ -130,9 +137,14 @@ class InferenceInfo:
             raise ValueError(f"inference spec: head_trained must be true or false, got {self.head_trained!r}")
 
     @property
+    def view_protocol(self) -> sampling.ViewProtocol:
+        """The test protocol, as `sampling.test_views` takes it."""
+        return sampling.ViewProtocol(self.frames, self.size, self.spatial_mode, self.num_segments, self.protocol)
+
+    @property
     def views_per_clip(self) -> int:
         """Views of one video under the test protocol."""
-        return sampling.num_eval_views(self.spatial_mode, self.num_segments)
+        return self.view_protocol.num_views
 
     def describe_scale(self) -> str:
         """One line that says what a score means, printed by the CLIs and stored in outputs.
@@ -151,6 +163,18 @@ class InferenceInfo:
         direction = "higher is better" if self.higher_is_better else "higher is WORSE"
         details = "; ".join(part for part in (note, direction) if part)
         return f"{text} ({details})"
+
+    def describe_protocol(self) -> str:
+        """One line naming the test views (what `predict` prints as `# protocol:`)."""
+        if self.protocol:
+            release = sampling.author_protocol(self.protocol)
+            return (
+                f"{self.protocol}: one clip of {release.frames} frames every {release.stride}th from the start, "
+                f"short side {release.size} (bilinear, as OpenCV), centre crop {release.size}px"
+            )
+        return (
+            f"{self.num_segments} segments x {self.frames} frames, {self.spatial_mode} {self.size}px, seed {self.seed}"
+        )
 
     def describe_values(self) -> str:
         """One line saying which values a score can take (the stated scale's ends are not bounds)."""
@@ -174,6 +198,7 @@ class InferenceInfo:
             "size": int(self.size),
             "spatial_mode": self.spatial_mode,
             "test_segments": int(self.num_segments),
+            "protocol": self.protocol,
             "seed": int(self.seed),
             "head_trained": self.head_trained,
             "normalisation": {"mean": list(self.mean), "std": list(self.std), "input": NORMALISATION_INPUT},
@@ -231,7 +256,7 @@ def _typed(fields: dict[str, Any]) -> dict[str, Any]:
             out[key] = tuple(float(v) for v in out[key])
     if "preset_overrides" in out and not isinstance(out["preset_overrides"], dict):
         raise ValueError(f"preset_overrides must be an object of config fields, got {out['preset_overrides']!r}")
-    for key in ("label_scale", "preset", "dataset", "source_checkpoint", "note", "based_on_preset"):
+    for key in ("label_scale", "protocol", "preset", "dataset", "source_checkpoint", "note", "based_on_preset"):
         if key in out and not isinstance(out[key], str):
             out[key] = "" if out[key] is None else str(out[key])
     if "higher_is_better" not in out and "label_kind" in out:

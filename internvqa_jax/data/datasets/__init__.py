@@ -14,6 +14,7 @@ _MODULES = {
     "csv": "internvqa_jax.data.datasets.csv_dataset",
     "bvi_hd": "internvqa_jax.data.datasets.bvi_hd",
     "waterloo_ivc4k": "internvqa_jax.data.datasets.waterloo_ivc4k",
+    "kvq": "internvqa_jax.data.datasets.kvq",
 }
 _ALIASES = {"bvi-hd": "bvi_hd", "bvihd": "bvi_hd", "waterloo": "waterloo_ivc4k", "waterloo_ivc_4k": "waterloo_ivc4k"}
 
@@ -21,7 +22,7 @@ DATASET_NAMES: tuple[str, ...] = tuple(_MODULES)
 
 
 def get_dataset(name: str) -> ModuleType:
-    """The module of dataset `name` (demo, csv, bvi_hd, waterloo_ivc4k; case-insensitive).
+    """The module of dataset `name` (demo, csv, bvi_hd, waterloo_ivc4k, kvq; case-insensitive).
 
     Raises KeyError naming the unknown name and the registered ones.
     """
