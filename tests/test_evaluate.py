@@ -110,7 +110,7 @@ def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):
     # Protocol check: each prediction is the scorer's score of that record's stored frames
     # (resize_crop has no random draw, so the Grain pipeline and the scorer must agree).
     scorer = scorer_lib.load(model_dir, batch_size=6)
-    records = shards.FrameRecords(str(shard_dir))
+    records = shards.StoredVideos(str(shard_dir))
     for r in rows:
         frames, _ = records[int(r["index"])]
         assert float(r["prediction"]) == pytest.approx(scorer.score(frames).score, abs=1e-5)
