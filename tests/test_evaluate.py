@@ -146,7 +146,7 @@ def test_evaluate_finds_data_through_config(shard_dir, model_dir, tmp_path):
 
 def test_evaluate_errors_are_named(shard_dir, model_dir, tmp_path, capsys):
     assert evaluate.main([f"--checkpoint={model_dir}", f"--data={tmp_path / 'none'}", "--no-progress"]) == 1
-    assert "no manifest.json" in capsys.readouterr().err
+    assert "no metadata.json" in capsys.readouterr().err
     assert evaluate.main([f"--checkpoint={model_dir}", "--no-progress"]) == 1
     assert "no dataset given" in capsys.readouterr().err
     assert evaluate.main([f"--checkpoint={tmp_path / 'nothing'}", f"--data={shard_dir}", "--no-progress"]) == 1
