@@ -151,7 +151,7 @@ def decode_each_time(items, num_frames, size, mode, seed):
 def from_shards(shard_dir, num_frames, size, mode, seed):
     """Clip function of the training pipeline's own transform: reads the sampled frames, samples."""
     transform = pipeline.TrainTransform(str(shard_dir), num_frames, size, mode)
-    count = len(shards.FrameRecords(shard_dir))
+    count = len(shards.StoredVideos(shard_dir))
 
     def clip(i):
         return transform.random_map(i % count, np.random.default_rng((seed, i)))["frames"]

@@ -33,6 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from internvqa_jax import io_utils, losses
+from internvqa_jax.data import shards
 from internvqa_jax.training import builder, config_rules, export, loop, multihost
 from internvqa_jax.training import report as report_lib
 
@@ -100,6 +101,8 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
     # finished file, a few seconds): shards of an older demo recipe must never be trained on silently.
     # Shards given by `data.shard_dir` are the user's, used as they are.
     own_demo = name == "demo" and not config.data.shard_dir
+    if not own_demo and not config.data.source_root:
+        shards.check_not_earlier_layout(shard_dir)
     if own_demo or not os.path.exists(manifest):
         if name != "demo" and not config.data.source_root:
             raise FileNotFoundError(
@@ -168,6 +171,9 @@ def main(argv: list[str]) -> None:
     except loop.NonFiniteLoss as e:
         log.error("%s", e)
         sys.exit(3)
+    except shards.ShardError as e:  # unreadable or outdated shards: one line naming the prepare command
+        log.error("%s", e)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

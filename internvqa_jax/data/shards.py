@@ -82,29 +82,97 @@ def encode_video(frames: np.ndarray, video_id: str, features=None) -> list[bytes
     ]
 
 
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Protobuf base-128 varint at `pos`: (value, position after it)."""
+    result, shift = 0, 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of every length-delimited field of the message `buf[pos:end]`; varint
+    fields as (number, value, -1)."""
+    out = []
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 2:
+            n, pos = _varint(buf, pos)
+            out.append((key >> 3, pos, pos + n))
+            pos += n
+        elif wire == 0:
+            value, pos = _varint(buf, pos)
+            out.append((key >> 3, value, -1))
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ShardError(f"example is not a tf.train.Example (wire type {wire} at byte {pos})")
+    if pos != end:
+        raise ShardError("example is not a tf.train.Example (a field runs past its message)")
+    return out
+
+
+def _example_features(example: bytes) -> dict[bytes, tuple[int, int, int]]:
+    """feature name -> (kind: 1 bytes_list, 2 float_list, 3 int64_list; start, end of the list message)."""
+    found = {}
+    for number, start, end in _fields(example, 0, len(example)):
+        if number != 1:  # Example.features
+            continue
+        for _, entry_start, entry_end in _fields(example, start, end):  # Features.feature map entries
+            name, value = None, None
+            for field, s, e in _fields(example, entry_start, entry_end):
+                if field == 1:
+                    name = example[s:e]
+                elif field == 2:
+                    value = _fields(example, s, e)
+            if name is not None and value:
+                found[name] = value[0]
+    return found
+
+
+def _first_value(example: bytes, feature: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    """The first `value` of a list feature: (start, end, -1) of a bytes value, (value, -1, -1) of an int."""
+    if feature is None:
+        return None
+    kind, start, end = feature
+    for number, s, e in _fields(example, start, end):
+        if number != 1:
+            continue
+        if kind == 3 and e != -1:  # packed int64 values
+            return (_varint(example, s)[0], -1, -1) if s < e else None
+        return (s, e, -1) if kind == 1 else (s, -1, -1)
+    return None
+
+
 def decode_frame(example: bytes, video_id: str, frame_index: int, shape: Sequence[int]) -> np.ndarray:
     """The `(H, W, 3)` frame of one serialised example, checked against the video it should belong to.
 
-    The same parse as TFDS's numpy decoder (`tf.train.Example` through TFDS's protobuf classes),
-    reading only the frame's bytes (no copy into a second array): ~40 us less per frame than
-    `features.deserialize_example_np`, which matters at thousands of frames per second.
+    Reads the `tf.train.Example` wire format TFDS writes (the fields `features.deserialize_example_np`
+    decodes, tests/test_shards_prepare.py checks they agree) and returns a read-only view of the
+    frame's bytes inside the record: protobuf's parser copies every frame twice, which cost ~15% of
+    the training clip rate at 8 frames of 224x398 per clip (benchmarks/README.md).
     """
-    from tensorflow_datasets.proto import tf_example_pb2
-
-    feature = tf_example_pb2.Example.FromString(example).features.feature
-    got_id = feature["video_id"].bytes_list.value
-    got_index = feature["frame_index"].int64_list.value
-    if not got_id or got_id[0] != video_id.encode() or not got_index or got_index[0] != frame_index:
-        found = (got_id[0].decode(errors="replace") if got_id else None, got_index[0] if got_index else None)
+    features = _example_features(example)
+    got_id = _first_value(example, features.get(b"video_id"))
+    got_index = _first_value(example, features.get(b"frame_index"))
+    got_id = None if got_id is None else example[got_id[0] : got_id[1]].decode(errors="replace")
+    got_index = None if got_index is None else got_index[0]
+    if got_id != video_id or got_index != frame_index:
         raise ShardError(
-            f"example holds frame {found[1]} of video {found[0]!r}, the manifest expects frame {frame_index} of "
+            f"example holds frame {got_index} of video {got_id!r}, the manifest expects frame {frame_index} of "
             f"{video_id!r}: the manifest and the shards disagree; re-run prepare"
         )
-    data = feature["frame/value"].bytes_list.value[0]
+    data = _first_value(example, features.get(b"frame/value"))
     h, w, c = (int(x) for x in shape[1:])
-    if len(data) != h * w * c:
-        raise ShardError(f"frame of {video_id!r} has {len(data)} bytes, its shape {list(shape)} needs {h * w * c}")
-    return np.frombuffer(data, np.uint8).reshape(h, w, c)
+    size = 0 if data is None else data[1] - data[0]
+    if size != h * w * c:
+        raise ShardError(f"frame of {video_id!r} has {size} bytes, its shape {list(shape)} needs {h * w * c}")
+    return np.frombuffer(example, np.uint8, count=size, offset=data[0]).reshape(h, w, c)
 
 
 def split_template(split: str, key: str) -> str:
@@ -216,16 +284,20 @@ def write_tfds_info(shard_dir: str | os.PathLike, manifest: dict[str, Any], desc
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_not_earlier_layout(shard_dir: str | os.PathLike) -> None:
+    """Raises one line naming the prepare command if `shard_dir` holds shards of the layout before TFDS."""
+    if not (pathlib.Path(shard_dir) / MANIFEST).is_file() and (pathlib.Path(shard_dir) / _EARLIER_MANIFEST).is_file():
+        raise ShardError(
+            f"{shard_dir}: shards of an earlier format (before TFDS); re-run `python -m internvqa_jax.data.prepare "
+            f"--dataset=NAME --out={shard_dir}` to rewrite them in place"
+        )
+
+
 def load_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
     """Reads and checks the manifest (`metadata.json`) of a shard directory."""
     path = pathlib.Path(shard_dir) / MANIFEST
     if not path.is_file():
-        earlier = pathlib.Path(shard_dir) / _EARLIER_MANIFEST
-        if earlier.is_file():
-            raise ShardError(
-                f"{shard_dir}: shards of an earlier format (before TFDS); re-run `python -m internvqa_jax.data.prepare "
-                f"--dataset=NAME --out={shard_dir}` to rewrite them in place"
-            )
+        check_not_earlier_layout(shard_dir)
         raise ShardError(f"{path}: no manifest; run `python -m internvqa_jax.data.prepare --out={shard_dir}` first")
     manifest = io_utils.read_json(path, error=ShardError)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
