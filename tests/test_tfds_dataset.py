@@ -125,3 +125,14 @@ def test_pipelines_log_the_tfds_data_source_they_read(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "TFDS dataset" in r.getMessage()]
     assert len(lines) == 1 and f"TFDS dataset custom:{shards.TFDS_VERSION} at {out}" in lines[0]
     assert "tfds ArrayRecordDataSource" in lines[0] and "train (12 frames, 3 shards)" in lines[0]
+
+
+def test_training_on_shards_of_the_earlier_layout_is_one_line(tmp_path):
+    from test_train_support import tiny_config
+
+    from internvqa_jax import train
+
+    out = tmp_path / "shards"
+    write_earlier_layout(out)
+    with pytest.raises(shards.ShardError, match=r"earlier format \(before TFDS\); re-run `python -m internvqa_jax"):
+        train.ensure_data(tiny_config(str(out)))

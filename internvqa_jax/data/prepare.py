@@ -902,6 +902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prepare: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary(manifest))
+    if manifest["counts"]["records"]:
+        print(f"TFDS dataset: tfds.builder_from_directory({str(args.out)!r}).as_data_source('train'|'val'|'test')")
     return 0 if manifest["counts"]["records"] else EXIT_NOTHING_STORED
 
 
