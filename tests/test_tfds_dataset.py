@@ -136,3 +136,24 @@ def test_training_on_shards_of_the_earlier_layout_is_one_line(tmp_path):
     write_earlier_layout(out)
     with pytest.raises(shards.ShardError, match=r"earlier format \(before TFDS\); re-run `python -m internvqa_jax"):
         train.ensure_data(tiny_config(str(out)))
+
+
+def test_writing_and_reading_import_no_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from internvqa_jax.data import prepare, shards\n"
+        "from internvqa_jax.data.records import VideoItem\n"
+        "items = [VideoItem(f'/fake/v{i}.mp4', f'v{i}', f's{i % 3}', i / 10, 'mos') for i in range(6)]\n"
+        "loader = lambda item, config: (np.zeros((config.frames, 4, 4, 3), np.uint8), {})\n"
+        f"prepare.prepare_items(items, {str(tmp_path)!r}, prepare.PrepareConfig(frames=2, short_side=None),"
+        " loader=loader, progress=False)\n"
+        f"videos = shards.StoredVideos({str(tmp_path)!r})\n"
+        "videos.read(0); videos.builder.as_data_source('train')[0]\n"
+        "print(sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
