@@ -7,7 +7,8 @@ shards, manifest and TFDS metadata as `python -m internvqa_jax.data.prepare --da
 with the same settings, and every pipeline reads it (`data.shard_dir=DATA_DIR/<name>/3.0.0`).
 
     python -m internvqa_jax.data.tfds_builders bvi_hd --manual_dir=/data/BVI-HD --data_dir=/data/tfds
-    # the same through TFDS's CLI, where TensorFlow is installed (the `tfds` command imports it):
+    # the same through TFDS's CLI; its `tfds` command imports TensorFlow (tensorflow_datasets 4.9.10's
+    # scripts/cli/convert_format_utils.py), which this project does not install, so it is not tested here:
     tfds build bvi_hd --imports=internvqa_jax.data.tfds_builders --manual_dir=/data/BVI-HD
 
 | TFDS name        | lister                      | manual_dir                                  | stored        |
@@ -114,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     builder = BUILDERS[args.name](data_dir=args.data_dir)
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir))
+        # try_download_gcs=False: TFDS would otherwise ask Google's bucket for a prebuilt copy first.
+        config = tfds.download.DownloadConfig(manual_dir=args.manual_dir, try_download_gcs=False)
+        builder.download_and_prepare(download_config=config)
     except (ValueError, OSError) as err:
         print(f"tfds_builders: error: {err}", file=sys.stderr)
         return prepare.EXIT_BAD_INPUT
