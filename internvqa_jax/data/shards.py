@@ -1,8 +1,9 @@
 """A shard directory is a TensorFlow Datasets dataset: one TFDS example per stored frame, in ArrayRecord.
 
 `prepare` writes it and every pipeline reads it through `tfds.builder_from_directory(DIR)` and
-`builder.as_data_source(split)`; TensorFlow is never imported (TFDS serialises and parses its
-`tf.train.Example` records with its own protobuf classes).
+`builder.as_data_source(split)`; TensorFlow is never imported (TFDS serialises its
+`tf.train.Example` records with its own protobuf classes; the pipelines take the frames out of the
+data source's records with `decode_frame`, a read of the same wire format without copies).
 
 Examples. A video of T stored frames is T consecutive examples of its split, each
 `{"video_id": str, "frame_index": int32 (0..T-1), "frame": uint8 (H, W, 3)}` (`frame_features`).
@@ -175,7 +176,7 @@ def decode_frame(example: bytes, video_id: str, frame_index: int, shape: Sequenc
     return np.frombuffer(example, np.uint8, count=size, offset=data[0]).reshape(h, w, c)
 
 
-def split_template(split: str, key: str) -> str:
+def split_template(key: str) -> str:
     """TFDS file template of a split's shards (TFDS's default with the split's content key)."""
     return f"{{DATASET}}-{{SPLIT}}-{key}.{{FILEFORMAT}}-{{SHARD_X_OF_Y}}"
 
@@ -247,7 +248,7 @@ def write_tfds_info(shard_dir: str | os.PathLike, manifest: dict[str, Any], desc
             continue  # TFDS cannot open a split without examples; the manifest still counts it
         template = naming.ShardedFileTemplate(
             data_dir=epath.Path(out),
-            template=split_template(split, rows[0]["split_key"]),
+            template=split_template(rows[0]["split_key"]),
             dataset_name=dataset,
             split=split,
             filetype_suffix=FILE_FORMAT,
