@@ -32,6 +32,7 @@ import ml_collections
 from absl import app, flags
 
 from internvqa_jax import io_utils
+from internvqa_jax.data import shards
 from internvqa_jax.training import config_rules, jobs, loop, multihost
 from internvqa_jax.training import report as report_lib
 from internvqa_jax.training.config_flag import CONFIG
@@ -53,6 +54,8 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
     # finished file, a few seconds): shards of an older demo recipe must never be trained on silently.
     # Shards given by `data.shard_dir` are the user's, used as they are.
     own_demo = name == "demo" and not config.data.shard_dir
+    if not own_demo and not config.data.source_root:
+        shards.check_not_earlier_layout(shard_dir)
     if own_demo or not os.path.exists(manifest):
         if name != "demo" and not config.data.source_root:
             raise FileNotFoundError(
@@ -121,6 +124,9 @@ def main(argv: list[str]) -> None:
     except loop.NonFiniteLoss as e:
         log.error("%s", e)
         sys.exit(3)
+    except shards.ShardError as e:  # unreadable or outdated shards: one line naming the prepare command
+        log.error("%s", e)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

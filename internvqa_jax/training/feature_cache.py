@@ -122,8 +122,6 @@ def train_iterator(
     seed: int,
     num_views: int,
     workers: int = 0,
-    read_threads: int = 2,
-    prefetch: int = 2,
     process_index: int = 0,
     process_count: int = 1,
     indices: np.ndarray | None = None,
@@ -146,8 +144,6 @@ def train_iterator(
         spatial_mode=spatial_mode,
         seed=seed,
         workers=workers,
-        read_threads=read_threads,
-        prefetch=prefetch,
         process_index=process_index,
         process_count=process_count,
         transform=views,
@@ -336,7 +332,6 @@ def compute(
     global_batch: int,
     process_index: int = 0,
     process_count: int = 1,
-    read_threads: int = 2,
 ) -> FeatureCache:
     """Runs `teacher_fn` over every (record, view) of `indices`; every process gets the whole cache.
 
@@ -349,7 +344,9 @@ def compute(
     mine = local_rows(rows, global_batch, process_index, process_count)
     transform = ViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed)
     ds = grain.MapDataset.source(mine).map(transform).batch(global_batch // process_count, drop_remainder=False)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=2))
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=pipeline.READ_THREADS, prefetch_buffer_size=pipeline.PREFETCH_BATCHES)
+    )
     pool = score = None
     filled = np.zeros(len(rows), bool)
     for local in it:
