@@ -45,7 +45,9 @@ def reference(source_spec, tmp_path_factory) -> pathlib.Path:
 def test_reference_filters_do_not_depend_on_the_cpu(reference, source_spec, tmp_path):
     # -cpuflags 0 turns off every SIMD routine of ffmpeg itself (swscale, the filters, the decoders).
     plain = tmp_path / "plain_c.mkv"
-    ffmpeg_tools.make_reference(["-cpuflags", "0", *source_spec.input_args], str(plain), source_spec.filters, NUM_FRAMES)
+    ffmpeg_tools.make_reference(
+        ["-cpuflags", "0", *source_spec.input_args], str(plain), source_spec.filters, NUM_FRAMES
+    )
     assert reference.read_bytes() == plain.read_bytes()
 
 
