@@ -2,8 +2,9 @@
 beside it on the demo test split rebuilt from figures.json alone, and a missing bundle is named.
 
 The rebuild makes every listed test source at its listed levels with `demo.build` (the same
-function install used, `install.rebuild_test_videos`); encodes and VMAF are deterministic, so the
-scores must match the recorded ones to 1e-4 and the labels to 1e-6. When a retrained bundle lists
+function install and refigure used, `install.rebuild_test_videos`); the encodes and their VMAF
+are the same bytes on every x86-64 CPU (`tests/test_encoder_determinism.py`), so the scores must
+match the recorded ones to 1e-4 and the labels to 1e-6 on any machine. When a retrained bundle lists
 more test encodes than `MAX_REBUILT_ENCODES` (CI has 2 cores), the first sources up to that budget
 are rebuilt and the full-split figures are checked against the recorded per-video rows.
 """

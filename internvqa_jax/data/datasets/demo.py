@@ -33,7 +33,8 @@ over the set, and the build stays within about 10 minutes on two cores. Label = 
 ffmpeg's synthetic lavfi generators (mandelbrot, life, cellauto, perlin, ...) are left out by
 default: their VMAF moves in ways pixel statistics do not show, which made the labels unlearnable
 without a reference (`benchmarks/demo_ceiling.py`). `build(..., synthetic=True)` / `--with-synthetic`
-adds them back ("lavfi:<generator>" origins) for experiments.
+adds them back ("lavfi:<generator>" origins) for experiments; two of them, `gradients` and
+`grain` (ffmpeg's gradients source), draw different pixels on different CPUs, unlike the rest.
 
 The clips and images are read by path by the same ffmpeg binary that encodes (clips stay in YUV
 4:2:0, images are converted to YUV once; no RGB round trip); no package's code is imported.
