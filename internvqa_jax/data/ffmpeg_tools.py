@@ -13,7 +13,8 @@ output by `tests/test_encoder_determinism.py` (and, once, under an emulated SSE4
   `accurate_rnd+bitexact` (`sws_flags`), under which its SIMD code gives the C result;
 - x264: its SIMD code is not bit-exact (intra-mode search from SSSE3 on, macroblock-tree
   propagation with AVX-512), so its instruction set is pinned to SSE2 (`X264_INSTRUCTION_SET`), the
-  baseline every x86-64 CPU has, whose output equals x264's C output (about 10% slower x264 encodes);
+  baseline every x86-64 CPU has, whose output equals x264's C output (x264 encodes 7-17% slower,
+  the demo build about 3% more CPU time);
 - x265: its coded pictures do not depend on the CPU, but it writes an information SEI naming the
   CPU's features (`cpuid=`), dropped with `info=0`;
 - libvpx (VP9) and SVT-AV1: bit-exact at every instruction set, nothing to pin;
