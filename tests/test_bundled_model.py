@@ -1,9 +1,10 @@
-"""The bundled default scorer (issue 16): it loads without a path, it reproduces the figures recorded
+"""The bundled default scorer: it loads without a path, it reproduces the figures recorded
 beside it on the demo test split rebuilt from figures.json alone, and a missing bundle is named.
 
 The rebuild makes every listed test source at its listed levels with `demo.build` (the same
-function install used, `install.rebuild_test_videos`); encodes and VMAF are deterministic, so the
-scores must match the recorded ones to 1e-4 and the labels to 1e-6. When a retrained bundle lists
+function install and refigure used, `install.rebuild_test_videos`); the encodes and their VMAF
+are the same bytes on every x86-64 CPU (`tests/test_encoder_determinism.py`), so the scores must
+match the recorded ones to 1e-4 and the labels to 1e-6 on any machine. When a retrained bundle lists
 more test encodes than `MAX_REBUILT_ENCODES` (CI has 2 cores), the first sources up to that budget
 are rebuilt and the full-split figures are checked against the recorded per-video rows.
 """
@@ -268,6 +269,39 @@ def test_install_rebuilds_missing_videos_identically_and_keeps_the_old_bundle_on
         install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "no_videos"), dest=dest)
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == before
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".bundle2")]  # no temp left
+
+
+def test_refigure_rescores_the_shipped_weights_on_rebuilt_videos(small_run, capsys):
+    from internvqa_jax.pretrained import __main__ as cli
+    from internvqa_jax.pretrained import refigure
+
+    dest = small_run["root"] / "bundle3"
+    installed = install.install(str(small_run["workdir"]), videos_dir=str(small_run["root"] / "videos"), dest=dest)
+    # Figures recorded on other data: other labels and scores, an older demo format.
+    stale = json.loads((dest / pretrained.FIGURES_FILE).read_text())
+    for row in stale["videos"]:
+        row["label"], row["score"] = 0.5, 0.25
+    stale["held_out"]["srcc"] = 0.0
+    stale["data"]["format"] = demo.FORMAT_VERSION - 1
+    (dest / pretrained.FIGURES_FILE).write_text(json.dumps(stale))
+    params_before = sorted((p.name, p.stat().st_size) for p in (dest / "params").rglob("*") if p.is_file())
+
+    again = refigure.refigure(dest, videos_dir=str(small_run["root"] / "no_videos"))  # rebuilt from test_sources
+    assert again == pretrained.read_figures(dest)
+    assert [r["label"] for r in again["videos"]] == [r["label"] for r in installed["videos"]]
+    assert [r["score"] for r in again["videos"]] == pytest.approx([r["score"] for r in installed["videos"]], abs=1e-6)
+    for key in FIGURE_KEYS:
+        assert again["held_out"][key] == pytest.approx(installed["held_out"][key], abs=1e-6), key
+    assert again["data"]["format"] == demo.FORMAT_VERSION
+    assert (again["train"], again["test_sources"]) == (installed["train"], installed["test_sources"])
+    assert (again["predicts"], again["comparable"]) == (installed["predicts"], installed["comparable"])
+    assert sorted((p.name, p.stat().st_size) for p in (dest / "params").rglob("*") if p.is_file()) == params_before
+    assert not [p for p in dest.iterdir() if ".tmp" in p.name]
+
+    # The command: same figures, reusing the built videos this time, and the README table printed.
+    assert cli.main(["refigure", f"--dest={dest}", f"--videos={small_run['root'] / 'videos'}"]) == 0
+    assert "| all codecs | 6 |" in capsys.readouterr().out
+    assert pretrained.read_figures(dest)["videos"] == again["videos"]
 
 
 def test_show_prints_the_readme_table(capsys):

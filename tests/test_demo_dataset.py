@@ -172,17 +172,21 @@ def test_tiny_build_labels_files_and_manifest(tmp_path, tiny, ffmpeg_calls):
     assert sum("encoding" in c for c in ffmpeg_calls) == 2 and sum("scoring" in c for c in ffmpeg_calls) == 2
     assert sum("making reference" in c for c in ffmpeg_calls) == 0
 
-    # A build from an older recipe is not reused: a reference whose key differs is remade, and an
-    # encode whose metrics lack the key (format-1 builds) is redone.
+    # A build from an older recipe is not reused: a reference whose key differs is remade, an
+    # encode whose metrics lack the key is redone, and so is one made with other encoder options.
     side = tmp_path / "sources" / f"{TINY_SOURCES[0]}.json"
     side.write_text(json.dumps({**json.loads(side.read_text()), "recipe_key": "older"}))
     stale = tmp_path / "metrics" / f"{items[-1].video_id}.json"
     stale.write_text(json.dumps({k: v for k, v in json.loads(stale.read_text()).items() if k != "source_key"}))
+    other_options = tmp_path / "metrics" / f"{items[-2].video_id}.json"
+    other_options.write_text(json.dumps({**json.loads(other_options.read_text()), "encode_key": "other"}))
     ffmpeg_calls.clear()
     demo.build(str(tmp_path), workers=1, source_ids=TINY_SOURCES, levels=TINY_LEVELS)
-    assert sum("making reference" in c for c in ffmpeg_calls) == 1 and sum("encoding" in c for c in ffmpeg_calls) == 1
+    assert sum("making reference" in c for c in ffmpeg_calls) == 1 and sum("encoding" in c for c in ffmpeg_calls) == 2
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["format"] == demo.FORMAT_VERSION == 2
+    assert manifest["format"] == demo.FORMAT_VERSION == 3
+    assert manifest["encoder_args"] == {c: ffmpeg_tools.CODECS[c].encoder_args() for c in TINY_LEVELS}
+    assert {r["encode_key"] for r in manifest["items"]} == {demo.encode_key(c) for c in TINY_LEVELS}
     assert manifest["content_groups"] == {"bigbuckbunny.mp4": ["bbb_w0_tl"], "camera.png": ["sk_camera"]}
     assert manifest["source_levels"]["sk_camera"] == {c: list(q) for c, q in TINY_LEVELS.items()}
 

@@ -353,11 +353,6 @@ class RgbConverter:
         return self._graph.pull().to_ndarray()
 
 
-def to_rgb24(frame: av.VideoFrame) -> np.ndarray:
-    """Converts one decoded frame to `(H, W, 3)` uint8 RGB the way `ffmpeg -pix_fmt rgb24` does."""
-    return RgbConverter()(frame)
-
-
 class _Reader:
     """An open file positioned by seeks; reopens the file to restart from the beginning.
 

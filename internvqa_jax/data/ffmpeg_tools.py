@@ -4,6 +4,25 @@ That binary is built with libx264, libx265, libvpx-vp9, libaom/libsvtav1 and lib
 ffmpeg lacks libvmaf), so the same commands work on every machine that installs the package.
 Every output is written under a temporary name in the destination folder and renamed into place,
 so an interrupted run never leaves a half-written video or metrics file behind.
+
+The same bytes on every x86-64 CPU. ffmpeg and the encoders pick SIMD code by the CPU they run on,
+and some of it rounds differently from the plain C code, so the same command could write different
+files on different machines. Each stage is made independent of the CPU, checked against its plain-C
+output by `tests/test_encoder_determinism.py` (and, once, under an emulated SSE4.2-only CPU):
+- scaling and pixel-format conversion (swscale, inside `make_reference`): every scaler runs with
+  `accurate_rnd+bitexact` (`sws_flags`), under which its SIMD code gives the C result;
+- x264: its SIMD code is not bit-exact (intra-mode search from SSSE3 on, macroblock-tree
+  propagation with AVX-512), so its instruction set is pinned to SSE2 (`X264_INSTRUCTION_SET`), the
+  baseline every x86-64 CPU has, whose output equals x264's C output (x264 encodes 7-17% slower,
+  the demo build about 3% more CPU time);
+- x265: its coded pictures do not depend on the CPU, but it writes an information SEI naming the
+  CPU's features (`cpuid=`), dropped with `info=0`;
+- libvpx (VP9) and SVT-AV1: bit-exact at every instruction set, nothing to pin;
+- containers: `-fflags +bitexact` leaves out random UIDs and version strings (Matroska/WebM would
+  otherwise differ on every run).
+libvmaf's scores do not depend on the CPU either (checked once under emulation; ffmpeg exposes no
+option to pin its instruction set). The pins are x86-64 only (`IS_X86_64`); elsewhere the encoders
+run their own SIMD code.
 """
 
 from __future__ import annotations
@@ -12,9 +31,10 @@ import dataclasses
 import functools
 import json
 import os
+import platform
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import imageio_ffmpeg
 
@@ -23,6 +43,28 @@ from internvqa_jax import io_utils
 
 class FFmpegError(RuntimeError):
     """An ffmpeg command failed; the message says what was being done and ffmpeg's own error."""
+
+
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+# x264's instruction set on x86-64: SSE2, which every x86-64 CPU has; its output equals x264's C output.
+X264_INSTRUCTION_SET = "SSE2"
+# swscale flags under which its SIMD code rounds as the C code does.
+EXACT_SWS_FLAGS = "accurate_rnd+bitexact"
+# Muxer flags: no random UIDs or version strings, so two runs write the same file.
+BITEXACT_MUX = ("-fflags", "+bitexact")
+
+
+def sws_flags(algorithm: str) -> str:
+    """`flags=` value of a scale filter whose output does not depend on the CPU: `algorithm`
+    (lanczos, bicubic, neighbor, ...) with bit-exact rounding."""
+    return f"{algorithm}+{EXACT_SWS_FLAGS}"
+
+
+# Scaler flags of the conversions ffmpeg inserts itself (RGB to YUV, 4:4:4 to 4:2:0): its default
+# algorithm, bit-exact. Set for the whole filter graph by `make_reference`.
+REFERENCE_SWS_FLAGS = sws_flags("bicubic")
+# Output options of a reference clip: lossless FFV1, 4:2:0.
+REFERENCE_FORMAT = ("-an", "-pix_fmt", "yuv420p", "-c:v", "ffv1", *BITEXACT_MUX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,28 +77,43 @@ class Codec:
     quality_flag: str  # e.g. "-crf"
     max_quality: int  # the worst value the encoder accepts
     args: tuple[str, ...]  # speed/determinism options (single-threaded, fixed presets)
+    params_option: str = ""  # the encoder's key=value option ("-x264-params"); "" when it has none
+    params: tuple[tuple[str, str], ...] = ()  # the key=value settings passed through params_option
+
+    def encoder_args(self, params: Mapping[str, str] | None = None) -> list[str]:
+        """ffmpeg output options selecting and setting the encoder; `params` are added to the
+        codec's own key=value settings, replacing those of the same key."""
+        merged = dict(self.params) | dict(params or {})
+        if merged and not self.params_option:
+            raise ValueError(f"{self.encoder} takes no key=value parameters (got {sorted(merged)})")
+        out = ["-c:v", self.encoder, *self.args]
+        if merged:
+            out += [self.params_option, ":".join(f"{k}={v}" for k, v in merged.items())]
+        return out
 
 
 # Single-threaded encoders: the demo build parallelises over files instead, and one thread keeps
-# the bitstreams deterministic.
+# the bitstreams deterministic. The instruction-set settings are explained in the module doc.
 CODECS: dict[str, Codec] = {
-    "h264": Codec("h264", "libx264", "mp4", "-crf", 51, ("-preset", "fast", "-threads", "1", "-pix_fmt", "yuv420p")),
+    "h264": Codec(
+        "h264",
+        "libx264",
+        "mp4",
+        "-crf",
+        51,
+        ("-preset", "fast", "-threads", "1", "-pix_fmt", "yuv420p"),
+        "-x264-params",
+        (("asm", X264_INSTRUCTION_SET),) if IS_X86_64 else (),
+    ),
     "hevc": Codec(
         "hevc",
         "libx265",
         "mp4",
         "-crf",
         51,
-        (
-            "-preset",
-            "faster",
-            "-x265-params",
-            "log-level=error:pools=1:frame-threads=1",
-            "-tag:v",
-            "hvc1",
-            "-pix_fmt",
-            "yuv420p",
-        ),
+        ("-preset", "faster", "-tag:v", "hvc1", "-pix_fmt", "yuv420p"),
+        "-x265-params",
+        (("log-level", "error"), ("pools", "1"), ("frame-threads", "1"), ("info", "0")),
     ),
     "vp9": Codec(
         "vp9",
@@ -72,7 +129,9 @@ CODECS: dict[str, Codec] = {
         "mkv",
         "-crf",
         63,
-        ("-preset", "10", "-svtav1-params", "lp=1:log-level=1", "-pix_fmt", "yuv420p"),
+        ("-preset", "10", "-pix_fmt", "yuv420p"),
+        "-svtav1-params",
+        (("lp", "1"), ("log-level", "1")),
     ),
 }
 
@@ -128,20 +187,26 @@ def make_reference(input_args: Sequence[str], dst: str, filters: str, num_frames
     """Writes a lossless FFV1 yuv420p reference clip of `num_frames` frames from any ffmpeg input.
 
     `input_args` are ffmpeg input options (e.g. `["-f", "lavfi", "-i", "life=..."]` or
-    `["-i", "clip.mp4"]`), `filters` a -vf chain that crops/scales/trims to the demo format.
+    `["-i", "clip.mp4"]`), `filters` a -vf chain that crops/scales/trims to the demo format; its
+    scale filters name their flags with `sws_flags` so the clip is the same on every CPU (the
+    conversions ffmpeg inserts get `REFERENCE_SWS_FLAGS`).
     """
-    args = [*input_args, "-vf", filters, "-frames:v", str(num_frames), "-an", "-pix_fmt", "yuv420p", "-c:v", "ffv1"]
+    graph = f"sws_flags={REFERENCE_SWS_FLAGS};{filters}"
+    args = [*input_args, "-vf", graph, "-frames:v", str(num_frames), *REFERENCE_FORMAT]
     return _atomic_ffmpeg(args, dst, f"making reference {dst}")
 
 
-def encode(src: str, dst: str, codec: str, quality: int) -> str:
-    """Encodes `src` with `codec` (a key of CODECS) at CRF `quality` into `dst`, atomically."""
+def encode(src: str, dst: str, codec: str, quality: int, params: Mapping[str, str] | None = None) -> str:
+    """Encodes `src` with `codec` (a key of CODECS) at CRF `quality` into `dst`, atomically.
+
+    `params` are key=value encoder settings added to the codec's own (`Codec.encoder_args`).
+    """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(CODECS)}")
     spec = CODECS[codec]
     if not 0 <= quality <= spec.max_quality:
         raise ValueError(f"{codec}: quality {quality} outside 0..{spec.max_quality}")
-    args = ["-i", src, "-an", "-c:v", spec.encoder, *spec.args, spec.quality_flag, str(quality)]
+    args = ["-i", src, "-an", *spec.encoder_args(params), spec.quality_flag, str(quality), *BITEXACT_MUX]
     return _atomic_ffmpeg(args, dst, f"encoding {src} with {spec.encoder} {spec.quality_flag} {quality}")
 
 

@@ -2,10 +2,13 @@
 
     python -m internvqa_jax.pretrained install --workdir=runs/demo [--which=student]
         [--videos=data_cache/demo_videos] [--train-command="..."] [--dest=DIR]
+    python -m internvqa_jax.pretrained refigure [--videos=data_cache/demo_videos] [--dest=DIR] [--workers=2]
     python -m internvqa_jax.pretrained show [--dest=DIR]
 
 `install` copies a training workdir's exported student into the package (`vmaf_demo/`) and writes
 its figures.json by scoring the run's test split with `internvqa_jax.load` (see `install.py`).
+`refigure` re-records the figures of the installed model from its shipped weights: its held-out
+videos made by the current demo recipe, scored again (see `refigure.py`).
 `show` prints the README's table of the bundled model's held-out figures, in markdown.
 Exit status 0 on success, 1 with a one-line error otherwise.
 """
@@ -17,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from internvqa_jax import io_utils
-from internvqa_jax.pretrained import bundled_path, read_figures
+from internvqa_jax.pretrained import FIGURES_FILE, bundled_path, read_figures
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,6 +42,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     inst.add_argument("--dest", default="", help="install here instead of the package's folder (tests)")
     inst.add_argument("--workers", type=int, default=2, help="ffmpeg processes when test videos are rebuilt")
+    refig = sub.add_parser(
+        "refigure", help="rescore the bundled model's held-out videos, made by the current demo recipe"
+    )
+    refig.add_argument(
+        "--videos",
+        default=io_utils.DEMO_VIDEOS_DIR,
+        help="a built demo holding the test videos (else they are rebuilt)",
+    )
+    refig.add_argument("--dest", default="", help="a bundled model folder other than the package's")
+    refig.add_argument("--workers", type=int, default=2, help="ffmpeg processes when test videos are rebuilt")
     show = sub.add_parser("show", help="print the README table of the bundled model's figures (markdown)")
     show.add_argument("--dest", default="", help="a bundled model folder other than the package's")
     return p.parse_args(argv)
@@ -55,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures = install_lib.install(args.workdir, args.which, args.videos, dest, args.train_command, args.workers)
             size = install_lib.check_size(dest)
             print(f"installed {args.workdir} ({args.which}) as {dest} ({size:.2f} MB)")
+        elif args.command == "refigure":
+            from internvqa_jax.pretrained import refigure
+
+            figures = refigure.refigure(dest, args.videos, args.workers)
+            print(f"re-recorded {dest}/{FIGURES_FILE} from the shipped weights")
         else:
             figures = read_figures(dest)
     except (OSError, ValueError, KeyError, RuntimeError) as err:

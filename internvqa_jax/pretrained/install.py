@@ -92,7 +92,7 @@ def find_test_videos(
         if all(v in items for v in wanted):
             return items
     print(
-        f"install: {videos_dir} lacks some test videos; rebuilding {len(test_sources)} source(s) in {tmp_dir}",
+        f"{videos_dir} lacks some test videos; rebuilding {len(test_sources)} source(s) in {tmp_dir}",
         flush=True,
     )
     return rebuild_test_videos(test_sources, tmp_dir, workers)

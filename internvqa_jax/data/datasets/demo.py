@@ -33,10 +33,15 @@ over the set, and the build stays within about 10 minutes on two cores. Label = 
 ffmpeg's synthetic lavfi generators (mandelbrot, life, cellauto, perlin, ...) are left out by
 default: their VMAF moves in ways pixel statistics do not show, which made the labels unlearnable
 without a reference (`benchmarks/demo_ceiling.py`). `build(..., synthetic=True)` / `--with-synthetic`
-adds them back ("lavfi:<generator>" origins) for experiments.
+adds them back ("lavfi:<generator>" origins) for experiments; two of them, `gradients` and
+`grain` (ffmpeg's gradients source), draw different pixels on different CPUs, unlike the rest.
 
 The clips and images are read by path by the same ffmpeg binary that encodes (clips stay in YUV
 4:2:0, images are converted to YUV once; no RGB round trip); no package's code is imported.
+The build writes the same bytes on every x86-64 CPU: every scale filter of the recipe runs with
+bit-exact flags (`LANCZOS`, `BICUBIC`, `NEAREST`) and the encoders with the instruction-set
+settings of `ffmpeg_tools` (its module doc says which stage needed what), so the labels, the
+shards prepared from them and every figure computed on them do not depend on the machine.
 
 Format choice: 448x256 keeps 7x7 grids of 32x32 fragments on native pixels (cells of 64x36 px)
 while a 2-second clip encodes in well under a second, so the whole build stays within minutes on
@@ -51,9 +56,10 @@ Layout of a built directory (all paths in the manifest are relative to it):
     manifest.json                                 {"format": ..., "items": [VideoItem dicts], ...}
 Every file is written under a temporary name and renamed, so re-running `build` after an
 interruption reuses every finished file and redoes only the missing ones. A reference is reused
-only when its recipe key (input file name, filters, frame format) matches, and an encode only when
-it is newer than its reference and its metrics carry the same key, so a directory built from an
-older recipe is rebuilt, never silently reused.
+only when its recipe key (input file name, filters, frame format, reference options) matches, and
+an encode only when its metrics carry that key and the key of its encoder options (`encode_key`),
+so a directory built from an older recipe or with other encoder options is rebuilt, never
+silently reused.
 
 CLI: `python -m internvqa_jax.data.datasets.demo --out DIR [--workers N] [--with-synthetic] [--full-ladder]`.
 """
@@ -81,7 +87,9 @@ from internvqa_jax.io_utils import MANIFEST_FILE, atomic_path, atomic_write_json
 WIDTH, HEIGHT, FPS, NUM_FRAMES = 448, 256, 25, 50
 MANIFEST = MANIFEST_FILE
 # 2: content groups are whole files, a seeded subset of the CRF ladder per source, recipe keys.
-FORMAT_VERSION = 2
+# 3: the same bytes on every x86-64 CPU (bit-exact scaling, x264 pinned to SSE2, no CPU-naming
+#    x265 SEI, bit-exact muxing; see ffmpeg_tools), encodes keyed by their encoder options.
+FORMAT_VERSION = 3
 VMAF_MODEL = "vmaf_v0.6.1"
 # An encode's `VideoItem.quality_param` is this prefix and its CRF ("crf=28"); `crf_of` reads it back.
 QUALITY_PREFIX = "crf="
@@ -102,6 +110,11 @@ LEVELS_PER_SOURCE = 3
 LEVEL_SEED = 0
 
 log = logging.getLogger(__name__)
+
+# Scaler flags of the recipe's scale filters: bit-exact, so a reference is the same on every CPU.
+LANCZOS = ffmpeg_tools.sws_flags("lanczos")
+BICUBIC = ffmpeg_tools.sws_flags("bicubic")
+NEAREST = ffmpeg_tools.sws_flags("neighbor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,15 +230,6 @@ def still_path(name: str) -> str:
     return os.path.join(_package_data_dir(package, project, parts, (name,), "sample image"), name)
 
 
-def skimage_data_dir() -> str:
-    """Folder of the images shipped inside the scikit-image wheel (`skimage/data/`), found without importing it.
-
-    Raises FileNotFoundError when the package is missing or lacks one of the scikit-image `STILLS`.
-    """
-    names = tuple(n for n, s in STILLS.items() if s.package == "skimage")
-    return _package_data_dir("skimage", "scikit-image", ("data",), names, "sample image")
-
-
 def write_array_image(npz_path: str, dst: str) -> str:
     """Writes the single 2-D uint8 array of `npz_path` as a binary PGM `dst` (atomically; kept if present).
 
@@ -258,7 +262,7 @@ def _pan(vx: int, vy: int, anchor: tuple[float, float] = (0.5, 0.5), native: boo
     cover = (
         ""
         if native
-        else f"scale={WIDTH + span_x + 2}:{HEIGHT + span_y + 2}:force_original_aspect_ratio=increase:flags=lanczos,"
+        else f"scale={WIDTH + span_x + 2}:{HEIGHT + span_y + 2}:force_original_aspect_ratio=increase:flags={LANCZOS},"
     )
     # Frame n sits at start + v*n; a leftward (upward) path starts `span` further right (down).
     x = f"trunc({anchor[0]}*(iw-ow-{span_x})){'+' + str(span_x) if vx < 0 else ''}{vx:+d}*n"
@@ -282,9 +286,9 @@ def _zoom(z0: float, z1: float, anchor: tuple[float, float]) -> str:
     right, bottom = f"{left}+W/{z}", f"{top}+H/{z}"
     corners = f"x0={left}:y0={top}:x1={right}:y1={top}:x2={left}:y2={bottom}:x3={right}:y3={bottom}"
     return (
-        f"scale={cw}:{ch}:force_original_aspect_ratio=increase:flags=lanczos,format=yuv444p,"
+        f"scale={cw}:{ch}:force_original_aspect_ratio=increase:flags={LANCZOS},format=yuv444p,"
         f"crop={cw}:{ch}:x=trunc({fx}*(iw-ow)):y=trunc({fy}*(ih-oh)),"
-        f"perspective={corners}:interpolation=cubic:eval=frame,scale={WIDTH}:{HEIGHT}:flags=lanczos,setsar=1"
+        f"perspective={corners}:interpolation=cubic:eval=frame,scale={WIDTH}:{HEIGHT}:flags={LANCZOS},setsar=1"
     )
 
 
@@ -349,7 +353,7 @@ def _segment(start_frame: int, geometry: str) -> str:
 
 
 def _lavfi(spec: str, post: str = "") -> tuple[tuple[str, ...], str]:
-    chain = f"scale={WIDTH}:{HEIGHT}:flags=neighbor,setsar=1" + (f",{post}" if post else "")
+    chain = f"scale={WIDTH}:{HEIGHT}:flags={NEAREST},setsar=1" + (f",{post}" if post else "")
     return ("-f", "lavfi", "-i", spec), chain
 
 
@@ -365,7 +369,7 @@ def _clip_specs() -> list[SourceSpec]:
         for tile, (x, y) in tiles.items():
             cuts.append((f"bbb_{w}_{tile}", "bigbuckbunny.mp4", start, f"crop={WIDTH}:{HEIGHT}:{x}:{y}"))
         cuts.append(
-            (f"bbb_{w}_full", "bigbuckbunny.mp4", start, f"scale=-2:{HEIGHT}:flags=lanczos,crop={WIDTH}:{HEIGHT}")
+            (f"bbb_{w}_full", "bigbuckbunny.mp4", start, f"scale=-2:{HEIGHT}:flags={LANCZOS},crop={WIDTH}:{HEIGHT}")
         )
     for half, x in (("left", 0), ("right", 384)):
         cuts.append(
@@ -373,13 +377,15 @@ def _clip_specs() -> list[SourceSpec]:
                 f"bbb_wm_{half}",
                 "bigbuckbunny.mp4",
                 41,
-                f"crop={2 * WIDTH}:{2 * HEIGHT}:{x}:104,scale={WIDTH}:{HEIGHT}:flags=lanczos",
+                f"crop={2 * WIDTH}:{2 * HEIGHT}:{x}:104,scale={WIDTH}:{HEIGHT}:flags={LANCZOS}",
             )
         )
     # Bikes (640x272, 250 frames): five disjoint windows, each as a native crop and the whole frame.
     for k, start in enumerate(range(0, 250, 50)):
         cuts.append((f"bikes_w{k}_crop", "bikes.mp4", start, f"crop={WIDTH}:{HEIGHT}:{48 * k}:8"))
-        cuts.append((f"bikes_w{k}_full", "bikes.mp4", start, f"crop=476:272,scale={WIDTH}:{HEIGHT}"))  # ~16:9 centre
+        cuts.append(
+            (f"bikes_w{k}_full", "bikes.mp4", start, f"crop=476:272,scale={WIDTH}:{HEIGHT}:flags={BICUBIC}")
+        )  # ~16:9 centre
     # Carphone (176x144, 120 frames at 29.97 fps): two 2-second windows x upper/lower 176x100 crops,
     # upscaled 2.55x (the only upscaled video; it is the one real camera clip of the wheel).
     for k, start in enumerate((0, 58)):
@@ -389,7 +395,7 @@ def _clip_specs() -> list[SourceSpec]:
                     f"carphone_w{k}_{part}",
                     "carphone_pristine.mp4",
                     start,
-                    f"crop=176:100:0:{y},scale={WIDTH}:{HEIGHT}:flags=lanczos",
+                    f"crop=176:100:0:{y},scale={WIDTH}:{HEIGHT}:flags={LANCZOS}",
                 )
             )
     return [
@@ -463,16 +469,16 @@ def video_id(source_id: str, codec: str, quality: int) -> str:
     return f"{source_id}__{codec}_crf{quality}"
 
 
-def _write_json_atomic(path: str, payload: Any) -> None:
-    # Key order as built (the manifest reads in build order), unlike the sorted project default.
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write_json(path, payload, sort_keys=False)
-
-
 def recipe_key(spec: SourceSpec) -> str:
-    """Short hash of what a reference is made from: input file names (not their folders), filters, format."""
+    """Short hash of what a reference is made from: input file names (not their folders), filters, format
+    and the options `ffmpeg_tools.make_reference` adds."""
     inputs = [os.path.basename(a) if os.sep in a else a for a in spec.input_args]
-    payload = {"inputs": inputs, "filters": spec.filters, "format": [WIDTH, HEIGHT, FPS, NUM_FRAMES]}
+    payload = {
+        "inputs": inputs,
+        "filters": spec.filters,
+        "format": [WIDTH, HEIGHT, FPS, NUM_FRAMES],
+        "reference": [ffmpeg_tools.REFERENCE_SWS_FLAGS, *ffmpeg_tools.REFERENCE_FORMAT],
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -489,14 +495,22 @@ def _make_source(cache_dir: str, spec: SourceSpec) -> str:
         write_array_image(spec.array_file, spec.input_args[-1])
     ffmpeg_tools.make_reference(spec.input_args, dst, spec.filters, NUM_FRAMES)
     # Written after the reference: a crash in between leaves no key, so the reference is remade.
-    _write_json_atomic(sidecar, {"source_id": spec.source_id, "recipe_key": key, "filters": spec.filters})
+    atomic_write_json(
+        sidecar, {"source_id": spec.source_id, "recipe_key": key, "filters": spec.filters}, sort_keys=False
+    )
     return key
 
 
+def encode_key(codec: str) -> str:
+    """Short hash of the encoder options of `codec` (`ffmpeg_tools.Codec.encoder_args`)."""
+    return hashlib.sha256(json.dumps(ffmpeg_tools.CODECS[codec].encoder_args()).encode()).hexdigest()[:16]
+
+
 def _make_encode(cache_dir: str, spec: SourceSpec, codec: str, quality: int) -> dict[str, Any]:
-    """Encodes one (source, codec, level) and scores it, unless done from a reference of the same recipe."""
+    """Encodes one (source, codec, level) and scores it, unless done from a reference of the same recipe
+    with the same encoder options."""
     vid = video_id(spec.source_id, codec, quality)
-    key = recipe_key(spec)
+    key, options = recipe_key(spec), encode_key(codec)
     ref = os.path.join(cache_dir, "sources", f"{spec.source_id}.mkv")
     rel_video = os.path.join("videos", f"{vid}.{ffmpeg_tools.CODECS[codec].extension}")
     video = os.path.join(cache_dir, rel_video)
@@ -504,9 +518,9 @@ def _make_encode(cache_dir: str, spec: SourceSpec, codec: str, quality: int) -> 
     if os.path.exists(metrics_path) and os.path.exists(video):
         with open(metrics_path) as f:
             record = json.load(f)
-        if record.get("source_key") == key:
+        if record.get("source_key") == key and record.get("encode_key") == options:
             return record
-    # No metrics of this recipe: the encode may come from an older reference, so it is redone.
+    # No metrics of this recipe: the encode may come from an older reference or encoder options, so it is redone.
     ffmpeg_tools.encode(ref, video, codec, quality)
     scores = ffmpeg_tools.quality_metrics(video, ref, model=VMAF_MODEL)
     scored = int(scores.pop("num_frames"))
@@ -520,6 +534,7 @@ def _make_encode(cache_dir: str, spec: SourceSpec, codec: str, quality: int) -> 
         "origin": spec.origin,
         "content_group": spec.content_group,
         "source_key": key,
+        "encode_key": options,
         "codec": codec,
         "encoder": ffmpeg_tools.CODECS[codec].encoder,
         "quality": quality,
@@ -530,7 +545,7 @@ def _make_encode(cache_dir: str, spec: SourceSpec, codec: str, quality: int) -> 
         "reference": os.path.join("sources", f"{spec.source_id}.mkv"),
         **scores,
     }
-    _write_json_atomic(metrics_path, record)
+    atomic_write_json(metrics_path, record, sort_keys=False)
     return record
 
 
@@ -638,7 +653,8 @@ def build(
     groups: dict[str, list[str]] = {}
     for s in specs:
         groups.setdefault(s.content_group, []).append(s.source_id)
-    _write_json_atomic(
+    # Key order as built (the manifest reads in build order), unlike the sorted project default.
+    atomic_write_json(
         os.path.join(cache_dir, MANIFEST),
         {
             "format": FORMAT_VERSION,
@@ -656,9 +672,11 @@ def build(
             "sources": [
                 dataclasses.asdict(s) | {"input_args": list(s.input_args), "recipe_key": recipe_key(s)} for s in specs
             ],
+            "encoder_args": {c: ffmpeg_tools.CODECS[c].encoder_args() for c in sorted({c for _, c, _ in jobs})},
             "items": records,
             "last_build_seconds": seconds,
         },
+        sort_keys=False,
     )
     log.info(
         "demo dataset: %d videos from %d sources, %d content groups, in %s (%.1f s)",
