@@ -13,6 +13,7 @@ shard directories, training workdirs), so writers and readers cannot drift apart
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -46,6 +47,15 @@ DEMO_VIDEOS_DIR = os.path.join(DATA_CACHE_DIR, "demo_videos")
 def default_shard_dir(dataset: str) -> str:
     """Shard directory of `dataset` when `config.data.shard_dir` is empty: `data_cache/<dataset>_shards`."""
     return os.path.join(DATA_CACHE_DIR, f"{dataset}_shards")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- atomic writes

@@ -19,7 +19,6 @@ Files in a shard directory:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from internvqa_jax import io_utils
+from internvqa_jax.io_utils import sha256_file
 
 MAGIC = b"IVQR"
 MANIFEST = io_utils.MANIFEST_FILE
@@ -77,15 +77,6 @@ def decode_video(records: Sequence[bytes]) -> tuple[np.ndarray, dict[str, Any]]:
     if len(records) - 1 != header["shape"][0]:
         raise ShardError(f"video has {len(records) - 1} frame records, header says {header['shape'][0]}")
     return frames_from_records(header["shape"], records[1:]), header["meta"]
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def writer_options(compression: str) -> str:
