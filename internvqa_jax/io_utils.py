@@ -106,10 +106,24 @@ def check_writable_dir(path: str | os.PathLike, what: str = "workdir") -> None:
         raise StorageError(f"{what} {path}: not writable in bucket {bucket!r} ({str(err).splitlines()[0]})") from None
 
 
+def as_path(path: str | os.PathLike) -> Any:
+    """`path` to read: an `etils.epath.Path` for gs:// (gcsfs), else an absolute `pathlib.Path`;
+    another scheme raises StorageError."""
+    scheme = path_scheme(path)
+    if scheme is None:
+        return pathlib.Path(path).absolute()
+    if scheme not in REMOTE_SCHEMES:
+        raise StorageError(f"{path}: storage scheme '{scheme}://' is not supported; use a local path or gs://")
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    from etils import epath
+
+    return epath.Path(path)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
+    """Hex sha256 of a file (local or gs://), read in chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -156,7 +170,7 @@ def atomic_write_json(
 
 def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> Any:
     """Parses a JSON file; a malformed one raises `error` naming the file and the parse error."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:

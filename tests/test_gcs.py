@@ -131,3 +131,39 @@ def test_gs_shard_dir_says_to_mount_it(tmp_path):
     with pytest.raises(io_utils.StorageError, match=r"data.shard_dir gs://bucket/shards: .*gcsfuse") as err:
         train.ensure_data(config)
     assert "\n" not in str(err.value)
+
+
+def test_model_dir_in_a_bucket_loads_and_scores_as_the_local_one(gcs_server, tmp_path):
+    """A model directory copied into a bucket loads by its gs:// path and by its workdir's, with the
+    same scores; a cut parameter file there is named as corrupted."""
+    import jax
+    import numpy as np
+    from etils import epath
+    from flax import nnx
+
+    from internvqa_jax.models import registry, saving
+
+    model = registry.create_model(registry.get_config("tiny", num_classes=1), nnx.Rngs(0))
+    local = saving.save_model_dir(model, tmp_path / "student", inference={"note": "x"})
+    make_bucket(gcs_server, "models")
+    remote = epath.Path("gs://models/run/export/student")
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            (remote / f.relative_to(local)).write_bytes(f.read_bytes())
+    x = jax.numpy.asarray(np.random.default_rng(0).normal(size=(1, *model_input_shape(model))), jax.numpy.float32)
+    want = np.asarray(model(x)["logits"])
+    for path in ("gs://models/run/export/student", saving.resolve_model_dir("gs://models/run")):
+        loaded, meta = saving.load_model_dir(path)
+        np.testing.assert_allclose(np.asarray(loaded(x)["logits"]), want, atol=1e-6)
+        assert meta["inference"] == {"note": "x"}
+    biggest = max((f for f in local.rglob("*") if f.is_file() and "/d/" in str(f)), key=lambda f: f.stat().st_size)
+    data = remote / biggest.relative_to(local)
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(saving.ModelDirError, match="corrupted or truncated"):
+        saving.load_model_dir("gs://models/run/export/student")
+
+
+def model_input_shape(model) -> tuple[int, ...]:
+    """(T, H, W, 3) of the model's config."""
+    c = model.config
+    return (c.num_frames, c.img_size, c.img_size, 3)

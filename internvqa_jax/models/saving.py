@@ -203,7 +203,8 @@ def verify_params(path: pathlib.Path) -> None:
         f = path / io_utils.PARAMS_DIR / rel
         if not f.is_file():
             raise ModelDirError(f"{f}: missing: the parameter checkpoint is incomplete (corrupted or truncated)")
-        size = f.stat().st_size
+        stat = f.stat()
+        size = stat.st_size if hasattr(stat, "st_size") else stat.length  # local, or gs:// (epath)
         if size != want["bytes"]:
             raise ModelDirError(
                 f"{f}: {size} bytes, {want['bytes']} were written: the parameter checkpoint is corrupted or truncated"
@@ -276,7 +277,7 @@ def save_model_dir(
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Reads `{"arch", "config", "inference"}` of a model directory without loading parameters."""
-    path = pathlib.Path(path)
+    path = io_utils.as_path(path)
     config_path = path / io_utils.MODEL_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{path} is not a model directory: {io_utils.MODEL_CONFIG_FILE} is missing")
@@ -292,7 +293,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def read_inference(path: str | os.PathLike, stored: Mapping[str, Any] | None = None) -> InferenceInfo:
     """The `InferenceInfo` of model directory `path`: from `stored` (the `inference` entry of
     `read_meta`/`load_model_dir`, already read) or from its `inference.json`."""
-    file = pathlib.Path(path) / io_utils.INFERENCE_FILE
+    file = io_utils.as_path(path) / io_utils.INFERENCE_FILE
     if stored is None:
         if not file.is_file():
             raise FileNotFoundError(
@@ -304,7 +305,7 @@ def read_inference(path: str | os.PathLike, stored: Mapping[str, Any] | None = N
 
 def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:
     """A model directory from a model dir or a training workdir (-> `workdir/export/<which>`)."""
-    p = pathlib.Path(path)
+    p = io_utils.as_path(path)
     if (p / io_utils.MODEL_CONFIG_FILE).is_file():
         return p
     exported = p / io_utils.EXPORT_DIR / which
@@ -363,7 +364,7 @@ def load_model_dir(path: str | os.PathLike, **config_overrides: Any) -> tuple[nn
     `config_overrides` may change fields that do not alter the parameter layout (dtype,
     attention_impl, remat); parameters are restored into an abstract model (no double allocation).
     """
-    path = pathlib.Path(path).absolute()
+    path = io_utils.as_path(path)
     meta = read_meta(path)
     try:
         config = registry.config_from_dict({"arch": meta["arch"], **meta["config"], **config_overrides})
