@@ -51,7 +51,9 @@ def make_manager(directory: str, *, keep_best: int = 2, async_save: bool = True)
         create=True,
         cleanup_tmp_directories=True,  # leftovers of a save killed mid-way
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data", "meta"))
+    # gs:// paths go to orbax as they are (TensorStore writes the bucket); local ones made absolute.
+    where = directory if "://" in str(directory) else os.path.abspath(directory)
+    return ocp.CheckpointManager(where, options=options, item_names=("state", "data", "meta"))
 
 
 def save(

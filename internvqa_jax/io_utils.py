@@ -13,9 +13,11 @@ shard directories, training workdirs), so writers and readers cannot drift apart
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -49,6 +51,85 @@ DEMO_VIDEOS_DIR = os.path.join(DATA_CACHE_DIR, "demo_videos")
 def default_shard_dir(dataset: str) -> str:
     """Shard directory of `dataset` when `config.data.shard_dir` is empty: `data_cache/<dataset>_shards`."""
     return os.path.join(DATA_CACHE_DIR, f"{dataset}_shards")
+
+
+# ---------------------------------------------------------------------------- output folders
+
+# Schemes a user path may carry; a path without one is local (or a mounted bucket).
+REMOTE_SCHEMES = ("gs",)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StorageError(OSError):
+    """An output folder that cannot be used (unsupported scheme, missing bucket, not writable); one line."""
+
+
+def path_scheme(path: str | os.PathLike) -> str | None:
+    """The `xx` of an `xx://...` path, None for a local path."""
+    match = _SCHEME.match(os.fspath(path))
+    return match.group(1).lower() if match else None
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "workdir") -> None:
+    """Raises StorageError in one line unless `path` can hold output: a local folder that can be
+    created and written, or a gs:// path whose bucket exists and takes a probe object (written and
+    removed), as MaxText's `mkdir_and_check_permissions`. A missing bucket is never created and no
+    local folder is made for a remote path."""
+    scheme = path_scheme(path)
+    if scheme is not None and scheme not in REMOTE_SCHEMES:
+        raise StorageError(f"{what} {path}: storage scheme '{scheme}://' is not supported; use a local path or gs://")
+    probe_name = f".write-check-{uuid.uuid4().hex[:8]}"
+    if scheme is None:
+        local = pathlib.Path(path)
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+            (local / probe_name).write_text("ok")
+            (local / probe_name).unlink()
+        except OSError as err:
+            raise StorageError(f"{what} {path}: not writable ({err.strerror or err})") from None
+        return
+    # gcsfs, the backend orbax's paths use too, even where TensorFlow happens to be installed.
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    from etils import epath
+
+    bucket = os.fspath(path)[len(scheme) + 3 :].split("/", 1)[0]
+    try:
+        exists = epath.Path(f"{scheme}://{bucket}").exists()
+    except Exception as err:  # noqa: BLE001 - gcsfs raises its transport's own errors
+        raise StorageError(f"{what} {path}: bucket {bucket!r} cannot be reached ({err})") from None
+    if not exists:
+        raise StorageError(
+            f"{what} {path}: bucket {bucket!r} does not exist (create it first: gcloud storage buckets create gs://{bucket})"
+        )
+    probe = epath.Path(path) / probe_name
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except Exception as err:  # noqa: BLE001
+        raise StorageError(f"{what} {path}: not writable in bucket {bucket!r} ({str(err).splitlines()[0]})") from None
+
+
+def as_path(path: str | os.PathLike) -> Any:
+    """`path` to read: an `etils.epath.Path` for gs:// (gcsfs), else an absolute `pathlib.Path`;
+    another scheme raises StorageError."""
+    scheme = path_scheme(path)
+    if scheme is None:
+        return pathlib.Path(path).absolute()
+    if scheme not in REMOTE_SCHEMES:
+        raise StorageError(f"{path}: storage scheme '{scheme}://' is not supported; use a local path or gs://")
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    from etils import epath
+
+    return epath.Path(path)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file (local or gs://), read in chunks."""
+    h = hashlib.sha256()
+    with as_path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -92,7 +173,7 @@ def atomic_write_json(
 
 def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> Any:
     """Parses a JSON file; a malformed one raises `error` naming the file and the parse error."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:

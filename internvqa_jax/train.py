@@ -41,6 +41,10 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoint
 
 log = logging.getLogger("internvqa_jax.train")
 
+# Exit status when the workdir cannot be used (unsupported scheme, missing bucket, not writable),
+# said before any training step.
+EXIT_STORAGE = 4
+
 
 def ensure_data(config: ml_collections.ConfigDict) -> str:
     """Shard directory of the run's dataset, prepared by process 0: the demo's own shards on every run
@@ -49,6 +53,12 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
 
     name = str(config.data.name)
     shard_dir = config.data.shard_dir or io_utils.default_shard_dir(name)
+    if io_utils.path_scheme(shard_dir) is not None:
+        # ArrayRecord reads local files only; a bucket is read through a mount.
+        raise io_utils.StorageError(
+            f"data.shard_dir {shard_dir}: shards are read from a local or mounted folder; mount the bucket "
+            "(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) and pass --config.data.shard_dir=/mnt/BUCKET/..."
+        )
     manifest = os.path.join(shard_dir, shards.MANIFEST)
     # The demo's own shards are re-checked on every run (its build and the keyed shards reuse every
     # finished file, a few seconds): shards of an older demo recipe must never be trained on silently.
@@ -95,7 +105,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """All jobs of `config` into `workdir`; returns the report (also written to report.json)."""
     initialize_distributed(config)
     config_rules.check_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    io_utils.check_writable_dir(workdir)
+    if io_utils.path_scheme(workdir) is not None:
+        # The job folders, metrics and exports are still written through the local file system.
+        raise io_utils.StorageError(
+            f"workdir {workdir}: training writes to a local or mounted folder; mount the bucket "
+            "(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) and pass --workdir=/mnt/BUCKET/..."
+        )
     shard_dir = ensure_data(config)
     results = {}
     for job in jobs.plan_jobs(config):
@@ -127,6 +143,9 @@ def main(argv: list[str]) -> None:
     except shards.ShardError as e:  # unreadable or outdated shards: one line naming the prepare command
         log.error("%s", e)
         sys.exit(2)
+    except io_utils.StorageError as e:
+        print(f"train: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_STORAGE)
 
 
 if __name__ == "__main__":

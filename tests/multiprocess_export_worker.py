@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from internvqa_jax import sharding
+from internvqa_jax import io_utils, sharding
 from internvqa_jax.models import registry, saving
 
 STEPS = 3
@@ -80,8 +80,8 @@ def main(port: int, pid: int, out: pathlib.Path) -> None:
 
     export = out / "export" / "student"
     saving.save_model_dir(model, export, inference={"process_count": jax.process_count()})
-    complete = (export / saving.CONFIG_FILE).is_file() and (
-        export / saving.PARAMS_DIR / "_CHECKPOINT_METADATA"
+    complete = (export / io_utils.MODEL_CONFIG_FILE).is_file() and (
+        export / io_utils.PARAMS_DIR / "_CHECKPOINT_METADATA"
     ).is_file()
     saves_after_export = saves[0]
 

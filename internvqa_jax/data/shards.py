@@ -29,6 +29,7 @@ Files in a shard directory:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from internvqa_jax import io_utils
+from internvqa_jax.io_utils import sha256_file
 
 MANIFEST = io_utils.SHARD_MANIFEST_FILE
 MANIFEST_FORMAT = "internvqa_jax.shards/3"
@@ -184,15 +186,6 @@ def split_template(key: str) -> str:
 def shard_file(dataset: str, split: str, key: str, index: int, count: int) -> str:
     """File name of shard `index` of `count` of a split, as TFDS derives it from `split_template`."""
     return f"{dataset}-{split}-{key}.{FILE_FORMAT}-{index:05d}-of-{count:05d}"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def writer_options(compression: str) -> str:

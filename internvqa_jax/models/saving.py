@@ -35,10 +35,6 @@ from internvqa_jax import io_utils
 from internvqa_jax.models import registry
 from internvqa_jax.models.inference_info import InferenceInfo
 
-# The names are io_utils' (one set for the whole project); kept here under the names callers use.
-CONFIG_FILE = io_utils.MODEL_CONFIG_FILE
-INFERENCE_FILE = io_utils.INFERENCE_FILE
-PARAMS_DIR = io_utils.PARAMS_DIR
 # Size and sha256 of every file under params/, written after orbax: OCDBT data files carry no
 # checksum of their own, so flipped bytes would otherwise load silently as other weights.
 PARAMS_CHECKSUMS = "params_sha256.json"
@@ -183,43 +179,39 @@ def _write_model_dir(state: Any, out_dir: pathlib.Path, texts: dict[str, str]) -
             multiprocessing_options=_PRIMARY_ONLY,
         )
         with ocp.Checkpointer(handler, multiprocessing_options=_PRIMARY_ONLY) as checkpointer:
-            checkpointer.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(state))
-        (tmp / PARAMS_CHECKSUMS).write_text(_json_text(params_checksums(tmp / PARAMS_DIR), PARAMS_CHECKSUMS))
+            checkpointer.save(tmp / io_utils.PARAMS_DIR, args=ocp.args.PyTreeSave(state))
+        (tmp / PARAMS_CHECKSUMS).write_text(_json_text(params_checksums(tmp / io_utils.PARAMS_DIR), PARAMS_CHECKSUMS))
 
 
 def params_checksums(params_dir: pathlib.Path) -> dict[str, dict[str, Any]]:
     """`{relative path: {"bytes", "sha256"}}` of every file of a parameter checkpoint."""
-    from internvqa_jax.data.shards import sha256_file
-
     return {
-        str(f.relative_to(params_dir)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        str(f.relative_to(params_dir)): {"bytes": f.stat().st_size, "sha256": io_utils.sha256_file(f)}
         for f in sorted(params_dir.rglob("*"))
         if f.is_file()
     }
 
 
 def verify_params(path: pathlib.Path) -> None:
-    """Raises ModelDirError naming the first file of `path/params` that is missing, cut or changed.
-
-    Model directories written before the checksums existed have no listing: orbax's own checks
-    (manifest CRCs, sizes) are then all there is.
-    """
+    """Raises ModelDirError naming the first file of `path/params` that is missing, cut or changed,
+    or the checksum listing itself when it is missing."""
     listing_path = path / PARAMS_CHECKSUMS
     if not listing_path.is_file():
-        return
+        raise ModelDirError(
+            f"{listing_path}: missing: the parameter checksums are written with every model directory (corrupted or truncated)"
+        )
     listing = io_utils.read_json(listing_path, error=ModelDirError)
-    from internvqa_jax.data.shards import sha256_file
-
     for rel, want in listing.items():
-        f = path / PARAMS_DIR / rel
+        f = path / io_utils.PARAMS_DIR / rel
         if not f.is_file():
             raise ModelDirError(f"{f}: missing: the parameter checkpoint is incomplete (corrupted or truncated)")
-        size = f.stat().st_size
+        stat = f.stat()
+        size = stat.st_size if hasattr(stat, "st_size") else stat.length  # local, or gs:// (epath)
         if size != want["bytes"]:
             raise ModelDirError(
                 f"{f}: {size} bytes, {want['bytes']} were written: the parameter checkpoint is corrupted or truncated"
             )
-        if sha256_file(f) != want["sha256"]:
+        if io_utils.sha256_file(f) != want["sha256"]:
             raise ModelDirError(f"{f}: sha256 differs from the one written: the parameter checkpoint is corrupted")
 
 
@@ -235,7 +227,7 @@ def _restore_error(params_path: pathlib.Path, err: BaseException) -> ModelDirErr
     detail = (detail[0] if detail else type(chain[-1]).__name__)[:240]
     if any(code in text for code in _DAMAGE_CODES) or isinstance(chain[-1], (EOFError, UnicodeDecodeError)):
         return ModelDirError(f"{params_path}: parameter checkpoint is corrupted or truncated ({detail})")
-    return ModelDirError(f"{params_path}: parameters do not match the model of {CONFIG_FILE} ({detail})")
+    return ModelDirError(f"{params_path}: parameters do not match the model of {io_utils.MODEL_CONFIG_FILE} ({detail})")
 
 
 def save_model_dir(
@@ -256,10 +248,14 @@ def save_model_dir(
     if config is None or not hasattr(config, "arch"):
         raise TypeError(f"save_model_dir: {type(model).__name__} has no .config with an .arch")
     # Serialised on every process before any collective, so bad metadata fails everywhere alike.
-    texts = {CONFIG_FILE: _json_text({"arch": config.arch, "config": _config_dict(config)}, CONFIG_FILE)}
+    texts = {
+        io_utils.MODEL_CONFIG_FILE: _json_text(
+            {"arch": config.arch, "config": _config_dict(config)}, io_utils.MODEL_CONFIG_FILE
+        )
+    }
     if inference is not None:
         payload = inference.to_dict() if isinstance(inference, InferenceInfo) else dict(inference)
-        texts[INFERENCE_FILE] = _json_text(payload, INFERENCE_FILE)
+        texts[io_utils.INFERENCE_FILE] = _json_text(payload, io_utils.INFERENCE_FILE)
     state = _host_local(nnx.state(model, _SAVED))
     error: BaseException | None = None
     if jax.process_index() == PRIMARY_PROCESS:
@@ -283,15 +279,15 @@ def save_model_dir(
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Reads `{"arch", "config", "inference"}` of a model directory without loading parameters."""
-    path = pathlib.Path(path)
-    config_path = path / CONFIG_FILE
+    path = io_utils.as_path(path)
+    config_path = path / io_utils.MODEL_CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"{path} is not a model directory: {CONFIG_FILE} is missing")
+        raise FileNotFoundError(f"{path} is not a model directory: {io_utils.MODEL_CONFIG_FILE} is missing")
     stored = io_utils.read_json(config_path, error=ModelDirError)
     for key in ("arch", "config"):
         if not isinstance(stored, dict) or key not in stored:
             raise ModelDirError(f"{config_path}: missing key {key!r} (expected {{'arch': ..., 'config': {{...}}}})")
-    inference_path = path / INFERENCE_FILE
+    inference_path = path / io_utils.INFERENCE_FILE
     inference = io_utils.read_json(inference_path, error=ModelDirError) if inference_path.is_file() else None
     return {"arch": stored["arch"], "config": stored["config"], "inference": inference}
 
@@ -299,7 +295,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def read_inference(path: str | os.PathLike, stored: Mapping[str, Any] | None = None) -> InferenceInfo:
     """The `InferenceInfo` of model directory `path`: from `stored` (the `inference` entry of
     `read_meta`/`load_model_dir`, already read) or from its `inference.json`."""
-    file = pathlib.Path(path) / INFERENCE_FILE
+    file = io_utils.as_path(path) / io_utils.INFERENCE_FILE
     if stored is None:
         if not file.is_file():
             raise FileNotFoundError(
@@ -311,16 +307,16 @@ def read_inference(path: str | os.PathLike, stored: Mapping[str, Any] | None = N
 
 def resolve_model_dir(path: str | os.PathLike, which: str = "student") -> pathlib.Path:
     """A model directory from a model dir or a training workdir (-> `workdir/export/<which>`)."""
-    p = pathlib.Path(path)
-    if (p / CONFIG_FILE).is_file():
+    p = io_utils.as_path(path)
+    if (p / io_utils.MODEL_CONFIG_FILE).is_file():
         return p
     exported = p / io_utils.EXPORT_DIR / which
-    if (exported / CONFIG_FILE).is_file():
+    if (exported / io_utils.MODEL_CONFIG_FILE).is_file():
         return exported
     if not p.exists():
         raise FileNotFoundError(f"{p}: checkpoint not found (expected a model directory or a training workdir)")
     raise FileNotFoundError(
-        f"{p}: neither a model directory (no {CONFIG_FILE}) nor a training workdir (no {io_utils.EXPORT_DIR}/{which}/{CONFIG_FILE})"
+        f"{p}: neither a model directory (no {io_utils.MODEL_CONFIG_FILE}) nor a training workdir (no {io_utils.EXPORT_DIR}/{which}/{io_utils.MODEL_CONFIG_FILE})"
     )
 
 
@@ -370,17 +366,17 @@ def load_model_dir(path: str | os.PathLike, **config_overrides: Any) -> tuple[nn
     `config_overrides` may change fields that do not alter the parameter layout (dtype,
     attention_impl, remat); parameters are restored into an abstract model (no double allocation).
     """
-    path = pathlib.Path(path).absolute()
+    path = io_utils.as_path(path)
     meta = read_meta(path)
     try:
         config = registry.config_from_dict({"arch": meta["arch"], **meta["config"], **config_overrides})
     except (TypeError, ValueError, KeyError) as err:
-        raise ModelDirError(f"{path / CONFIG_FILE}: not a usable model config ({err})") from err
+        raise ModelDirError(f"{path / io_utils.MODEL_CONFIG_FILE}: not a usable model config ({err})") from err
     abstract = nnx.eval_shape(lambda: registry.create_model(config, nnx.Rngs(0)))
     graphdef, abstract_state, rest = nnx.split(abstract, _SAVED, ...)
-    params_path = path / PARAMS_DIR
+    params_path = path / io_utils.PARAMS_DIR
     if not params_path.is_dir():
-        raise FileNotFoundError(f"{path}: parameter checkpoint {PARAMS_DIR}/ is missing")
+        raise FileNotFoundError(f"{path}: parameter checkpoint {io_utils.PARAMS_DIR}/ is missing")
     if not any(params_path.iterdir()):
         raise ModelDirError(f"{params_path}: parameter checkpoint is empty (corrupted or truncated)")
     verify_params(path)

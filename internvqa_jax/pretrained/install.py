@@ -40,7 +40,7 @@ GOOD_SRCC = 0.85
 # --------------------------------------------------------------------------- the run's test split
 
 
-def test_records(shard_dir: str) -> list[dict[str, Any]]:
+def manifest_rows_of_test_split(shard_dir: str) -> list[dict[str, Any]]:
     """The shard manifest's rows of the test split (video_id, source_id, codec, quality_param, label), in index order."""
     from internvqa_jax.data import pipeline, shards
 
@@ -286,7 +286,7 @@ def install(
         raise FileNotFoundError(f"{report_path}: not found; install takes a finished training workdir")
     report = io_utils.read_json(report_path)
     shard_dir = _shard_dir(report, workdir)
-    records = test_records(shard_dir)
+    records = manifest_rows_of_test_split(shard_dir)
     test_sources = source_levels(records)
     dest = pathlib.Path(dest) if dest is not None else bundled_path()
     with io_utils.atomic_dir(dest) as staged, tempfile.TemporaryDirectory(prefix="internvqa_install_") as tmp:
