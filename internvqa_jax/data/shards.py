@@ -28,8 +28,6 @@ Files in a shard directory:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pathlib
 import shutil
