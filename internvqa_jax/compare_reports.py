@@ -6,8 +6,8 @@ Each argument is a training workdir (or its report.json). Rows are only compared
 scored the same test clips: the reports' `test_split` fingerprints (clip count and a hash of the
 sorted video ids) must agree, otherwise the command fails and names the runs that differ.
 Columns: SRCC/PLCC/KRCC/RMSE over all test encodes pooled (the cross-source figures), the
-within-source SRCC mean and min over test sources, and SRCC per codec (reports written before these
-figures show '-').
+within-source SRCC mean and min over test sources, and SRCC per codec (a report without one of
+these figures shows '-').
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def resolve_shard_dir(data: str, config_spec: str, dataset: str = "") -> str:
 def resolution_of(record: dict[str, Any]) -> str:
     """`WxH` of a manifest record's source video (prepare keeps it as `width`/`height`).
 
-    Manifests written before prepare kept the source size fall back to the stored frame size;
+    A record without the source size falls back to the stored frame size;
     fragment mosaics have no meaningful frame size, so those are "unknown".
     """
     for w_key, h_key in (("width", "height"), ("source_width", "source_height")):

@@ -1,7 +1,6 @@
 """`training.config_rules.check_config`: every rule a training config must follow, one test each.
 
-The rules used to be checked where each field was first read (plan_jobs, train_job, builder.build,
-the feature cache); a run now checks them all before it touches data or builds a model.
+A run checks them all before it touches data or builds a model.
 """
 
 import os

@@ -339,7 +339,7 @@ def test_stage2_to_teacher_at_more_frames():
     assert model(jnp.zeros((1, 8, 42, 42, 3)))["logits"].shape == (1, 1)
 
 
-# --------------------------------------------------------------------------- defaults that would be guesses (issue 13)
+# --------------------------------------------------------------------------- defaults that would be guesses
 
 
 def test_pooling_heads_are_not_guessed_for_an_unpublished_size():

@@ -97,7 +97,7 @@ def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):
     from internvqa_jax import metrics
 
     assert payload["overall"]["srcc"] == pytest.approx(metrics.srcc(pred, label), abs=1e-12)
-    # Cross-source and within-source figures (issue 16), from the same rows.
+    # Cross-source and within-source figures, from the same rows.
     sources = [r["source"] for r in rows]
     expected = metrics.source_metrics(pred, label, sources, [r["codec"] for r in rows])
     assert payload["sources"]["srcc_cross_source"] == pytest.approx(metrics.srcc(pred, label), abs=1e-12)

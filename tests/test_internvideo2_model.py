@@ -204,7 +204,7 @@ def test_auto_attention_resolves_by_backend_and_old_model_dirs_load(tmp_path, mo
         auto_out = model(X)["logits"]
     assert len(calls) == config.depth
 
-    # A model directory saved with "xla" (as before "auto" existed) loads as "xla" and agrees.
+    # A model directory saved with "xla" loads as "xla" and agrees.
     xla_model = registry.create_model(config.replace(attention_impl="xla"), nnx.Rngs(0))
     out_dir = saving.save_model_dir(xla_model, tmp_path / "xla_model")
     loaded, meta = saving.load_model_dir(out_dir)

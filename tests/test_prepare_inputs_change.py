@@ -1,4 +1,4 @@
-"""`prepare` notices changed inputs (issue 13): a changed label, a replaced video, a renamed source
+"""`prepare` notices changed inputs: a changed label, a replaced video, a renamed source
 rebuild what they made and say why; a failed re-run leaves the old dataset usable; truncated
 Matroska / MPEG-TS files are skipped as truncated; a split too small to validate is flagged when
 splitting and refused when training starts."""

@@ -1,4 +1,4 @@
-"""The public names a user finds (issue 13): `internvqa_jax.load_model_dir` beside `load`, one output
+"""The public names a user finds: `internvqa_jax.load_model_dir` beside `load`, one output
 kind for every model, and an inference.json that names its preset only when the network is that preset."""
 
 import subprocess

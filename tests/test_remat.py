@@ -2,7 +2,7 @@
 without remat.
 
 The teacher trains only its last block, embeddings, pooling and head (`teacher.trainable="authors"`);
-its other blocks sit in the state's "frozen" part. Remat used to fail there at the first jitted step
+its other blocks sit in the state's "frozen" part. Remat can fail there at the first jitted step
 (`TraceContextError: Cannot mutate Param from a different trace level`): the step rebuilt each
 network with `nnx.merge`, which reused the frozen part's Variable objects created at the jit's trace
 level, and `nnx.remat` writes a block's Variables back after the rematerialised call, from inside

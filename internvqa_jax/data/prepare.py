@@ -483,7 +483,7 @@ def assign_splits(
     """(source -> split, source -> fold or None, named test sources that no item carries).
 
     Whole content groups (`content_groups`) are assigned, so no cut of a held-out file reaches
-    training; items without a group split by source as before. A source with an unlabeled video
+    training; items without a group split by source. A source with an unlabeled video
     (CSV row with an empty score) goes to train with its whole group, where distillation can use it;
     the val/test fractions apply to the fully labeled groups. A dataset that publishes its split
     (every item carries `extra["published_split"]`, as KVQ's lister does) keeps it."""

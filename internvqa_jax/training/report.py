@@ -68,8 +68,8 @@ def build_report(
 
 
 def labels_line(jobs: dict[str, dict[str, Any]]) -> str:
-    """One line on the labeled part of the training split and which jobs read what ("" for results
-    written before jobs recorded it)."""
+    """One line on the labeled part of the training split and which jobs read what ("" when no job
+    recorded it)."""
     parts = {name: j["labels"] for name, j in jobs.items() if j.get("labels") and "labeled_fraction" in j["labels"]}
     if not parts:
         return ""

@@ -149,8 +149,8 @@ def make_train_step(
         return forward_losses(networks, spec, params, frozen, batch, compute_dtype, rng)
 
     def train_step(state: dict, batch: Mapping[str, jax.Array]) -> tuple[dict, dict[str, jax.Array]]:
-        # The next step's key is the first half of the split (as before masking existed), so runs
-        # without masking keep their random stream; the second half draws this step's token mask.
+        # The next step's key is the first half of the split, so a run's random stream does not
+        # depend on whether it masks tokens; the second half draws this step's token mask.
         next_key, mask_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], state["frozen"], batch, mask_key
