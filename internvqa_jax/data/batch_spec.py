@@ -8,7 +8,7 @@ checked against them (`check_batch`), so the program planned is the program trai
   (0 where withheld), `labeled` bool `(B,)` (`pipeline.label_partition`), and with a cached frozen
   teacher its outputs `teacher_pool` float32 `(B, D)` and `teacher_score` float32 `(B,)`;
 - score step (validation, test, the teacher-cache pass): `frames` uint8 `(B, V, T, S, S, 3)`, V test
-  views per clip (`sampling.num_eval_views`); the cache pass sees `(B, T, S, S, 3)`, one view each.
+  views per clip (`sampling.ViewProtocol.num_views`); the cache pass sees `(B, T, S, S, 3)`, one view each.
 
 The pipelines also yield bookkeeping the step never sees (`index`, `mask`, `view`, `row`).
 """
@@ -44,8 +44,8 @@ def train_batch_spec(
 def score_batch_spec(
     batch: int, num_frames: int, size: int, spatial_mode: str, num_segments: int
 ) -> dict[str, jax.ShapeDtypeStruct]:
-    """The score step's batch: `batch` clips, each with its test views (`sampling.num_eval_views`)."""
-    views = sampling.num_eval_views(spatial_mode, num_segments)
+    """The score step's batch: `batch` clips, each with its test views (`sampling.ViewProtocol.num_views`)."""
+    views = sampling.ViewProtocol(num_frames, size, spatial_mode, num_segments).num_views
     return {"frames": jax.ShapeDtypeStruct((batch, views, num_frames, size, size, 3), np.uint8)}
 
 
