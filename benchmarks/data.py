@@ -9,7 +9,7 @@ prepares them into shards (several storage choices), then times the same trainin
 (`sampling.train_clip`: 8 frames spread with a random offset, short-side resize + random 224 crop
 + flip, or 7x7x32 fragments) two ways, in one process pinned to one core:
 - decode: PyAV decodes the needed frames of the source video for every clip;
-- shards: the sampled pre-decoded frames are read from the prepared TFDS dataset (ArrayRecord) and sampled.
+- shards: the pre-decoded record is read from ArrayRecord and sampled.
 It prints clips/s per core side by side, the speed-up, shard sizes, a Grain pipeline figure
 with all cores, and a FLOPs estimate of how many clips/s a B14 training step on one H100 eats.
 """
@@ -151,7 +151,7 @@ def decode_each_time(items, num_frames, size, mode, seed):
 def from_shards(shard_dir, num_frames, size, mode, seed):
     """Clip function of the training pipeline's own transform: reads the sampled frames, samples."""
     transform = pipeline.TrainTransform(str(shard_dir), num_frames, size, mode)
-    count = len(shards.StoredVideos(shard_dir))
+    count = len(shards.FrameRecords(shard_dir))
 
     def clip(i):
         return transform.random_map(i % count, np.random.default_rng((seed, i)))["frames"]

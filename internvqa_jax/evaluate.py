@@ -66,7 +66,7 @@ def resolve_shard_dir(data: str, config_spec: str, dataset: str = "") -> str:
         return config.data.shard_dir or io_utils.default_shard_dir(config.data.name)  # as training
     if dataset:
         guess = io_utils.default_shard_dir(dataset)
-        if os.path.isfile(os.path.join(guess, io_utils.SHARD_MANIFEST_FILE)):
+        if os.path.isfile(os.path.join(guess, io_utils.MANIFEST_FILE)):
             return guess
     raise ValueError("no dataset given: pass --data=SHARD_DIR or --config=configs/<file>.py[:data=<name>]")
 
@@ -266,9 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_dir = scorer_lib.resolve_model_dir(args.checkpoint, args.which)
         spec = saving.read_inference(model_dir)
         shard_dir = resolve_shard_dir(args.data, args.config, spec.dataset)
-        if not os.path.isfile(os.path.join(shard_dir, io_utils.SHARD_MANIFEST_FILE)):
+        if not os.path.isfile(os.path.join(shard_dir, io_utils.MANIFEST_FILE)):
             raise FileNotFoundError(
-                f"{shard_dir}: no {io_utils.SHARD_MANIFEST_FILE} (prepare the dataset first: python -m internvqa_jax.data.prepare)"
+                f"{shard_dir}: no {io_utils.MANIFEST_FILE} (prepare the dataset first: python -m internvqa_jax.data.prepare)"
             )
         scorer = scorer_lib.load(
             model_dir, batch_size=max(1, args.batch_size) * spec.views_per_clip, device=args.device

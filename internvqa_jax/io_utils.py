@@ -29,11 +29,8 @@ from typing import Any
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 INFERENCE_FILE = "inference.json"  # models/inference_info.py:InferenceInfo
-# Teacher feature cache, demo video folder: contents + identity.
+# Shard directory (data/shards.py), teacher feature cache, demo video folder: contents + identity.
 MANIFEST_FILE = "manifest.json"
-# Shard directory (data/shards.py), a TFDS dataset folder: TFDS's `metadata.json` (what
-# `builder.info.metadata` loads) is the manifest; TFDS's own `dataset_info.json` and `features.json`.
-SHARD_MANIFEST_FILE = "metadata.json"
 # Training workdir (train.py): one folder per job, exports, the teacher cache, the report.
 REPORT_FILE = "report.json"
 RESULT_FILE = "result.json"  # a finished job's results, in its folder

@@ -64,8 +64,6 @@ def ensure_data(config: ml_collections.ConfigDict) -> str:
     # finished file, a few seconds): shards of an older demo recipe must never be trained on silently.
     # Shards given by `data.shard_dir` are the user's, used as they are.
     own_demo = name == "demo" and not config.data.shard_dir
-    if not own_demo and not config.data.source_root:
-        shards.check_not_earlier_layout(shard_dir)
     if own_demo or not os.path.exists(manifest):
         if name != "demo" and not config.data.source_root:
             raise FileNotFoundError(
@@ -140,9 +138,6 @@ def main(argv: list[str]) -> None:
     except loop.NonFiniteLoss as e:
         log.error("%s", e)
         sys.exit(3)
-    except shards.ShardError as e:  # unreadable or outdated shards: one line naming the prepare command
-        log.error("%s", e)
-        sys.exit(2)
     except io_utils.StorageError as e:
         print(f"train: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_STORAGE)

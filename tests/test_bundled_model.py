@@ -198,7 +198,7 @@ def small_run(tmp_path_factory) -> dict:
         "splits": {"train": ["sk_moon"], "test": ["sk_grass", "sk_rocket"]},
         "split_config": {"seed": 0},
     }
-    (shard_dir / shards.MANIFEST).write_text(json.dumps(manifest))
+    (shard_dir / "manifest.json").write_text(json.dumps(manifest))
     workdir = root / "work"
     shutil.copytree(
         pretrained.bundled_model_dir(),

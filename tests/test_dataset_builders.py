@@ -223,36 +223,3 @@ def test_registry():
     with pytest.raises(KeyError, match="unknown dataset 'lsvq'"):
         get_dataset("lsvq")
     assert isinstance(VideoItem("p", "v", "s", 0.5, "score"), VideoItem)
-
-
-# --------------------------------------------------------------------------- TFDS builders
-
-
-def test_tfds_build_of_bvi_hd_makes_the_shards_prepare_makes(bvi_root, tmp_path):
-    import json
-
-    import tensorflow_datasets as tfds
-
-    from internvqa_jax.data import prepare, shards, tfds_builders
-
-    assert tfds_builders.main(["bvi_hd", f"--manual_dir={bvi_root}", f"--data_dir={tmp_path / 'tfds'}"]) == 0
-    built = tmp_path / "tfds" / "bvi_hd" / shards.TFDS_VERSION
-    prepared = tmp_path / "prepared"
-    manifest = prepare.prepare_dataset("bvi_hd", prepared, root=str(bvi_root), progress=False)
-
-    builder = tfds.builder_from_directory(str(built))
-    assert builder.info.name == "bvi_hd" and set(builder.info.splits) == {"train", "test"} | (
-        {"val"} if manifest["counts"]["per_split"]["val"] else set()
-    )
-    # The same files, byte for byte, and the same manifest but for where it was written.
-    assert [(s["file"], s["sha256"]) for s in shards.load_manifest(built)["shards"]] == [
-        (s["file"], s["sha256"]) for s in manifest["shards"]
-    ]
-    assert shards.load_manifest(built)["records"] == manifest["records"]
-    assert {r["source_id"] for r in manifest["records"] if r["split"] == "test"} == {"BallUnderWater", "Bookcase"}
-    assert json.loads((built / "features.json").read_text()) == json.loads((prepared / "features.json").read_text())
-    # Read through TFDS's data source, as the pipelines do.
-    row = next(r for r in manifest["records"] if r["split"] == "test")
-    example = builder.as_data_source("test")[row["first_example"]]
-    assert example["video_id"].decode() == row["video_id"] and example["frame"].shape == tuple(row["stored_shape"][1:])
-    assert tfds_builders.BviHd.MANUAL_DOWNLOAD_INSTRUCTIONS and tfds_builders.WaterlooIvc4k.LISTER == "waterloo_ivc4k"

@@ -110,7 +110,7 @@ def test_evaluate_cli_writes_tables_json_csv_png(shard_dir, model_dir, capsys):
     # Protocol check: each prediction is the scorer's score of that record's stored frames
     # (resize_crop has no random draw, so the Grain pipeline and the scorer must agree).
     scorer = scorer_lib.load(model_dir, batch_size=6)
-    records = shards.StoredVideos(str(shard_dir))
+    records = shards.FrameRecords(str(shard_dir))
     for r in rows:
         frames, _ = records[int(r["index"])]
         assert float(r["prediction"]) == pytest.approx(scorer.score(frames).score, abs=1e-5)
@@ -146,7 +146,7 @@ def test_evaluate_finds_data_through_config(shard_dir, model_dir, tmp_path):
 
 def test_evaluate_errors_are_named(shard_dir, model_dir, tmp_path, capsys):
     assert evaluate.main([f"--checkpoint={model_dir}", f"--data={tmp_path / 'none'}", "--no-progress"]) == 1
-    assert "no metadata.json" in capsys.readouterr().err
+    assert "no manifest.json" in capsys.readouterr().err
     assert evaluate.main([f"--checkpoint={model_dir}", "--no-progress"]) == 1
     assert "no dataset given" in capsys.readouterr().err
     assert evaluate.main([f"--checkpoint={tmp_path / 'nothing'}", f"--data={shard_dir}", "--no-progress"]) == 1

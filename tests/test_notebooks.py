@@ -334,7 +334,7 @@ def test_distill_prepares_trains_evaluates_and_exports(tmp_path, guard_env):
     text = _text_outputs(nb)
 
     assert "backend: cpu" in text and "mesh: {'data': 2, 'fsdp': 1}" in text
-    manifest = json.loads((shard_dir / "metadata.json").read_text())
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert manifest["counts"]["records"] == 10 and manifest["counts"]["skipped"] == 1
     # Teacher fine-tuning, then distillation starting from its export.
     assert json.loads((workdir / "teacher" / "teacher" / "result.json").read_text())["steps"] == 2

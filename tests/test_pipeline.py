@@ -181,7 +181,7 @@ def test_eval_covers_every_record_once_over_two_processes(shard_dir):
 def test_eval_views_equal_test_views_on_all_frames(shard_dir):
     from internvqa_jax.data import sampling
 
-    records = shards.StoredVideos(shard_dir)
+    records = shards.FrameRecords(shard_dir)
     for mode in ("fragments", "resize_crop"):
         kw = dict(num_frames=3, size=32, spatial_mode=mode, num_segments=2, seed=4)
         batch = next(pipeline.eval_iterator(shard_dir, "test", batch_size=2, process_index=0, process_count=1, **kw))
@@ -243,7 +243,7 @@ def coord_loader(item: VideoItem, config: prepare.PrepareConfig):
 def test_pre_drawn_fragments_store_train_and_eval(tmp_path):
     config = prepare.PrepareConfig(frames=6, short_side=None, fragment_draws=2, fragment_size=64)
     prepare.prepare_items(make_items(4, sources=4), tmp_path, config, loader=coord_loader, progress=False)
-    records = shards.StoredVideos(tmp_path)
+    records = shards.FrameRecords(tmp_path)
     stored, meta = records[0]
     assert stored.shape == (12, 64, 64, 3) and meta["fragment_draws"] == 2 and meta["frames_per_draw"] == 6
     np.testing.assert_array_equal(stored[:, 0, 0, 2], np.tile(np.arange(6), 2))  # draw-major

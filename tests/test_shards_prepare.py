@@ -1,4 +1,4 @@
-"""Frame examples, content-separated splits, and `prepare`: a TFDS dataset, bad videos, resume, atomic shards."""
+"""Frame records, content-separated splits, and `prepare`: bad videos, resume, atomic shards."""
 
 import json
 import os
@@ -18,35 +18,32 @@ from internvqa_jax.data.records import VideoItem
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-# --------------------------------------------------------------------------- examples
+# --------------------------------------------------------------------------- records
 
 
-def test_frame_examples_round_trip_through_tfds_and_refuse_another_video():
+def test_video_records_round_trip_and_bad_bytes():
     frames = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
-    examples = shards.encode_video(frames, "a")
-    assert len(examples) == 3
-    features = shards.frame_features()
-    for i, example in enumerate(examples):
-        np.testing.assert_array_equal(shards.decode_frame(example, "a", i, frames.shape), frames[i])
-        # The fast path reads what TFDS's own decoder reads.
-        decoded = features.deserialize_example_np(example)
-        np.testing.assert_array_equal(decoded["frame"], frames[i])
-        assert decoded["video_id"] == b"a" and decoded["frame_index"] == i
-    with pytest.raises(shards.ShardError, match="holds frame 1 of video 'a', the manifest expects frame 1 of 'b'"):
-        shards.decode_frame(examples[1], "b", 1, frames.shape)
-    with pytest.raises(shards.ShardError, match="expects frame 2"):
-        shards.decode_frame(examples[1], "a", 2, frames.shape)
-    with pytest.raises(shards.ShardError, match="105 bytes, its shape"):
-        shards.decode_frame(examples[1], "a", 1, (3, 5, 8, 3))
+    meta = {"video_id": "a", "label": 0.5, "extra": {"qp": 37}}
+    records = shards.encode_video(frames, meta)
+    assert len(records) == 4 and all(len(r) == 5 * 7 * 3 for r in records[1:])
+    out, got = shards.decode_video(records)
+    np.testing.assert_array_equal(out, frames)
+    assert got == meta
+    with pytest.raises(shards.ShardError, match="does not start with"):
+        shards.decode_video([b"JUNK" + bytes(20)] + records[1:])
+    with pytest.raises(shards.ShardError, match="frame record has 104 bytes"):
+        shards.decode_video(records[:2] + [records[2][:-1], records[3]])
+    with pytest.raises(shards.ShardError, match="2 frame records, header says 3"):
+        shards.decode_video(records[:3])
     with pytest.raises(ValueError, match="uint8"):
-        shards.encode_video(frames.astype(np.float32), "a")
+        shards.encode_video(frames.astype(np.float32), meta)
 
 
-def test_stored_videos_read_only_requested_frames(tmp_path):
+def test_frame_records_read_only_requested_frames(tmp_path):
     config = prepare.PrepareConfig(frames=5, short_side=None, records_per_shard=2)
     manifest = prepare.prepare_items(fake_items(5), tmp_path, config, loader=ramp_loader, progress=False)
-    assert manifest["counts"]["examples"] == 5 * 5
-    records = shards.StoredVideos(tmp_path)
+    assert manifest["counts"]["frame_records"] == 5 * 6
+    records = shards.FrameRecords(tmp_path)
     for i in range(5):
         full, meta = records[i]
         assert full.shape == (5, 8, 8, 3) and meta["video_id"] == manifest["records"][i]["video_id"]
@@ -222,7 +219,7 @@ def test_prepare_real_videos_skips_bad_ones_and_finishes(video_tree, tmp_path, c
     assert "skipped 6 video(s)" in text and "audio_only" in text and "zero_frames" in text
 
     shards.verify_shards(out)
-    records = shards.StoredVideos(out)
+    records = shards.FrameRecords(out)
     by_id = {r["video_id"]: r for r in manifest["records"]}
     for item in items[:6]:
         frames, meta = records[by_id[item.video_id]["index"]]
@@ -240,21 +237,6 @@ def test_prepare_real_videos_skips_bad_ones_and_finishes(video_tree, tmp_path, c
     # No half-written files anywhere.
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
-    # The directory is a TFDS dataset: TFDS's own reader gives the same frames and ids.
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder_from_directory(str(out))
-    assert builder.info.name == "tiny" and builder.info.file_format.value == "array_record"
-    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
-        split: 4 * n for split, n in manifest["counts"]["per_split"].items() if split != "all" and n
-    }
-    assert builder.info.metadata["records"] == manifest["records"]
-    for row in manifest["records"]:
-        source = builder.as_data_source(row["split"])
-        example = source[row["first_example"] + 3]
-        assert example["video_id"].decode() == row["video_id"] and example["frame_index"] == 3
-        np.testing.assert_array_equal(example["frame"], records[row["index"]][0][3])
-
 
 def test_prepare_resizes_short_side_and_compresses(video_tree, tmp_path):
     _, items = video_tree
@@ -265,7 +247,7 @@ def test_prepare_resizes_short_side_and_compresses(video_tree, tmp_path):
     for record, item in zip(raw["records"], good):
         assert (record["width"], record["height"]) == (64, 48) and record["bitrate_kbps"] > 0
         assert record["codec"] == "h264" and record["quality_param"] == item.quality_param
-        _, header = shards.StoredVideos(tmp_path / "raw")[record["index"]]
+        _, header = shards.FrameRecords(tmp_path / "raw")[record["index"]]
         assert (header["width"], header["height"], header["bitrate_kbps"]) == (64, 48, record["bitrate_kbps"])
     assert prepare.resize_for_storage(np.zeros((1, 20, 30, 3), np.uint8), 24).shape == (1, 20, 30, 3)  # never upscaled
     native = prepare.prepare_items(
@@ -274,8 +256,8 @@ def test_prepare_resizes_short_side_and_compresses(video_tree, tmp_path):
     packed = prepare.prepare_items(
         good, tmp_path / "zstd", prepare.PrepareConfig(frames=10, short_side=None, compression="zstd"), progress=False
     )
-    a, _ = shards.StoredVideos(tmp_path / "native")[0]
-    b, _ = shards.StoredVideos(tmp_path / "zstd")[0]
+    a, _ = shards.FrameRecords(tmp_path / "native")[0]
+    b, _ = shards.FrameRecords(tmp_path / "zstd")[0]
     assert a.shape == (10, 48, 64, 3)
     np.testing.assert_array_equal(a, b)  # lossless
     assert packed["shards"][0]["bytes"] < native["shards"][0]["bytes"]
@@ -314,17 +296,16 @@ def test_resume_skips_finished_shards_and_redoes_corrupt_ones(tmp_path):
     first = prepare.prepare_items(items, tmp_path, config, loader=numbered_loader, progress=False)
     assert first["counts"]["resumed_shards"] == 0 and first["counts"]["records"] == 10
     assert first["skipped"][0]["video_id"] == "bad99"
-    count = len(first["shards"])
     again = prepare.prepare_items(items, tmp_path, config, loader=numbered_loader, progress=False)
-    assert again["counts"]["resumed_shards"] == count and again["shards"] == first["shards"]
+    assert again["counts"]["resumed_shards"] == 4 and again["shards"] == first["shards"]
 
     victim = tmp_path / first["shards"][1]["file"]
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))
-    (tmp_path / f".{victim.name}.tmp-424242").write_bytes(b"left by a killed run")
+    (tmp_path / ".shard-00002-of-00004.array_record.tmp-424242").write_bytes(b"left by a killed run")
     third = prepare.prepare_items(items, tmp_path, config, loader=numbered_loader, progress=False)
-    assert third["counts"]["resumed_shards"] == count - 1
+    assert third["counts"]["resumed_shards"] == 3
     assert third["shards"] == first["shards"]
     assert not list(tmp_path.glob(".*tmp-*"))
     shards.verify_shards(tmp_path)
@@ -369,7 +350,7 @@ def test_interrupted_rerun_keeps_the_old_dataset_usable(tmp_path):
     assert shards.load_manifest(tmp_path) == first
     assert not list(tmp_path.glob(".*tmp-*"))
     shards.verify_shards(tmp_path)
-    frames, meta = shards.StoredVideos(tmp_path)[0]
+    frames, meta = shards.FrameRecords(tmp_path)[0]
     assert frames.shape[0] == 2 and meta["video_id"] == first["records"][0]["video_id"]
 
 
@@ -400,7 +381,7 @@ def test_interrupted_prepare_leaves_no_partial_shard_and_resumes(tmp_path):
         [sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.time() + 60
-    while time.time() < deadline and not (out.is_dir() and list(out.glob("sidecars/*.json"))):
+    while time.time() < deadline and not (out.is_dir() and list(out.glob("shard-*.json"))):
         time.sleep(0.05)
     assert proc.poll() is None, "prepare finished before it could be interrupted"
     assert any(out.glob(".*tmp-*")), "expected a shard being written at the moment of the interrupt"
@@ -410,10 +391,10 @@ def test_interrupted_prepare_leaves_no_partial_shard_and_resumes(tmp_path):
 
     assert not (out / shards.MANIFEST).exists()
     assert not list(out.glob(".*tmp-*")), "temp files left behind"
-    done = sorted(out.glob("*.array_record-*-of-*"))
+    done = sorted(out.glob("shard-*.array_record"))
     assert 1 <= len(done) < 8
     for shard in done:  # every visible shard is complete and matches its sidecar
-        side = json.loads((out / shards.SIDECAR_DIR / f"{shard.name}.json").read_text())
+        side = json.loads(shard.with_suffix(".json").read_text())
         assert side["sha256"] == shards.sha256_file(shard)
 
     rerun = subprocess.run(

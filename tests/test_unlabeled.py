@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from test_train_support import STORED_FRAMES, build_shards, make_items, synthetic_loader, tiny_config
 
-from internvqa_jax import io_utils, losses
+from internvqa_jax import losses
 from internvqa_jax.data import pipeline, prepare, shards
 from internvqa_jax.data.records import VideoItem
 from internvqa_jax.training.jobs import plan_jobs
@@ -182,7 +182,7 @@ def test_an_unlabeled_video_in_an_evaluation_split_is_an_error(nan_shard_dir, tm
     manifest = shards.load_manifest(copy)
     victim = next(r for r in manifest["records"] if r["split"] == "test")
     victim["label"] = float("nan")
-    io_utils.atomic_write_json(copy / shards.MANIFEST, manifest)
+    shards.write_json_atomic(copy / shards.MANIFEST, manifest)
     with pytest.raises(
         ValueError, match=rf"split 'test' holds 1 video\(s\) without a label \(first: \['{victim['video_id']}'\]\)"
     ):

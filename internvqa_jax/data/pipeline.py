@@ -1,7 +1,4 @@
-"""Grain input pipelines over the prepared TFDS dataset of frame shards (see `shards.py`, `prepare.py`).
-
-Every frame is read through `tfds.builder_from_directory(shard_dir).as_data_source(split)`
-(`shards.StoredVideos`); the first pipeline built in a process logs which TFDS dataset it reads.
+"""Grain input pipelines over pre-decoded frame shards (see `shards.py`, `prepare.py`).
 
 Train: the split's records for this JAX process -> shuffle -> repeat -> random segment + crop or
 fragments + flip (seeded per element) -> batch -> worker processes -> prefetch. Infinite.
@@ -33,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 from typing import Any
@@ -41,16 +37,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from internvqa_jax import io_utils
 from internvqa_jax.data import sampling, shards, splits
 from internvqa_jax.data.records import is_label
-
-log = logging.getLogger(__name__)
-
-# Grain read options of every pipeline: an element is a batch of video clips (tens of MB), so
-# buffers stay small; reading threads per process, batches prefetched per worker process.
-READ_THREADS = 2
-PREFETCH_BATCHES = 2
 
 
 def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -191,22 +179,22 @@ def process_part(indices: np.ndarray, process_index: int, process_count: int) ->
     return indices[process_index::process_count]
 
 
-class _LazyVideos:
-    """Holds a lazily opened `shards.StoredVideos`; picklable into Grain worker processes."""
+class _Records:
+    """Holds a lazily opened `shards.FrameRecords`; picklable into Grain worker processes."""
 
     def __init__(self, shard_dir: str):
         self.shard_dir = str(shard_dir)
-        self._videos: shards.StoredVideos | None = None
+        self._records: shards.FrameRecords | None = None
 
     @property
-    def videos(self) -> shards.StoredVideos:
-        """The shard directory's `StoredVideos`, opened on first use in this process."""
-        if self._videos is None:
-            self._videos = shards.StoredVideos(self.shard_dir)
-        return self._videos
+    def records(self) -> shards.FrameRecords:
+        """The shard directory's `FrameRecords`, opened on first use in this process."""
+        if self._records is None:
+            self._records = shards.FrameRecords(self.shard_dir)
+        return self._records
 
     def __getstate__(self):
-        return {"shard_dir": self.shard_dir, "_videos": None}
+        return {"shard_dir": self.shard_dir, "_records": None}
 
 
 class TrainTransform(grain.transforms.RandomMap):
@@ -225,7 +213,7 @@ class TrainTransform(grain.transforms.RandomMap):
         flip: bool = True,
         unlabeled: np.ndarray | None = None,
     ):
-        self.store = _LazyVideos(shard_dir)
+        self.store = _Records(shard_dir)
         self.num_frames, self.size, self.flip = num_frames, size, flip
         self.spatial_mode = sampling.check_spatial_mode(spatial_mode)
         # Records whose label is withheld (`label_partition`): their examples carry label 0, labeled False.
@@ -233,19 +221,19 @@ class TrainTransform(grain.transforms.RandomMap):
 
     def random_map(self, index, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One training example `{"frames", "label", "index", "labeled"}` of video `index`."""
-        videos, index = self.store.videos, int(index)
-        draws = videos.fragment_draws(index)
+        records, index = self.store.records, int(index)
+        draws = records.fragment_draws(index)
         if draws:  # pre-drawn mosaics: pick a draw, then frames within it; no spatial sampling
-            per_draw = videos.num_frames(index) // draws
+            per_draw = records.num_frames(index) // draws
             draw = int(rng.integers(draws))
-            clip, meta = videos.read(
+            clip, meta = records.read(
                 index, draw * per_draw + sampling.train_segment_indices(per_draw, self.num_frames, rng)
             )
             clip = sampling.random_flip(clip, rng) if self.flip else clip
             clip = np.ascontiguousarray(clip)
         else:
-            idx = sampling.train_segment_indices(videos.num_frames(index), self.num_frames, rng)
-            frames, meta = videos.read_views(index, idx)  # fragments gather from the views directly
+            idx = sampling.train_segment_indices(records.num_frames(index), self.num_frames, rng)
+            frames, meta = records.read_views(index, idx)  # fragments gather from the views directly
             clip = sampling.spatial_train(frames, self.size, self.spatial_mode, rng, self.flip)
         labeled = index not in self.unlabeled and is_label(meta["label"])
         # A withheld label never leaves the pipeline: the step masks the clip out of the label losses.
@@ -257,23 +245,23 @@ class EvalTransform(grain.transforms.Map):
     """(video index, valid) -> all test views of the stored frames, `sampling.test_views(frames, protocol, seed)`."""
 
     def __init__(self, shard_dir: str, protocol: sampling.ViewProtocol, seed: int):
-        self.store = _LazyVideos(shard_dir)
+        self.store = _Records(shard_dir)
         self.protocol, self.seed = protocol, seed
 
     def map(self, element) -> dict[str, np.ndarray]:
         """One eval example `{"frames" (V, T, S, S, 3), "label", "index", "mask"}` of row (index, valid)."""
         index, valid = int(element[0]), bool(element[1])
-        videos, protocol = self.store.videos, self.protocol
-        draws = videos.fragment_draws(index)
+        records, protocol = self.store.records, self.protocol
+        draws = records.fragment_draws(index)
         if draws:  # pre-drawn mosaics: segment k comes from draw k mod D
-            per_draw = videos.num_frames(index) // draws
+            per_draw = records.num_frames(index) // draws
             plan = sampling.test_segment_indices(per_draw, protocol.frames, protocol.num_segments)
             plan = plan + (np.arange(protocol.num_segments) % draws)[:, None] * per_draw
-            frames, meta = videos.read(index, plan.reshape(-1))
+            frames, meta = records.read(index, plan.reshape(-1))
             views = frames.reshape(plan.shape + frames.shape[1:])
         else:
-            plan = sampling.test_frame_plan(videos.num_frames(index), protocol)
-            frames, meta = videos.read_views(index, plan.reshape(-1))  # views: no stacking of native frames
+            plan = sampling.test_frame_plan(records.num_frames(index), protocol)
+            frames, meta = records.read_views(index, plan.reshape(-1))  # views: no stacking of native frames
             t = plan.shape[1]
             clips = [frames[k * t : (k + 1) * t] for k in range(plan.shape[0])]
             # The views depend on the frames, the protocol and the seed only: the scorer cuts the same.
@@ -296,19 +284,6 @@ def check_store(shard_dir: str | os.PathLike, spatial_mode: str, size: int) -> N
             )
 
 
-_DESCRIBED: set[str] = set()
-
-
-def describe_source(shard_dir: str | os.PathLike) -> str:
-    """One line naming the TFDS dataset and data sources a pipeline over `shard_dir` reads; logged
-    once per directory and process, so the training log says what it read."""
-    line = shards.StoredVideos(shard_dir).describe()
-    if str(shard_dir) not in _DESCRIBED:
-        _DESCRIBED.add(str(shard_dir))
-        log.info("reading %s", line)
-    return line
-
-
 def _split_for_process(
     shard_dir: str | os.PathLike,
     split: str,
@@ -320,15 +295,17 @@ def _split_for_process(
     """The record indices of `split` and this process's (index, count), after checking the store fits the view."""
     process_index, process_count = _process_slot(process_index, process_count)
     check_store(shard_dir, spatial_mode, size)
-    describe_source(shard_dir)
     return split_indices(shard_dir, split), process_index, process_count
 
 
-def _finish(ds: grain.MapDataset, workers: int) -> grain.IterDataset:
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES))
+def _finish(ds: grain.MapDataset, workers: int, read_threads: int, prefetch: int) -> grain.IterDataset:
+    # Small buffers: an element here is a whole batch of video clips (tens of MB).
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch))
+    )
     if workers > 0:
         it_ds = it_ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=PREFETCH_BATCHES)
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch))
         )
     return it_ds
 
@@ -344,6 +321,8 @@ def train_dataset(
     seed: int = 0,
     workers: int = 0,
     flip: bool = True,
+    read_threads: int = 2,
+    prefetch: int = 2,
     process_index: int | None = None,
     process_count: int | None = None,
     transform: grain.transforms.RandomMap | None = None,
@@ -380,7 +359,7 @@ def train_dataset(
         transform = TrainTransform(str(shard_dir), num_frames, size, spatial_mode, flip, unlabeled=unlabeled)
     ds = ds.random_map(transform, seed=seed * 1009 + process_index + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
-    return _finish(ds, workers)
+    return _finish(ds, workers, read_threads, prefetch)
 
 
 def train_iterator(shard_dir: str | os.PathLike, split: str = "train", **kwargs) -> grain.DatasetIterator:
@@ -416,6 +395,8 @@ def eval_dataset(
     protocol: str = "",
     seed: int = 0,
     workers: int = 0,
+    read_threads: int = 2,
+    prefetch: int = 2,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
@@ -433,7 +414,7 @@ def eval_dataset(
         )
     )
     ds = ds.batch(batch_size, drop_remainder=False)
-    return _finish(ds, workers)
+    return _finish(ds, workers, read_threads, prefetch)
 
 
 def eval_iterator(shard_dir: str | os.PathLike, split: str = "test", **kwargs) -> grain.DatasetIterator:
@@ -454,7 +435,7 @@ def record_table(shard_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def save_iterator_state(iterator: grain.DatasetIterator, path: str | os.PathLike) -> None:
     """Writes the iterator's state as JSON (atomically)."""
-    io_utils.atomic_write_json(path, iterator.get_state())
+    shards.write_json_atomic(path, iterator.get_state())
 
 
 def restore_iterator_state(iterator: grain.DatasetIterator, path: str | os.PathLike) -> grain.DatasetIterator:

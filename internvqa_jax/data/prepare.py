@@ -1,30 +1,24 @@
-"""Decode a dataset once into a TFDS dataset of frame shards: `python -m internvqa_jax.data.prepare`.
+"""Decode a dataset once into ArrayRecord frame shards: `python -m internvqa_jax.data.prepare`.
 
     python -m internvqa_jax.data.prepare --dataset=demo --out=/data/demo_shards --workers=2
     python -m internvqa_jax.data.prepare --dataset=bvi_hd --root=/data/BVI-HD --out=... \
         --frames=16 --short-side=native --folds=5
 
-The output directory is a TensorFlow Datasets dataset (`shards.py`: TFDS splits train/val/test,
-one example per stored frame, the manifest as TFDS's `metadata.json`), so
-`tfds.builder_from_directory(OUT)` opens it and `as_data_source(split)` reads it.
-
 Every video is decoded once: `--frames` frames spread evenly over the clip, resized so the short
-side is `--short-side` (never upscaled) or kept `native` (needed for fragment sampling). Sources
-(whole content groups) are assigned to splits first; each split's videos are sorted by id and cut
-into shards of `--records-per-shard` videos; worker processes write whole shards. A shard becomes
-visible only by an atomic rename, followed by its sidecar; a re-run skips every shard whose
-sidecar checksum still matches, so an interrupted run resumes. A video that fails to decode is
-skipped, named with its reason in the manifest and the printed summary, and the rest finish.
+side is `--short-side` (never upscaled) or kept `native` (needed for fragment sampling). Videos
+are sorted by id and cut into shards of `--records-per-shard`; worker processes write whole
+shards. A shard becomes visible only by an atomic rename, followed by its sidecar; a re-run skips
+every shard whose sidecar checksum still matches, so an interrupted run resumes. A video that
+fails to decode is skipped, named with its reason in the manifest and the printed summary, and
+the rest finish.
 
-A shard is reused only when what made it is unchanged: its key covers the settings and, per
-video, the listed row (path, label, source, codec, extra fields, ...), its split and the file's
-identity (size, mtime, a hash of its first and last 64 KiB). A changed label, a replaced file or a
-renamed source gives the shard a new key, so it is rebuilt and the summary says which video
-changed and how. File names carry a key over their split's shards (TFDS names shards by split and
-position), so a changed split gets new file names; its unchanged shards are hard-linked (or
-copied) to them, not decoded again. The previous manifest and the files it names stay in place
-until the new TFDS metadata and manifest are written; only then are files no manifest names any
-more deleted. A crash mid-run therefore leaves the old dataset usable.
+A shard is reused only when what made it is unchanged: its file name carries a key over the
+settings and, per video, the listed row (path, label, source, codec, extra fields, ...) and the
+file's identity (size, mtime, a hash of its first and last 64 KiB). A changed label, a replaced
+file or a renamed source gives the shard a new key, so it is rebuilt under a new name and the
+summary says which video changed and how. The previous `manifest.json` and the shards it names
+stay in place until the new manifest is complete and renamed over it; only then are the shards
+no manifest names any more deleted. A crash mid-run therefore leaves the old dataset usable.
 """
 
 from __future__ import annotations
@@ -38,8 +32,6 @@ import logging
 import multiprocessing
 import os
 import pathlib
-import re
-import shutil
 import signal
 import sys
 import threading
@@ -48,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from internvqa_jax import io_utils
 from internvqa_jax.data import sampling, shards, splits
 from internvqa_jax.data.records import VideoItem
 
@@ -71,7 +62,7 @@ class PrepareConfig:
     # size makes resize_crop sampling a plain crop: ~7x faster than resizing 256 -> 224 per clip.
     short_side: int | None = 224
     compression: str = "none"  # "none" or "zstd" (ArrayRecord's lossless per-record zstd)
-    records_per_shard: int = 32  # videos per shard file
+    records_per_shard: int = 32
     # > 0: instead of whole native frames, store this many pre-drawn fragment mosaics per video
     # (`fragment_size` square, 32 px patches, positions seeded by `fragment_seed` and the video
     # id). Native 1080p frames are ~6 MB each; a 224 mosaic is 150 kB, so fragment training
@@ -191,27 +182,24 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sample_sha256": h.hexdigest()[:16]}
 
 
-def item_identity(item: VideoItem, split: str) -> dict[str, Any]:
-    """What one video's stored examples are made from: its listed row, its split and its file's identity."""
-    return {"row": item.to_dict(), "split": split, "file": file_identity(item.path)}
+def item_identity(item: VideoItem) -> dict[str, Any]:
+    """What one video's stored records are made from: its listed row and its file's identity."""
+    return {"row": item.to_dict(), "file": file_identity(item.path)}
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardTask:
-    """One shard to write: its file name (which carries its split's key), its split, the items it
-    holds, their identities and `key`, the shard's own content key (settings + identities)."""
+    """One shard to write: its file name (which carries `key`), the items it holds and their identities."""
 
     file: str
     items: tuple[VideoItem, ...]
     key: str = ""
     identities: tuple[dict[str, Any], ...] = ()
-    split: str = "train"
-    split_key: str = ""
 
 
-def sidecar_path(out_dir: pathlib.Path, shard_file: str) -> pathlib.Path:
-    """Sidecar JSON of a shard (`sidecars/<shard file>.json`)."""
-    return out_dir / shards.SIDECAR_DIR / f"{shard_file}.json"
+def sidecar_name(shard_file: str) -> str:
+    """Sidecar JSON file name of a shard."""
+    return shard_file.removesuffix(".array_record") + ".json"
 
 
 def _terminate_as_exit(signum, frame):  # noqa: ARG001
@@ -228,10 +216,9 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
     """Decodes a shard's items, writes the shard atomically, then its sidecar; returns the sidecar."""
     out = pathlib.Path(out_dir)
     metas, skipped = [], []
-    written = 0  # examples in the shard so far: a video's first frame lands at this position
-    features = shards.frame_features()
+    written = 0  # records in the shard so far: a video's header lands at this position
 
-    def examples():
+    def records():
         # A generator, so a shard streams to disk one video at a time (native 4K frames are big).
         nonlocal written
         for item in task.items:
@@ -247,7 +234,7 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
                     }
                     frames = draw_fragments(frames, item.video_id, config)
                 source = source_description(item, stored)
-                video = shards.encode_video(frames, item.video_id, features)
+                video = shards.encode_video(frames, {**item.to_dict(), **stored, **source})
             except Exception as e:  # noqa: BLE001 - one bad video must not stop the dataset
                 skipped.append(
                     {
@@ -262,7 +249,6 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
             metas.append(
                 {
                     **item.to_dict(),
-                    **stored,
                     **source,
                     "stored_shape": list(frames.shape),
                     "position": written,
@@ -272,25 +258,25 @@ def write_one_shard(out_dir: str, task: ShardTask, config: PrepareConfig, loader
             written += len(video)
             yield from video
 
-    # A shard whose every video failed stays, empty: TFDS finds a split's shards by position.
-    sha = shards.write_shard(out / task.file, examples(), config.compression)
+    sha = shards.write_shard(out / task.file, records(), config.compression)
     size = (out / task.file).stat().st_size
+    if not metas:  # every video failed: no shard file, only the sidecar with the reasons
+        (out / task.file).unlink()
+        sha, size = None, 0
     sidecar = {
         "file": task.file,
-        "split": task.split,
-        "split_key": task.split_key,
         "key": task.key,
         "fingerprint": config.fingerprint(),
         "identities": {it.video_id: ident for it, ident in zip(task.items, task.identities)},
         "video_ids": [it.video_id for it in task.items],
         "sha256": sha,
         "bytes": size,
-        "num_examples": written,
+        "num_records": written,
         "num_videos": len(metas),
         "videos": metas,
         "skipped": skipped,
     }
-    io_utils.atomic_write_json(sidecar_path(out, task.file), sidecar)
+    shards.write_json_atomic(out / sidecar_name(task.file), sidecar)
     return sidecar
 
 
@@ -298,96 +284,49 @@ def _write_task(args) -> dict[str, Any]:
     return write_one_shard(*args)
 
 
-def _read_sidecar(path: pathlib.Path) -> dict[str, Any] | None:
-    try:
-        side = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return side if isinstance(side, dict) else None
-
-
-def _matches(side: dict[str, Any] | None, task: ShardTask, config: PrepareConfig) -> bool:
-    return (
-        side is not None
-        and side.get("key") == task.key
-        and side.get("fingerprint") == config.fingerprint()
-        and side.get("video_ids") == [it.video_id for it in task.items]
-        and "num_examples" in side
-    )
-
-
 def finished_sidecar(out_dir: pathlib.Path, task: ShardTask, config: PrepareConfig) -> dict[str, Any] | None:
     """The sidecar of a shard finished by an earlier run, if its config, items and checksum match."""
-    side = _read_sidecar(sidecar_path(out_dir, task.file))
-    if not _matches(side, task, config):
+    path = out_dir / sidecar_name(task.file)
+    if not path.is_file():
         return None
+    try:
+        side = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if (
+        side.get("key") != task.key
+        or side.get("fingerprint") != config.fingerprint()
+        or side.get("video_ids") != [it.video_id for it in task.items]
+    ):
+        return None
+    if side["num_records"] == 0:
+        return side
     shard = out_dir / task.file
     if not shard.is_file() or shards.sha256_file(shard) != side["sha256"]:
         return None
     return side
 
 
-def reuse_shard(
-    out_dir: pathlib.Path, task: ShardTask, config: PrepareConfig, by_key: dict[str, dict[str, Any]]
-) -> dict[str, Any] | None:
-    """A finished shard of the same content under another name (its split's key changed): linked to
-    the task's name (copied where the filesystem cannot link), with a new sidecar; None if there is none."""
-    side = by_key.get(task.key)
-    if not _matches(side, task, config):
-        return None
-    old = out_dir / side["file"]
-    if not old.is_file() or shards.sha256_file(old) != side["sha256"]:
-        return None
-    with io_utils.atomic_path(out_dir / task.file) as tmp:
-        try:
-            os.link(old, tmp)
-        except OSError:
-            shutil.copyfile(old, tmp)
-    side = {**side, "file": task.file, "split": task.split, "split_key": task.split_key}
-    io_utils.atomic_write_json(sidecar_path(out_dir, task.file), side)
-    return side
-
-
 # --------------------------------------------------------------------------- the whole dataset
 
 
-def tfds_name(dataset: str) -> str:
-    """The dataset's TFDS name (lower case letters, digits and `_`: TFDS file names use `-` between parts)."""
-    name = re.sub(r"[^a-z0-9_]", "_", dataset.strip().lower())
-    return name if name and name[0].isalpha() else f"d_{name}"
+def plan_shards(items: Sequence[VideoItem], records_per_shard: int, fingerprint: str = "") -> list[ShardTask]:
+    """Items sorted by video id, cut into shards of `records_per_shard`.
 
-
-def plan_shards(
-    items: Sequence[VideoItem],
-    records_per_shard: int,
-    assignment: dict[str, str],
-    fingerprint: str = "",
-    dataset: str = "custom",
-) -> list[ShardTask]:
-    """Per TFDS split (train, val, test), the split's items sorted by video id, cut into shards of
-    `records_per_shard`; `assignment` is source -> split.
-
-    Each shard has a key over `fingerprint` (the stored settings) and its items' identities; file
-    names carry a key over their split's shard keys, so a split made from other inputs never has
-    the file names of the one to make now.
+    Each shard's name ends in a key over `fingerprint` (the stored settings) and its items'
+    identities, so a shard made from other inputs never has the name of the one to make now.
     """
     if records_per_shard < 1:
         raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
-    name = tfds_name(dataset)
+    ordered = sorted(items, key=lambda it: it.video_id)
+    n = max(1, -(-len(ordered) // records_per_shard))
     tasks = []
-    for split in shards.TFDS_SPLITS:
-        ordered = sorted((it for it in items if assignment[it.source_id] == split), key=lambda it: it.video_id)
-        n = -(-len(ordered) // records_per_shard)
-        chunks = []
-        for i in range(n):
-            chunk = tuple(ordered[i * records_per_shard : (i + 1) * records_per_shard])
-            identities = tuple(item_identity(it, split) for it in chunk)
-            payload = json.dumps({"settings": fingerprint, "videos": identities}, sort_keys=True, default=str)
-            chunks.append((chunk, identities, hashlib.sha256(payload.encode()).hexdigest()[:12]))
-        split_key = hashlib.sha256(json.dumps([key for _, _, key in chunks]).encode()).hexdigest()[:8]
-        for i, (chunk, identities, key) in enumerate(chunks):
-            file = shards.shard_file(name, split, split_key, i, n)
-            tasks.append(ShardTask(file, chunk, key, identities, split, split_key))
+    for i in range(n):
+        chunk = tuple(ordered[i * records_per_shard : (i + 1) * records_per_shard])
+        identities = tuple(item_identity(it) for it in chunk)
+        payload = json.dumps({"settings": fingerprint, "videos": identities}, sort_keys=True, default=str)
+        key = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        tasks.append(ShardTask(f"shard-{i:05d}-of-{n:05d}-{key}.array_record", chunk, key, identities))
     return tasks
 
 
@@ -398,25 +337,17 @@ def _previous_identities(out: pathlib.Path) -> dict[str, tuple[str, dict[str, An
     interrupted run that never got its manifest.
     """
     found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for side in _sidecars(out):
-        for vid, ident in (side.get("identities") or {}).items():
-            found[vid] = (side.get("fingerprint", ""), ident)
-    return found
-
-
-def _sidecars(out: pathlib.Path) -> list[dict[str, Any]]:
-    """Every readable sidecar in `out`, those of the current manifest's shards last; shard directories
-    of the layout before TFDS kept theirs beside the shards (`shard-*-of-*.json`)."""
     try:
-        named = {f"{s['file']}.json" for s in json.loads((out / shards.MANIFEST).read_text())["shards"]}
+        named = {sidecar_name(s["file"]) for s in json.loads((out / shards.MANIFEST).read_text())["shards"]}
     except (OSError, ValueError, KeyError, TypeError):
         named = set()
-    paths = list(out.glob("shard-*-of-*.json")) + list((out / shards.SIDECAR_DIR).glob("*.json"))
-    found = []
-    for path in sorted(paths, key=lambda p: (p.name in named, p.name)):
-        side = _read_sidecar(path)
-        if side is not None:
-            found.append(side)
+    for path in sorted(out.glob("shard-*-of-*.json"), key=lambda p: p.name in named):
+        try:
+            side = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for vid, ident in (side.get("identities") or {}).items():
+            found[vid] = (side.get("fingerprint", ""), ident)
     return found
 
 
@@ -430,8 +361,6 @@ def change_reason(
     if old_fingerprint != fingerprint:
         return "prepare settings changed"
     reasons = []
-    if old.get("split", identity["split"]) != identity["split"]:
-        reasons.append(f"split {old.get('split')!r} -> {identity['split']!r}")
     old_row, new_row = old.get("row", {}), identity["row"]
     for field in sorted(set(old_row) | set(new_row)):
         if old_row.get(field) != new_row.get(field):
@@ -457,9 +386,7 @@ def explain_rebuilds(
             if reason is not None:
                 changed[item.video_id] = reason
         if not changed:
-            changed = {
-                "*": "its videos are unchanged; the shard was missing, incomplete or corrupt, or it now holds other videos"
-            }
+            changed = {"*": "inputs unchanged, but the shard was missing, incomplete or corrupt"}
         rows.append({"shard": task.file, "videos": changed})
     return rows
 
@@ -526,18 +453,12 @@ def _check_unique_ids(items: Sequence[VideoItem]) -> None:
 
 
 def _remove_foreign_shards(out: pathlib.Path, tasks: Sequence[ShardTask]) -> None:
-    # Shards of an earlier plan (other items, splits or shard size) would confuse readers of the
-    # directory; only files of our own naming patterns are touched, and the manifest of the layout
-    # before TFDS only when it is one.
-    keep = {t.file for t in tasks}
-    stale = [p for p in out.glob(f"*.{shards.FILE_FORMAT}-*-of-*") if p.name not in keep]
-    stale += list(out.glob("shard-*-of-*.array_record")) + list(out.glob("shard-*-of-*.json"))
-    stale += [p for p in (out / shards.SIDECAR_DIR).glob("*.json") if p.name.removesuffix(".json") not in keep]
-    earlier = _read_sidecar(out / "manifest.json") or {}
-    if str(earlier.get("format", "")).startswith("internvqa_jax.shards/"):
-        stale.append(out / "manifest.json")
-    for p in stale:
-        p.unlink(missing_ok=True)
+    # Shards of an earlier plan (other item count or shard size) would confuse readers of the
+    # directory; only files of our own naming pattern are touched.
+    keep = {t.file for t in tasks} | {sidecar_name(t.file) for t in tasks}
+    for p in list(out.glob("shard-*-of-*.array_record")) + list(out.glob("shard-*-of-*.json")):
+        if p.name not in keep:
+            p.unlink()
 
 
 def prepare_items(
@@ -561,20 +482,18 @@ def prepare_items(
     if not items:
         raise ValueError(f"dataset {dataset!r}: no items to prepare")
     _check_unique_ids(items)
-    assignment, folds, missing = assign_splits(items, split_config)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards.remove_stale_temps(out)
     # The old manifest stays: the shards it names keep their (keyed) names, and this run writes
-    # changed splits under new names, so a crash before the new manifest leaves it valid.
-    tasks = plan_shards(items, config.records_per_shard, assignment, config.fingerprint(), dataset)
+    # changed shards under new names, so a crash before the new manifest leaves it valid.
+    tasks = plan_shards(items, config.records_per_shard, config.fingerprint())
     previous = _previous_identities(out)
-    by_key = {side["key"]: side for side in _sidecars(out) if "key" in side and "file" in side}
 
     sidecars: dict[str, dict[str, Any]] = {}
     pending = []
     for task in tasks:
-        side = finished_sidecar(out, task, config) or reuse_shard(out, task, config, by_key)
+        side = finished_sidecar(out, task, config)
         if side is None:
             pending.append(task)
         else:
@@ -598,12 +517,9 @@ def prepare_items(
         dataset,
         resumed=len(tasks) - len(pending),
         listing_skipped=listing_skipped,
-        splits_and_folds=(assignment, folds, missing),
     )
     manifest["rebuilt"] = rebuilt
-    # TFDS's dataset_info.json and features.json first, the manifest (TFDS's metadata.json) last.
-    shards.write_tfds_info(out, manifest)
-    io_utils.atomic_write_json(out / shards.MANIFEST, manifest)
+    shards.write_json_atomic(out / shards.MANIFEST, manifest)
     # Only now, with the new manifest in place, are shards that no manifest names removed.
     _remove_foreign_shards(out, tasks)
     return manifest
@@ -653,47 +569,48 @@ def build_manifest(
     dataset: str,
     resumed: int = 0,
     listing_skipped: Sequence[dict[str, Any]] = (),
-    splits_and_folds: tuple[dict[str, str], dict[str, int] | None, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Joins the shard sidecars into the manifest: video indices follow shard order (train, val,
-    test shards), `first_example` is a video's first key in its TFDS split.
-
-    `splits_and_folds`: `assign_splits(items, split_config)` when the caller has it already."""
-    assignment, folds, missing = splits_and_folds or assign_splits(items, split_config)
+    """Joins the shard sidecars into the manifest: video indices and record keys follow shard order."""
+    assignment, folds, missing = assign_splits(items, split_config)
     groups = content_groups(items)
     records, shard_rows, skipped = [], [], list(listing_skipped)
-    offsets = dict.fromkeys(shards.TFDS_SPLITS, 0)  # key of the shard's first example in its split
+    offset = 0  # global record key of the shard's first record (shards concatenated in order)
     for task in tasks:
         side = sidecars[task.file]
-        shard_rows.append(
-            {
-                "file": task.file,
-                "split": task.split,
-                "split_key": task.split_key,
-                **{k: side[k] for k in ("sha256", "bytes", "num_examples", "num_videos")},
-            }
-        )
+        shard_rows.append({k: side[k] for k in ("file", "sha256", "bytes", "num_records", "num_videos")})
         skipped.extend(side["skipped"])
         for meta in side["videos"]:
-            row = {k: v for k, v in meta.items() if k != "position"}
-            # Source size/bitrate, not the stored frames' (resized or fragments).
-            row.update(
-                index=len(records),
-                shard=task.file,
-                first_example=offsets[task.split] + meta["position"],
-                content_group=groups[meta["source_id"]],
-                split=assignment[meta["source_id"]],
-                fold=None if folds is None else folds[meta["source_id"]],
+            records.append(
+                {
+                    "index": len(records),
+                    "shard": task.file,
+                    "first_record": offset + meta["position"],
+                    "video_id": meta["video_id"],
+                    "source_id": meta["source_id"],
+                    "content_group": groups[meta["source_id"]],
+                    "label": meta["label"],
+                    "label_kind": meta["label_kind"],
+                    "codec": meta["codec"],
+                    "quality_param": meta["quality_param"],
+                    # Source size/bitrate, not the stored frames' (resized or fragments); sidecars
+                    # written before these were kept lack them, hence the defaults.
+                    "width": int(meta.get("width") or 0),
+                    "height": int(meta.get("height") or 0),
+                    "bitrate_kbps": float(meta.get("bitrate_kbps") or 0.0),
+                    "stored_shape": meta["stored_shape"],
+                    "fragment_draws": meta["fragment_draws"],
+                    "split": assignment[meta["source_id"]],
+                    "fold": None if folds is None else folds[meta["source_id"]],
+                }
             )
-            records.append(row)
-        offsets[task.split] += side["num_examples"]
+        offset += side["num_records"]
     split_sources = {name: sorted(s for s, v in assignment.items() if v == name) for name in splits.SPLITS}
     split_groups = {name: sorted({groups[s] for s in split_sources[name]}) for name in splits.SPLITS}
     per_split = {name: sum(r["split"] == name for r in records) for name in splits.SPLITS}
     return {
         "warnings": splits.size_problems(per_split),
         "format": shards.MANIFEST_FORMAT,
-        "dataset": tfds_name(dataset),
+        "dataset": dataset,
         "config": dataclasses.asdict(config),
         "split_config": {
             **dataclasses.asdict(split_config),
@@ -702,7 +619,7 @@ def build_manifest(
         "counts": {
             "listed": len(items) + len(listing_skipped),
             "records": len(records),
-            "examples": sum(offsets.values()),
+            "frame_records": offset,
             "skipped": len(skipped),
             "shards": len(tasks),
             "resumed_shards": resumed,
@@ -907,8 +824,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prepare: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary(manifest))
-    if manifest["counts"]["records"]:
-        print(f"TFDS dataset: tfds.builder_from_directory({str(args.out)!r}).as_data_source('train'|'val'|'test')")
     return 0 if manifest["counts"]["records"] else EXIT_NOTHING_STORED
 
 

@@ -1,4 +1,4 @@
-"""The item every dataset lister returns: `VideoItem`, one video file with its metadata and quality label."""
+"""The record every dataset lister returns: one video file with its metadata and quality label."""
 
 from __future__ import annotations
 

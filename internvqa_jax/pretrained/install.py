@@ -235,9 +235,9 @@ def _shard_dir(report: dict[str, Any], workdir: str) -> str:
         raise ValueError(
             f"{workdir}: trained on dataset {data.get('name')!r}; the bundled model is trained on the demo data"
         )
-    if not os.path.isfile(os.path.join(shard_dir, io_utils.SHARD_MANIFEST_FILE)):
+    if not os.path.isfile(os.path.join(shard_dir, io_utils.MANIFEST_FILE)):
         raise FileNotFoundError(
-            f"{shard_dir}: no {io_utils.SHARD_MANIFEST_FILE}; run install from the folder the training ran in"
+            f"{shard_dir}: no {io_utils.MANIFEST_FILE}; run install from the folder the training ran in"
         )
     return shard_dir
 

@@ -122,6 +122,8 @@ def train_iterator(
     seed: int,
     num_views: int,
     workers: int = 0,
+    read_threads: int = 2,
+    prefetch: int = 2,
     process_index: int = 0,
     process_count: int = 1,
     indices: np.ndarray | None = None,
@@ -144,6 +146,8 @@ def train_iterator(
         spatial_mode=spatial_mode,
         seed=seed,
         workers=workers,
+        read_threads=read_threads,
+        prefetch=prefetch,
         process_index=process_index,
         process_count=process_count,
         transform=views,
@@ -332,6 +336,7 @@ def compute(
     global_batch: int,
     process_index: int = 0,
     process_count: int = 1,
+    read_threads: int = 2,
 ) -> FeatureCache:
     """Runs `teacher_fn` over every (record, view) of `indices`; every process gets the whole cache.
 
@@ -344,9 +349,7 @@ def compute(
     mine = local_rows(rows, global_batch, process_index, process_count)
     transform = ViewTransform(str(shard_dir), num_frames, size, spatial_mode, seed)
     ds = grain.MapDataset.source(mine).map(transform).batch(global_batch // process_count, drop_remainder=False)
-    it = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=pipeline.READ_THREADS, prefetch_buffer_size=pipeline.PREFETCH_BATCHES)
-    )
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=2))
     pool = score = None
     filled = np.zeros(len(rows), bool)
     for local in it:
