@@ -32,7 +32,6 @@ import ml_collections
 from absl import app, flags
 
 from internvqa_jax import io_utils
-from internvqa_jax.data import shards
 from internvqa_jax.training import config_rules, jobs, loop, multihost
 from internvqa_jax.training import report as report_lib
 from internvqa_jax.training.config_flag import CONFIG
